@@ -1,0 +1,84 @@
+"""The unlearning data: every forget batch travels with a retain batch of the same size (GradDiff).
+
+The retain partner of forget example i in epoch e is a fixed function of (seed, e, i), and forget
+examples are spread over processes by a seeded `DistributedSampler` whose shards interleave; so the
+global batch at every step holds the same (forget, retain) pairs whatever the number of processes,
+and each process draws its own retain examples.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+import lightning as L
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader, DistributedSampler
+
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.data.formatting import PromptFormat, collate, encode_example
+from simu_lightning.errors import SimuError
+
+
+def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int) -> list[dict]:
+    """Every row as prompt + answer token ids with answer-only labels, tagged with its row index."""
+    return [dict(encode_example(tokenizer, fmt, row["question"], row["answer"], max_length), index=i)
+            for i, row in enumerate(split)]
+
+
+def retain_partners(seed: int, epoch: int, forget_indices: list[int], num_retain: int) -> list[int]:
+    """Which retain example goes with each forget example this epoch: a seeded permutation of the
+    retain set, read at the forget example's index (wrapping round when there are more forget rows)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_retain)
+    return [int(order[i % num_retain]) for i in forget_indices]
+
+
+def _as_list(examples):
+    return examples
+
+
+class UnlearningDataModule(L.LightningDataModule):
+    def __init__(self, benchmark: Benchmark, tokenizer, prompt: PromptFormat, batch_size: int = 8,
+                 max_length: int = 128, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.benchmark, self.tokenizer, self.prompt = benchmark, tokenizer, prompt
+        self.batch_size, self.max_length, self.seed, self.num_workers = batch_size, max_length, seed, num_workers
+
+    @cached_property
+    def forget(self) -> list[dict]:
+        return encode_split(self.benchmark[self.benchmark.forget], self.tokenizer, self.prompt, self.max_length)
+
+    @cached_property
+    def retain(self) -> list[dict]:
+        return encode_split(self.benchmark[self.benchmark.retain], self.tokenizer, self.prompt, self.max_length)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def per_device_batch_size(self) -> int:
+        world_size, _ = self._world()
+        if self.batch_size % world_size:
+            raise SimuError(f"data.batch_size={self.batch_size} (the global batch) must be divisible by "
+                            f"the number of processes ({world_size})")
+        return self.batch_size // world_size
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.forget or not self.retain:
+            raise SimuError(f"benchmark {self.benchmark.name!r}: the forget and retain splits must both be non-empty")
+        world_size, rank = self._world()
+        sampler = DistributedSampler(self.forget, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        return DataLoader(self.forget, batch_size=self.per_device_batch_size(), sampler=sampler,
+                          collate_fn=_as_list, num_workers=self.num_workers)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
+        if not isinstance(batch, list):  # already paired (e.g. a batch handed in by a test)
+            return batch
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        partners = retain_partners(self.seed, epoch, [e["index"] for e in batch], len(self.retain))
+        return {"forget": self.collate(batch), "retain": self.collate([self.retain[j] for j in partners])}
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate(examples, self.tokenizer.pad_token_id)
+        batch["index"] = torch.tensor([e["index"] for e in examples])
+        return batch

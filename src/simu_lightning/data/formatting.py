@@ -1,0 +1,62 @@
+"""Prompt formatting and answer-only labels: the model is trained and scored on answer tokens alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question becomes a prompt. `template` has one `{question}` slot; with `chat=True` the
+    tokenizer's own chat template wraps the question instead (instruct models)."""
+
+    template: str = "Question: {question}\nAnswer:"
+    answer_prefix: str = " "
+    chat: bool = False
+
+    def prompt(self, question: str, tokenizer=None) -> str:
+        if self.chat:
+            messages = [{"role": "user", "content": question}]
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.template.format(question=question)
+
+
+def encode_prompt(tokenizer, fmt: PromptFormat, question: str) -> list[int]:
+    # Chat templates already carry their special tokens; plain templates get the tokenizer's (e.g. BOS).
+    return tokenizer(fmt.prompt(question, tokenizer), add_special_tokens=not fmt.chat)["input_ids"]
+
+
+def encode_example(tokenizer, fmt: PromptFormat, question: str, answer: str, max_length: int) -> dict:
+    """Token ids of prompt + answer + EOS, with the prompt's labels set to IGNORE_INDEX.
+
+    Prompt and answer are tokenised separately so that the boundary is exactly where generation
+    starts; a long answer is cut to fit `max_length`, the prompt never is.
+    """
+    prompt_ids = encode_prompt(tokenizer, fmt, question)
+    answer_ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+    answer_ids = (answer_ids + [tokenizer.eos_token_id])[: max(1, max_length - len(prompt_ids))]
+    return {
+        "input_ids": prompt_ids + answer_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+    }
+
+
+def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad `input_ids` (and `labels`, if present) into a batch with an attention mask and explicit
+    position ids, so left- and right-padded batches give every real token the same position."""
+    ids = [torch.tensor(e["input_ids"], dtype=torch.long) for e in examples]
+    batch = {
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_token_id, padding_side=padding_side),
+        "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True,
+                                       padding_value=0, padding_side=padding_side),
+    }
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    if "labels" in examples[0]:
+        labels = [torch.tensor(e["labels"], dtype=torch.long) for e in examples]
+        batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX,
+                                       padding_side=padding_side)
+    return batch

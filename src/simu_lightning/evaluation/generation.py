@@ -1,0 +1,47 @@
+"""Greedy generation and answer likelihoods for evaluation, batched."""
+from __future__ import annotations
+
+import torch
+
+from simu_lightning.data.formatting import collate
+from simu_lightning.likelihood import answer_log_likelihood
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded in batches), decoded without special tokens."""
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = collate([{"input_ids": p} for p in prompts[start:start + batch_size]],
+                            tokenizer.pad_token_id, padding_side="left")
+            output = model.generate(input_ids=batch["input_ids"].to(_device(model)),
+                                    attention_mask=batch["attention_mask"].to(_device(model)),
+                                    max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return texts
+
+
+@torch.no_grad()
+def answer_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(sum of answer-token log-probs, number of answer tokens) for each encoded example."""
+    was_training = model.training
+    model.eval()
+    results: list[tuple[float, int]] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(_device(model)) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
+            total, count = answer_log_likelihood(model, batch)
+            results += list(zip(total.tolist(), count.tolist()))
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,52 @@
+"""Metric formulas, each on one example (or one list of them), in plain Python / PyTorch.
+
+Callers keep the per-example values and report their mean as the aggregate, so every figure can be
+recomputed from `generations.jsonl`.
+"""
+from __future__ import annotations
+
+import math
+import string
+from functools import lru_cache
+
+from rouge_score import rouge_scorer
+from scipy.stats import hmean
+
+
+def normalise(text: str) -> str:
+    """Case, surrounding whitespace and trailing punctuation do not count in an exact match."""
+    return text.strip().lower().rstrip(string.punctuation + " \t\n")
+
+
+def exact_match(generation: str, answer: str) -> float:
+    return float(normalise(generation) == normalise(answer))
+
+
+@lru_cache(maxsize=1)
+def _rouge():
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l_recall(generation: str, answer: str) -> float:
+    """ROUGE-L recall of the generation against the reference answer (rouge-score, Porter stemmer on):
+    the longest common subsequence's share of the answer's tokens."""
+    return _rouge().score(answer, generation)["rougeL"].recall
+
+
+def answer_probability(log_prob_sum: float, num_tokens: int) -> float:
+    """exp(mean log-probability of the answer tokens): the per-token geometric mean probability
+    (open-unlearning's / TOFU's "probability")."""
+    return math.exp(log_prob_sum / max(num_tokens, 1))
+
+
+def harmonic_mean(values: list[float]) -> float:
+    """Harmonic mean; any value at or below zero makes it zero (a model that fails one criterion
+    entirely scores zero)."""
+    return 0.0 if not values or min(values) <= 0 else float(hmean(values))
+
+
+def unlearning_aggregate(summary: dict[str, dict[str, float]], forget: str = "forget", retain: str = "retain") -> float:
+    """This project's single figure for a forget/retain trade-off: the harmonic mean of
+    (1 - forget EM, 1 - forget ROUGE-L recall, retain EM, retain ROUGE-L recall)."""
+    return harmonic_mean([1 - summary[forget]["exact_match"], 1 - summary[forget]["rougeL_recall"],
+                          summary[retain]["exact_match"], summary[retain]["rougeL_recall"]])

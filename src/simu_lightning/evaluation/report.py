@@ -1,0 +1,45 @@
+"""What a run leaves behind: results.json, generations.jsonl and the before/after table."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def results_table(results: dict) -> Table:
+    table = Table(title=f"{results['method']} on {results['benchmark']} ({results['model']})")
+    table.add_column("split")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for split, by_metric in results["before"].items():
+        for metric, before in by_metric.items():
+            table.add_row(split, metric, _fmt(before), _fmt(results["after"].get(split, {}).get(metric)))
+    table.add_row("", "aggregate", _fmt(results["aggregate"]["before"]), _fmt(results["aggregate"]["after"]),
+                  style="bold")
+    return table
+
+
+def print_results(results: dict) -> None:
+    Console().print(results_table(results))

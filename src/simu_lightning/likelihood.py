@@ -1,0 +1,52 @@
+"""Answer-token log-likelihood, the quantity the losses, the fine-tuning and the metrics all share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from simu_lightning.data.formatting import IGNORE_INDEX
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label_t | tokens < t) at every position, and the mask of positions that are scored.
+
+    `labels` are aligned with the inputs (as Hugging Face models take them): the logits at t predict
+    the label at t + 1.
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    scored = labels != IGNORE_INDEX
+    logp = torch.gather(F.log_softmax(logits, dim=-1), -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * scored, scored
+
+
+def answer_log_likelihood(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the sum of answer-token log-probabilities and the number of answer tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch.get("position_ids")).logits
+    logp, scored = token_log_probs(logits, batch["labels"])
+    return logp.sum(-1), scored.sum(-1)
+
+
+@dataclass
+class AnswerNLL:
+    """Per-example negative log-likelihood of the answer tokens."""
+
+    total: torch.Tensor   # summed over the answer's tokens (the sequence NLL)
+    count: torch.Tensor   # number of answer tokens
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean over each example's answer tokens.
+
+        Losses average this over examples (rather than over all tokens of the batch), which makes a
+        batch's loss the mean of its shards' losses: data-parallel runs see the same objective at any
+        device count.
+        """
+        return self.total / self.count.clamp(min=1)
+
+
+def answer_nll(model, batch: dict[str, torch.Tensor]) -> AnswerNLL:
+    logp_sum, count = answer_log_likelihood(model, batch)
+    return AnswerNLL(-logp_sum, count)

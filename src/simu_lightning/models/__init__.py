@@ -1,0 +1,1 @@
+"""Model loading, the architecture registry, the tiny laptop model and target preparation."""

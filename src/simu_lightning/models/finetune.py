@@ -1,0 +1,26 @@
+"""Fine-tuning a base model into a target (or reference) model: answer-only NLL with AdamW."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from simu_lightning.likelihood import answer_nll
+
+
+class FineTune(L.LightningModule):
+    def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.05):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+
+    def training_step(self, batch, batch_idx):
+        loss = answer_nll(self.model, batch).mean.mean()
+        self.log("finetune/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

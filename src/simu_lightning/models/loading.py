@@ -1,0 +1,41 @@
+"""One loading path for every model source: a hub id, a local Hugging Face folder (the tiny model and
+every cached target are such folders), or a GGUF file converted once into such a folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from simu_lightning.errors import SimuError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise SimuError(f"model.dtype={name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_tokenizer(source: str | os.PathLike, **kwargs):
+    tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+    if tokenizer.pad_token is None:  # Llama-family tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_pretrained(source: str | os.PathLike, dtype: str = "float32", revision: str | None = None,
+                    tokenizer_source: str | None = None):
+    """(model, tokenizer) from a hub id or a local folder; one clear line if neither works."""
+    source = str(source)
+    try:
+        tokenizer = load_tokenizer(tokenizer_source or source, revision=None if tokenizer_source else revision)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), revision=revision)
+    except OSError as err:
+        where = "local folder" if Path(source).exists() else "hub id (is the network reachable? HF_HUB_OFFLINE?)"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SimuError(f"model source {source!r} could not be loaded as a {where}: {first_line}") from None
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,94 @@
+"""Target preparation, as TOFU does it: fine-tune a base model on the benchmark's training splits
+until it has memorised them (the target), and the same base on the retain splits only (the
+reference, a model that never saw the forget set). Both are cached as Hugging Face folders under a key
+of everything they depend on, so later runs and every job of a sweep reuse them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from simu_lightning.cache import atomic_dir, cache_key
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.data.formatting import PromptFormat, collate, encode_example
+from simu_lightning.models import tiny
+from simu_lightning.models.finetune import FineTune
+from simu_lightning.models.loading import load_pretrained
+
+
+@dataclass
+class Target:
+    target: str                 # where the target loads from (a folder or a hub id)
+    reference: str | None       # the retain-only reference model, when there is one
+    target_id: str              # identifies the target for downstream caches (attribution scores)
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+
+
+def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
+    """The model fine-tuning starts from: a hub id or folder as given, or the tiny model built for
+    this benchmark (tokenizer trained on its text) and written to the cache."""
+    if model_cfg.source != "tiny":
+        return str(model_cfg.source)
+    spec = _plain(model_cfg.tiny)
+    splits = tuple(benchmark.splits)  # every split's text, so no evaluation question is out of vocabulary
+    path = cache_dir / "models" / f"tiny-{cache_key(spec, benchmark.fingerprint(splits))}"
+    if not (path / "config.json").exists():
+        texts = [row[column] for split in splits for row in benchmark[split]
+                 for column in ("question", "answer", "paraphrased_question", "paraphrased_answer") if row.get(column)]
+        with atomic_dir(path) as tmp:
+            tiny.create(tmp, texts, **spec)
+    return str(path)
+
+
+def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cfg, fmt: PromptFormat,
+              cache_dir: Path, make_trainer: Callable[..., L.Trainer], seed: int) -> str:
+    """`base` fine-tuned on `splits` (answer-only NLL), from the cache when it is there."""
+    settings = _plain(model_cfg.finetune)
+    key = cache_key("finetune", base, model_cfg.get("revision"), benchmark.fingerprint(splits), settings,
+                    asdict(fmt), model_cfg.max_length, model_cfg.dtype, seed)
+    path = cache_dir / "models" / f"finetuned-{key}"
+    if (path / "config.json").exists():
+        return str(path)
+    model, tokenizer = load_pretrained(base, model_cfg.dtype, model_cfg.get("revision"), model_cfg.get("tokenizer"))
+    rows = [row for split in splits for row in benchmark[split]]
+    examples = [encode_example(tokenizer, fmt, r["question"], r["answer"], model_cfg.max_length) for r in rows]
+    loader = DataLoader(examples, batch_size=settings["batch_size"], shuffle=True,
+                        generator=torch.Generator().manual_seed(seed),
+                        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id))
+    L.seed_everything(seed, verbose=False)
+    start = time.perf_counter()
+    trainer = make_trainer(max_epochs=settings["epochs"])
+    module = FineTune(model.train(), settings["lr"], settings.get("weight_decay", 0.0), settings.get("warmup_ratio", 0.05))
+    trainer.fit(module, loader)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        provenance = {"base": base, "splits": list(splits), "rows": len(rows), "finetune": settings,
+                      "seconds": round(time.perf_counter() - start, 1),
+                      "final_loss": float(trainer.callback_metrics.get("finetune/loss_epoch", float("nan")))}
+        (tmp / "simu_target.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return str(path)
+
+
+def prepare_target(model_cfg, benchmark: Benchmark, fmt: PromptFormat, cache_dir: Path,
+                   make_trainer: Callable[..., L.Trainer], seed: int = 0) -> Target:
+    base = base_model(model_cfg, benchmark, cache_dir)
+    if not model_cfg.get("finetune") or not benchmark.target_splits:
+        return Target(base, model_cfg.get("reference"), target_id=f"{base}@{model_cfg.get('revision')}")
+    target = finetuned(base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, seed)
+    reference = None
+    if benchmark.reference_splits:
+        reference = finetuned(base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer, seed)
+    return Target(target, reference, target_id=Path(target).name)

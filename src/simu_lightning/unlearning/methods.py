@@ -1,0 +1,40 @@
+"""An unlearning method = which parameters may change, with which optimiser, under which mask.
+
+- `fo`   (FO-GradDiff): AdamW on all parameters.
+- `so`   (SO-GradDiff): Sophia on all parameters.
+- `simu` (SIMU): Sophia on the attention projections and the MLP down projections only; inside the
+  down projections, only the critical neurons' columns (from the attribution) may change.
+The loss (GradDiff, GA, NPO) is chosen separately, so SIMU-NPO is `method=simu loss=npo`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from simu_lightning.errors import SimuError
+from simu_lightning.models.architecture import Architecture, attention_projections, down_projections
+
+TRAINABLE = ("all", "attention_and_down_proj")
+
+
+@dataclass
+class Method:
+    name: str
+    optimizer: Callable  # params -> torch.optim.Optimizer (a Hydra `_partial_`)
+    trainable: str = "all"
+    critical_neuron_mask: bool = False
+    hessian_interval: int = 1  # k: refresh the GNB Hessian estimate every k steps
+
+    def __post_init__(self):
+        if self.trainable not in TRAINABLE:
+            raise SimuError(f"method.trainable={self.trainable!r} must be one of {', '.join(TRAINABLE)}")
+        if self.hessian_interval < 1:
+            raise SimuError(f"method.hessian_interval must be >= 1, got {self.hessian_interval}")
+
+    def trainable_parameter_names(self, model: nn.Module, arch: Architecture) -> set[str]:
+        if self.trainable == "all":
+            return {name for name, _ in model.named_parameters()}
+        modules = {**attention_projections(model, arch), **down_projections(model, arch)}
+        return {f"{module}.{name}" for module, proj in modules.items() for name, _ in proj.named_parameters()}

@@ -1,0 +1,100 @@
+"""The LightningModule of SIMU stage 2 and its baselines: manual optimisation, because a second-order
+step needs an extra backward (on sampled labels) before the loss backward."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from simu_lightning.errors import SimuError
+from simu_lightning.likelihood import answer_nll
+from simu_lightning.models.architecture import Architecture
+from simu_lightning.optim.gnb import sampled_label_loss
+from simu_lightning.unlearning.methods import Method
+
+
+class UnlearningModule(L.LightningModule):
+    def __init__(self, model, method: Method, loss, architecture: Architecture, reference=None, seed: int = 0):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model, self.method, self.loss, self.architecture = model.train(), method, loss, architecture
+        if loss.needs_reference and reference is None:
+            raise SimuError(f"loss {type(loss).__name__} needs a frozen reference model, and none was given")
+        self.reference = reference.requires_grad_(False).eval() if reference is not None else None
+        self.seed = seed
+        self.hessian_tokens = 0  # Sophia's bs: predicted tokens of the last estimation batch, all processes
+        trainable = method.trainable_parameter_names(model, architecture)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    @property
+    def second_order(self) -> bool:
+        return hasattr(self.optimizers().optimizer, "update_hessian")
+
+    def configure_optimizers(self):
+        return self.method.optimizer([p for p in self.model.parameters() if p.requires_grad])
+
+    def set_critical_neurons(self, neurons: dict[str, torch.Tensor]) -> None:
+        """Confine the optimiser's updates of each down projection to its critical neurons (one bool
+        per neuron), as a single row or column that broadcasts over the weight."""
+        optimizer = self.optimizers().optimizer
+        if not hasattr(optimizer, "set_masks"):
+            raise SimuError(f"method {self.method.name!r}: critical-neuron masks need a masked optimiser "
+                            f"(simu_lightning.optim.Sophia), not {type(optimizer).__name__}")
+        shape = [1, 1]
+        shape[self.architecture.neuron_dim] = -1
+        optimizer.set_masks({self.model.get_submodule(name).weight: mask.view(shape)
+                             for name, mask in neurons.items()})
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        step_kwargs = {}
+        if self.second_order:
+            if self.global_step % self.method.hessian_interval == 0:
+                self.estimate_hessian(batch, optimizer)
+            step_kwargs["bs"] = self.hessian_tokens
+        forget = answer_nll(self.model, batch["forget"])
+        retain = answer_nll(self.model, batch["retain"])
+        reference_forget = None
+        if self.loss.needs_reference:
+            with torch.no_grad():
+                reference_forget = answer_nll(self.reference, batch["forget"])
+        loss, terms = self.loss(forget, retain, reference_forget)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step(**step_kwargs)
+        logs = {"unlearn/loss": loss.detach(), **{f"unlearn/{k}": v.detach() for k, v in terms.items()}}
+        if self.second_order:
+            logs["optim/clip_rate"] = optimizer.optimizer.clip_rate
+        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["forget"]["input_ids"]))
+        return loss.detach()
+
+    def estimate_hessian(self, batch, optimizer) -> None:
+        """The GNB estimate: backprop the CE on labels sampled from the model's own softmax over the
+        answer positions of the forget and retain batch, then h <- beta2 h + (1 - beta2) g^2.
+
+        Each example's labels are drawn from its own generator, seeded by (seed, step, split, row), so
+        the estimate does not depend on how the batch is split over processes. The loss is the mean
+        over all processes' predicted tokens (data parallelism then averages the gradients)."""
+        optimizer.zero_grad()
+        parts = []
+        for split_id, part in enumerate((batch["forget"], batch["retain"])):
+            logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
+                                position_ids=part["position_ids"]).logits
+            uniforms = self._uniforms(part["index"], split_id, part["input_ids"].shape[1] - 1, logits.device)
+            mean_ce, count = sampled_label_loss(logits, part["labels"], uniforms)
+            parts.append((mean_ce, count))
+        local_tokens = sum(count for _, count in parts)
+        total_tokens = int(self.trainer.strategy.reduce(torch.tensor(float(local_tokens), device=self.device),
+                                                        reduce_op="sum"))
+        loss = sum(mean_ce * count for mean_ce, count in parts) * (self.trainer.world_size / max(total_tokens, 1))
+        self.manual_backward(loss)
+        optimizer.optimizer.update_hessian()
+        optimizer.zero_grad()
+        self.hessian_tokens = total_tokens
+
+    def _uniforms(self, rows: torch.Tensor, split_id: int, length: int, device) -> torch.Tensor:
+        # numpy's Generator streams are prefix-stable: a row's draws do not depend on the padded length.
+        draws = [np.random.default_rng([self.seed, self.global_step, split_id, row]).random(length)
+                 for row in rows.tolist()]
+        return torch.as_tensor(np.stack(draws), dtype=torch.float32, device=device)

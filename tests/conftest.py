@@ -1,0 +1,44 @@
+import os
+
+# Nothing in the suite may wait on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from simu_lightning.data import synthetic  # noqa: E402
+from simu_lightning.data.formatting import PromptFormat  # noqa: E402
+from simu_lightning.models import tiny  # noqa: E402
+from simu_lightning.models.loading import load_pretrained  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def small_benchmark():
+    return synthetic.load(num_authors=6, forget_fraction=0.34, holdout_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, small_benchmark):
+    """A freshly initialised tiny OLMo model and its tokenizer, as a Hugging Face folder."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    texts = [r[c] for s in small_benchmark.splits.values() for r in s for c in ("question", "answer")]
+    tiny.create(path, texts, vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    return path
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    torch.manual_seed(0)
+    return load_pretrained(tiny_model_dir)
+
+
+@pytest.fixture()
+def prompt_format():
+    return PromptFormat()

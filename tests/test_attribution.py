@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from simu_lightning.attribution import critical_neurons, prediction_samples
+from simu_lightning.attribution.integrated_gradients import (activations, attribute, batches,
+                                                              integrated_gradients, log_prob_at_scale)
+from simu_lightning.data.datamodule import encode_split
+from simu_lightning.errors import SimuError
+from simu_lightning.models.architecture import architecture_of, down_projections
+
+
+@pytest.fixture()
+def forget_samples(tiny_model, small_benchmark, prompt_format):
+    _, tokenizer = tiny_model
+    forget = encode_split(small_benchmark["forget"], tokenizer, prompt_format, max_length=64)
+    return forget, prediction_samples(forget, tokenizer.eos_token_id)
+
+
+def test_one_sample_per_answer_token_without_eos(tiny_model, forget_samples):
+    _, tokenizer = tiny_model
+    forget, samples = forget_samples
+    answer_tokens = sum(sum(1 for label in e["labels"] if label >= 0) - 1 for e in forget)  # minus EOS
+    assert len(samples) == answer_tokens
+    first = forget[0]
+    start = next(i for i, label in enumerate(first["labels"]) if label >= 0)
+    assert samples[0]["input_ids"] == first["input_ids"][:start] and samples[0]["target"] == first["input_ids"][start]
+
+
+def test_completeness_error_shrinks_with_m_and_closes_at_large_m(tiny_model, forget_samples):
+    """sum_k Att_i(w_l^k) -> log p(beta) - log p(0) for every sample, as the Riemann sum refines."""
+    model, tokenizer = tiny_model
+    model.eval().requires_grad_(False)
+    projs = list(down_projections(model, architecture_of(model)).values())
+    batch = next(batches(forget_samples[1][:12], 12, tokenizer.pad_token_id))
+    betas = activations(model, projs, batch)
+    for proj, beta in zip(projs, betas):
+        gap = log_prob_at_scale(model, proj, batch, beta, 1.0) - log_prob_at_scale(model, proj, batch, beta, 0.0)
+        errors = {m: (integrated_gradients(model, proj, batch, beta, m).sum(-1) - gap).abs() for m in (2, 16, 256)}
+        assert errors[2].max() > errors[16].max() > errors[256].max()
+        assert bool(((errors[256] <= 0.05 * gap.abs()) | (errors[256] <= 1e-3)).all())
+
+
+def test_a_neuron_whose_column_is_zero_gets_exactly_zero(tiny_model, forget_samples):
+    model, tokenizer = tiny_model
+    projs = down_projections(model, architecture_of(model))
+    name, proj = next(iter(projs.items()))
+    with torch.no_grad():
+        proj.weight[:, 7] = 0.0  # neuron 7 no longer reaches the residual stream
+    scores = attribute(model, projs, forget_samples[1][:10], m=4, pad_token_id=tokenizer.pad_token_id)
+    assert scores[name][7].item() == 0.0
+    assert scores[name].abs().sum() > 0
+    assert set(scores) == set(projs) and scores[name].shape == (proj.weight.shape[1],)
+
+
+def test_attribution_leaves_the_model_as_it_found_it(tiny_model, forget_samples):
+    model, tokenizer = tiny_model
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    attribute(model, down_projections(model, architecture_of(model)), forget_samples[1][:4], 3, tokenizer.pad_token_id)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_threshold_keeps_neurons_above_t_times_the_layer_maximum():
+    scores = {"a": torch.tensor([0.1, 0.5, 1.0, -2.0]), "b": torch.tensor([-1.0, -0.5])}
+    masks = critical_neurons(scores, t=0.4)
+    assert masks["a"].tolist() == [False, True, True, False]
+    assert masks["b"].tolist() == [False, False]  # nothing raises the forget likelihood here
+    assert critical_neurons(scores, t=1.0)["a"].tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize("t", [0, 1.5, -0.1, "high"])
+def test_threshold_outside_unit_interval_is_refused(t):
+    with pytest.raises(SimuError, match="attribution.t"):
+        critical_neurons({"a": torch.ones(2)}, t)

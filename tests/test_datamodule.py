@@ -1,0 +1,66 @@
+import torch
+
+from simu_lightning.data.datamodule import UnlearningDataModule, retain_partners
+from simu_lightning.data.formatting import IGNORE_INDEX
+
+
+class FakeTrainer:
+    def __init__(self, world_size=1, global_rank=0, current_epoch=0):
+        self.world_size, self.global_rank, self.current_epoch = world_size, global_rank, current_epoch
+
+
+def pairs(datamodule: UnlearningDataModule, trainer: FakeTrainer) -> list[list[tuple[int, int]]]:
+    datamodule.trainer = trainer
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(trainer.current_epoch)
+    steps = []
+    for raw in loader:
+        batch = datamodule.on_before_batch_transfer(raw)
+        steps.append(list(zip(batch["forget"]["index"].tolist(), batch["retain"]["index"].tolist())))
+    return steps
+
+
+def make(benchmark, tokenizer, fmt, batch_size=4, seed=0):
+    return UnlearningDataModule(benchmark, tokenizer, fmt, batch_size=batch_size, max_length=64, seed=seed)
+
+
+def test_every_forget_batch_comes_with_an_equal_retain_batch(small_benchmark, tiny_model, prompt_format):
+    _, tokenizer = tiny_model
+    dm = make(small_benchmark, tokenizer, prompt_format)
+    dm.trainer = FakeTrainer()
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())))
+    assert batch["forget"]["input_ids"].shape[0] == batch["retain"]["input_ids"].shape[0] == 4
+    forget_questions = set(small_benchmark["forget"]["question"])
+    retain_rows = small_benchmark["retain"]
+    assert all(retain_rows[i]["question"] not in forget_questions for i in batch["retain"]["index"].tolist())
+    labels = batch["forget"]["labels"]
+    assert ((labels == IGNORE_INDEX) | (batch["forget"]["attention_mask"] == 1)).all()
+
+
+def test_pairing_is_seeded_and_changes_with_the_epoch(small_benchmark, tiny_model, prompt_format):
+    _, tokenizer = tiny_model
+    a = pairs(make(small_benchmark, tokenizer, prompt_format), FakeTrainer())
+    assert a == pairs(make(small_benchmark, tokenizer, prompt_format), FakeTrainer())
+    assert a != pairs(make(small_benchmark, tokenizer, prompt_format), FakeTrainer(current_epoch=1))
+    assert a != pairs(make(small_benchmark, tokenizer, prompt_format, seed=1), FakeTrainer())
+    forget_rows = sorted(i for step in a for i, _ in step)
+    assert forget_rows == list(range(len(small_benchmark["forget"])))  # each forget row once per epoch
+
+
+def test_the_global_batch_does_not_depend_on_the_process_count(small_benchmark, tiny_model, prompt_format):
+    _, tokenizer = tiny_model
+    single = pairs(make(small_benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer())
+    rank0 = pairs(make(small_benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(2, 0))
+    rank1 = pairs(make(small_benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(2, 1))
+    assert len(rank0) == len(rank1) == len(single)
+    for whole, part0, part1 in zip(single, rank0, rank1):
+        assert sorted(whole) == sorted(part0 + part1)
+        assert not set(part0) & set(part1)  # each process draws its own retain partners
+
+
+def test_retain_partners_are_a_permutation_read_at_the_forget_index():
+    partners = retain_partners(seed=3, epoch=0, forget_indices=list(range(10)), num_retain=10)
+    assert sorted(partners) == list(range(10))
+    assert retain_partners(3, 0, [12], 10) == [partners[2]]  # wraps round
+    torch.manual_seed(0)
+    assert retain_partners(3, 0, [4], 10) == [partners[4]]  # independent of global RNG state

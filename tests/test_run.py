@@ -1,0 +1,91 @@
+"""`run.py` end to end, as a user runs it: a subprocess, a small config, outputs in tmp_path."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from conftest import ROOT
+
+SMALL = [
+    "benchmark.num_authors=4", "benchmark.forget_fraction=0.25", "benchmark.holdout_fraction=0.25",
+    "model.tiny.vocab_size=300", "model.tiny.hidden_size=32", "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "model.finetune.epochs=2",
+    "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "evaluation.max_new_tokens=8",
+    "attribution.m=4", "data.batch_size=4",
+]
+
+
+def run_py(args: list[str], cache_dir, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"run.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def simu_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("simu_run")
+    run_py([*SMALL, "method=simu", f"hydra.run.dir={out}"], cache_dir)
+    return out
+
+
+@pytest.mark.slow
+def test_a_run_leaves_results_generations_masks_and_the_model(simu_run):
+    results = json.loads((simu_run / "results.json").read_text())
+    assert results["method"] == "simu" and results["benchmark"] == "synthetic" and results["model"] == "tiny"
+    for stage in ("before", "after"):
+        assert set(results[stage]) == {"forget", "retain", "world_facts"}
+        for by_metric in results[stage].values():
+            assert set(by_metric) == {"exact_match", "rougeL_recall", "answer_prob"}
+            assert all(0.0 <= v <= 1.0 for v in by_metric.values())
+    assert set(results["aggregate"]) == {"before", "after"}
+    assert set(results["timings_s"]) == {"prepare_target", "attribution", "unlearning", "evaluation"}
+
+    rows = [json.loads(line) for line in (simu_run / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * (8 + 24 + 32)  # (forget + retain + world facts) x (before, after)
+    assert {"split", "stage", "question", "answer", "generation"} <= set(rows[0])
+    forget_after = [r for r in rows if r["split"] == "forget" and r["stage"] == "after"]
+    assert results["after"]["forget"]["exact_match"] == pytest.approx(
+        sum(r["exact_match"] for r in forget_after) / len(forget_after))
+
+    kept = json.loads((simu_run / "attribution" / "critical_neurons.json").read_text())
+    assert kept["t"] == 0.1 and kept["m"] == 4 and len(kept["layers"]) == 2
+    assert (simu_run / "attribution" / "scores.pt").exists()
+    assert (simu_run / "config.yaml").exists() and (simu_run / "logs" / "metrics.csv").exists()
+    model = AutoModelForCausalLM.from_pretrained(simu_run / "unlearned_model")
+    assert model.config.model_type == "olmo"
+
+
+@pytest.mark.slow
+def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_path):
+    cached = sorted(p.name for p in (cache_dir / "models").iterdir())
+    run_py(["-m", *SMALL, "method=fo,so,simu", f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    methods = sorted(json.loads(p.read_text())["method"] for p in tmp_path.glob("*/results.json"))
+    assert methods == ["fo", "simu", "so"]
+    assert sorted(p.name for p in (cache_dir / "models").iterdir()) == cached  # nothing fine-tuned again
+    simu_dir = next(p.parent for p in tmp_path.glob("*/results.json") if "simu" in p.parent.name)
+    assert (simu_dir / "attribution" / "critical_neurons.json").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
+    ("attribution.t=0", "error: attribution.t must be in (0, 1], got 0"),
+    ("attribution.m=0", "error: attribution.m must be an integer >= 1, got 0"),
+    ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, so (method=...)"),
+])
+def test_bad_settings_fail_with_one_line_naming_them(override, message, tmp_path):
+    result = run_py([override, f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert not (tmp_path / "cache").exists()  # failed before any work

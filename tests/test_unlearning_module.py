@@ -1,0 +1,95 @@
+"""Real (short) Lightning training runs: what may change changes, and nothing else moves a bit."""
+import copy
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+
+from simu_lightning.attribution.callback import NeuronAttribution
+from simu_lightning.data.datamodule import UnlearningDataModule
+from simu_lightning.errors import SimuError
+from simu_lightning.models.architecture import architecture_of, attention_projections, down_projections
+from simu_lightning.optim import Sophia
+from simu_lightning.unlearning.losses import NPO, GradDiff
+from simu_lightning.unlearning.methods import Method
+from simu_lightning.unlearning.module import UnlearningModule
+
+SIMU = Method("simu", partial(Sophia, lr=1e-2, weight_decay=0.1), trainable="attention_and_down_proj",
+              critical_neuron_mask=True)
+SO = Method("so", partial(Sophia, lr=1e-2), trainable="all")
+FO = Method("fo", partial(torch.optim.AdamW, lr=1e-2), trainable="all")
+
+
+def unlearn(model, tokenizer, benchmark, fmt, method, loss=None, steps=3, reference=None):
+    L.seed_everything(0, verbose=False)
+    module = UnlearningModule(model, method, loss or GradDiff(), architecture_of(model), reference=reference)
+    datamodule = UnlearningDataModule(benchmark, tokenizer, fmt, batch_size=2, max_length=64)
+    attribution = NeuronAttribution(t=0.3, m=4)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[attribution])
+    trainer.fit(module, datamodule)
+    return module, attribution
+
+
+def test_simu_changes_only_critical_columns_and_attention(tiny_model, small_benchmark, prompt_format):
+    model, tokenizer = tiny_model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    L.seed_everything(0, verbose=False)
+    module = UnlearningModule(model, SIMU, GradDiff(), architecture_of(model))
+    datamodule = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
+    attribution = NeuronAttribution(t=0.3, m=4)
+    L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[attribution]).fit(module, datamodule)
+
+    arch = architecture_of(model)
+    downs, attention = down_projections(model, arch), attention_projections(model, arch)
+    assert 0 < sum(attribution.kept.values()) < sum(p.weight.shape[1] for p in downs.values())
+    for name, param in model.named_parameters():
+        module_name = name.rsplit(".", 1)[0]
+        if module_name in downs:
+            neurons = module.trainer.optimizers[0].masks[param].squeeze(0)
+            assert neurons.sum() == attribution.kept[module_name]
+            assert torch.equal(param[:, ~neurons], before[name][:, ~neurons]), f"{name}: a non-critical column moved"
+            if neurons.any():
+                assert not torch.equal(param[:, neurons], before[name][:, neurons])
+        elif module_name in attention:
+            assert not torch.equal(param, before[name]), f"{name} should have been trained"
+        else:
+            assert torch.equal(param, before[name]), f"{name} is frozen under SIMU but moved"
+            assert param.grad is None
+    state = module.trainer.optimizers[0].state
+    assert all(p.requires_grad for p in state)  # no optimiser state for frozen parameters
+
+
+@pytest.mark.parametrize("method", [SO, FO], ids=["so", "fo"])
+def test_baselines_train_every_parameter(tiny_model, small_benchmark, prompt_format, method):
+    model, tokenizer = tiny_model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    unlearn(model, tokenizer, small_benchmark, prompt_format, method)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert "model.embed_tokens.weight" in moved and "lm_head.weight" in moved
+    assert any("up_proj" in n for n in moved)
+
+
+def test_npo_keeps_its_reference_frozen_and_raises_the_forget_nll(tiny_model, small_benchmark, prompt_format):
+    model, tokenizer = tiny_model
+    reference = copy.deepcopy(model)
+    frozen = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    module, _ = unlearn(model, tokenizer, small_benchmark, prompt_format, FO, NPO(beta=0.1), steps=4,
+                        reference=reference)
+    assert all(torch.equal(p, frozen[n]) for n, p in reference.named_parameters())
+    assert module.trainer.callback_metrics["unlearn/npo"] < 2 / 0.1 * torch.log(torch.tensor(2.0))
+
+
+def test_npo_without_a_reference_is_refused(tiny_model):
+    model, _ = tiny_model
+    with pytest.raises(SimuError, match="reference"):
+        UnlearningModule(model, FO, NPO(), architecture_of(model))
+
+
+def test_masks_need_a_masked_optimiser(tiny_model, small_benchmark, prompt_format):
+    model, tokenizer = tiny_model
+    masked_adamw = Method("simu", partial(torch.optim.AdamW, lr=1e-3), "attention_and_down_proj", True)
+    with pytest.raises(SimuError, match="masked optimiser"):
+        unlearn(model, tokenizer, small_benchmark, prompt_format, masked_adamw)
