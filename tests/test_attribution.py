@@ -3,7 +3,8 @@ import torch
 
 from simu_lightning.attribution import critical_neurons, prediction_samples
 from simu_lightning.attribution.integrated_gradients import (activations, attribute, batches,
-                                                              integrated_gradients, log_prob_at_scale)
+                                                              integrated_gradients, log_prob_at_scale,
+                                                              prefix_cache)
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.errors import SimuError
 from simu_lightning.models.architecture import architecture_of, down_projections
@@ -74,3 +75,15 @@ def test_threshold_keeps_neurons_above_t_times_the_layer_maximum():
 def test_threshold_outside_unit_interval_is_refused(t):
     with pytest.raises(SimuError, match="attribution.t"):
         critical_neurons({"a": torch.ones(2)}, t)
+
+
+def test_sharing_the_prefix_cache_gives_the_same_attributions(tiny_model, forget_samples):
+    model, tokenizer = tiny_model
+    model.eval().requires_grad_(False)
+    projs = list(down_projections(model, architecture_of(model)).values())
+    batch = next(batches(forget_samples[1][:6], 6, tokenizer.pad_token_id))
+    prefix = prefix_cache(model, batch)
+    for proj, beta, cached_beta in zip(projs, activations(model, projs, batch), activations(model, projs, batch, prefix)):
+        torch.testing.assert_close(beta, cached_beta)
+        torch.testing.assert_close(integrated_gradients(model, proj, batch, beta, 5, prefix),
+                                   integrated_gradients(model, proj, batch, beta, 5), rtol=1e-4, atol=1e-6)

@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT
+from simu_lightning.evaluation import qa
 
 SMALL = [
     "benchmark.num_authors=4", "benchmark.forget_fraction=0.25", "benchmark.holdout_fraction=0.25",
@@ -46,17 +47,24 @@ def test_a_run_leaves_results_generations_masks_and_the_model(simu_run):
     for stage in ("before", "after"):
         assert set(results[stage]) == {"forget", "retain", "world_facts"}
         for by_metric in results[stage].values():
-            assert set(by_metric) == {"exact_match", "rougeL_recall", "answer_prob"}
+            assert {"exact_match", "rougeL_recall", "answer_prob", "truth_ratio"} <= set(by_metric)
             assert all(0.0 <= v <= 1.0 for v in by_metric.values())
     assert set(results["aggregate"]) == {"before", "after"}
+    assert set(results["scores"]["after"]) == {"model_utility", "forget_quality"}
     assert set(results["timings_s"]) == {"prepare_target", "attribution", "unlearning", "evaluation"}
 
     rows = [json.loads(line) for line in (simu_run / "generations.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * (8 + 24 + 32)  # (forget + retain + world facts) x (before, after)
-    assert {"split", "stage", "question", "answer", "generation"} <= set(rows[0])
+    stages = [r["stage"] for r in rows]
+    # (forget + retain + world facts) x (before, after), and the reference model's forget truth ratios
+    assert stages.count("before") == stages.count("after") == 8 + 24 + 32 and stages.count("reference") == 8
+    assert {"split", "stage", "question", "answer", "generation"} <= set(rows[-1])
     forget_after = [r for r in rows if r["split"] == "forget" and r["stage"] == "after"]
     assert results["after"]["forget"]["exact_match"] == pytest.approx(
         sum(r["exact_match"] for r in forget_after) / len(forget_after))
+    # forget quality can be recomputed from the rows
+    reference = [r["truth_ratio"] for r in rows if r["stage"] == "reference"]
+    assert results["scores"]["after"]["forget_quality"] == pytest.approx(
+        qa.forget_quality([r["truth_ratio"] for r in forget_after], reference))
 
     kept = json.loads((simu_run / "attribution" / "critical_neurons.json").read_text())
     assert kept["t"] == 0.1 and kept["m"] == 4 and len(kept["layers"]) == 2

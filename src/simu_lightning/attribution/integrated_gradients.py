@@ -9,9 +9,13 @@ at the prediction position,
 only layer l scaled (a right Riemann sum of the integrated gradient from 0 to beta). All neurons of a
 layer are scaled together, so one batch of m scaled copies of a sample yields every neuron of the
 layer. By completeness, sum_k Att_i -> log p(beta) - log p(0) as m grows.
+
+Samples are left-padded, so the prediction position is the last one for all of them, and the tokens
+before it are computed once (a key/value cache) and shared by all m scaled copies and all layers.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -42,11 +46,35 @@ def batches(samples: list[dict], size: int, pad_token_id: int) -> Iterator[dict[
         yield batch
 
 
-def _forward_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1) -> torch.Tensor:
-    """log p(target) at the last position, for the batch repeated `repeat` times (copy-major)."""
-    inputs = {k: batch[k].repeat(repeat, 1) for k in ("input_ids", "attention_mask", "position_ids")}
-    logits = model(**inputs).logits[:, -1].float()
-    return F.log_softmax(logits, -1).gather(-1, batch["target"].repeat(repeat).unsqueeze(-1)).squeeze(-1)
+def prefix_cache(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """The key/value cache of every sample's tokens before its prediction position.
+
+    Scaling an activation at the prediction position cannot change anything before it (the model is
+    causal), so every scaled copy can share this prefix and run the last token alone.
+    """
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"][:, :-1], attention_mask=batch["attention_mask"][:, :-1],
+                     position_ids=batch["position_ids"][:, :-1], use_cache=True).cache
+
+
+def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1, prefix=None) -> torch.Tensor:
+    """log p(target) at the last position, each sample repeated `repeat` times (sample-major).
+
+    With a `prefix` cache only the last token runs; without one, the whole sequences do."""
+    def rep(t):
+        return t.repeat_interleave(repeat, dim=0)
+
+    if prefix is None:
+        logits = model(input_ids=rep(batch["input_ids"]), attention_mask=rep(batch["attention_mask"]),
+                       position_ids=rep(batch["position_ids"])).logits[:, -1]
+    else:
+        cache = copy.deepcopy(prefix)  # the forward appends to the cache it is given
+        cache.batch_repeat_interleave(repeat)
+        logits = model(input_ids=rep(batch["input_ids"][:, -1:]), attention_mask=rep(batch["attention_mask"]),
+                       position_ids=rep(batch["position_ids"][:, -1:]), cache=cache,
+                       use_cache=True).logits[:, -1]
+    log_probs = F.log_softmax(logits.float(), -1)
+    return log_probs.gather(-1, rep(batch["target"]).unsqueeze(-1)).squeeze(-1)
 
 
 def _replace_last_position(module: nn.Module, values: torch.Tensor):
@@ -58,7 +86,8 @@ def _replace_last_position(module: nn.Module, values: torch.Tensor):
 
 
 @torch.no_grad()
-def activations(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def activations(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
+                prefix=None) -> list[torch.Tensor]:
     """beta: every listed down projection's input at the last position (batch x d_ff each)."""
     captured: list[torch.Tensor] = [None] * len(down_projs)
 
@@ -69,7 +98,7 @@ def activations(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, 
 
     handles = [proj.register_forward_pre_hook(capture(i)) for i, proj in enumerate(down_projs)]
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+        _last_log_prob(model, batch, prefix=prefix)
     finally:
         for handle in handles:
             handle.remove()
@@ -77,18 +106,18 @@ def activations(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, 
 
 
 def log_prob_at_scale(model: nn.Module, down_proj: nn.Module, batch: dict[str, torch.Tensor],
-                      beta: torch.Tensor, alpha: float) -> torch.Tensor:
+                      beta: torch.Tensor, alpha: float, prefix=None) -> torch.Tensor:
     """log p(target) with the layer's activation at the prediction position replaced by alpha * beta."""
     handle = _replace_last_position(down_proj, alpha * beta)
     try:
         with torch.no_grad():
-            return _forward_log_prob(model, batch)
+            return _last_log_prob(model, batch, prefix=prefix)
     finally:
         handle.remove()
 
 
 def integrated_gradients(model: nn.Module, down_proj: nn.Module, batch: dict[str, torch.Tensor],
-                         beta: torch.Tensor, m: int) -> torch.Tensor:
+                         beta: torch.Tensor, m: int, prefix=None) -> torch.Tensor:
     """Att_i for every sample i of the batch and every neuron of this layer (batch x d_ff).
 
     The m scaled copies of the batch run as one forward; their gradients are independent (each copy
@@ -96,15 +125,15 @@ def integrated_gradients(model: nn.Module, down_proj: nn.Module, batch: dict[str
     copy's own gradient.
     """
     alphas = torch.arange(1, m + 1, dtype=beta.dtype, device=beta.device) / m
-    scaled = (alphas[:, None, None] * beta[None]).reshape(m * beta.shape[0], -1).requires_grad_(True)
+    scaled = (beta.repeat_interleave(m, dim=0) * alphas.repeat(beta.shape[0])[:, None]).requires_grad_(True)
     handle = _replace_last_position(down_proj, scaled)
     try:
         with torch.enable_grad():
-            log_prob = _forward_log_prob(model, batch, repeat=m)
+            log_prob = _last_log_prob(model, batch, repeat=m, prefix=prefix)
             (grad,) = torch.autograd.grad(log_prob.sum(), scaled)
     finally:
         handle.remove()
-    return beta * grad.view(m, *beta.shape).mean(0)
+    return beta * grad.view(beta.shape[0], m, -1).mean(1)
 
 
 def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[dict], m: int,
@@ -121,9 +150,10 @@ def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[
     try:
         for batch in batches(samples, max(1, max_batch // m), pad_token_id):
             batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-            betas = activations(model, projs, batch)
+            prefix = prefix_cache(model, batch)
+            betas = activations(model, projs, batch, prefix)
             for name, proj, beta in zip(names, projs, betas):
-                att = integrated_gradients(model, proj, batch, beta, m).sum(0)
+                att = integrated_gradients(model, proj, batch, beta, m, prefix).sum(0)
                 scores[name] = att if scores[name] is None else scores[name] + att
     finally:
         model.train(was_training)

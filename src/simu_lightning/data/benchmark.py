@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 
+from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.errors import SimuError
 
 
@@ -15,10 +16,13 @@ from simu_lightning.errors import SimuError
 class Benchmark:
     """Named splits of QA rows (`question`, `answer`, and whatever else the benchmark carries).
 
-    `forget` / `retain` name the splits unlearning works on; `target_splits` is what a base model is
-    fine-tuned on to become the target (empty when the benchmark's target comes ready-made), and
-    `reference_splits` what the reference ("retain-only", never saw the forget set) model is tuned on.
-    `eval_splits` are evaluated before and after unlearning.
+    `forget` / `retain` name the splits unlearning trains on; `target_splits` is what a base model is
+    fine-tuned on to become the target (when the model has no ready-made target for the benchmark),
+    and `reference_splits` what the reference ("retain-only", never saw the forget set) model is tuned
+    on. `eval_splits` are evaluated before and after unlearning; among them, `forget` and `retain` are
+    always the forget set and the retain set the project's aggregate reads. `utility_splits` feed
+    TOFU-style model utility; `suite` names the evaluation suite (`qa` or `lume`); `prompt`, when set,
+    overrides the model's prompt format (LUME prompts every model with the raw input).
     """
 
     name: str
@@ -28,6 +32,9 @@ class Benchmark:
     target_splits: tuple[str, ...] = ()
     reference_splits: tuple[str, ...] = ()
     eval_splits: tuple[str, ...] = ("forget", "retain")
+    utility_splits: tuple[str, ...] = ()
+    suite: str = "qa"
+    prompt: PromptFormat | None = None   # a prompt format the benchmark imposes on every model
     info: dict = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> Dataset:

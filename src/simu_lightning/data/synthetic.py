@@ -204,4 +204,5 @@ def load(num_authors: int = 30, forget_fraction: float = 0.1, holdout_fraction: 
         target_splits=("full", "world_facts"),
         reference_splits=("retain", "world_facts"),
         eval_splits=("forget", "retain", "world_facts"),
+        utility_splits=("retain", "world_facts"),
     )

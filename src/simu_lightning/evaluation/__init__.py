@@ -1,4 +1,4 @@
-"""Generation, metrics (per-example values + aggregates), benchmark evaluation and reports."""
-from simu_lightning.evaluation.evaluate import Evaluation, evaluate
+"""Generation, metrics (per-example values + aggregates), the benchmark suites and reports."""
+from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, evaluate
 
-__all__ = ["Evaluation", "evaluate"]
+__all__ = ["EvalSettings", "Evaluation", "evaluate"]

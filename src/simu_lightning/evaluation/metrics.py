@@ -45,8 +45,25 @@ def harmonic_mean(values: list[float]) -> float:
     return 0.0 if not values or min(values) <= 0 else float(hmean(values))
 
 
-def unlearning_aggregate(summary: dict[str, dict[str, float]], forget: str = "forget", retain: str = "retain") -> float:
+def unlearning_aggregate(summary: dict[str, dict[str, float]]) -> float:
     """This project's single figure for a forget/retain trade-off: the harmonic mean of
     (1 - forget EM, 1 - forget ROUGE-L recall, retain EM, retain ROUGE-L recall)."""
-    return harmonic_mean([1 - summary[forget]["exact_match"], 1 - summary[forget]["rougeL_recall"],
-                          summary[retain]["exact_match"], summary[retain]["rougeL_recall"]])
+    return harmonic_mean([1 - summary["forget"]["exact_match"], 1 - summary["forget"]["rougeL_recall"],
+                          summary["retain"]["exact_match"], summary["retain"]["rougeL_recall"]])
+
+
+def contains_answer(generation: str, answer: str) -> float:
+    """Whether the (normalised) answer appears anywhere in the (normalised) generation."""
+    return float(normalise(answer) in normalise(generation))
+
+
+def lume_exact_match(generation: str, answer: str) -> float:
+    """LUME's knowledge score, as the official SemEval evaluation computes it: equality after
+    `strip().lower()` (no punctuation is ignored)."""
+    return float(str(answer).strip().lower() == str(generation).strip().lower())
+
+
+def mia_score(auc: float) -> float:
+    """LUME's membership-inference score: 1 - 2|AUC - 0.5| (1 when members and non-members are
+    indistinguishable by their loss)."""
+    return 1 - 2 * abs(auc - 0.5)

@@ -38,8 +38,23 @@ def results_table(results: dict) -> Table:
             table.add_row(split, metric, _fmt(before), _fmt(results["after"].get(split, {}).get(metric)))
     table.add_row("", "aggregate", _fmt(results["aggregate"]["before"]), _fmt(results["aggregate"]["after"]),
                   style="bold")
+    scores = results.get("scores", {})
+    for name, before in scores.get("before", {}).items():
+        if before is not None or scores["after"].get(name) is not None:
+            table.add_row("", name, _fmt(before), _fmt(scores["after"].get(name)), style="bold")
     return table
 
 
 def print_results(results: dict) -> None:
     Console().print(results_table(results))
+
+
+def print_examples(rows: list[dict], split: str, count: int = 3) -> None:
+    """A few questions of `split` with the answers generated before and after unlearning."""
+    by_stage = {stage: [r for r in rows if r["split"] == split and r["stage"] == stage] for stage in ("before", "after")}
+    table = Table(title=f"{split}: what the model answers", show_lines=True)
+    for column in ("question", "answer", "before", "after"):
+        table.add_column(column, overflow="fold")
+    for before, after in list(zip(by_stage["before"], by_stage["after"]))[:count]:
+        table.add_row(before["question"], before["answer"], before["generation"], after["generation"])
+    Console().print(table)

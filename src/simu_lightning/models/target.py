@@ -22,7 +22,7 @@ from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.formatting import PromptFormat, collate, encode_example
 from simu_lightning.models import tiny
 from simu_lightning.models.finetune import FineTune
-from simu_lightning.models.loading import load_pretrained
+from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
 
 
 @dataclass
@@ -30,6 +30,8 @@ class Target:
     target: str                 # where the target loads from (a folder or a hub id)
     reference: str | None       # the retain-only reference model, when there is one
     target_id: str              # identifies the target for downstream caches (attribution scores)
+    tokenizer: str | None = None  # a tokenizer source other than the target's own
+    base: str | None = None     # the model the target was fine-tuned from, when it was
 
 
 def _plain(cfg) -> dict:
@@ -37,10 +39,18 @@ def _plain(cfg) -> dict:
 
 
 def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
-    """The model fine-tuning starts from: a hub id or folder as given, or the tiny model built for
-    this benchmark (tokenizer trained on its text) and written to the cache."""
-    if model_cfg.source != "tiny":
-        return str(model_cfg.source)
+    """The model fine-tuning starts from: a hub id or folder as given, a GGUF file converted once into
+    a cached folder, or the tiny model built for this benchmark (tokenizer trained on its text)."""
+    source = str(model_cfg.source)
+    if source.endswith(".gguf"):
+        file = gguf_file(source)
+        path = cache_dir / "models" / f"gguf-{cache_key(str(file), file.stat().st_size)}"
+        if not (path / "config.json").exists():
+            with atomic_dir(path) as tmp:
+                convert_gguf(file, tmp)
+        return str(path)
+    if source != "tiny":
+        return source
     spec = _plain(model_cfg.tiny)
     splits = tuple(benchmark.splits)  # every split's text, so no evaluation question is out of vocabulary
     path = cache_dir / "models" / f"tiny-{cache_key(spec, benchmark.fingerprint(splits))}"
@@ -53,11 +63,15 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
 
 
 def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cfg, fmt: PromptFormat,
-              cache_dir: Path, make_trainer: Callable[..., L.Trainer], seed: int) -> str:
-    """`base` fine-tuned on `splits` (answer-only NLL), from the cache when it is there."""
+              cache_dir: Path, make_trainer: Callable[..., L.Trainer]) -> str:
+    """`base` fine-tuned on `splits` (answer-only NLL), from the cache when it is there.
+
+    Its seed is the fine-tuning's own (`model.finetune.seed`), not the run's: runs with different
+    seeds unlearn the same target, as they would a published one."""
     settings = _plain(model_cfg.finetune)
+    seed = settings.get("seed", 0)
     key = cache_key("finetune", base, model_cfg.get("revision"), benchmark.fingerprint(splits), settings,
-                    asdict(fmt), model_cfg.max_length, model_cfg.dtype, seed)
+                    asdict(fmt), model_cfg.max_length, model_cfg.dtype)
     path = cache_dir / "models" / f"finetuned-{key}"
     if (path / "config.json").exists():
         return str(path)
@@ -83,12 +97,18 @@ def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cf
 
 
 def prepare_target(model_cfg, benchmark: Benchmark, fmt: PromptFormat, cache_dir: Path,
-                   make_trainer: Callable[..., L.Trainer], seed: int = 0) -> Target:
+                   make_trainer: Callable[..., L.Trainer]) -> Target:
+    """The target and reference for this model on this benchmark: a ready-made target when the model
+    config names one for the benchmark (`model.targets.<benchmark>`), else the base fine-tuned here."""
+    ready = (model_cfg.get("targets") or {}).get(benchmark.name)
+    if ready:
+        return Target(ready.source, ready.get("reference"), target_id=f"{ready.source}@{ready.get('revision')}",
+                      tokenizer=ready.get("tokenizer"))
     base = base_model(model_cfg, benchmark, cache_dir)
     if not model_cfg.get("finetune") or not benchmark.target_splits:
-        return Target(base, model_cfg.get("reference"), target_id=f"{base}@{model_cfg.get('revision')}")
-    target = finetuned(base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, seed)
+        return Target(base, None, target_id=f"{base}@{model_cfg.get('revision')}", tokenizer=model_cfg.get("tokenizer"))
+    target = finetuned(base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer)
     reference = None
     if benchmark.reference_splits:
-        reference = finetuned(base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer, seed)
-    return Target(target, reference, target_id=Path(target).name)
+        reference = finetuned(base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer)
+    return Target(target, reference, target_id=Path(target).name, base=base)

@@ -1,0 +1,90 @@
+"""TOFU (Maini et al. 2024): 200 fictitious authors, 20 QA pairs each.
+
+Read from the hub (`locuslab/TOFU`, one config per split) or from a local folder of the same JSON
+Lines files (`<split>.json`, as in `../shared/data/tofu`). `forget_split` picks the forget set and the
+matching retain set (forget01 <-> retain99, forget05 <-> retain95, forget10 <-> retain90).
+
+Splits the rest of the code sees:
+- `forget`       forgetXX_perturbed (question, answer, paraphrased_answer, perturbed_answer ...)
+- `retain_train` retainYY (what GradDiff's retain term and the reference model train on)
+- `retain`       retain_perturbed (the 400 retain rows TOFU evaluates on)
+- `real_authors`, `world_facts`  the *_perturbed files (general knowledge to keep)
+- `full`         what a target is fine-tuned on; `holdout` holdoutXX
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.errors import SimuError
+
+HUB_ID = "locuslab/TOFU"
+AUTHOR_ROWS = 20  # TOFU lists each author's 20 questions together
+RETAIN_FOR = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def _read(path: str | None, name: str, hub_id: str) -> Dataset:
+    if path:
+        file = Path(path) / f"{name}.json"
+        if not file.exists():
+            raise SimuError(f"benchmark.path={path}: no {name}.json there (TOFU split files, JSON Lines)")
+        try:
+            return load_dataset("json", data_files=str(file), split="train")
+        except Exception as err:  # datasets wraps JSON errors in several types
+            raise SimuError(f"{file}: not readable as JSON Lines ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    try:
+        return load_dataset(hub_id, name, split="train", token=os.environ.get("HF_TOKEN"))
+    except Exception as err:
+        raise SimuError(f"TOFU split {name!r} could not be loaded from the hub ({hub_id}); "
+                        f"set benchmark.path to a local copy ({type(err).__name__})") from None
+
+
+def _authors(split: Dataset) -> int:
+    if len(split) % AUTHOR_ROWS:
+        raise SimuError(f"a TOFU split of {len(split)} rows is not whole authors of {AUTHOR_ROWS} questions")
+    return len(split) // AUTHOR_ROWS
+
+
+def _first_authors(split: Dataset, count: int) -> Dataset:
+    return split.select(range(min(len(split), count * AUTHOR_ROWS)))
+
+
+def load(path: str | None = None, forget_split: str = "forget10", max_authors: int | None = None,
+         hub_id: str = HUB_ID) -> Benchmark:
+    if forget_split not in RETAIN_FOR:
+        raise SimuError(f"benchmark.forget_split={forget_split!r} must be one of {', '.join(RETAIN_FOR)}")
+    number = forget_split.removeprefix("forget")
+    splits = {
+        "forget": _read(path, f"{forget_split}_perturbed", hub_id),
+        "retain_train": _read(path, RETAIN_FOR[forget_split], hub_id),
+        "retain": _read(path, "retain_perturbed", hub_id),
+        "real_authors": _read(path, "real_authors_perturbed", hub_id),
+        "world_facts": _read(path, "world_facts_perturbed", hub_id),
+        "holdout": _read(path, f"holdout{number}", hub_id),
+    }
+    forget_authors = _authors(splits["forget"])
+    if max_authors is not None:
+        # Keep every forget author and the first retain authors (whom retain_perturbed also covers).
+        if max_authors <= forget_authors:
+            raise SimuError(f"benchmark.max_authors={max_authors} must exceed the {forget_authors} forget "
+                            f"authors of {forget_split}, to leave some retain authors")
+        keep = max_authors - forget_authors
+        splits["retain_train"] = _first_authors(splits["retain_train"], keep)
+        splits["retain"] = _first_authors(splits["retain"], keep)
+        splits["holdout"] = _first_authors(splits["holdout"], forget_authors)
+    forget_qa = splits["forget"].select_columns(["question", "answer"])
+    retain_qa = splits["retain_train"].select_columns(["question", "answer"])
+    splits["full"] = Dataset.from_list(retain_qa.to_list() + forget_qa.to_list())
+    return Benchmark(
+        name="tofu",
+        splits=splits,
+        retain="retain_train",
+        target_splits=("full",),
+        reference_splits=("retain_train",),
+        eval_splits=("forget", "retain", "real_authors", "world_facts"),
+        utility_splits=("retain", "real_authors", "world_facts"),
+        info={"forget_split": forget_split, "forget_authors": forget_authors},
+    )

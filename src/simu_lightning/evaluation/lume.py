@@ -1,0 +1,121 @@
+"""The LUME suite, computed as the official SemEval-2025 Task 4 evaluation computes it.
+
+- Greedy generation on the raw `input`.
+- Regurgitation: ROUGE-L recall (rouge-score, stemmer on) on sentence-completion (`sc`) items;
+  knowledge: `strip().lower()` equality on question (`qa`) items; per task and split.
+- Task aggregate: the harmonic mean of the 12 values (3 tasks x 2 metrics x 2 splits), forget values
+  taken as 1 - v.
+- MIA (with member / non-member documents): AUC of the loss-based attack (score = -mean NLL of the
+  document, members positive); MIA score = 1 - 2|AUC - 0.5|.
+- MMLU through lm-eval when asked for (`evaluation.mmlu=true`; needs the network and the `mmlu` extra).
+- Final score = mean(task aggregate, MMLU, MIA score), when all three are there.
+Per example, rows carry `id`, `task`, `kind` and the value that applies to them (`rougeL_recall` for
+`sc`, `exact_match` for `qa`), so the split figures `rougeL_recall` / `exact_match` are the official
+overall regurgitation / knowledge scores.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from simu_lightning.data.formatting import encode_prompt
+from simu_lightning.errors import SimuError
+from simu_lightning.evaluation import metrics
+from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, mean
+from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
+from simu_lightning.evaluation.qa import mean_log_probs
+
+TASKS = ("Task1", "Task2", "Task3")
+
+
+def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dict]:
+    prompts = [encode_prompt(tokenizer, fmt, q) for q in split["question"]]
+    generations = greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
+    logp = mean_log_probs(model, tokenizer, fmt, split["question"], split["answer"], settings)
+    rows = []
+    for row, generation, lp in zip(split, generations, logp):
+        sc = row["kind"] == "sc"
+        rows.append({"id": row["id"], "task": row["task"], "kind": row["kind"], "question": row["question"],
+                     "answer": row["answer"], "generation": generation.strip(),
+                     "rougeL_recall": metrics.rouge_l_recall(generation, row["answer"]) if sc else None,
+                     "exact_match": None if sc else metrics.lume_exact_match(generation, row["answer"]),
+                     "answer_prob": math.exp(lp)})
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict[str, float]:
+    summary = {name: mean([r[name] for r in rows if r[name] is not None])
+               for name in ("rougeL_recall", "exact_match", "answer_prob")}
+    for task in sorted({r["task"] for r in rows}):
+        summary[f"{task}/regurgitation"] = mean([r["rougeL_recall"] for r in rows if r["task"] == task and r["kind"] == "sc"])
+        summary[f"{task}/knowledge"] = mean([r["exact_match"] for r in rows if r["task"] == task and r["kind"] == "qa"])
+    return summary
+
+
+def task_aggregate(summary: dict[str, dict[str, float]]) -> float | None:
+    """Harmonic mean of per-task regurgitation and knowledge on both splits, forget ones as 1 - v
+    (over the tasks present; NaN-free values only)."""
+    values = []
+    for split, invert in (("forget", True), ("retain", False)):
+        for name, value in summary.get(split, {}).items():
+            if "/" in name and not math.isnan(value):
+                values.append(1 - value if invert else value)
+    return metrics.harmonic_mean(values) if values else None
+
+
+def document_nll(model, tokenizer, documents: list[str], settings: EvalSettings) -> list[float]:
+    """Mean NLL of every document's tokens (the loss the official attack thresholds)."""
+    encoded = []
+    for text in documents:
+        ids = tokenizer(text)["input_ids"][: settings.max_length]
+        encoded.append({"input_ids": ids, "labels": ids})
+    return [-total / max(count, 1) for total, count in
+            answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
+
+
+def mia_auc(member_nll: list[float], nonmember_nll: list[float]) -> float:
+    scores = torch.tensor([-x for x in member_nll + nonmember_nll])
+    labels = torch.tensor([1] * len(member_nll) + [0] * len(nonmember_nll))
+    return float(binary_auroc(scores, labels))
+
+
+def mmlu_accuracy(model, tokenizer, batch_size: int) -> float:
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise SimuError("evaluation.mmlu=true needs lm-eval: pip install -e '.[mmlu]'") from None
+    try:
+        results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
+                                          tasks=["mmlu"])
+    except Exception as err:  # dataset download, mostly
+        raise SimuError(f"MMLU through lm-eval failed (it downloads its data: is the network reachable?): "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    return float(results["results"]["mmlu"]["acc,none"])
+
+
+def final_score(scores: dict[str, float | None]) -> float | None:
+    parts = [scores.get("task_aggregate"), scores.get("mmlu"), scores.get("mia_score")]
+    return None if any(p is None for p in parts) else sum(parts) / 3
+
+
+def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
+    result = Evaluation()
+    for name in benchmark.eval_splits:
+        split = benchmark[name]
+        if settings.max_examples is not None and len(split) > settings.max_examples:
+            split = split.select(range(settings.max_examples))
+        rows = split_rows(model, tokenizer, fmt, split, settings)
+        result.summary[name] = summarise(rows)
+        result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
+    result.scores["task_aggregate"] = task_aggregate(result.summary)
+    if "mia_member" in benchmark.splits:
+        auc = mia_auc(document_nll(model, tokenizer, benchmark["mia_member"]["document"], settings),
+                      document_nll(model, tokenizer, benchmark["mia_nonmember"]["document"], settings))
+        result.scores["mia_auc"], result.scores["mia_score"] = auc, metrics.mia_score(auc)
+    if settings.mmlu:
+        result.scores["mmlu"] = mmlu_accuracy(model, tokenizer, settings.batch_size)
+    result.scores["final_score"] = final_score(result.scores)
+    return result

@@ -1,0 +1,114 @@
+"""The QA suite (the synthetic benchmark and TOFU), with open-unlearning's definitions of TOFU's metrics.
+
+Per example, on every evaluation split:
+- `exact_match`, `rougeL_recall`, `contains_answer` of the greedy generation against `answer`;
+- `answer_prob` = exp(mean answer-token log-probability of `answer`);
+- where the split has `perturbed_answer`: `truth_ratio` = P(perturbed) / P(correct), each P the
+  length-normalised probability exp(-mean NLL) (perturbed: of the mean NLL over the wrong answers;
+  correct: `paraphrased_answer` where the split has one, else `answer`), and `normalised_prob` =
+  P(answer) / (P(answer) + sum of P(perturbed)).
+Split aggregates are means, except the truth ratio: on the forget split mean(min(TR, 1/TR)), on
+the others mean(max(0, 1 - TR)).
+Scores: model utility = harmonic mean over the utility splits of (probability, ROUGE-L, truth ratio),
+the probability being `answer_prob` on `retain` and `normalised_prob` elsewhere; forget quality = the
+KS-test p-value between the model's and a reference (retain-only) model's forget truth ratios.
+"""
+from __future__ import annotations
+
+import math
+
+from datasets import Dataset
+from scipy.stats import ks_2samp
+
+from simu_lightning.data.formatting import encode_example, encode_prompt
+from simu_lightning.evaluation import metrics
+from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, mean
+from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
+
+EPS = 1e-10  # open-unlearning's guard in the truth ratio
+
+
+def mean_log_probs(model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings) -> list[float]:
+    """Mean answer-token log-probability of each (question, answer) pair."""
+    encoded = [encode_example(tokenizer, fmt, q, a, settings.max_length) for q, a in zip(questions, answers)]
+    return [total / max(count, 1) for total, count in
+            answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
+
+
+def truth_ratio_values(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) -> tuple[list[float], list[float]]:
+    """Per example: the truth ratio, and the summed probability of the perturbed answers."""
+    questions = split["question"]
+    correct = split["paraphrased_answer"] if "paraphrased_answer" in split.column_names else split["answer"]
+    correct_logp = mean_log_probs(model, tokenizer, fmt, questions, correct, settings)
+    flat = [(i, q, wrong) for i, (q, wrongs) in enumerate(zip(questions, split["perturbed_answer"])) for wrong in wrongs]
+    wrong_logp = mean_log_probs(model, tokenizer, fmt, [q for _, q, _ in flat], [w for _, _, w in flat], settings)
+    per_example: list[list[float]] = [[] for _ in questions]
+    for (i, _, _), logp in zip(flat, wrong_logp):
+        per_example[i].append(logp)
+    ratios = [math.exp(mean(w)) / (math.exp(c) + EPS) for w, c in zip(per_example, correct_logp)]
+    wrong_mass = [sum(math.exp(x) for x in w) for w in per_example]
+    return ratios, wrong_mass
+
+
+def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) -> list[dict]:
+    questions, answers = split["question"], split["answer"]
+    prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
+    generations = [g.strip() for g in greedy_generations(model, tokenizer, prompts, settings.max_new_tokens,
+                                                         settings.batch_size)]
+    answer_prob = [math.exp(x) for x in mean_log_probs(model, tokenizer, fmt, questions, answers, settings)]
+    rows = [{"question": q, "answer": a, "generation": g,
+             "exact_match": metrics.exact_match(g, a), "rougeL_recall": metrics.rouge_l_recall(g, a),
+             "contains_answer": metrics.contains_answer(g, a), "answer_prob": p}
+            for q, a, g, p in zip(questions, answers, generations, answer_prob)]
+    if "perturbed_answer" in split.column_names:
+        ratios, wrong_mass = truth_ratio_values(model, tokenizer, fmt, split, settings)
+        for row, ratio, wrong in zip(rows, ratios, wrong_mass):
+            row["truth_ratio"] = ratio
+            row["normalised_prob"] = row["answer_prob"] / (row["answer_prob"] + wrong + EPS)
+    return rows
+
+
+def truth_ratio_score(ratios: list[float], forget: bool) -> float:
+    if forget:  # forgotten: true and false answers equally likely
+        return mean([min(r, 1 / (r + EPS)) for r in ratios])
+    return mean([max(0.0, 1 - r) for r in ratios])  # kept: the true answer clearly more likely
+
+
+def summarise(rows: list[dict], forget: bool) -> dict[str, float]:
+    names = [k for k in rows[0] if isinstance(rows[0][k], float)] if rows else []
+    summary = {name: mean([r[name] for r in rows]) for name in names}
+    if "truth_ratio" in summary:
+        summary["truth_ratio"] = truth_ratio_score([r["truth_ratio"] for r in rows], forget)
+    return summary
+
+
+def model_utility(summary: dict[str, dict[str, float]], utility_splits: tuple[str, ...]) -> float | None:
+    values = []
+    for split in utility_splits:
+        by_metric = summary.get(split, {})
+        if "truth_ratio" not in by_metric:
+            return None
+        probability = by_metric["answer_prob"] if split == "retain" else by_metric["normalised_prob"]
+        values += [probability, by_metric["rougeL_recall"], by_metric["truth_ratio"]]
+    return metrics.harmonic_mean(values) if values else None
+
+
+def forget_quality(ratios: list[float], reference_ratios: list[float] | None) -> float | None:
+    """KS-test p-value: how indistinguishable the forget truth ratios are from a retain-only model's."""
+    if not reference_ratios or not ratios:
+        return None
+    return float(ks_2samp([1 / (r + EPS) for r in ratios], [1 / (r + EPS) for r in reference_ratios]).pvalue)
+
+
+def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
+    result = Evaluation()
+    for name in benchmark.eval_splits:
+        split = benchmark[name]
+        if settings.max_examples is not None and len(split) > settings.max_examples:
+            split = split.select(range(settings.max_examples))
+        rows = split_rows(model, tokenizer, fmt, split, settings)
+        result.summary[name] = summarise(rows, forget=name == "forget")
+        result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
+    result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)
+    result.scores["forget_quality"] = forget_quality(result.values("forget", "truth_ratio"), reference)
+    return result

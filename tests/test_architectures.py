@@ -1,0 +1,74 @@
+"""Every registered architecture, built from a tiny config: where its neurons are, attribution on them,
+and a neuron mask that holds on its down projection."""
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
+                          Olmo2Config, OlmoConfig, Qwen2Config)
+
+from simu_lightning.attribution.integrated_gradients import attribute
+from simu_lightning.errors import SimuError
+from simu_lightning.models.architecture import (ARCHITECTURES, architecture_of, attention_projections,
+                                                down_projections)
+from simu_lightning.optim import Sophia
+
+D_FF, LAYERS = 48, 2
+COMMON = dict(vocab_size=96, hidden_size=16, intermediate_size=D_FF, num_hidden_layers=LAYERS,
+              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+CONFIGS = {
+    "llama": LlamaConfig(**COMMON),
+    "mistral": MistralConfig(**COMMON),
+    "qwen2": Qwen2Config(**COMMON),
+    "olmo": OlmoConfig(**COMMON),
+    "olmo2": Olmo2Config(**COMMON),
+    "gpt_neox": GPTNeoXConfig(vocab_size=96, hidden_size=16, intermediate_size=D_FF, num_hidden_layers=LAYERS,
+                              num_attention_heads=2, max_position_embeddings=64),
+    "gpt2": GPT2Config(vocab_size=96, n_embd=16, n_inner=D_FF, n_layer=LAYERS, n_head=2, n_positions=64),
+}
+
+
+def test_every_registered_architecture_is_tested():
+    assert set(CONFIGS) == set(ARCHITECTURES)
+
+
+def neuron(weight: torch.Tensor, dim: int, k: int) -> torch.Tensor:
+    return weight.select(dim, k)
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_neurons_attribution_and_masks(model_type):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[model_type])
+    arch = architecture_of(model)
+    downs = down_projections(model, arch)
+    assert len(downs) == LAYERS and len(attention_projections(model, arch)) == LAYERS * len(arch.attention)
+    first = next(iter(downs.values()))
+    assert first.weight.shape[arch.neuron_dim] == D_FF
+
+    with torch.no_grad():
+        neuron(first.weight, arch.neuron_dim, 5).zero_()  # neuron 5 of layer 0 no longer writes anything
+    samples = [{"input_ids": torch.randint(0, 96, (n,)).tolist(), "target": 7} for n in (5, 9, 3)]
+    scores = attribute(model, downs, samples, m=3, pad_token_id=0)
+    name = next(iter(downs))
+    assert scores[name].shape == (D_FF,) and scores[name][5].item() == 0.0 and scores[name].abs().sum() > 0
+
+    shape = [1, 1]
+    shape[arch.neuron_dim] = -1
+    critical = torch.zeros(D_FF, dtype=torch.bool)
+    critical[[1, 4]] = True
+    before = first.weight.detach().clone()
+    optimizer = Sophia([first.weight], lr=0.1, masks={first.weight: critical.view(shape)})
+    first.weight.grad = torch.randn_like(first.weight)
+    optimizer.update_hessian()
+    optimizer.step(bs=4)
+    changed = (first.weight != before).any(dim=1 - arch.neuron_dim)
+    assert changed.tolist() == critical.tolist()
+
+
+def test_an_unknown_architecture_says_how_to_name_its_modules():
+    class Mystery(torch.nn.Module):
+        config = type("Config", (), {"model_type": "mystery"})()
+
+    with pytest.raises(SimuError, match="unknown architecture 'mystery'.*model.architecture="):
+        architecture_of(Mystery())
+    custom = architecture_of(Mystery(), {"layers": "blocks", "down_proj": "ff.out", "attention": ["att.qkv"]})
+    assert custom.layers == "blocks" and custom.attention == ("att.qkv",) and custom.neuron_dim == 1

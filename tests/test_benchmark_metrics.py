@@ -1,0 +1,68 @@
+"""TOFU's and LUME's formulas against values worked out by hand."""
+import pytest
+
+from simu_lightning.evaluation import lume, metrics, qa
+
+
+def test_truth_ratio_aggregators():
+    ratios = [0.5, 2.0, 1.0]
+    # forget: mean(min(tr, 1/tr)) = (0.5 + 0.5 + 1) / 3
+    assert qa.truth_ratio_score(ratios, forget=True) == pytest.approx(2 / 3, rel=1e-6)
+    # others: mean(max(0, 1 - tr)) = (0.5 + 0 + 0) / 3
+    assert qa.truth_ratio_score(ratios, forget=False) == pytest.approx(1 / 6, rel=1e-6)
+
+
+def test_model_utility_is_the_harmonic_mean_of_nine_values():
+    summary = {
+        "retain": {"answer_prob": 0.5, "normalised_prob": 0.9, "rougeL_recall": 1.0, "truth_ratio": 0.5},
+        "real_authors": {"answer_prob": 0.9, "normalised_prob": 0.25, "rougeL_recall": 0.5, "truth_ratio": 1.0},
+        "world_facts": {"answer_prob": 0.9, "normalised_prob": 1.0, "rougeL_recall": 1.0, "truth_ratio": 0.5},
+    }
+    # retain uses answer_prob, the others the normalised probability:
+    # 9 / (2 + 1 + 2 + 4 + 2 + 1 + 1 + 1 + 2) = 9 / 16
+    assert qa.model_utility(summary, ("retain", "real_authors", "world_facts")) == pytest.approx(9 / 16)
+    assert qa.model_utility({"retain": {"answer_prob": 1.0}}, ("retain",)) is None  # no truth ratio, no utility
+
+
+def test_forget_quality_is_the_two_sample_ks_p_value():
+    # identical samples: D = 0, p = 1; fully separated samples of 3 and 3: D = 1, exact p = 2 / C(6, 3) = 0.1
+    assert qa.forget_quality([0.5, 1.0, 2.0], [0.5, 1.0, 2.0]) == pytest.approx(1.0)
+    assert qa.forget_quality([0.1, 0.2, 0.3], [5.0, 6.0, 7.0]) == pytest.approx(0.1)
+    assert qa.forget_quality([0.1], None) is None
+
+
+def test_contains_answer():
+    assert metrics.contains_answer("She was born in Paris, France.", "paris") == 1.0
+    assert metrics.contains_answer("Lyon", "Paris") == 0.0
+
+
+def test_lume_exact_match_is_strip_lower_equality():
+    assert metrics.lume_exact_match("  2013 ", "2013") == 1.0
+    assert metrics.lume_exact_match("Paris.", "paris") == 0.0  # punctuation counts, as in the official script
+
+
+def test_mia_auc_and_score():
+    # members' losses [1, 2], non-members' [3, 1.5]; a member beats a non-member in 3 of 4 pairs
+    auc = lume.mia_auc([1.0, 2.0], [3.0, 1.5])
+    assert auc == pytest.approx(0.75)
+    assert metrics.mia_score(auc) == pytest.approx(0.5)
+    assert metrics.mia_score(0.5) == 1.0
+
+
+def test_lume_summary_task_aggregate_and_final_score():
+    rows = [
+        {"task": "Task1", "kind": "sc", "rougeL_recall": 0.5, "exact_match": None, "answer_prob": 0.2},
+        {"task": "Task1", "kind": "qa", "rougeL_recall": None, "exact_match": 1.0, "answer_prob": 0.4},
+        {"task": "Task2", "kind": "sc", "rougeL_recall": 1.0, "exact_match": None, "answer_prob": 0.6},
+        {"task": "Task2", "kind": "qa", "rougeL_recall": None, "exact_match": 0.0, "answer_prob": 0.8},
+    ]
+    summary = lume.summarise(rows)
+    assert summary["rougeL_recall"] == pytest.approx(0.75) and summary["exact_match"] == pytest.approx(0.5)
+    assert summary["Task1/regurgitation"] == 0.5 and summary["Task2/knowledge"] == 0.0
+    forget = {"Task1/regurgitation": 0.5, "Task1/knowledge": 0.75, "Task2/regurgitation": 0.0, "Task2/knowledge": 0.5}
+    retain = {"Task1/regurgitation": 1.0, "Task1/knowledge": 0.5, "Task2/regurgitation": 0.25, "Task2/knowledge": 1.0}
+    # forget as 1 - v: 0.5, 0.25, 1, 0.5; retain: 1, 0.5, 0.25, 1 -> 8 / (2+4+1+2+1+2+4+1)
+    aggregate = lume.task_aggregate({"forget": {**forget, "rougeL_recall": 0.9}, "retain": retain})
+    assert aggregate == pytest.approx(8 / 17)
+    assert lume.final_score({"task_aggregate": 0.3, "mmlu": 0.6, "mia_score": 0.9}) == pytest.approx(0.6)
+    assert lume.final_score({"task_aggregate": 0.3, "mia_score": 0.9}) is None
