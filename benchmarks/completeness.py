@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from simu_lightning.attribution.integrated_gradients import (activations, batches, integrated_gradients,
-                                                              log_prob_at_scale, prediction_samples)
+                                                              log_prob_at_scale, prediction_samples, prefix_cache)
 from simu_lightning.cache import cache_root
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
@@ -32,19 +32,21 @@ def main(overrides: list[str]) -> dict:
         cfg = compose("config", overrides=["paths.output_dir=outputs/benchmarks", *overrides])
     benchmark, fmt = instantiate(cfg.benchmark), PromptFormat(**cfg.model.prompt)
     trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False)
-    target = prepare_target(cfg.model, benchmark, fmt, cache_root(cfg.paths.cache_dir), trainer, cfg.seed)
+    target = prepare_target(cfg.model, benchmark, fmt, cache_root(cfg.paths.cache_dir), trainer)
     model, tokenizer = load_pretrained(target.target, cfg.model.dtype)
     model.eval().requires_grad_(False)
     forget = encode_split(benchmark[benchmark.forget], tokenizer, fmt, cfg.model.max_length)
     samples = prediction_samples(forget, tokenizer.eos_token_id)
     projs = list(down_projections(model, architecture_of(model)).values())
     errors, gaps = {m: [] for m in STEPS}, []
-    for batch in batches(samples, 64, tokenizer.pad_token_id):
-        for proj, beta in zip(projs, activations(model, projs, batch)):
-            gap = log_prob_at_scale(model, proj, batch, beta, 1.0) - log_prob_at_scale(model, proj, batch, beta, 0.0)
+    for batch in batches(samples, 4, tokenizer.pad_token_id):  # 4 samples x m=500 copies per forward
+        prefix = prefix_cache(model, batch)
+        for proj, beta in zip(projs, activations(model, projs, batch, prefix)):
+            gap = (log_prob_at_scale(model, proj, batch, beta, 1.0, prefix)
+                   - log_prob_at_scale(model, proj, batch, beta, 0.0, prefix))
             gaps.append(gap.abs())
             for m in STEPS:
-                errors[m].append((integrated_gradients(model, proj, batch, beta, m).sum(-1) - gap).abs())
+                errors[m].append((integrated_gradients(model, proj, batch, beta, m, prefix).sum(-1) - gap).abs())
     gap = torch.cat(gaps)
     report = {}
     for m in STEPS:

@@ -34,3 +34,11 @@ def test_harmonic_mean_and_aggregate():
                "retain": {"exact_match": 1.0, "rougeL_recall": 0.5}}
     # hmean(0.5, 0.25, 1.0, 0.5) = 4 / (2 + 4 + 1 + 2)
     assert metrics.unlearning_aggregate(summary) == pytest.approx(4 / 9)
+
+
+def test_split_summary_keeps_every_metric_even_when_the_first_value_is_zero():
+    from simu_lightning.evaluation.qa import summarise
+
+    rows = [{"exact_match": 0.0, "rougeL_recall": metrics.rouge_l_recall("", "Paris"), "answer_prob": 0.5},
+            {"exact_match": 1.0, "rougeL_recall": 1.0, "answer_prob": 0.7}]
+    assert summarise(rows, forget=True) == pytest.approx({"exact_match": 0.5, "rougeL_recall": 0.5, "answer_prob": 0.6})

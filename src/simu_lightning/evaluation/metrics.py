@@ -30,7 +30,7 @@ def _rouge():
 def rouge_l_recall(generation: str, answer: str) -> float:
     """ROUGE-L recall of the generation against the reference answer (rouge-score, Porter stemmer on):
     the longest common subsequence's share of the answer's tokens."""
-    return _rouge().score(answer, generation)["rougeL"].recall
+    return float(_rouge().score(answer, generation)["rougeL"].recall)
 
 
 def answer_probability(log_prob_sum: float, num_tokens: int) -> float:

@@ -74,9 +74,11 @@ def truth_ratio_score(ratios: list[float], forget: bool) -> float:
     return mean([max(0.0, 1 - r) for r in ratios])  # kept: the true answer clearly more likely
 
 
+METRICS = ("exact_match", "rougeL_recall", "contains_answer", "answer_prob", "truth_ratio", "normalised_prob")
+
+
 def summarise(rows: list[dict], forget: bool) -> dict[str, float]:
-    names = [k for k in rows[0] if isinstance(rows[0][k], float)] if rows else []
-    summary = {name: mean([r[name] for r in rows]) for name in names}
+    summary = {name: mean([r[name] for r in rows]) for name in METRICS if rows and name in rows[0]}
     if "truth_ratio" in summary:
         summary["truth_ratio"] = truth_ratio_score([r["truth_ratio"] for r in rows], forget)
     return summary
