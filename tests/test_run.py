@@ -97,3 +97,61 @@ def test_bad_settings_fail_with_one_line_naming_them(override, message, tmp_path
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == message
     assert not (tmp_path / "cache").exists()  # failed before any work
+
+
+TINY = [a for a in SMALL if a.startswith(("model.", "trainer.", "attribution.", "data."))]
+
+
+def write_lume_folder(folder):
+    """Six small LUME-format documents (two per task) with a completion prompt and a question each,
+    and member / non-member documents for the MIA score."""
+    folder.mkdir()
+    for split, offset in (("forget", 0), ("retain", 10)):
+        rows = []
+        for d in range(3):
+            task, doc = f"Task{d + 1}", f"doc{offset + d}"
+            rows.append({"id": f"{doc}sc0", "task": task, "input": f"The story of {doc} begins in",
+                         "output": f"the town of Vel{offset + d} by the sea."})
+            rows.append({"id": f"{doc}qa0", "task": task, "input": f"Where does the story of {doc} begin?",
+                         "output": f"Vel{offset + d}"})
+        (folder / f"{split}_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("member", "nonmember"):
+        docs = [{"id": f"{name}{i}", "document": f"A {name} document number {i} about the sea."} for i in range(4)]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+
+@pytest.mark.slow
+def test_lume_run_reports_tasks_task_aggregate_and_mia(tmp_path, cache_dir):
+    write_lume_folder(tmp_path / "lume")
+    out = tmp_path / "run"
+    run_py(["benchmark=lume", f"benchmark.path={tmp_path / 'lume'}", "evaluation.max_new_tokens=8",
+            *TINY, f"hydra.run.dir={out}"], cache_dir)
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmark"] == "lume"
+    for split in ("forget", "retain"):
+        assert {"Task1/regurgitation", "Task1/knowledge", "Task3/knowledge", "rougeL_recall", "exact_match"} <= \
+            set(results["after"][split])
+    scores = results["scores"]["after"]
+    assert 0 <= scores["task_aggregate"] <= 1 and scores["mia_score"] == pytest.approx(1 - 2 * abs(scores["mia_auc"] - 0.5))
+    assert scores["final_score"] is None  # no MMLU asked for
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"Task1", "Task2", "Task3"} and all("id" in r for r in rows)
+
+
+TOFU_DATA = ROOT.parent / "shared" / "data" / "tofu"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (TOFU_DATA / "full.json").exists(), reason=f"TOFU data not found at {TOFU_DATA}")
+def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    run_py(["benchmark=tofu", f"benchmark.path={TOFU_DATA}", "benchmark.forget_split=forget01",
+            "benchmark.max_authors=3", "evaluation.max_new_tokens=8", "evaluation.max_examples=6",
+            *TINY, f"hydra.run.dir={out}"], cache_dir)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["after"]) == {"forget", "retain", "real_authors", "world_facts"}
+    for by_metric in results["after"].values():
+        assert {"exact_match", "rougeL_recall", "contains_answer", "answer_prob", "truth_ratio",
+                "normalised_prob"} <= set(by_metric)
+    assert set(results["scores"]["after"]) == {"model_utility", "forget_quality"}
+    assert results["scores"]["after"]["forget_quality"] is not None

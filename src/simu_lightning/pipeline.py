@@ -91,13 +91,14 @@ def run(cfg: DictConfig) -> dict:
     evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
     reference_results = evaluation.pop("reference_results", None)
     evaluate_base = evaluation.pop("base", False)
-    settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
 
     # 1. the benchmark and 2. the target (and reference) model
     benchmark = instantiate(cfg.benchmark)
     log.info("benchmark %s: %s", benchmark.name,
              ", ".join(f"{name} {len(split)}" for name, split in benchmark.splits.items()))
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
+    evaluation["max_new_tokens"] = evaluation["max_new_tokens"] or benchmark.max_new_tokens
+    settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
     finetune_trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False,
                                default_root_dir=str(out / "finetune"))
     with timed(timings, "prepare_target"):

@@ -35,6 +35,7 @@ class Benchmark:
     utility_splits: tuple[str, ...] = ()
     suite: str = "qa"
     prompt: PromptFormat | None = None   # a prompt format the benchmark imposes on every model
+    max_new_tokens: int = 32             # generation length for evaluation (answers' typical length)
     info: dict = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> Dataset:

@@ -95,7 +95,7 @@ def _mia(folder: Path | None) -> dict[str, Dataset]:
 
 
 def load(path: str | None = None, fold: str = "train", max_documents: int | None = None,
-         hub_id: str = HUB_ID) -> Benchmark:
+         hub_id: str = HUB_ID, max_new_tokens: int = 256) -> Benchmark:
     folder = Path(path) if path else None
     if folder is not None and not folder.is_dir():
         raise SimuError(f"benchmark.path={path} is not a folder")
@@ -108,10 +108,11 @@ def load(path: str | None = None, fold: str = "train", max_documents: int | None
         splits[stem] = Dataset.from_list(rows)
     splits.update(_mia(folder))
     return Benchmark(
+        max_new_tokens=max_new_tokens,
         name="lume",
         splits=splits,
         target_splits=("forget", "retain"),   # a model without a LUME target is first tuned on both
-        reference_splits=("retain",),
+        reference_splits=(),                  # LUME's metrics need no retain-only model
         eval_splits=("forget", "retain"),
         utility_splits=(),
         suite="lume",

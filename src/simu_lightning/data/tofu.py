@@ -53,7 +53,7 @@ def _first_authors(split: Dataset, count: int) -> Dataset:
 
 
 def load(path: str | None = None, forget_split: str = "forget10", max_authors: int | None = None,
-         hub_id: str = HUB_ID) -> Benchmark:
+         hub_id: str = HUB_ID, max_new_tokens: int = 200) -> Benchmark:
     if forget_split not in RETAIN_FOR:
         raise SimuError(f"benchmark.forget_split={forget_split!r} must be one of {', '.join(RETAIN_FOR)}")
     number = forget_split.removeprefix("forget")
@@ -79,6 +79,7 @@ def load(path: str | None = None, forget_split: str = "forget10", max_authors: i
     retain_qa = splits["retain_train"].select_columns(["question", "answer"])
     splits["full"] = Dataset.from_list(retain_qa.to_list() + forget_qa.to_list())
     return Benchmark(
+        max_new_tokens=max_new_tokens,
         name="tofu",
         splits=splits,
         retain="retain_train",

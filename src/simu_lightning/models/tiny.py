@@ -23,7 +23,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, num_heads: int,
-                intermediate_size: int, max_position_embeddings: int = 256, seed: int = 0) -> OlmoForCausalLM:
+                intermediate_size: int, max_position_embeddings: int = 2048, seed: int = 0) -> OlmoForCausalLM:
     import torch
 
     config = OlmoConfig(
