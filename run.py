@@ -1,14 +1,43 @@
 """simu-lightning entry point: `python run.py [group=option ...] [key=value ...]` (see README.md)."""
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from simu_lightning.cli import unknown_group_option
+from simu_lightning.cli import process_count, unknown_group_option
 from simu_lightning.errors import SimuError
 
-CONF = Path(__file__).resolve().parent / "conf"
+SCRIPT = Path(__file__).resolve()
+CONF = SCRIPT.parent / "conf"
+
+
+def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
+    """One job of a Hydra sweep whose trainer runs several processes.
+
+    Lightning would relaunch this script with the sweep's own command line (the known trap: every
+    relaunched process starts the sweep again), so instead the job prepares its target here, in one
+    process, and then runs itself under torchrun as a single run in the job's directory."""
+    from simu_lightning.distributed import is_launched_externally
+    from simu_lightning.pipeline import run
+
+    if int(cfg.trainer.get("num_nodes", 1)) > 1:
+        raise SimuError("a Hydra sweep (-m) cannot launch multi-node jobs: run each job with torchrun or srun "
+                        "(see README, 'Several processes')")
+    if is_launched_externally():
+        raise SimuError("-m under torchrun/srun would start the sweep in every process: drop -m, or drop torchrun")
+    run(OmegaConf.merge(cfg, {"prepare_only": True}))
+    job_dir = HydraConfig.get().runtime.output_dir
+    overrides = list(HydraConfig.get().overrides.task)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(SCRIPT), *overrides, f"hydra.run.dir={job_dir}", "hydra.output_subdir=null"]
+    if subprocess.run(command).returncode != 0:
+        raise SimuError(f"the job's processes failed (command: {' '.join(command)}); see {job_dir}")
+    return json.loads((Path(job_dir) / "results.json").read_text())["aggregate"]["after"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -16,11 +45,15 @@ def main(cfg: DictConfig) -> float | None:
     from simu_lightning.pipeline import run  # heavy imports after Hydra has parsed the command line
 
     try:
+        processes = process_count(cfg.trainer)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and processes > 1:
+            return sweep_job_under_torchrun(cfg, processes)
         results = run(cfg)
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    return results["aggregate"]["after"]  # what an Optuna sweep maximises
+    # what an Optuna sweep maximises (only rank 0 of a multi-process run has the results)
+    return results["aggregate"]["after"] if results else None
 
 
 if __name__ == "__main__":

@@ -20,3 +20,18 @@ def unknown_group_option(argv: list[str], conf_dir: Path) -> str | None:
             if option not in available:
                 return f"unknown {group} {option!r}: choose one of {', '.join(available)} ({group}=...)"
     return None
+
+
+def process_count(trainer) -> int:
+    """How many processes a trainer config runs (devices x nodes)."""
+    devices = trainer.get("devices", 1)
+    if devices in ("auto", -1, "-1"):
+        import torch
+
+        gpus = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if gpus else 1
+    elif isinstance(devices, str):
+        devices = int(devices) if devices.isdigit() else len([d for d in devices.split(",") if d.strip()])
+    elif not isinstance(devices, int):
+        devices = len(devices)
+    return int(devices) * int(trainer.get("num_nodes", 1) or 1)

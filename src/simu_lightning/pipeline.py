@@ -1,7 +1,8 @@
 """One SIMU run, top to bottom; the only place that knows the order of the stages.
 
-    benchmark -> target (fine-tuned, cached) -> evaluate before -> attribution + unlearning (Lightning)
-    -> evaluate after -> results.json, generations.jsonl, the unlearned model, the table
+    benchmark -> target (fine-tuned, cached) -> reference truth ratios
+    -> trainer.fit: evaluate before | attribution | unlearning | evaluate after
+    -> results.json, generations.jsonl, the unlearned model, the table
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import transformers
+from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +24,10 @@ from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.cache import cache_root
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.distributed import agree, full_state_dict, is_launched_externally
+from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import EvalSettings, evaluate
+from simu_lightning.evaluation.callback import BeforeAfterEvaluation
 from simu_lightning.evaluation.reference import read_reference_results, reference_rows
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
@@ -80,7 +85,31 @@ def evaluate_base_model(target, benchmark, fmt, settings, dtype):
     return evaluate(model, tokenizer, fmt, benchmark, "base", settings)
 
 
-def run(cfg: DictConfig) -> dict:
+def finetune_trainer_factory(cfg: DictConfig, out: Path):
+    """Target preparation runs in one process, whatever the unlearning's strategy."""
+    def make(**overrides) -> L.Trainer:
+        if is_launched_externally():
+            raise SimuError("the target is not prepared yet, and preparing it needs a single process: run the "
+                            "same command once without torchrun/srun, adding prepare_only=true")
+        return make_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", logger=False,
+                            enable_checkpointing=False, default_root_dir=str(out / "finetune"), **overrides)
+    return make
+
+
+def checkpointing(cfg: DictConfig, out: Path) -> tuple[list, str | None]:
+    """The checkpoint callback (last.ckpt at the end of every `checkpoint.every_n_epochs` epochs) and
+    the checkpoint to resume from, when this output directory already holds one."""
+    every = cfg.checkpoint.every_n_epochs
+    if not every:
+        return [], None
+    folder = out / "checkpoints"
+    callback = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=every)
+    last = folder / "last.ckpt"
+    return [callback], (str(last) if agree(last.exists()) else None)
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """The whole run; with several processes every one runs it, and rank 0 writes the outputs."""
     config.check(cfg)
     quiet_libraries()
     out = Path(cfg.paths.output_dir)
@@ -99,39 +128,49 @@ def run(cfg: DictConfig) -> dict:
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
     evaluation["max_new_tokens"] = evaluation["max_new_tokens"] or benchmark.max_new_tokens
     settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
-    finetune_trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False,
-                               default_root_dir=str(out / "finetune"))
     with timed(timings, "prepare_target"):
-        target = prepare_target(cfg.model, benchmark, fmt, cache_dir, finetune_trainer)
+        target = prepare_target(cfg.model, benchmark, fmt, cache_dir, finetune_trainer_factory(cfg, out))
+        if cfg.get("prepare_only"):
+            reference_forget_rows(benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results)
+            log.info("prepare_only: target %s and reference %s are ready", target.target, target.reference)
+            return None
         model, tokenizer = load_pretrained(target.target, cfg.model.dtype, tokenizer_source=target.tokenizer)
     log.info("target %s (%.1fM parameters) ready in %.0f s", target.target,
              sum(p.numel() for p in model.parameters()) / 1e6, timings["prepare_target"])
 
-    # 3. before unlearning (and the reference model, for TOFU's forget quality)
+    # 3. what the evaluation compares with: the reference model, and (optionally) the base model
     with timed(timings, "evaluation"):
         base = evaluate_base_model(target, benchmark, fmt, settings, cfg.model.dtype) if evaluate_base else None
         reference = reference_forget_rows(benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results)
-        reference_ratios = [r["truth_ratio"] for r in reference] or None
-        before = evaluate(model, tokenizer, fmt, benchmark, "before", settings, reference_ratios)
 
-    # 4. attribution (pre-fit callback) and unlearning
+    # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every
+    #    stage runs on the (possibly sharded) model in every process
     method, loss = instantiate(cfg.method), instantiate(cfg.loss)
     frozen_target = copy.deepcopy(model) if loss.needs_reference else None
     module = UnlearningModule(model, method, loss, architecture_of(model, cfg.model.get("architecture")),
-                              reference=frozen_target, seed=cfg.seed)
+                              reference=frozen_target, seed=cfg.seed, parallel=cfg.get("parallel"))
     datamodule = UnlearningDataModule(benchmark, tokenizer, fmt, max_length=cfg.model.max_length, seed=cfg.seed,
                                       **cfg.data)
+    evaluations = BeforeAfterEvaluation(tokenizer, fmt, benchmark, settings,
+                                        [r["truth_ratio"] for r in reference] or None, out / "before.json")
     attribution = NeuronAttribution(**cfg.attribution, output_dir=out, cache_dir=cache_dir, target_id=target.target_id)
-    trainer = make_trainer(cfg.trainer, callbacks=[attribution], logger=loggers(cfg) or False)
+    checkpoint, resume_from = checkpointing(cfg, out)
+    trainer = make_trainer(cfg.trainer, callbacks=[evaluations, attribution, *checkpoint],
+                           logger=loggers(cfg) or False, enable_checkpointing=bool(checkpoint))
+    log.info("unlearning: method %s, loss %s%s", method.name, type(loss).__name__,
+             f", resuming from {resume_from}" if resume_from else "")
     start = time.perf_counter()
-    log.info("unlearning: method %s, loss %s", method.name, type(loss).__name__)
-    trainer.fit(module, datamodule)
+    trainer.fit(module, datamodule, ckpt_path=resume_from)
     timings["attribution"] = round(attribution.seconds, 2)
-    timings["unlearning"] = round(time.perf_counter() - start - attribution.seconds, 2)
+    timings["evaluation"] = round(timings["evaluation"] + evaluations.seconds, 2)
+    timings["unlearning"] = round(time.perf_counter() - start - attribution.seconds - evaluations.seconds, 2)
 
-    # 5. after unlearning, and 6. what the run leaves behind
-    with timed(timings, "evaluation"):
-        after = evaluate(module.model, tokenizer, fmt, benchmark, "after", settings, reference_ratios)
+    # 5. what the run leaves behind (rank 0 writes; the model export gathers the shards first)
+    weights = full_state_dict(module.model)
+    memory = module.memory_bytes()
+    if not trainer.is_global_zero:
+        return None
+    before, after = evaluations.before, evaluations.after
     results = {
         "method": cfg.method.name,
         "benchmark": benchmark.name,
@@ -140,12 +179,14 @@ def run(cfg: DictConfig) -> dict:
         "after": after.summary,
         "aggregate": {"before": unlearning_aggregate(before.summary), "after": unlearning_aggregate(after.summary)},
         "scores": {"before": before.scores, "after": after.scores},
-        **({"base": base.summary} if base else {}),
         "timings_s": timings,
+        "processes": trainer.world_size,
+        "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},
+        **({"base": base.summary} if base else {}),
     }
     if attribution.kept:
         results["critical_neurons"] = attribution.kept
-    module.model.save_pretrained(out / "unlearned_model")
+    module.model.save_pretrained(out / "unlearned_model", state_dict=weights)
     tokenizer.save_pretrained(out / "unlearned_model")
     write_jsonl(out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows)
     write_json(out / "results.json", results)

@@ -15,6 +15,7 @@ import torch
 from simu_lightning.attribution.integrated_gradients import attribute, prediction_samples
 from simu_lightning.attribution.neurons import check_threshold, critical_neurons
 from simu_lightning.cache import atomic_dir, cache_key
+from simu_lightning.distributed import agree, rank_and_world, share, sum_across
 from simu_lightning.errors import SimuError
 from simu_lightning.models.architecture import down_projections
 
@@ -57,17 +58,24 @@ class NeuronAttribution(L.Callback):
         return sum(int(m.sum()) for m in neurons.values()) / sum(m.numel() for m in neurons.values())
 
     def compute(self, trainer: L.Trainer, pl_module, forget: list[dict]) -> dict[str, torch.Tensor]:
+        """Scores over the whole forget set; with several processes each scores its share (padding
+        weighted 0) and the shares are summed, so every process derives the same masks."""
         tokenizer = trainer.datamodule.tokenizer
         samples = prediction_samples(forget, tokenizer.eos_token_id)
+        if not samples:
+            raise SimuError("the forget set has no answer tokens to attribute")
+        block, real = share(samples, *rank_and_world())
+        block = [dict(sample, weight=1.0 if i < real else 0.0) for i, sample in enumerate(block)]
         projs = down_projections(pl_module.model, pl_module.architecture)
-        return attribute(pl_module.model, projs, samples, self.m, tokenizer.pad_token_id, self.max_batch)
+        scores = attribute(pl_module.model, projs, block, self.m, tokenizer.pad_token_id, self.max_batch)
+        return {name: sum_across(score) for name, score in scores.items()}
 
     def _cached_scores(self, forget: list[dict], compute) -> dict[str, torch.Tensor]:
         if self.cache_dir is None:
             return compute()
         key = cache_key("attribution", self.target_id, [(e["input_ids"], e["labels"]) for e in forget], self.m)
         path = self.cache_dir / "attribution" / key
-        if (path / "scores.pt").exists():
+        if agree((path / "scores.pt").exists()):
             return torch.load(path / "scores.pt")
         scores = compute()
         with atomic_dir(path) as tmp:

@@ -43,6 +43,7 @@ def batches(samples: list[dict], size: int, pad_token_id: int) -> Iterator[dict[
         chunk = samples[start:start + size]
         batch = collate(chunk, pad_token_id, padding_side="left")
         batch["target"] = torch.tensor([s["target"] for s in chunk])
+        batch["weight"] = torch.tensor([float(s.get("weight", 1.0)) for s in chunk])  # 0: padding
         yield batch
 
 
@@ -141,6 +142,7 @@ def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[
     """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores).
 
     `max_batch` bounds the sequences in one forward (m scaled copies of each sample count m times).
+    A sample's optional `weight` scales its contribution (0 for the padding of a process's share).
     """
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
@@ -153,7 +155,7 @@ def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[
             prefix = prefix_cache(model, batch)
             betas = activations(model, projs, batch, prefix)
             for name, proj, beta in zip(names, projs, betas):
-                att = integrated_gradients(model, proj, batch, beta, m, prefix).sum(0)
+                att = (integrated_gradients(model, proj, batch, beta, m, prefix) * batch["weight"][:, None]).sum(0)
                 scores[name] = att if scores[name] is None else scores[name] + att
     finally:
         model.train(was_training)

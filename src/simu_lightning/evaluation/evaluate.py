@@ -17,6 +17,13 @@ class Evaluation:
     scores: dict[str, float | None] = field(default_factory=dict)        # benchmark-level figures
     rows: list[dict] = field(default_factory=list)                       # one per example
 
+    def to_dict(self) -> dict:
+        return {"summary": self.summary, "scores": self.scores, "rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Evaluation":
+        return cls(saved["summary"], saved["scores"], saved["rows"])
+
     def values(self, split: str, metric: str) -> list[float]:
         """The per-example values of `metric` on `split` (examples it does not apply to left out)."""
         return [r[metric] for r in self.rows if r["split"] == split and r.get(metric) is not None]

@@ -1,9 +1,11 @@
-"""Greedy generation and answer likelihoods for evaluation, batched."""
+"""Greedy generation and answer likelihoods for evaluation, batched, and spread over processes when
+there are several (each takes a share; the results come back in order on every process)."""
 from __future__ import annotations
 
 import torch
 
 from simu_lightning.data.formatting import collate
+from simu_lightning.distributed import is_distributed, map_sharded
 from simu_lightning.likelihood import answer_log_likelihood
 
 
@@ -11,9 +13,18 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
 def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded in batches), decoded without special tokens."""
+    return map_sharded(lambda block: _generate(model, tokenizer, block, max_new_tokens, batch_size), prompts)
+
+
+def answer_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(sum of answer-token log-probs, number of answer tokens) for each encoded example."""
+    return map_sharded(lambda block: _log_likelihoods(model, block, pad_token_id, batch_size), examples)
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
     was_training = model.training
     model.eval()
     texts: list[str] = []
@@ -24,7 +35,9 @@ def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_token
             output = model.generate(input_ids=batch["input_ids"].to(_device(model)),
                                     attention_mask=batch["attention_mask"].to(_device(model)),
                                     max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                    # sharded models: keep stepping until every process is done
+                                    synced_gpus=is_distributed())
             texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         model.train(was_training)
@@ -32,8 +45,7 @@ def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_token
 
 
 @torch.no_grad()
-def answer_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int]]:
-    """(sum of answer-token log-probs, number of answer tokens) for each encoded example."""
+def _log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int]]:
     was_training = model.training
     model.eval()
     results: list[tuple[float, int]] = []

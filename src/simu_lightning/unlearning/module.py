@@ -5,7 +5,9 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 
+from simu_lightning.distributed import local_bytes, parallelize
 from simu_lightning.errors import SimuError
 from simu_lightning.likelihood import answer_nll
 from simu_lightning.models.architecture import Architecture
@@ -14,8 +16,10 @@ from simu_lightning.unlearning.methods import Method
 
 
 class UnlearningModule(L.LightningModule):
-    def __init__(self, model, method: Method, loss, architecture: Architecture, reference=None, seed: int = 0):
+    def __init__(self, model, method: Method, loss, architecture: Architecture, reference=None, seed: int = 0,
+                 parallel: dict | None = None):
         super().__init__()
+        self.parallel = dict(parallel or {})  # FSDP2 settings: mixed_precision, activation_checkpointing
         self.automatic_optimization = False
         self.model, self.method, self.loss, self.architecture = model.train(), method, loss, architecture
         if loss.needs_reference and reference is None:
@@ -26,6 +30,30 @@ class UnlearningModule(L.LightningModule):
         trainable = method.trainable_parameter_names(model, architecture)
         for name, param in model.named_parameters():
             param.requires_grad_(name in trainable)
+
+    def configure_model(self) -> None:
+        """Under Lightning's ModelParallelStrategy: shard the model (and NPO's frozen reference) with
+        FSDP2 over the strategy's device mesh. Single-device strategies leave the model as it is."""
+        mesh = self.device_mesh if isinstance(self.trainer.strategy, ModelParallelStrategy) else None
+        if mesh is None or hasattr(next(self.model.parameters()), "device_mesh"):
+            return
+        for model in (self.model, self.reference):
+            if model is not None:
+                parallelize(model, self.architecture, mesh, self.parallel.get("mixed_precision"),
+                            self.parallel.get("activation_checkpointing", False))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hessian_tokens"] = self.hessian_tokens  # Sophia's bs until the next estimate
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.hessian_tokens = checkpoint.get("hessian_tokens", 0)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """What this process holds for the parameters and for the optimiser state (local shards)."""
+        optimizer = self.trainer.optimizers[0]
+        state = [t for per_param in optimizer.state.values() for t in per_param.values()
+                 if isinstance(t, torch.Tensor) and t.dim() > 0]
+        return {"parameters": local_bytes(self.model.parameters()), "optimizer_state": local_bytes(state)}
 
     @property
     def second_order(self) -> bool:

@@ -1,0 +1,122 @@
+"""Everything multi-process: the FSDP2 parallelize function, sharded work with gathered results, and
+masks cut to the shard a process holds.
+
+(Sophia cuts its compact masks to the local shard itself: see `optim/sophia.py`.)
+
+Design facts (see docs/design.md): Lightning's `ModelParallelStrategy` + FSDP2 `fully_shard` runs on a
+CPU over gloo and supports manual optimisation with Sophia's extra backward; `FSDPStrategy` (FSDP1)
+refuses a CPU accelerator and breaks manual optimisation. Every process takes a contiguous share of
+any list of work (attribution samples, evaluation prompts), padded so that all make the same number
+of forward passes (FSDP's all-gathers are collective), and the results are gathered back in order.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from simu_lightning.errors import SimuError
+from simu_lightning.models.architecture import Architecture, decoder_layers
+
+
+def is_launched_externally() -> bool:
+    """Started as one of several processes by torchrun or SLURM (rather than launched by Lightning at fit)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def share(items: Sequence, rank: int, world: int) -> tuple[list, int]:
+    """This process's contiguous block of `items`, padded (with the last item) to the common block
+    size, and how many of the block are real."""
+    per = math.ceil(len(items) / world) if items else 0
+    block = list(items[rank * per:(rank + 1) * per])
+    real = len(block)
+    if per and real < per:
+        block += [items[-1]] * (per - real)
+    return block, real
+
+
+def map_sharded(fn: Callable[[list], list], items: Sequence) -> list:
+    """`fn(items)`, with the work split over processes and the results gathered in order."""
+    if not is_distributed():
+        return fn(list(items))
+    rank, world = rank_and_world()
+    block, real = share(items, rank, world)
+    results = fn(block)[:real] if block else []
+    gathered: list[list] = [None] * world
+    dist.all_gather_object(gathered, results)
+    return [r for part in gathered for r in part]
+
+
+def sum_across(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of `tensor` over all processes (on the device the backend needs)."""
+    if not is_distributed():
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = tensor.to(device).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(tensor.device)
+
+
+def agree(value):
+    """Rank 0's value, on every process (so that all take the same branch before collective work)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def parallelize(model: nn.Module, architecture: Architecture, mesh, mixed_precision: str | None = None,
+                activation_checkpointing: bool = False) -> nn.Module:
+    """FSDP2: `fully_shard` every decoder layer, then the root. With a mesh of two dimensions (nodes x
+    devices, as Lightning's ModelParallelStrategy builds it) this is HSDP: replicated across nodes,
+    sharded within a node.
+
+    Mixed precision (GPU): parameters are all-gathered in bf16, gradients reduced in fp32, and the
+    sharded master weights stay in the dtype they were loaded in (fp32), as does all optimiser state,
+    which is created from them."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy = MixedPrecisionPolicy()
+    if mixed_precision == "bf16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    elif mixed_precision is not None:
+        raise SimuError(f"parallel.mixed_precision must be bf16 or null, got {mixed_precision!r}")
+    for layer in decoder_layers(model, architecture):
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict on CPU; collective under FSDP, complete on rank 0."""
+    if not any(hasattr(p, "device_mesh") for p in model.parameters()):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def local_bytes(tensors) -> int:
+    """Bytes this process holds for the given (possibly sharded) tensors."""
+    total = 0
+    for t in tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        total += local.numel() * local.element_size()
+    return total
