@@ -175,6 +175,7 @@ def run(cfg: DictConfig) -> dict | None:
         "method": cfg.method.name,
         "benchmark": benchmark.name,
         "model": cfg.model.name,
+        "target": target.target,
         "before": before.summary,
         "after": after.summary,
         "aggregate": {"before": unlearning_aggregate(before.summary), "after": unlearning_aggregate(after.summary)},

@@ -1,0 +1,97 @@
+"""Multi-process behaviour, always in subprocesses (torchrun or run.py launching its own processes),
+never an in-process multi-device Trainer inside pytest."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import ROOT
+from test_run import SMALL, run_py
+
+FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def load_weights(folder):
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_masked_sophia_holds_on_weights_sharded_along_either_dimension():
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(ROOT / "tests" / "distributed" / "sophia_shards.py")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("sharded masks hold") == 2
+
+
+@pytest.mark.slow
+def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cache_dir):
+    run_py([*SMALL, "method=simu", f"hydra.run.dir={tmp_path / 'one'}"], cache_dir)
+    run_py([*SMALL, "method=simu", *FSDP, f"hydra.run.dir={tmp_path / 'two'}"], cache_dir)
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert two["critical_neurons"] == one["critical_neurons"]
+    for split, by_metric in one["after"].items():
+        assert two["after"][split] == pytest.approx(by_metric, abs=1e-5)
+    # per process, parameters and optimiser state are about halved by sharding
+    for kind in ("parameters", "optimizer_state"):
+        ratio = two["memory_mb_per_process"][kind] / one["memory_mb_per_process"][kind]
+        assert 0.45 < ratio < 0.6, (kind, ratio)
+
+    weights_one, weights_two = load_weights(tmp_path / "one" / "unlearned_model"), load_weights(tmp_path / "two" / "unlearned_model")
+    assert max((weights_one[k] - weights_two[k]).abs().max().item() for k in weights_one) < 1e-5
+    target = load_weights(two["target"])
+    critical = torch.load(tmp_path / "two" / "attribution" / "critical_neurons.pt")
+    for layer, neurons in critical.items():
+        name = f"{layer}.weight"
+        assert torch.equal(weights_two[name][:, ~neurons], target[name][:, ~neurons]), f"{name}: a non-critical column moved"
+        assert not torch.equal(weights_two[name][:, neurons], target[name][:, neurons])
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_end(tmp_path, cache_dir):
+    longer = [*SMALL, "trainer.max_epochs=6", "method=so", *FSDP]
+    run_py([*longer, f"hydra.run.dir={tmp_path / 'whole'}"], cache_dir)
+
+    interrupted = tmp_path / "interrupted"
+    env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *longer, f"hydra.run.dir={interrupted}"],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoints" / "last.ckpt" / ".metadata").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # both processes, mid-way through the second epoch
+    process.wait()
+    assert not (interrupted / "results.json").exists()
+
+    run_py([*longer, f"hydra.run.dir={interrupted}"], cache_dir)
+    whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "interrupted"))
+    assert "resuming from" in (interrupted / "run.log").read_text()
+    for split in whole["after"]:
+        assert resumed["after"][split] == pytest.approx(whole["after"][split], abs=1e-5)
+    assert resumed["before"] == whole["before"]
+    a, b = load_weights(tmp_path / "whole" / "unlearned_model"), load_weights(interrupted / "unlearned_model")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow
+def test_a_sweep_of_two_process_jobs_runs_each_job_once(tmp_path, cache_dir):
+    run_py(["-m", *SMALL, *FSDP, "method=fo,simu", f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    jobs = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
+    assert jobs == ["0_fo", "1_simu"]
+    for job in jobs:
+        results = json.loads((tmp_path / job / "results.json").read_text())
+        assert results["processes"] == 2 and results["method"] == job.split("_")[1]
+    assert len(list(tmp_path.glob("*/results.json"))) == 2  # the sweep did not start again inside a job
