@@ -66,3 +66,20 @@ def test_lume_summary_task_aggregate_and_final_score():
     assert aggregate == pytest.approx(8 / 17)
     assert lume.final_score({"task_aggregate": 0.3, "mmlu": 0.6, "mia_score": 0.9}) == pytest.approx(0.6)
     assert lume.final_score({"task_aggregate": 0.3, "mia_score": 0.9}) is None
+
+
+def test_mmlu_without_lm_eval_names_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_lm_eval(name, *args, **kwargs):
+        if name.startswith("lm_eval"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
+    from simu_lightning.errors import SimuError
+
+    with pytest.raises(SimuError, match=r"evaluation.mmlu=true needs lm-eval: pip install -e '.\[mmlu\]'"):
+        lume.mmlu_accuracy(model=None, tokenizer=None, batch_size=1)

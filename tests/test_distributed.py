@@ -56,6 +56,10 @@ def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cac
         name = f"{layer}.weight"
         assert torch.equal(weights_two[name][:, ~neurons], target[name][:, ~neurons]), f"{name}: a non-critical column moved"
         assert not torch.equal(weights_two[name][:, neurons], target[name][:, neurons])
+    trained = ("self_attn.", "mlp.down_proj.")
+    for name, weight in weights_two.items():  # frozen parameters, sharded beside trained ones, never move
+        if not any(part in name for part in trained):
+            assert torch.equal(weight, target[name]), f"{name} is frozen under SIMU but moved"
 
 
 @pytest.mark.slow

@@ -72,3 +72,11 @@ def test_lume_mia_files_become_splits(tmp_path):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": name, "document": f"text of {name}"}) + "\n")
     bench = lume.load(path=str(tmp_path))
     assert bench["mia_member"]["document"] == ["text of member"]
+
+
+def test_without_the_network_the_hub_error_says_to_use_a_local_folder(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SimuError, match="set benchmark.path to a local copy"):
+        tofu.load(forget_split="forget01")
+    with pytest.raises(SimuError, match="set HF_TOKEN.*benchmark.path"):
+        lume.load()
