@@ -79,6 +79,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_end(tmp_path,
     os.killpg(process.pid, signal.SIGKILL)  # both processes, mid-way through the second epoch
     process.wait()
     assert not (interrupted / "results.json").exists()
+    saved = torch.load(interrupted / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
+    assert saved["epoch"] < 5, "the checkpoint to resume from must be from the middle of unlearning, not its end"
 
     run_py([*longer, f"hydra.run.dir={interrupted}"], cache_dir)
     whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "interrupted"))

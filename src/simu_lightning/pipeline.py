@@ -103,7 +103,10 @@ def checkpointing(cfg: DictConfig, out: Path) -> tuple[list, str | None]:
     if not every:
         return [], None
     folder = out / "checkpoints"
-    callback = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=every)
+    # With no monitored metric, save_top_k=1 keeps the latest epoch's checkpoint and deletes the previous one
+    # only once the new one is complete; last.ckpt links to it, so a run killed while saving still resumes.
+    # (save_top_k=0 would write "last" only at the end of the fit: Lightning saves it after a top-k save.)
+    callback = ModelCheckpoint(dirpath=folder, save_top_k=1, save_last="link", every_n_epochs=every)
     last = folder / "last.ckpt"
     return [callback], (str(last) if agree(last.exists()) else None)
 
