@@ -61,3 +61,5 @@ if __name__ == "__main__":
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()
+    from simu_lightning.distributed import exit_if_group_closed
+    exit_if_group_closed()

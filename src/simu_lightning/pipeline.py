@@ -24,7 +24,7 @@ from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.cache import cache_root
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import PromptFormat
-from simu_lightning.distributed import agree, full_state_dict, is_launched_externally
+from simu_lightning.distributed import agree, close_process_group, full_state_dict, is_launched_externally
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import EvalSettings, evaluate
 from simu_lightning.evaluation.callback import BeforeAfterEvaluation
@@ -171,31 +171,34 @@ def run(cfg: DictConfig) -> dict | None:
     # 5. what the run leaves behind (rank 0 writes; the model export gathers the shards first)
     weights = full_state_dict(module.model)
     memory = module.memory_bytes()
-    if not trainer.is_global_zero:
-        return None
-    before, after = evaluations.before, evaluations.after
-    results = {
-        "method": cfg.method.name,
-        "benchmark": benchmark.name,
-        "model": cfg.model.name,
-        "target": target.target,
-        "before": before.summary,
-        "after": after.summary,
-        "aggregate": {"before": unlearning_aggregate(before.summary), "after": unlearning_aggregate(after.summary)},
-        "scores": {"before": before.scores, "after": after.scores},
-        "timings_s": timings,
-        "processes": trainer.world_size,
-        "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},
-        **({"base": base.summary} if base else {}),
-    }
-    if attribution.kept:
-        results["critical_neurons"] = attribution.kept
-    module.model.save_pretrained(out / "unlearned_model", state_dict=weights)
-    tokenizer.save_pretrained(out / "unlearned_model")
-    write_jsonl(out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows)
-    write_json(out / "results.json", results)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    print_results(results)
-    print_examples(before.rows + after.rows, benchmark.forget)
-    log.info("outputs in %s", out)
-    return results
+    try:
+        if not trainer.is_global_zero:
+            return None
+        before, after = evaluations.before, evaluations.after
+        results = {
+            "method": cfg.method.name,
+            "benchmark": benchmark.name,
+            "model": cfg.model.name,
+            "target": target.target,
+            "before": before.summary,
+            "after": after.summary,
+            "aggregate": {"before": unlearning_aggregate(before.summary), "after": unlearning_aggregate(after.summary)},
+            "scores": {"before": before.scores, "after": after.scores},
+            "timings_s": timings,
+            "processes": trainer.world_size,
+            "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},
+            **({"base": base.summary} if base else {}),
+        }
+        if attribution.kept:
+            results["critical_neurons"] = attribution.kept
+        module.model.save_pretrained(out / "unlearned_model", state_dict=weights)
+        tokenizer.save_pretrained(out / "unlearned_model")
+        write_jsonl(out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows)
+        write_json(out / "results.json", results)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        print_results(results)
+        print_examples(before.rows + after.rows, benchmark.forget)
+        log.info("outputs in %s", out)
+        return results
+    finally:
+        close_process_group()  # every process waits for rank 0's files, then the group goes down together

@@ -5,6 +5,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
 
+from simu_lightning.distributed import close_process_group, exit_if_group_closed
 from simu_lightning.optim import Sophia
 
 
@@ -41,9 +42,10 @@ def main():
             hessian = opt.state[weight]["hessian"].full_tensor()
             assert torch.equal(hessian[untouched], torch.zeros_like(full)[untouched])
             assert opt.state[weight]["exp_avg"].to_local().shape == weight.to_local().shape
-    dist.destroy_process_group()
+    close_process_group()
     print("sharded masks hold")
 
 
 if __name__ == "__main__":
     main()
+    exit_if_group_closed()
