@@ -37,17 +37,18 @@ def headline_row(run: Path, results: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+METRICS = ("before", "after", "aggregate", "scores")  # what a run measured (not its timings or memory)
+
+
 def numbers(tree, prefix: str = "") -> dict[str, float]:
-    """Every number in a nested results dict, keyed by its path (timings and memory excluded)."""
+    """Every number in a nested dict, keyed by its path."""
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() if key not in ("timings_s", "memory_mb_per_process")
-                for k, v in numbers(sub, f"{prefix}{key}/").items()}
+        return {k: v for key, sub in tree.items() for k, v in numbers(sub, f"{prefix}{key}/").items()}
     return {prefix.rstrip("/"): float(tree)} if isinstance(tree, (int, float)) else {}
 
 
 def max_metric_difference(a: dict, b: dict) -> tuple[float, str]:
-    na, nb = numbers({k: a[k] for k in ("before", "after", "aggregate", "scores") if k in a}), \
-        numbers({k: b[k] for k in ("before", "after", "aggregate", "scores") if k in b})
+    na, nb = (numbers({k: r[k] for k in METRICS if k in r}) for r in (a, b))
     if na.keys() != nb.keys():
         raise SystemExit(f"error: the runs report different metrics: {sorted(na.keys() ^ nb.keys())[:5]}")
     key = max(na, key=lambda k: abs(na[k] - nb[k]))
