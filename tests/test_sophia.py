@@ -77,3 +77,57 @@ def test_sampled_label_loss_scores_answer_positions_only():
     loss, count = sampled_label_loss(logits, labels, torch.full((1, 3), 0.5))
     assert count == 2
     assert loss.item() == pytest.approx(torch.log(torch.tensor(5.0)).item())
+
+
+def test_win_rate_and_hessian_scale_match_hand_computation():
+    _, opt = one_step()
+    # ratio = [1 (clipped), 0.25, 1 (clipped)]: one of three entries took the curvature-scaled step
+    assert opt.win_rate == pytest.approx(1 / 3) and opt.clip_rate + opt.win_rate == pytest.approx(1.0)
+    # bs * h = [0.02, 0.32, 0]: mean 0.34 / 3
+    assert opt.hessian_mean == pytest.approx(0.34 / 3)
+    _, masked = one_step(masks=torch.tensor([False, True, False]))
+    assert masked.win_rate == pytest.approx(1.0)  # only entry 1 counts, and it was not clipped
+
+
+def toy(rho="auto", target=0.3, calibration_step=1, mask=None, size=1000):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(size))
+    opt = Sophia([p], lr=0.01, rho=rho, weight_decay=0.0, target_win_rate=target, calibration_step=calibration_step,
+                 masks=None if mask is None else {p: mask})
+    return p, opt
+
+
+def toy_step(p, opt):
+    p.grad = torch.randn_like(p)
+    opt.update_hessian()
+    p.grad = torch.randn_like(p) * torch.rand_like(p) * 3
+    opt.step(bs=4)
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.5])
+def test_rho_auto_reaches_its_target_win_rate_and_then_stays_fixed(target):
+    p, opt = toy(target=target)
+    toy_step(p, opt)
+    assert isinstance(opt.rho, float) and abs(opt.win_rate - target) <= 1 / 1000
+    # the chosen rho sits at the target quantile of |m| / (bs h)
+    m, h = opt.state[p]["exp_avg"], opt.state[p]["hessian"]
+    assert ((m.abs() < opt.rho * 4 * h + 1e-15).float().mean().item()) == pytest.approx(target, abs=1e-3)
+    chosen = opt.rho
+    toy_step(p, opt)
+    assert opt.rho == chosen and opt.state_dict()["param_groups"][0]["rho"] == chosen
+
+
+def test_rho_auto_counts_only_the_unmasked_entries():
+    mask = torch.arange(1000) % 4 == 0
+    p, opt = toy(mask=mask)
+    toy_step(p, opt)
+    assert abs(opt.win_rate - 0.3) <= 1 / 250
+
+
+def test_rho_auto_waits_for_its_calibration_step_clipping_everything_until_then():
+    p, opt = toy(calibration_step=3)
+    for step in (1, 2):
+        toy_step(p, opt)
+        assert opt.rho == "auto" and opt.win_rate == 0.0
+    toy_step(p, opt)
+    assert isinstance(opt.rho, float) and abs(opt.win_rate - 0.3) <= 1 / 1000

@@ -13,6 +13,16 @@ With a mask M for a parameter, SIMU's three masking points hold exactly:
 m_t = M m'_t + (1 - M) m_{t-1}, h_t = M h'_t + (1 - M) h_{t-1}, theta_t = M theta'_t + (1 - M) theta_{t-1};
 entries outside the mask stay bit-identical (selected with `torch.where`, never recomputed).
 
+Health signals, as the official training script logs them: `clip_rate`, the share of updated
+(unmasked) entries whose step was clipped at lr, and `win_rate` = 1 - clip_rate, the share that took
+the curvature-scaled step. SophiaG's authors tune rho so that the win rate stays within 0.1-0.5; below
+that, Sophia is sign-momentum and the Hessian estimate does nothing. `rho="auto"` chooses rho at the
+first step after a Hessian estimate (or at step `calibration_step`, if later) so that that step's win
+rate equals `target_win_rate`, and keeps it fixed afterwards (it is saved in the optimiser's state dict
+with the param groups). Until then rho counts as 0: every entry takes the clipped step. A later
+calibration step matters on a memorised target, whose Gauss-Newton curvature starts near zero
+(p(1 - p) with p ~ 1) and grows by orders of magnitude in the first few steps of unlearning.
+
 Every state tensor is made with `*_like(p)`, so it is sharded the way its parameter is (FSDP2).
 """
 from __future__ import annotations
@@ -20,7 +30,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch.optim import Optimizer
+
+AUTO = "auto"
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -44,20 +57,27 @@ def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 class Sophia(Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.965, 0.99),
-                 rho: float = 0.04, weight_decay: float = 1e-1, *, eps: float = 1e-15, maximize: bool = False,
-                 masks: dict[torch.Tensor, torch.Tensor] | None = None):
+                 rho: float | str = 0.04, weight_decay: float = 1e-1, *, eps: float = 1e-15, maximize: bool = False,
+                 target_win_rate: float = 0.3, calibration_step: int = 1, masks: dict[torch.Tensor, torch.Tensor] | None = None):
         if lr < 0:
             raise ValueError(f"Sophia: lr must be >= 0, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"Sophia: betas must be in [0, 1), got {tuple(betas)}")
-        if rho < 0:
-            raise ValueError(f"Sophia: rho must be >= 0, got {rho}")
+        if rho != AUTO and (isinstance(rho, str) or rho < 0):
+            raise ValueError(f"Sophia: rho must be >= 0 or 'auto', got {rho!r}")
+        if not 0 < target_win_rate < 1:
+            raise ValueError(f"Sophia: target_win_rate must be in (0, 1), got {target_win_rate}")
+        if calibration_step < 1:
+            raise ValueError(f"Sophia: calibration_step must be >= 1, got {calibration_step}")
         if weight_decay < 0:
             raise ValueError(f"Sophia: weight_decay must be >= 0, got {weight_decay}")
-        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps, maximize=maximize)
+        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps, maximize=maximize,
+                        target_win_rate=target_win_rate, calibration_step=calibration_step)
         super().__init__(params, defaults)
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         self.clip_rate = float("nan")  # share of updated entries whose step was clipped at lr
+        self.win_rate = float("nan")   # share of updated entries whose step was not clipped
+        self.hessian_mean = float("nan")  # mean of bs * h over the updated entries (the curvature's scale)
         if masks:
             self.set_masks(masks)
 
@@ -97,7 +117,9 @@ class Sophia(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                hessian, grad = _local(self._state(p)["hessian"]), _local(p.grad)
+                state = self._state(p)
+                state["hessian_updates"] = state.get("hessian_updates", 0) + 1
+                hessian, grad = _local(state["hessian"]), _local(p.grad)
                 mask = self.masks.get(p)
                 if mask is None:
                     hessian.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -105,39 +127,103 @@ class Sophia(Optimizer):
                     updated = hessian * beta2 + (1 - beta2) * grad * grad
                     hessian.copy_(torch.where(mask, updated, hessian))
 
+    @property
+    def rho(self) -> float | str:
+        """rho of the first group ("auto" until it is calibrated)."""
+        return self.param_groups[0]["rho"]
+
+    def _updates(self, bs: int):
+        """Per updated parameter: (param, group, new momentum, local mask or None), nothing written yet."""
+        for group in self.param_groups:
+            beta1 = group["betas"][0]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = _local(p.grad)
+                if group["maximize"]:
+                    grad = -grad
+                exp_avg = _local(self._state(p)["exp_avg"])
+                yield p, group, exp_avg * beta1 + (1 - beta1) * grad, self.masks.get(p)
+
+    @torch.no_grad()
+    def calibrate_rho(self, bs: int) -> float | None:
+        """Choose rho for the groups that ask for "auto" so that this step's win rate (share of
+        updated entries with |m| < rho * bs * h + eps) equals their `target_win_rate`; bisection on
+        log rho, counts summed over processes, so every process picks the same value. None (and rho
+        left on "auto") while there is no Hessian estimate yet."""
+        groups = [g for g in self.param_groups if g["rho"] == AUTO]
+        if not groups or not any(self.state[p].get("hessian_updates", 0) for g in groups for p in g["params"]):
+            return None
+        steps = [self.state[p]["step"] for g in groups for p in g["params"] if "step" in self.state[p]]
+        if (int(max(steps)) if steps else 0) + 1 < groups[0]["calibration_step"]:
+            return None  # until then every entry is clipped (rho counts as 0)
+        target = groups[0]["target_win_rate"]
+
+        def win_share(rho: float) -> float:
+            # recomputed from the state at each trial: no copy of m or h is held meanwhile
+            wins, total = [], []
+            for p, group, m, mask in self._updates(bs):
+                if group["rho"] != AUTO:
+                    continue
+                won = m.abs() < rho * bs * _local(self.state[p]["hessian"]) + group["eps"]
+                wins.append((won if mask is None else won & mask).sum().double())
+                total.append(torch.tensor(won.numel(), dtype=torch.float64, device=won.device) if mask is None
+                             else mask.expand_as(won).sum().double())
+            counts = _sum_over_processes(torch.stack([torch.stack(wins).sum(), torch.stack(total).sum()]))
+            return float(counts[0] / counts[1].clamp(min=1))
+
+        low, high = -30.0, 30.0  # log10 rho
+        for _ in range(60):
+            middle = (low + high) / 2
+            if win_share(10 ** middle) < target:
+                low = middle
+            else:
+                high = middle
+        rho = 10 ** high
+        for group in groups:
+            group["rho"] = rho
+        return rho
+
     @torch.no_grad()
     def step(self, closure=None, bs: int = 5120):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        clipped, counted = [], []  # kept on the device: one sync per step, not one per parameter
-        for group in self.param_groups:
-            lr, wd, rho, eps = group["lr"], group["weight_decay"], group["rho"], group["eps"]
-            beta1 = group["betas"][0]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self._state(p)
-                state["step"] += 1
-                theta, grad = _local(p), _local(p.grad)
-                exp_avg, hessian = _local(state["exp_avg"]), _local(state["hessian"])
-                if group["maximize"]:
-                    grad = -grad
-                mask = self.masks.get(p)
-                new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
-                ratio = (new_exp_avg.abs() / (rho * bs * hessian + eps)).clamp(max=1)
-                new_theta = theta * (1 - lr * wd) - lr * new_exp_avg.sign() * ratio
-                if mask is None:
-                    exp_avg.copy_(new_exp_avg)
-                    theta.copy_(new_theta)
-                    clipped.append((ratio >= 1).sum())
-                    counted.append(torch.tensor(ratio.numel(), device=ratio.device))
-                else:
-                    exp_avg.copy_(torch.where(mask, new_exp_avg, exp_avg))
-                    theta.copy_(torch.where(mask, new_theta, theta))
-                    clipped.append(((ratio >= 1) & mask).sum())
-                    counted.append(mask.expand_as(ratio).sum())
+        self.calibrate_rho(bs)
+        clipped, counted, curvature = [], [], []  # kept on the device: one sync per step, not one per parameter
+        for p, group, new_exp_avg, mask in list(self._updates(bs)):
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            rho = 0.0 if group["rho"] == AUTO else group["rho"]  # no estimate yet: every entry is clipped
+            state = self.state[p]
+            state["step"] += 1
+            theta, exp_avg, hessian = _local(p), _local(state["exp_avg"]), _local(state["hessian"])
+            ratio = (new_exp_avg.abs() / (rho * bs * hessian + eps)).clamp(max=1)
+            new_theta = theta * (1 - lr * wd) - lr * new_exp_avg.sign() * ratio
+            if mask is None:
+                exp_avg.copy_(new_exp_avg)
+                theta.copy_(new_theta)
+                clipped.append((ratio >= 1).sum())
+                counted.append(torch.tensor(ratio.numel(), device=ratio.device))
+                curvature.append(hessian.sum() * bs)
+            else:
+                exp_avg.copy_(torch.where(mask, new_exp_avg, exp_avg))
+                theta.copy_(torch.where(mask, new_theta, theta))
+                clipped.append(((ratio >= 1) & mask).sum())
+                counted.append(mask.expand_as(ratio).sum())
+                curvature.append(torch.where(mask, hessian, 0).sum() * bs)
         if counted:
-            self.clip_rate = (torch.stack(clipped).sum() / torch.stack(counted).sum().clamp(min=1)).item()
+            total = torch.stack(counted).sum().clamp(min=1)
+            self.clip_rate = (torch.stack(clipped).sum() / total).item()
+            self.win_rate = 1.0 - self.clip_rate
+            self.hessian_mean = (torch.stack(curvature).sum() / total).item()
         return loss
+
+
+def _sum_over_processes(counts: torch.Tensor) -> torch.Tensor:
+    """Counts summed over every process of a sharded (multi-process) run; the counts themselves otherwise."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        counts = counts.to(device)
+        dist.all_reduce(counts)
+    return counts.cpu()

@@ -2,6 +2,8 @@
 step needs an extra backward (on sampled labels) before the loss backward."""
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import numpy as np
 import torch
@@ -13,6 +15,8 @@ from simu_lightning.likelihood import answer_nll
 from simu_lightning.models.architecture import Architecture
 from simu_lightning.optim.gnb import sampled_label_loss
 from simu_lightning.unlearning.methods import Method
+
+log = logging.getLogger(__name__)
 
 
 class UnlearningModule(L.LightningModule):
@@ -90,10 +94,19 @@ class UnlearningModule(L.LightningModule):
         loss, terms = self.loss(forget, retain, reference_forget)
         optimizer.zero_grad()
         self.manual_backward(loss)
+        auto_rho = self.second_order and optimizer.optimizer.rho == "auto"
         optimizer.step(**step_kwargs)
+        if auto_rho and optimizer.optimizer.rho != "auto":
+            log.info("rho: auto chose rho = %.4g at step %d (win rate %.3f; target %.2f), fixed from now on",
+                     optimizer.optimizer.rho, self.global_step, optimizer.optimizer.win_rate,
+                     optimizer.optimizer.param_groups[0]["target_win_rate"])
         logs = {"unlearn/loss": loss.detach(), **{f"unlearn/{k}": v.detach() for k, v in terms.items()}}
         if self.second_order:
-            logs["optim/clip_rate"] = optimizer.optimizer.clip_rate
+            sophia = optimizer.optimizer
+            logs |= {"optim/clip_rate": sophia.clip_rate, "optim/win_rate": sophia.win_rate,
+                     "optim/hessian_mean": sophia.hessian_mean}
+            if isinstance(sophia.rho, float):
+                logs["optim/rho"] = sophia.rho
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["forget"]["input_ids"]))
         return loss.detach()
 
