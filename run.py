@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from simu_lightning.cli import process_count, unknown_group_option
+from simu_lightning.cli import process_count, unknown_group_option, unquoted_condition
 from simu_lightning.errors import SimuError
 
 SCRIPT = Path(__file__).resolve()
@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    if problem := unknown_group_option(sys.argv[1:], CONF):
+    if problem := unknown_group_option(sys.argv[1:], CONF) or unquoted_condition(sys.argv[1:]):
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()

@@ -36,9 +36,13 @@ def test_masked_sophia_holds_on_weights_sharded_along_either_dimension():
 
 @pytest.mark.slow
 def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cache_dir):
-    run_py([*SMALL, "method=simu", f"hydra.run.dir={tmp_path / 'one'}"], cache_dir)
-    run_py([*SMALL, "method=simu", *FSDP, f"hydra.run.dir={tmp_path / 'two'}"], cache_dir)
+    run_py([*SMALL, "method=simu", "evaluation.every_n_steps=1", f"hydra.run.dir={tmp_path / 'one'}"], cache_dir)
+    run_py([*SMALL, "method=simu", "evaluation.every_n_steps=1", *FSDP, f"hydra.run.dir={tmp_path / 'two'}"], cache_dir)
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    # the evaluations during unlearning run sharded too, and trace the same curve
+    curves = [[json.loads(line) for line in (tmp_path / d / "curve.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    assert [(r["step"], r["split"], r["metric"]) for r in curves[0]] == [(r["step"], r["split"], r["metric"]) for r in curves[1]]
+    assert max(abs(a["value"] - b["value"]) for a, b in zip(*curves)) < 1e-4
     assert one["processes"] == 1 and two["processes"] == 2
     assert two["critical_neurons"] == one["critical_neurons"]
     for split, by_metric in one["after"].items():

@@ -16,6 +16,8 @@ SMALL = [
     "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "model.finetune.epochs=2",
     "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "evaluation.max_new_tokens=8",
     "attribution.m=4", "data.batch_size=4",
+    # the tuned default stops where forget EM <= 0.1, which a 2-epoch target may already meet: run the budget
+    "unlearning.stop_when=null", "evaluation.every_n_steps=0",
 ]
 
 
@@ -36,7 +38,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def simu_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("simu_run")
-    run_py([*SMALL, "method=simu", f"hydra.run.dir={out}"], cache_dir)
+    run_py([*SMALL, "method=simu", "evaluation.every_n_steps=1", f"hydra.run.dir={out}"], cache_dir)
     return out
 
 
@@ -75,6 +77,24 @@ def test_a_run_leaves_results_generations_masks_and_the_model(simu_run):
 
 
 @pytest.mark.slow
+def test_the_curve_ends_at_the_after_evaluation_and_the_run_says_where_it_stopped(simu_run):
+    results = json.loads((simu_run / "results.json").read_text())
+    rows = [json.loads(line) for line in (simu_run / "curve.jsonl").read_text().splitlines()]
+    steps = sorted({r["step"] for r in rows})
+    assert steps == list(range(steps[-1] + 1))  # every step evaluated, from the target (step 0) on
+    assert results["stopped"] == {"reason": "budget exhausted", "step": steps[-1], "epoch": 0, "rule": None,
+                                  "max_epochs": 1}
+    last = {(r["split"], r["metric"]): r["value"] for r in rows if r["step"] == steps[-1]}
+    first = {(r["split"], r["metric"]): r["value"] for r in rows if r["step"] == 0}
+    for split, by_metric in results["after"].items():
+        for metric, value in by_metric.items():
+            assert last[(split, metric)] == value and first[(split, metric)] == results["before"][split][metric]
+    assert last[("scores", "aggregate")] == results["aggregate"]["after"]
+    logged = (simu_run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"optim/win_rate", "optim/clip_rate", "optim/hessian_mean", "eval/forget/exact_match"} <= set(logged)
+
+
+@pytest.mark.slow
 def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_path):
     cached = sorted(p.name for p in (cache_dir / "models").iterdir())
     run_py(["-m", *SMALL, "method=fo,so,simu", f"hydra.sweep.dir={tmp_path}"], cache_dir)
@@ -99,7 +119,7 @@ def test_bad_settings_fail_with_one_line_naming_them(override, message, tmp_path
     assert not (tmp_path / "cache").exists()  # failed before any work
 
 
-TINY = [a for a in SMALL if a.startswith(("model.", "trainer.", "attribution.", "data."))]
+TINY = [a for a in SMALL if a.startswith(("model.", "trainer.", "attribution.", "data.", "unlearning.", "evaluation.every"))]
 
 
 def write_lume_folder(folder):
@@ -155,3 +175,25 @@ def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
                 "normalised_prob"} <= set(by_metric)
     assert set(results["scores"]["after"]) == {"model_utility", "forget_quality"}
     assert results["scores"]["after"]["forget_quality"] is not None
+
+
+@pytest.mark.slow
+def test_a_real_run_stops_at_the_first_point_meeting_the_rule_and_a_restart_resumes_it(cache_dir, tmp_path):
+    """A rule first met at step k of a free run (the first new high or low of the forget answers'
+    probability) stops the same run, bound by the rule, at step k; running it again finds it done."""
+    every_step = [*SMALL, "evaluation.every_n_steps=1", "trainer.max_epochs=3", "method=so"]
+    run_py([*every_step, f"hydra.run.dir={tmp_path / 'free'}"], cache_dir)
+    curve = [json.loads(line) for line in (tmp_path / "free" / "curve.jsonl").read_text().splitlines()]
+    prob = {r["step"]: r["value"] for r in curve if r["split"] == "forget" and r["metric"] == "answer_prob"}
+    k, op = next((step, op) for step in sorted(prob)[1:] for op in ("<=", ">=")
+                 if all((prob[step] < prob[s]) if op == "<=" else (prob[step] > prob[s]) for s in prob if s < step))
+    rule = f'unlearning.stop_when="forget.answer_prob{op}{prob[k]!r}"'
+    bound = [*every_step, rule, f"hydra.run.dir={tmp_path / 'bound'}"]
+    run_py(bound, cache_dir)
+    results = json.loads((tmp_path / "bound" / "results.json").read_text())
+    assert results["stopped"]["reason"] == "condition met" and results["stopped"]["step"] == k
+    assert results["after"]["forget"]["answer_prob"] == pytest.approx(prob[k], abs=1e-6)
+    again = run_py(bound, cache_dir)
+    assert "resuming from" in again.stdout + again.stderr
+    resumed = json.loads((tmp_path / "bound" / "results.json").read_text())
+    assert resumed["stopped"] == results["stopped"] and resumed["after"] == results["after"]

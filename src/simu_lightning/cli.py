@@ -22,6 +22,15 @@ def unknown_group_option(argv: list[str], conf_dir: Path) -> str | None:
     return None
 
 
+def unquoted_condition(argv: list[str]) -> str | None:
+    """Hydra's override grammar refuses `<` and `>` outside quotes; say how to quote a stopping rule."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.endswith("stop_when") and any(c in value for c in "<>") and value[:1] not in "\"'":
+            return f"{key}: quote the condition for Hydra, e.g. '{key}=\"{value}\"'"
+    return None
+
+
 def process_count(trainer) -> int:
     """How many processes a trainer config runs (devices x nodes)."""
     devices = trainer.get("devices", 1)

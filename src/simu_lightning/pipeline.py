@@ -27,7 +27,7 @@ from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.distributed import agree, close_process_group, full_state_dict, is_launched_externally
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import EvalSettings, evaluate
-from simu_lightning.evaluation.callback import BeforeAfterEvaluation
+from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.reference import read_reference_results, reference_rows
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
@@ -35,6 +35,7 @@ from simu_lightning.models.architecture import architecture_of
 from simu_lightning.models.loading import load_pretrained
 from simu_lightning.models.target import prepare_target
 from simu_lightning.unlearning.module import UnlearningModule
+from simu_lightning.unlearning.stopping import StoppingRule
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ def run(cfg: DictConfig) -> dict | None:
     evaluation = OmegaConf.to_container(cfg.evaluation, resolve=True)
     reference_results = evaluation.pop("reference_results", None)
     evaluate_base = evaluation.pop("base", False)
+    every_n_steps = evaluation.pop("every_n_steps", None)
+    during_max_examples = (evaluation.pop("during", None) or {}).get("max_examples")
+    stop_when = StoppingRule.parse(cfg.get("unlearning", {}).get("stop_when"))
 
     # 1. the benchmark and 2. the target (and reference) model
     benchmark = instantiate(cfg.benchmark)
@@ -154,8 +158,10 @@ def run(cfg: DictConfig) -> dict | None:
                               reference=frozen_target, seed=cfg.seed, parallel=cfg.get("parallel"))
     datamodule = UnlearningDataModule(benchmark, tokenizer, fmt, max_length=cfg.model.max_length, seed=cfg.seed,
                                       **cfg.data)
-    evaluations = BeforeAfterEvaluation(tokenizer, fmt, benchmark, settings,
-                                        [r["truth_ratio"] for r in reference] or None, out / "before.json")
+    evaluations = UnlearningEvaluation(tokenizer, fmt, benchmark, settings,
+                                       [r["truth_ratio"] for r in reference] or None, out,
+                                       every_n_steps=every_n_steps, during_max_examples=during_max_examples,
+                                       stop_when=stop_when)
     attribution = NeuronAttribution(**cfg.attribution, output_dir=out, cache_dir=cache_dir, target_id=target.target_id)
     checkpoint, resume_from = checkpointing(cfg, out)
     trainer = make_trainer(cfg.trainer, callbacks=[evaluations, attribution, *checkpoint],
@@ -184,6 +190,8 @@ def run(cfg: DictConfig) -> dict | None:
             "after": after.summary,
             "aggregate": {"before": unlearning_aggregate(before.summary), "after": unlearning_aggregate(after.summary)},
             "scores": {"before": before.scores, "after": after.scores},
+            "stopped": {**evaluations.stopped, "rule": str(stop_when) if stop_when else None,
+                        "max_epochs": cfg.trainer.max_epochs},
             "timings_s": timings,
             "processes": trainer.world_size,
             "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},

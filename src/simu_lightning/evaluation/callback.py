@@ -1,42 +1,159 @@
-"""Evaluation before and after unlearning, run inside `trainer.fit` so that a sharded model is
-evaluated by all its processes together (each takes a share of the prompts)."""
+"""Evaluation before, during and after unlearning, run inside `trainer.fit` so that a sharded model is
+evaluated by all its processes together (each takes a share of the prompts).
+
+- `before`: the target, at fit start (saved to `saved_before`, so that a resumed run reports the
+  target, not the half-unlearned checkpoint it restarts from);
+- during: every `every_n_steps` optimiser steps (None: at every epoch's end), the same suite and
+  metrics (on at most `during_max_examples` rows per split), logged as `eval/<split>/<metric>` and
+  written to `curve.jsonl`; the stopping rule is checked at each of these points;
+- `after`: the model where unlearning stopped: the evaluation point that met the stopping rule, or
+  the model at the end of the budget.
+The trajectory and the stopping state are saved in every checkpoint, so a resumed run continues the
+same curve and a run that had already stopped does not unlearn further.
+"""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 
 from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, evaluate
+from simu_lightning.evaluation.metrics import unlearning_aggregate
+from simu_lightning.evaluation.report import write_jsonl
+from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
+
+log = logging.getLogger(__name__)
 
 
-class BeforeAfterEvaluation(L.Callback):
-    """`before`: the target, at fit start (saved to `saved_before`, so that a resumed run reports the
-    target, not the half-unlearned checkpoint it restarts from); `after`: the model at fit end."""
+def curve_point(step: int, epoch: int, evaluation: Evaluation, full: bool) -> dict:
+    """One point of the trajectory: the split summaries and the scores (with this project's aggregate)."""
+    scores = dict(evaluation.scores)
+    if {"forget", "retain"} <= set(evaluation.summary):
+        scores["aggregate"] = unlearning_aggregate(evaluation.summary)
+    return {"step": step, "epoch": epoch, "full": full, "summary": evaluation.summary, "scores": scores}
 
+
+def curve_rows(points: list[dict]) -> list[dict]:
+    """`curve.jsonl`: one row per (point, split, metric); benchmark-level scores have split "scores"."""
+    rows = []
+    for point in points:
+        values = [(split, metric, v) for split, by_metric in point["summary"].items() for metric, v in by_metric.items()]
+        values += [("scores", name, v) for name, v in point["scores"].items()]
+        rows += [{"step": point["step"], "epoch": point["epoch"], "split": split, "metric": metric, "value": v}
+                 for split, metric, v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return rows
+
+
+class UnlearningEvaluation(L.Callback):
     def __init__(self, tokenizer, fmt, benchmark, settings: EvalSettings, reference_ratios: list[float] | None,
-                 saved_before: Path | None = None):
+                 output_dir: Path | None = None, every_n_steps: int | None = None,
+                 during_max_examples: int | None = None, stop_when: StoppingRule | None = None):
         self.tokenizer, self.fmt, self.benchmark, self.settings = tokenizer, fmt, benchmark, settings
         self.reference_ratios = reference_ratios
-        self.saved_before = saved_before
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.every_n_steps = every_n_steps
+        self.during_settings = replace(settings, max_examples=during_max_examples or settings.max_examples)
+        self.stop_when = stop_when
         self.before: Evaluation | None = None
         self.after: Evaluation | None = None
+        self.points: list[dict] = []         # the trajectory, step 0 = before
+        self.stopped: dict | None = None     # {"reason", "step", "epoch"}
         self.seconds = 0.0
+        self._latest: tuple[int, Evaluation] | None = None  # the last full evaluation, rows included
+        self._epoch = 0
 
-    def _evaluate(self, model, stage: str) -> Evaluation:
+    # -- what the run leaves behind ----------------------------------------------------------------
+    @property
+    def saved_before(self) -> Path | None:
+        return self.output_dir / "before.json" if self.output_dir is not None else None
+
+    def _write_curve(self, trainer: L.Trainer) -> None:
+        if trainer.is_global_zero and self.output_dir is not None:
+            write_jsonl(self.output_dir / "curve.jsonl", curve_rows(self.points))
+
+    def _log(self, trainer: L.Trainer, point: dict) -> None:
+        metrics = {f"eval/{split}/{metric}": v for split, by_metric in point["summary"].items()
+                   for metric, v in by_metric.items() if v is not None and not math.isnan(v)}
+        metrics |= {f"eval/{name}": v for name, v in point["scores"].items() if v is not None and not math.isnan(v)}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=point["step"])
+
+    # -- evaluating --------------------------------------------------------------------------------
+    def _evaluate(self, model, stage: str, settings: EvalSettings) -> Evaluation:
         start = time.perf_counter()
-        result = evaluate(model, self.tokenizer, self.fmt, self.benchmark, stage, self.settings, self.reference_ratios)
+        result = evaluate(model, self.tokenizer, self.fmt, self.benchmark, stage, settings, self.reference_ratios)
         self.seconds += time.perf_counter() - start
         return result
 
+    def _add_point(self, trainer: L.Trainer, evaluation: Evaluation, full: bool) -> dict:
+        step = trainer.global_step
+        point = curve_point(step, self._epoch, evaluation, full)
+        self.points = [p for p in self.points if p["step"] != step] + [point]
+        if full:
+            self._latest = (step, evaluation)
+        self._log(trainer, point)
+        self._write_curve(trainer)
+        return point
+
+    def _check_stop(self, trainer: L.Trainer, point: dict) -> None:
+        if self.stop_when is not None and self.stop_when.holds(point):
+            self.stopped = {"reason": CONDITION_MET, "step": point["step"], "epoch": point["epoch"]}
+            trainer.should_stop = True
+            log.info("stopping: %s holds at step %d (epoch %d)", self.stop_when, point["step"], point["epoch"])
+
+    # -- Lightning hooks ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.ckpt_path and self.saved_before is not None and self.saved_before.exists():
             self.before = Evaluation.from_dict(json.loads(self.saved_before.read_text()))
-            return
-        self.before = self._evaluate(pl_module.model, "before")
+            return  # the trajectory and the stopping state come back with the checkpoint
+        self.before = self._evaluate(pl_module.model, "before", self.settings)
+        if self.stop_when is not None:
+            self.stop_when.check_names(curve_point(0, 0, self.before, True))
         if trainer.is_global_zero and self.saved_before is not None:
             self.saved_before.write_text(json.dumps(self.before.to_dict()))
+        point = self._add_point(trainer, self.before, full=True)
+        self._check_stop(trainer, point)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.stopped and self.stopped["reason"] == CONDITION_MET:
+            trainer.should_stop = True  # a resumed run that had already stopped unlearns no further
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._epoch = trainer.current_epoch
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._evaluate_during(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.every_n_steps is None and not (self.stopped and self.stopped["step"] == trainer.global_step):
+            self._evaluate_during(trainer, pl_module)
+
+    def _evaluate_during(self, trainer: L.Trainer, pl_module) -> None:
+        full = self.during_settings == self.settings
+        evaluation = self._evaluate(pl_module.model, "during", self.during_settings)
+        self._check_stop(trainer, self._add_point(trainer, evaluation, full))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        self.after = self._evaluate(pl_module.model, "after")
+        step = trainer.global_step
+        if self._latest is not None and self._latest[0] == step:
+            evaluation = self._latest[1]
+        else:
+            evaluation = self._evaluate(pl_module.model, "after", self.settings)
+            self._add_point(trainer, evaluation, full=True)
+        self.after = Evaluation(evaluation.summary, evaluation.scores,
+                                [{**row, "stage": "after"} for row in evaluation.rows])
+        if self.stopped is None:
+            self.stopped = {"reason": BUDGET_EXHAUSTED, "step": step, "epoch": self._epoch}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"points": self.points, "stopped": self.stopped, "epoch": self._epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.points = state_dict.get("points", [])
+        self.stopped = state_dict.get("stopped")
+        self._epoch = state_dict.get("epoch", 0)

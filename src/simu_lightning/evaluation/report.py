@@ -45,8 +45,22 @@ def results_table(results: dict) -> Table:
     return table
 
 
+def stopping_sentence(stopped: dict | None) -> str:
+    """Where unlearning stopped, in words."""
+    if not stopped:
+        return ""
+    where = f"step {stopped['step']} (epoch {stopped['epoch']})"
+    if stopped["reason"] == "condition met":
+        return f"Stopped at {where}: {stopped['rule']} holds; the model there is the 'after' model."
+    rule = f" without meeting {stopped['rule']}" if stopped.get("rule") else ""
+    return f"Ran the whole budget ({stopped.get('max_epochs')} epochs, to {where}){rule}."
+
+
 def print_results(results: dict) -> None:
-    Console().print(results_table(results))
+    console = Console()
+    console.print(results_table(results))
+    if sentence := stopping_sentence(results.get("stopped")):
+        console.print(sentence)
 
 
 def print_examples(rows: list[dict], split: str, count: int = 3) -> None:

@@ -1,0 +1,98 @@
+"""The stopping rule and the evaluation during unlearning, driven by a scripted sequence of evaluations."""
+from types import SimpleNamespace
+
+import pytest
+
+from simu_lightning.errors import SimuError
+from simu_lightning.evaluation import callback as evaluation_callback
+from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation
+from simu_lightning.unlearning.stopping import StoppingRule
+
+SETTINGS = EvalSettings(max_length=32, max_new_tokens=4, batch_size=2)
+
+
+def scripted(forget_em: list[float]):
+    """An `evaluate` that returns forget EM from the script, one value per call (before first)."""
+    script = iter(forget_em)
+
+    def evaluate(model, tokenizer, fmt, benchmark, stage, settings, reference=None):
+        em = next(script)
+        summary = {"forget": {"exact_match": em, "rougeL_recall": em}, "retain": {"exact_match": 0.9, "rougeL_recall": 0.95}}
+        return Evaluation(summary, {"model_utility": 0.5}, [{"split": "forget", "stage": stage, "index": 0, "exact_match": em}])
+    return evaluate
+
+
+def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1):
+    """Run the callback's hooks as a fit would: before, then a step at a time until it stops."""
+    monkeypatch.setattr(evaluation_callback, "evaluate", scripted(forget_em))
+    cb = evaluation_callback.UnlearningEvaluation(None, None, None, SETTINGS, None, tmp_path, every_n_steps=every,
+                                                  stop_when=StoppingRule.parse(rule))
+    trainer = SimpleNamespace(global_step=0, current_epoch=0, should_stop=False, loggers=[], is_global_zero=True,
+                              ckpt_path=None)
+    module = SimpleNamespace(model=None)
+    cb.on_fit_start(trainer, module)
+    cb.on_train_start(trainer, module)
+    while not trainer.should_stop and trainer.global_step < steps:
+        trainer.global_step += 1
+        trainer.current_epoch = (trainer.global_step - 1) // 2
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+    cb.on_fit_end(trainer, module)
+    return cb, trainer
+
+
+def test_unlearning_stops_at_the_first_point_that_meets_the_condition(monkeypatch, tmp_path):
+    # before 1.0, then steps 1..: 0.8, 0.5, 0.1 (meets <= 0.1), 0.0 (never reached)
+    cb, trainer = drive(monkeypatch, tmp_path, [1.0, 0.8, 0.5, 0.1, 0.0], "forget.exact_match<=0.1", steps=10)
+    assert trainer.global_step == 3 and trainer.should_stop
+    assert cb.stopped == {"reason": "condition met", "step": 3, "epoch": 1}
+    assert cb.after.summary["forget"]["exact_match"] == 0.1          # the model at the stop is "after"
+    assert {r["stage"] for r in cb.after.rows} == {"after"}
+    assert [p["step"] for p in cb.points] == [0, 1, 2, 3]
+
+
+def test_a_rule_never_met_runs_the_budget_and_says_so(monkeypatch, tmp_path):
+    cb, trainer = drive(monkeypatch, tmp_path, [1.0, 0.9, 0.8, 0.7, 0.6], "forget.exact_match<=0.1", steps=4)
+    assert trainer.global_step == 4 and not trainer.should_stop
+    assert cb.stopped == {"reason": "budget exhausted", "step": 4, "epoch": 1}
+    assert cb.after.summary["forget"]["exact_match"] == 0.6
+
+
+def test_points_between_evaluations_are_skipped_and_the_end_is_evaluated(monkeypatch, tmp_path):
+    # every 2 steps over 5 steps: points at 0, 2, 4 and the after evaluation at 5
+    cb, _ = drive(monkeypatch, tmp_path, [1.0, 0.9, 0.8, 0.7], None, steps=5, every=2)
+    assert [p["step"] for p in cb.points] == [0, 2, 4, 5]
+    assert cb.stopped["reason"] == "budget exhausted" and cb.after.summary["forget"]["exact_match"] == 0.7
+    rows = (tmp_path / "curve.jsonl").read_text().splitlines()
+    assert len(rows) == 4 * (2 * 2 + 2)  # 4 points x (2 splits x 2 metrics + model utility + aggregate)
+
+
+def test_a_resumed_run_that_had_stopped_unlearns_no_further(monkeypatch, tmp_path):
+    cb, _ = drive(monkeypatch, tmp_path, [1.0, 0.05], "forget.exact_match<=0.1", steps=10)
+    resumed = evaluation_callback.UnlearningEvaluation(None, None, None, SETTINGS, None, tmp_path, every_n_steps=1,
+                                                       stop_when=StoppingRule.parse("forget.exact_match<=0.1"))
+    resumed.load_state_dict(cb.state_dict())
+    trainer = SimpleNamespace(should_stop=False)
+    resumed.on_train_start(trainer, None)
+    assert trainer.should_stop and resumed.stopped["step"] == 1
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("forget.exact_match=0.1", "is not a condition"),
+    ("forget.exact_match<=high", "is not a condition"),
+])
+def test_malformed_rules_are_refused_with_the_setting_named(text, problem):
+    with pytest.raises(SimuError, match=rf"unlearning.stop_when=.*{problem}"):
+        StoppingRule.parse(text)
+
+
+def test_a_rule_on_an_unknown_metric_names_what_exists():
+    rule = StoppingRule.parse("forget.exact_matc<=0.1 and forget_quality>=0.05")
+    point = {"summary": {"forget": {"exact_match": 1.0}}, "scores": {"forget_quality": 0.01}}
+    with pytest.raises(SimuError, match="split 'forget' has no 'exact_matc' \\(it has: exact_match"):
+        rule.check_names(point)
+
+
+def test_conditions_joined_with_and_must_all_hold():
+    rule = StoppingRule.parse("forget.exact_match<=0.1 and forget_quality>=0.05")
+    assert not rule.holds({"summary": {"forget": {"exact_match": 0.0}}, "scores": {"forget_quality": 0.01}})
+    assert rule.holds({"summary": {"forget": {"exact_match": 0.1}}, "scores": {"forget_quality": 0.05}})
