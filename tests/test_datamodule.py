@@ -64,3 +64,13 @@ def test_retain_partners_are_a_permutation_read_at_the_forget_index():
     assert retain_partners(3, 0, [12], 10) == [partners[2]]  # wraps round
     torch.manual_seed(0)
     assert retain_partners(3, 0, [4], 10) == [partners[4]]  # independent of global RNG state
+
+
+def test_several_retain_partners_per_forget_row_read_consecutive_positions(small_benchmark, tiny_model, prompt_format):
+    order = retain_partners(seed=3, epoch=1, forget_indices=list(range(12)), num_retain=12)
+    # forget row i takes positions 3i, 3i + 1, 3i + 2 of the epoch's permutation, wrapping round
+    assert retain_partners(3, 1, [0, 2, 5], 12, per_forget=3) == order[0:3] + order[6:9] + order[3:6]
+    model, tokenizer = tiny_model
+    dm = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=4, retain_per_forget=3)
+    batch = dm.on_before_batch_transfer(dm.forget[:4])
+    assert batch["forget"]["input_ids"].shape[0] == 4 and batch["retain"]["input_ids"].shape[0] == 12

@@ -1,4 +1,5 @@
-"""The unlearning data: every forget batch travels with a retain batch of the same size (GradDiff).
+"""The unlearning data: every forget batch travels with a retain batch (GradDiff), of the same size
+by default, or `retain_per_forget` times as large (more of the retain set seen per step).
 
 The retain partner of forget example i in epoch e is a fixed function of (seed, e, i), and forget
 examples are spread over processes by a seeded `DistributedSampler` whose shards interleave; so the
@@ -26,11 +27,12 @@ def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int) 
             for i, row in enumerate(split)]
 
 
-def retain_partners(seed: int, epoch: int, forget_indices: list[int], num_retain: int) -> list[int]:
-    """Which retain example goes with each forget example this epoch: a seeded permutation of the
-    retain set, read at the forget example's index (wrapping round when there are more forget rows)."""
+def retain_partners(seed: int, epoch: int, forget_indices: list[int], num_retain: int, per_forget: int = 1) -> list[int]:
+    """Which retain examples go with each forget example this epoch: a seeded permutation of the
+    retain set, read at positions i * per_forget ... i * per_forget + per_forget - 1 for forget row i
+    (wrapping round when they run past the end)."""
     order = np.random.default_rng([seed, epoch]).permutation(num_retain)
-    return [int(order[i % num_retain]) for i in forget_indices]
+    return [int(order[(i * per_forget + j) % num_retain]) for i in forget_indices for j in range(per_forget)]
 
 
 def _as_list(examples):
@@ -39,8 +41,11 @@ def _as_list(examples):
 
 class UnlearningDataModule(L.LightningDataModule):
     def __init__(self, benchmark: Benchmark, tokenizer, prompt: PromptFormat, batch_size: int = 8,
-                 max_length: int = 128, seed: int = 0, num_workers: int = 0):
+                 max_length: int = 128, seed: int = 0, num_workers: int = 0, retain_per_forget: int = 1):
         super().__init__()
+        if retain_per_forget < 1:
+            raise SimuError(f"data.retain_per_forget must be >= 1, got {retain_per_forget}")
+        self.retain_per_forget = retain_per_forget
         self.benchmark, self.tokenizer, self.prompt = benchmark, tokenizer, prompt
         self.batch_size, self.max_length, self.seed, self.num_workers = batch_size, max_length, seed, num_workers
 
@@ -75,7 +80,8 @@ class UnlearningDataModule(L.LightningDataModule):
         if not isinstance(batch, list):  # already paired (e.g. a batch handed in by a test)
             return batch
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        partners = retain_partners(self.seed, epoch, [e["index"] for e in batch], len(self.retain))
+        partners = retain_partners(self.seed, epoch, [e["index"] for e in batch], len(self.retain),
+                                   self.retain_per_forget)
         return {"forget": self.collate(batch), "retain": self.collate([self.retain[j] for j in partners])}
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
