@@ -1,0 +1,54 @@
+"""python -m simu_lightning.report RUN_OR_SWEEP_DIR... [--out DIR] [--at METRIC<=LEVELS] [--y METRIC]"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from simu_lightning.errors import SimuError
+from simu_lightning.report.figure import pareto
+from simu_lightning.report.runs import find_runs
+from simu_lightning.report.tables import markdown, matched_rows, summary_rows, write_csv
+
+_AT = re.compile(r"^\s*([\w./]+)\s*(<=|>=)\s*([-+\d.eE,\s]+)$")
+
+
+def parse_at(text: str) -> tuple[str, str, list[float]]:
+    match = _AT.match(text)
+    try:
+        levels = [float(v) for v in match[3].split(",") if v.strip()] if match else []
+    except ValueError:
+        levels = []
+    if not match or not levels:
+        raise SimuError(f"--at {text!r}: expected METRIC<=LEVELS or METRIC>=LEVELS, e.g. 'forget.exact_match<=0.5,0.2,0.1'")
+    return match[1], match[2], levels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simu_lightning.report", description=__doc__)
+    parser.add_argument("folders", nargs="+", help="run directories or sweep folders (multirun/<date>/<time>)")
+    parser.add_argument("--out", help="where to write report.md, report.csv, pareto.png (default: the first folder)")
+    parser.add_argument("--at", default="forget.exact_match<=0.5,0.2,0.1",
+                        help="the forget metric and levels to match runs at (default: %(default)s)")
+    parser.add_argument("--y", default="retain.exact_match", help="the retain metric of the figure (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        metric, op, levels = parse_at(args.at)
+        runs = find_runs(args.folders)
+        out = Path(args.out or args.folders[0])
+        out.mkdir(parents=True, exist_ok=True)
+        summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)
+        write_csv(out / "report.csv", summary + matched)
+        pareto(runs, metric, args.y, levels, out / "pareto.png")
+        (out / "report.md.tmp").write_text(markdown(summary, matched, runs))
+        (out / "report.md.tmp").replace(out / "report.md")
+    except SimuError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(runs)} runs -> {out / 'report.md'}, {out / 'report.csv'}, {out / 'pareto.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

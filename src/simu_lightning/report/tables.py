@@ -1,0 +1,124 @@
+"""The report's tables: after-metrics per group (mean and 95% CI over seeds), and the utility at
+matched forgetting; as Markdown for people and as CSV (long format) for tools."""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from simu_lightning.report.matched import at_forget_level
+from simu_lightning.report.runs import Run
+from simu_lightning.report.stats import mean_ci
+from simu_lightning.unlearning.stopping import Condition
+
+# utility metrics read at matched forgetting, where a benchmark has them
+UTILITY = ("retain.exact_match", "retain.rougeL_recall", "world_facts.exact_match", "world_facts.contains_answer",
+           "model_utility")
+# the after-metrics the Markdown table shows (report.csv has every one)
+HEADLINE = ("forget.exact_match", "forget.rougeL_recall", "retain.exact_match", "retain.rougeL_recall",
+            "world_facts.exact_match", "model_utility", "forget_quality", "aggregate")
+
+
+LABELS = {"forget.exact_match": "forget EM", "forget.rougeL_recall": "forget ROUGE-L", "retain.exact_match": "retain EM",
+          "retain.rougeL_recall": "retain ROUGE-L", "world_facts.exact_match": "world facts EM",
+          "world_facts.contains_answer": "world facts contains", "model_utility": "model utility",
+          "forget_quality": "forget quality", "stopped.step": "steps", "stopped.condition_met": "stopped on the rule",
+          "step": "step"}
+
+
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def after_metrics(run: Run) -> dict[str, float]:
+    values = {f"{split}.{metric}": v for split, by_metric in run.results["after"].items() for metric, v in by_metric.items()}
+    values |= {name: v for name, v in run.results.get("scores", {}).get("after", {}).items()}
+    values["aggregate"] = run.results["aggregate"]["after"]
+    stopped = run.results.get("stopped")
+    if stopped:
+        values["stopped.step"] = stopped["step"]
+        values["stopped.condition_met"] = float(stopped["reason"] == "condition met")
+    return {k: v for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def groups(runs: list[Run]) -> dict[str, list[Run]]:
+    by_group: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_group[run.group].append(run)
+    return dict(sorted(by_group.items()))
+
+
+def summary_rows(runs: list[Run]) -> list[dict]:
+    """One row per (group, metric): n, mean, CI."""
+    rows = []
+    for group, members in groups(runs).items():
+        per_run = [after_metrics(r) for r in members]
+        for metric in sorted({m for values in per_run for m in values}):
+            mean, low, high = mean_ci([v.get(metric) for v in per_run if v.get(metric) is not None])
+            rows.append({"table": "after", "group": group, "level": "", "metric": metric, "n": len(members),
+                         "reached": len(members), "mean": mean, "ci_low": low, "ci_high": high})
+    return rows
+
+
+def matched_rows(runs: list[Run], forget_metric: str, op: str, levels: list[float]) -> list[dict]:
+    """One row per (group, level, utility metric): how many runs reached the level, mean and CI there."""
+    rows = []
+    for group, members in groups(runs).items():
+        for level in levels:
+            condition = Condition(forget_metric, op, level)
+            reached = [at_forget_level(r.curve, condition, [*UTILITY, forget_metric]) for r in members]
+            reached = [r for r in reached if r is not None]
+            for metric in ("step", *UTILITY):
+                values = [r[metric] for r in reached if r.get(metric) is not None]
+                if not values and metric != "step":
+                    continue
+                mean, low, high = mean_ci(values)
+                rows.append({"table": "matched", "group": group, "level": f"{forget_metric}{op}{level:g}",
+                             "metric": metric, "n": len(members), "reached": len(reached),
+                             "mean": mean, "ci_low": low, "ci_high": high})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["table", "group", "level", "metric", "n", "reached", "mean", "ci_low", "ci_high"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def cell(row: dict | None) -> str:
+    if row is None or math.isnan(row["mean"]):
+        return "–"
+    if math.isnan(row["ci_low"]):
+        return f"{row['mean']:.3f}"
+    return f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def markdown(summary: list[dict], matched: list[dict], runs: list[Run]) -> str:
+    index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
+    group_names = list(groups(runs))
+    seeds = {g: sorted({r.seed for r in members if r.seed is not None}) for g, members in groups(runs).items()}
+    lines = ["# Unlearning report", "",
+             f"{len(runs)} runs; mean [95% confidence interval] over seeds (Student's t). Seeds per group: "
+             + "; ".join(f"{g}: {', '.join(map(str, s)) or '?'}" for g, s in seeds.items()) + ".", "",
+             "## After unlearning", ""]
+    shown = [m for m in (*HEADLINE, "stopped.step", "stopped.condition_met")
+             if any(("after", g, "", m) in index for g in group_names)]
+    lines += ["| group | " + " | ".join(map(label, shown)) + " |", "|---" * (len(shown) + 1) + "|"]
+    lines += [f"| {g} | " + " | ".join(cell(index.get(("after", g, "", m))) for m in shown) + " |" for g in group_names]
+    levels = sorted({r["level"] for r in matched}, key=lambda lv: -float(lv.split("=")[-1].lstrip("<>")))
+    for level in levels:
+        metrics = [m for m in ("step", *UTILITY) if any(("matched", g, level, m) in index for g in group_names)]
+        lines += ["", f"## At matched forgetting: first point where {level}", "",
+                  "| group | reached | " + " | ".join(map(label, metrics)) + " |", "|---" * (len(metrics) + 2) + "|"]
+        for g in group_names:
+            first = index.get(("matched", g, level, "step"))
+            reached = f"{first['reached']}/{first['n']}" if first else "0"
+            lines.append(f"| {g} | {reached} | " + " | ".join(cell(index.get(("matched", g, level, m))) for m in metrics) + " |")
+    lines += ["", "Values at a matched level are interpolated linearly between the two evaluation points around "
+              "the first crossing; runs that never reach a level are left out of its means (see `reached`).",
+              "", "![forget against retain](pareto.png)", ""]
+    return "\n".join(lines)

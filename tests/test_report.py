@@ -1,0 +1,87 @@
+"""The cross-run report: matched-forgetting interpolation and intervals against hand-computed values,
+and the files it writes from run directories laid out as run.py leaves them."""
+import json
+import math
+
+import pytest
+import yaml
+
+from simu_lightning.evaluation.callback import curve_rows
+from simu_lightning.report.__main__ import main
+from simu_lightning.report.matched import at_forget_level
+from simu_lightning.report.stats import mean_ci
+from simu_lightning.unlearning.stopping import Condition
+
+FORGET = [1.0, 0.6, 0.3, 0.0]
+RETAIN = [1.0, 0.9, 0.8, 0.5]
+
+
+def curve(forget=FORGET, retain=RETAIN, every=2):
+    return [{"step": i * every, "epoch": 0, "summary": {"forget": {"exact_match": f}, "retain": {"exact_match": r}},
+             "scores": {"model_utility": r / 2}} for i, (f, r) in enumerate(zip(forget, retain))]
+
+
+@pytest.mark.parametrize("level, step, retain", [
+    (1.0, 0.0, 1.0),             # met by the target itself
+    (0.5, 2 + 2 / 3, 0.9 - 0.1 / 3),   # between steps 2 (0.6) and 4 (0.3): a third of the way
+    (0.3, 4.0, 0.8),             # met exactly at a point
+    (0.1, 4 + 4 / 3, 0.8 - 0.2),  # between 4 (0.3) and 6 (0.0): two thirds of the way
+])
+def test_utility_at_a_forget_level_is_interpolated_between_the_points_around_the_crossing(level, step, retain):
+    here = at_forget_level(curve(), Condition("forget.exact_match", "<=", level), ["retain.exact_match", "model_utility"])
+    assert here["step"] == pytest.approx(step)
+    assert here["retain.exact_match"] == pytest.approx(retain)
+    assert here["model_utility"] == pytest.approx(retain / 2)
+
+
+def test_a_level_never_reached_gives_nothing():
+    assert at_forget_level(curve(), Condition("forget.exact_match", "<=", -0.1), ["retain.exact_match"]) is None
+
+
+def test_the_first_crossing_counts_even_if_the_run_relearns_later():
+    here = at_forget_level(curve(forget=[1.0, 0.0, 0.8, 0.0]), Condition("forget.exact_match", "<=", 0.5),
+                           ["retain.exact_match"])
+    assert here["step"] == pytest.approx(1.0)  # half way from step 0 (1.0) to step 2 (0.0)
+
+
+def test_mean_and_student_t_interval():
+    mean, low, high = mean_ci([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n), sd = 1
+    assert mean == 2.0 and low == pytest.approx(2 - half, abs=1e-5) and high == pytest.approx(2 + half, abs=1e-5)
+    assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5, 0.5])[1:] == (0.5, 0.5)
+
+
+def fake_run(folder, method, seed, forget, retain):
+    folder.mkdir(parents=True)
+    points = curve(forget, retain)
+    after = points[-1]
+    results = {"method": method, "before": points[0]["summary"], "after": after["summary"],
+               "aggregate": {"before": 0.0, "after": 0.5}, "scores": {"before": {}, "after": after["scores"]},
+               "stopped": {"reason": "condition met", "step": after["step"], "epoch": 0}}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "curve.jsonl").write_text("\n".join(json.dumps(r) for r in curve_rows(points)) + "\n")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}"]))
+
+
+def test_the_report_groups_runs_by_method_and_writes_its_three_files(tmp_path):
+    sweep = tmp_path / "multirun"
+    fake_run(sweep / "0_fo", "fo", 0, [1.0, 0.6, 0.3, 0.0], [1.0, 0.9, 0.8, 0.5])
+    fake_run(sweep / "1_fo", "fo", 1, [1.0, 0.6, 0.3, 0.0], [1.0, 0.7, 0.6, 0.3])
+    fake_run(sweep / "2_simu", "simu", 0, [1.0, 0.9, 0.8, 0.7], [1.0, 1.0, 1.0, 1.0])
+    assert main([str(sweep)]) == 0
+    rows = (sweep / "report.csv").read_text().splitlines()
+    # fo at forget EM <= 0.5: retain 0.9 - 0.1/3 and 0.7 - 0.1/3, mean 0.7667; simu never gets there
+    fo = next(r for r in rows if r.startswith("matched,fo,forget.exact_match<=0.5,retain.exact_match,"))
+    assert float(fo.split(",")[6]) == pytest.approx(0.8 - 0.1 / 3)
+    assert fo.split(",")[4:6] == ["2", "2"]
+    assert any(r.startswith("matched,simu,forget.exact_match<=0.5,step,1,0,") for r in rows)
+    report = (sweep / "report.md").read_text()
+    assert "| fo | 2/2 |" in report and "| simu | 0/1 |" in report
+    assert (sweep / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_folder_without_runs_is_refused_in_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: no run in it (a run directory holds results.json)"
