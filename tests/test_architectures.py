@@ -72,3 +72,19 @@ def test_an_unknown_architecture_says_how_to_name_its_modules():
         architecture_of(Mystery())
     custom = architecture_of(Mystery(), {"layers": "blocks", "down_proj": "ff.out", "attention": ["att.qkv"]})
     assert custom.layers == "blocks" and custom.attention == ("att.qkv",) and custom.neuron_dim == 1
+
+
+@pytest.mark.parametrize("model_type", [t for t in sorted(CONFIGS) if t in ("gpt2", "gpt_neox")])
+def test_simu_freezes_down_projection_biases_which_belong_to_no_neuron(model_type):
+    from simu_lightning.unlearning.methods import Method
+
+    model = AutoModelForCausalLM.from_config(CONFIGS[model_type])
+    arch = ARCHITECTURES[model_type]
+    biases = {f"{name}.bias" for name, proj in down_projections(model, arch).items() if proj.bias is not None}
+    assert len(biases) == LAYERS  # these architectures have one
+    simu = Method("simu", optimizer=None, trainable="attention_and_down_proj", critical_neuron_mask=True)
+    names = simu.trainable_parameter_names(model, arch)
+    assert not biases & names
+    assert {f"{name}.weight" for name in down_projections(model, arch)} <= names
+    unmasked = Method("x", optimizer=None, trainable="attention_and_down_proj", critical_neuron_mask=False)
+    assert biases <= unmasked.trainable_parameter_names(model, arch)

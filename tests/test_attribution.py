@@ -87,3 +87,19 @@ def test_sharing_the_prefix_cache_gives_the_same_attributions(tiny_model, forget
         torch.testing.assert_close(beta, cached_beta)
         torch.testing.assert_close(integrated_gradients(model, proj, batch, beta, 5, prefix),
                                    integrated_gradients(model, proj, batch, beta, 5), rtol=1e-4, atol=1e-6)
+
+
+def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(monkeypatch):
+    from types import SimpleNamespace
+
+    from simu_lightning.attribution import callback
+    from simu_lightning.models.architecture import ARCHITECTURES
+
+    forget = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
+    llama, gpt2 = SimpleNamespace(architecture=ARCHITECTURES["llama"]), SimpleNamespace(architecture=ARCHITECTURES["gpt2"])
+    key = callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget)
+    assert callback.NeuronAttribution(t=0.5, m=4, target_id="x").cache_key(llama, forget) == key  # t is applied after
+    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", dtype="bfloat16").cache_key(llama, forget) != key
+    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(gpt2, forget) != key
+    monkeypatch.setattr(callback, "ATTRIBUTION_FORMAT", callback.ATTRIBUTION_FORMAT + 1)
+    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget) != key

@@ -48,14 +48,23 @@ def test_pairing_is_seeded_and_changes_with_the_epoch(small_benchmark, tiny_mode
 
 
 def test_the_global_batch_does_not_depend_on_the_process_count(small_benchmark, tiny_model, prompt_format):
+    """18 forget rows do not divide into global batches of 4 (nor 9 per process into local batches of 2):
+    a padding sampler repeats rows at 2 processes that 1 process never sees."""
     _, tokenizer = tiny_model
-    single = pairs(make(small_benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer())
-    rank0 = pairs(make(small_benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(2, 0))
-    rank1 = pairs(make(small_benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(2, 1))
-    assert len(rank0) == len(rank1) == len(single)
-    for whole, part0, part1 in zip(single, rank0, rank1):
-        assert sorted(whole) == sorted(part0 + part1)
-        assert not set(part0) & set(part1)  # each process draws its own retain partners
+    from datasets import Dataset
+
+    rows = small_benchmark["forget"].to_list()
+    benchmark = type(small_benchmark)("odd", {"forget": Dataset.from_list(rows + rows[:2]), "retain": small_benchmark["retain"]})
+    assert len(benchmark["forget"]) == 18
+    for epoch in (0, 1):
+        single = pairs(make(benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(current_epoch=epoch))
+        rank0 = pairs(make(benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(2, 0, epoch))
+        rank1 = pairs(make(benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(2, 1, epoch))
+        assert len(single) == len(rank0) == len(rank1) == 4  # 16 rows: the last 2 of the epoch's order sit out
+        for whole, part0, part1 in zip(single, rank0, rank1):
+            assert len(whole) == 4 and sorted(whole) == sorted(part0 + part1)
+        seen = [i for step in single for i, _ in step]
+        assert len(set(seen)) == len(seen) == 16  # no row repeated within the epoch
 
 
 def test_retain_partners_are_a_permutation_read_at_the_forget_index():

@@ -1,10 +1,12 @@
 """`run.py` end to end, as a user runs it: a subprocess, a small config, outputs in tmp_path."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT
@@ -197,3 +199,17 @@ def test_a_real_run_stops_at_the_first_point_meeting_the_rule_and_a_restart_resu
     assert "resuming from" in again.stdout + again.stderr
     resumed = json.loads((tmp_path / "bound" / "results.json").read_text())
     assert resumed["stopped"] == results["stopped"] and resumed["after"] == results["after"]
+
+
+@pytest.mark.slow
+def test_a_resumed_simu_run_takes_its_masks_from_the_checkpoint_not_a_new_attribution(tmp_path, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("own_cache")
+    args = [*SMALL, "method=simu", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    run_py(args, cache)
+    masks = torch.load(tmp_path / "run" / "attribution" / "critical_neurons.pt")
+    shutil.rmtree(cache / "attribution")  # e.g. a cleaned cache: the scores are gone
+    again = run_py(args, cache)  # resumes from checkpoints/last.ckpt, whose weights are no longer the target's
+    assert "reusing the critical neurons saved in the checkpoint" in again.stdout + again.stderr
+    assert not (cache / "attribution").exists()  # nothing was attributed on the half-unlearned weights
+    for name, mask in torch.load(tmp_path / "run" / "attribution" / "critical_neurons.pt").items():
+        assert torch.equal(mask, masks[name])

@@ -131,3 +131,15 @@ def test_rho_auto_waits_for_its_calibration_step_clipping_everything_until_then(
         assert opt.rho == "auto" and opt.win_rate == 0.0
     toy_step(p, opt)
     assert isinstance(opt.rho, float) and abs(opt.win_rate - 0.3) <= 1 / 1000
+
+
+def test_a_batch_without_answer_tokens_leaves_the_hessian_finite():
+    w = torch.nn.Parameter(torch.randn(5, 3))
+    opt = Sophia([w], lr=0.01)
+    logits = (torch.ones(2, 4, 1) * w.sum(0)).expand(2, 4, 3) + w[:4, 0].view(1, 4, 1)
+    labels = torch.full((2, 4), IGNORE_INDEX)   # every answer truncated away
+    loss, count = sampled_label_loss(logits, labels, torch.full((2, 3), 0.5))
+    assert count == 0 and loss.item() == 0.0
+    loss.backward()
+    opt.update_hessian()
+    assert torch.isfinite(opt.state[w]["hessian"]).all() and w.grad.abs().sum() == 0

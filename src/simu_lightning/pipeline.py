@@ -32,8 +32,7 @@ from simu_lightning.evaluation.reference import read_reference_results, referenc
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
 from simu_lightning.models.architecture import architecture_of
-from simu_lightning.models.loading import load_pretrained
-from simu_lightning.models.target import prepare_target
+from simu_lightning.models.target import load_base, load_target, prepare_target
 from simu_lightning.unlearning.module import UnlearningModule
 from simu_lightning.unlearning.stopping import StoppingRule
 
@@ -74,7 +73,7 @@ def reference_forget_rows(benchmark, target, fmt, settings, dtype, cache_dir, re
     if target.reference is None:
         log.info("no reference model or evaluation.reference_results: forget quality is not computed")
         return []
-    return reference_rows(target.reference, benchmark, fmt, settings, dtype, cache_dir)
+    return reference_rows(target.reference, benchmark, fmt, settings, dtype, cache_dir, target.reference_revision)
 
 
 def evaluate_base_model(target, benchmark, fmt, settings, dtype):
@@ -82,7 +81,7 @@ def evaluate_base_model(target, benchmark, fmt, settings, dtype):
     if target.base is None:
         log.info("evaluation.base: the target was not fine-tuned here, so there is no base model to evaluate")
         return None
-    model, tokenizer = load_pretrained(target.base, dtype, tokenizer_source=target.tokenizer)
+    model, tokenizer = load_base(target, dtype)
     return evaluate(model, tokenizer, fmt, benchmark, "base", settings)
 
 
@@ -95,6 +94,12 @@ def finetune_trainer_factory(cfg: DictConfig, out: Path):
         return make_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", logger=False,
                             enable_checkpointing=False, default_root_dir=str(out / "finetune"), **overrides)
     return make
+
+
+def finetune_trainer_settings(trainer_cfg: DictConfig) -> dict:
+    """The trainer settings that target fine-tuning inherits and that change its result."""
+    return {name: trainer_cfg.get(name) for name in
+            ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")}
 
 
 def checkpointing(cfg: DictConfig, out: Path) -> tuple[list, str | None]:
@@ -136,12 +141,13 @@ def run(cfg: DictConfig) -> dict | None:
     evaluation["max_new_tokens"] = evaluation["max_new_tokens"] or benchmark.max_new_tokens
     settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
     with timed(timings, "prepare_target"):
-        target = prepare_target(cfg.model, benchmark, fmt, cache_dir, finetune_trainer_factory(cfg, out))
+        target = prepare_target(cfg.model, benchmark, fmt, cache_dir, finetune_trainer_factory(cfg, out),
+                                finetune_trainer_settings(cfg.trainer))
         if cfg.get("prepare_only"):
             reference_forget_rows(benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results)
             log.info("prepare_only: target %s and reference %s are ready", target.target, target.reference)
             return None
-        model, tokenizer = load_pretrained(target.target, cfg.model.dtype, tokenizer_source=target.tokenizer)
+        model, tokenizer = load_target(target, cfg.model.dtype)
     log.info("target %s (%.1fM parameters) ready in %.0f s", target.target,
              sum(p.numel() for p in model.parameters()) / 1e6, timings["prepare_target"])
 
@@ -162,7 +168,8 @@ def run(cfg: DictConfig) -> dict | None:
                                        [r["truth_ratio"] for r in reference] or None, out,
                                        every_n_steps=every_n_steps, during_max_examples=during_max_examples,
                                        stop_when=stop_when)
-    attribution = NeuronAttribution(**cfg.attribution, output_dir=out, cache_dir=cache_dir, target_id=target.target_id)
+    attribution = NeuronAttribution(**cfg.attribution, output_dir=out, cache_dir=cache_dir, target_id=target.target_id,
+                                    dtype=cfg.model.dtype)
     checkpoint, resume_from = checkpointing(cfg, out)
     trainer = make_trainer(cfg.trainer, callbacks=[evaluations, attribution, *checkpoint],
                            logger=loggers(cfg) or False, enable_checkpointing=bool(checkpoint))

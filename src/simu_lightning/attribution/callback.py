@@ -1,12 +1,16 @@
 """The pre-fit callback that runs SIMU stage 1 when the method needs critical-neuron masks.
 
-Scores depend only on the target, the forget set and m, so they are cached under exactly that key;
-the threshold t is applied after the cache, which makes a sweep over t cost one attribution.
+Scores depend only on the target, the forget set, m, the dtype, the architecture's module names and
+the attribution code (ATTRIBUTION_FORMAT), so they are cached under exactly that key; the threshold t
+is applied after the cache, which makes a sweep over t cost one attribution. The masks travel in every
+checkpoint: a resumed run reuses them and never attributes on half-unlearned weights.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +23,11 @@ from simu_lightning.distributed import agree, rank_and_world, share, sum_across
 from simu_lightning.errors import SimuError
 from simu_lightning.models.architecture import down_projections
 
+log = logging.getLogger(__name__)
+
+# Bump when the attribution's arithmetic changes: cached scores from older code are then not reused.
+ATTRIBUTION_FORMAT = 2
+
 
 def check_steps(m) -> None:
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
@@ -27,26 +36,38 @@ def check_steps(m) -> None:
 
 class NeuronAttribution(L.Callback):
     def __init__(self, t: float, m: int, max_batch: int = 512, output_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None, target_id: str = ""):
+                 cache_dir: str | Path | None = None, target_id: str = "", dtype: str = "float32"):
         check_threshold(t)
         check_steps(m)
         self.t, self.m, self.max_batch = t, m, max_batch
         self.output_dir = Path(output_dir) if output_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.target_id = target_id
+        self.target_id, self.dtype = target_id, dtype
         self.seconds = 0.0
         self.kept: dict[str, int] = {}
+        self.neurons: dict[str, torch.Tensor] | None = None  # restored from a checkpoint, or computed
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if not pl_module.method.critical_neuron_mask:
             return
         start = time.perf_counter()
-        forget = trainer.datamodule.forget
-        scores = self._cached_scores(forget, lambda: self.compute(trainer, pl_module, forget))
-        neurons = critical_neurons(scores, self.t)
+        if self.neurons is not None and trainer.ckpt_path:
+            # single-device strategies restore the checkpoint before this hook: the weights are no longer
+            # the target's, so the masks come from the checkpoint rather than a new attribution
+            log.info("reusing the critical neurons saved in the checkpoint %s", trainer.ckpt_path)
+            neurons, scores = self.neurons, None
+        else:
+            if trainer.ckpt_path and not trainer.strategy.restore_checkpoint_after_setup:
+                raise SimuError(f"{trainer.ckpt_path} holds no critical neurons (written by an older version?) and "
+                                "the weights are already restored: attributing now would score half-unlearned "
+                                "weights; start the run in a new output directory")
+            forget = trainer.datamodule.forget
+            scores = self._cached_scores(trainer, pl_module, lambda: self.compute(trainer, pl_module, forget))
+            neurons = critical_neurons(scores, self.t)
+        self.neurons = neurons
         pl_module.set_critical_neurons(neurons)
         self.kept = {name: int(mask.sum()) for name, mask in neurons.items()}
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and scores is not None:
             self._save(scores, neurons)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"attribution/kept/layer_{i}": kept for i, kept in enumerate(self.kept.values())}
@@ -70,18 +91,32 @@ class NeuronAttribution(L.Callback):
         scores = attribute(pl_module.model, projs, block, self.m, tokenizer.pad_token_id, self.max_batch)
         return {name: sum_across(score) for name, score in scores.items()}
 
-    def _cached_scores(self, forget: list[dict], compute) -> dict[str, torch.Tensor]:
+    def cache_key(self, pl_module, forget: list[dict]) -> str:
+        return cache_key("attribution", ATTRIBUTION_FORMAT, self.target_id,
+                         [(e["input_ids"], e["labels"]) for e in forget], self.m, self.dtype,
+                         asdict(pl_module.architecture))
+
+    def _cached_scores(self, trainer: L.Trainer, pl_module, compute) -> dict[str, torch.Tensor]:
         if self.cache_dir is None:
             return compute()
-        key = cache_key("attribution", self.target_id, [(e["input_ids"], e["labels"]) for e in forget], self.m)
-        path = self.cache_dir / "attribution" / key
+        path = self.cache_dir / "attribution" / self.cache_key(pl_module, trainer.datamodule.forget)
         if agree((path / "scores.pt").exists()):
-            return torch.load(path / "scores.pt")
+            log.info("reusing cached attribution scores %s (computed for m=%d on %s)", path, self.m, self.target_id)
+            return torch.load(path / "scores.pt", weights_only=True)
         scores = compute()
-        with atomic_dir(path) as tmp:
-            tmp.mkdir()
-            torch.save(scores, tmp / "scores.pt")
+        if trainer.is_global_zero:  # one writer; the others hold the same scores in memory
+            with atomic_dir(path) as tmp:
+                tmp.mkdir()
+                torch.save(scores, tmp / "scores.pt")
+        trainer.strategy.barrier("attribution cache written")
         return scores
+
+    def state_dict(self) -> dict:
+        return {"neurons": self.neurons} if self.neurons is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("neurons") is not None:
+            self.neurons = state_dict["neurons"]
 
     def _save(self, scores: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor]) -> None:
         if self.output_dir is None:

@@ -2,9 +2,11 @@
 by default, or `retain_per_forget` times as large (more of the retain set seen per step).
 
 The retain partner of forget example i in epoch e is a fixed function of (seed, e, i), and forget
-examples are spread over processes by a seeded `DistributedSampler` whose shards interleave; so the
-global batch at every step holds the same (forget, retain) pairs whatever the number of processes,
-and each process draws its own retain examples.
+examples are spread over processes by `GlobalBatchSampler`, whose shards interleave; so the global batch
+at every step holds the same (forget, retain) pairs whatever the number of processes, and each process
+draws its own retain examples. When the forget set does not divide into whole global batches, the rows
+past the last whole batch sit the epoch out (the next epoch's permutation brings them back) instead of
+being padded with repeated rows, which would change the global batch with the process count.
 """
 from __future__ import annotations
 
@@ -33,6 +35,25 @@ def retain_partners(seed: int, epoch: int, forget_indices: list[int], num_retain
     (wrapping round when they run past the end)."""
     order = np.random.default_rng([seed, epoch]).permutation(num_retain)
     return [int(order[(i * per_forget + j) % num_retain]) for i in forget_indices for j in range(per_forget)]
+
+
+class GlobalBatchSampler(DistributedSampler):
+    """This process's share of every global batch: the epoch's seeded permutation (DistributedSampler's),
+    cut to whole global batches, dealt round-robin to the processes."""
+
+    def __init__(self, dataset, global_batch: int, num_replicas: int, rank: int, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.global_batch = global_batch
+        self.usable = len(dataset) // global_batch * global_batch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()[: self.usable]
+        return iter(order[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.usable // self.num_replicas
 
 
 def _as_list(examples):
@@ -71,8 +92,11 @@ class UnlearningDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.forget or not self.retain:
             raise SimuError(f"benchmark {self.benchmark.name!r}: the forget and retain splits must both be non-empty")
+        if len(self.forget) < self.batch_size:
+            raise SimuError(f"data.batch_size={self.batch_size} is larger than the forget set ({len(self.forget)} rows): "
+                            f"set it to at most {len(self.forget)}")
         world_size, rank = self._world()
-        sampler = DistributedSampler(self.forget, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        sampler = GlobalBatchSampler(self.forget, self.batch_size, num_replicas=world_size, rank=rank, seed=self.seed)
         return DataLoader(self.forget, batch_size=self.per_device_batch_size(), sampler=sampler,
                           collate_fn=_as_list, num_workers=self.num_workers)
 

@@ -36,17 +36,22 @@ def read_reference_results(path: str | Path) -> list[float]:
     return ratios
 
 
-def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: str, cache_dir: Path) -> list[dict]:
+# Bump when the truth ratio's computation changes: cached reference ratios from older code are then not reused.
+REFERENCE_FORMAT = 2
+
+
+def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: str, cache_dir: Path,
+                   revision: str | None = None) -> list[dict]:
     """One row per forget example with the reference model's truth ratio (stage "reference")."""
     forget = benchmark[benchmark.forget]
     if settings.max_examples is not None and len(forget) > settings.max_examples:
         forget = forget.select(range(settings.max_examples))
-    key = cache_key("reference-truth-ratios", source, benchmark.fingerprint((benchmark.forget,)), asdict(fmt),
-                    settings.max_length, settings.max_examples, dtype)
+    key = cache_key("reference-truth-ratios", REFERENCE_FORMAT, source, revision,
+                    benchmark.fingerprint((benchmark.forget,)), asdict(fmt), settings.max_length, settings.max_examples, dtype)
     cached = cache_dir / "reference" / key / "rows.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    model, tokenizer = load_pretrained(source, dtype)
+    model, tokenizer = load_pretrained(source, dtype, revision)
     ratios, _ = truth_ratio_values(model, tokenizer, fmt, forget, settings)
     rows = [{"split": "forget", "stage": "reference", "index": i, "question": q, "answer": a, "truth_ratio": r}
             for i, (q, a, r) in enumerate(zip(forget["question"], forget["answer"], ratios))]

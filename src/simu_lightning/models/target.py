@@ -25,6 +25,11 @@ from simu_lightning.models.finetune import FineTune
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
 
 
+# Bump when target preparation changes (recipe, data encoding): cached targets from older code are then
+# not reused.
+TARGET_FORMAT = 2
+
+
 @dataclass
 class Target:
     target: str                 # where the target loads from (a folder or a hub id)
@@ -32,6 +37,19 @@ class Target:
     target_id: str              # identifies the target for downstream caches (attribution scores)
     tokenizer: str | None = None  # a tokenizer source other than the target's own
     base: str | None = None     # the model the target was fine-tuned from, when it was
+    revision: str | None = None       # the hub revision of `target` (None for a folder made here)
+    base_revision: str | None = None  # the hub revision of `base`
+    reference_revision: str | None = None
+
+
+def load_target(target: Target, dtype: str):
+    """(model, tokenizer) of the target, at its pinned revision."""
+    return load_pretrained(target.target, dtype, target.revision, target.tokenizer)
+
+
+def load_base(target: Target, dtype: str):
+    """(model, tokenizer) of the model the target was fine-tuned from, at its pinned revision."""
+    return load_pretrained(target.base, dtype, target.base_revision, target.tokenizer)
 
 
 def _plain(cfg) -> dict:
@@ -62,17 +80,24 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
     return str(path)
 
 
+def finetune_key(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cfg, fmt: PromptFormat,
+                 trainer_settings: dict | None = None) -> str:
+    """Everything a fine-tuned model depends on: the base (and its revision and tokenizer), the rows, the
+    recipe, the prompt format, the length, dtype, the trainer's numerics and the code (TARGET_FORMAT)."""
+    return cache_key("finetune", TARGET_FORMAT, base, model_cfg.get("revision"), model_cfg.get("tokenizer"),
+                     benchmark.fingerprint(splits), _plain(model_cfg.finetune), asdict(fmt), model_cfg.max_length,
+                     model_cfg.dtype, trainer_settings or {})
+
+
 def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cfg, fmt: PromptFormat,
-              cache_dir: Path, make_trainer: Callable[..., L.Trainer]) -> str:
+              cache_dir: Path, make_trainer: Callable[..., L.Trainer], trainer_settings: dict | None = None) -> str:
     """`base` fine-tuned on `splits` (answer-only NLL), from the cache when it is there.
 
     Its seed is the fine-tuning's own (`model.finetune.seed`), not the run's: runs with different
     seeds unlearn the same target, as they would a published one."""
     settings = _plain(model_cfg.finetune)
     seed = settings.get("seed", 0)
-    key = cache_key("finetune", base, model_cfg.get("revision"), benchmark.fingerprint(splits), settings,
-                    asdict(fmt), model_cfg.max_length, model_cfg.dtype)
-    path = cache_dir / "models" / f"finetuned-{key}"
+    path = cache_dir / "models" / f"finetuned-{finetune_key(base, benchmark, splits, model_cfg, fmt, trainer_settings)}"
     if (path / "config.json").exists():
         return str(path)
     model, tokenizer = load_pretrained(base, model_cfg.dtype, model_cfg.get("revision"), model_cfg.get("tokenizer"))
@@ -97,18 +122,24 @@ def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cf
 
 
 def prepare_target(model_cfg, benchmark: Benchmark, fmt: PromptFormat, cache_dir: Path,
-                   make_trainer: Callable[..., L.Trainer]) -> Target:
+                   make_trainer: Callable[..., L.Trainer], trainer_settings: dict | None = None) -> Target:
     """The target and reference for this model on this benchmark: a ready-made target when the model
-    config names one for the benchmark (`model.targets.<benchmark>`), else the base fine-tuned here."""
+    config names one for the benchmark (`model.targets.<benchmark>`), else the base fine-tuned here.
+    `trainer_settings` are the trainer's numerics that fine-tuning inherits (precision, accumulation,
+    clipping): part of a fine-tuned model's cache key."""
     ready = (model_cfg.get("targets") or {}).get(benchmark.name)
     if ready:
         return Target(ready.source, ready.get("reference"), target_id=f"{ready.source}@{ready.get('revision')}",
-                      tokenizer=ready.get("tokenizer"))
+                      tokenizer=ready.get("tokenizer"), revision=ready.get("revision"),
+                      reference_revision=ready.get("reference_revision"))
     base = base_model(model_cfg, benchmark, cache_dir)
+    revision = None if Path(base).exists() else model_cfg.get("revision")
     if not model_cfg.get("finetune") or not benchmark.target_splits:
-        return Target(base, None, target_id=f"{base}@{model_cfg.get('revision')}", tokenizer=model_cfg.get("tokenizer"))
-    target = finetuned(base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer)
+        return Target(base, None, target_id=f"{base}@{model_cfg.get('revision')}", tokenizer=model_cfg.get("tokenizer"),
+                      revision=revision)
+    target = finetuned(base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings)
     reference = None
     if benchmark.reference_splits:
-        reference = finetuned(base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer)
-    return Target(target, reference, target_id=Path(target).name, base=base)
+        reference = finetuned(base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer,
+                              trainer_settings)
+    return Target(target, reference, target_id=Path(target).name, base=base, base_revision=revision)

@@ -22,6 +22,10 @@ def sampled_label_loss(logits: torch.Tensor, labels: torch.Tensor, uniforms: tor
     many positions were scored. `labels` are aligned with the inputs (logits at t predict t + 1);
     `uniforms` holds one draw per predicting position (batch x (length - 1))."""
     scored = labels[:, 1:] != IGNORE_INDEX
+    if not scored.any():
+        # nothing to score (answers truncated away): a zero that still reaches every parameter's graph, so
+        # that sharded backward passes stay collective, instead of the NaN of an empty mean
+        return logits.sum() * 0.0, 0
     logits = logits[:, :-1][scored].float()
     with torch.no_grad():
         sampled = sample_labels(logits, uniforms[scored])

@@ -34,7 +34,15 @@ class Method:
             raise SimuError(f"method.hessian_interval must be >= 1, got {self.hessian_interval}")
 
     def trainable_parameter_names(self, model: nn.Module, arch: Architecture) -> set[str]:
+        """Every parameter, or the attention projections' and the down projections'. Under a critical-neuron
+        mask a down projection trains its weight only: its bias (GPT-2's `c_proj.bias`, GPT-NeoX's
+        `dense_4h_to_h.bias`) is added after the neurons are summed and belongs to no single neuron, so
+        the mask could not confine it; it stays frozen."""
         if self.trainable == "all":
             return {name for name, _ in model.named_parameters()}
-        modules = {**attention_projections(model, arch), **down_projections(model, arch)}
-        return {f"{module}.{name}" for module, proj in modules.items() for name, _ in proj.named_parameters()}
+        names = {f"{module}.{name}" for module, proj in attention_projections(model, arch).items()
+                 for name, _ in proj.named_parameters()}
+        for module, proj in down_projections(model, arch).items():
+            names |= {f"{module}.{name}" for name, _ in proj.named_parameters()
+                      if name == "weight" or not self.critical_neuron_mask}
+        return names

@@ -130,9 +130,10 @@ class UnlearningModule(L.LightningModule):
                                                         reduce_op="sum"))
         loss = sum(mean_ce * count for mean_ce, count in parts) * (self.trainer.world_size / max(total_tokens, 1))
         self.manual_backward(loss)
-        optimizer.optimizer.update_hessian()
+        if total_tokens > 0:  # a batch with no answer token anywhere leaves h (and bs) as they were
+            optimizer.optimizer.update_hessian()
+            self.hessian_tokens = total_tokens
         optimizer.zero_grad()
-        self.hessian_tokens = total_tokens
 
     def _uniforms(self, rows: torch.Tensor, split_id: int, length: int, device) -> torch.Tensor:
         # numpy's Generator streams are prefix-stable: a row's draws do not depend on the padded length.

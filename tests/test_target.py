@@ -1,0 +1,63 @@
+"""Target preparation's contract with the loader and the cache: pinned revisions reach the loader, and
+every input of a fine-tuned target is part of its cache key."""
+import pytest
+from omegaconf import OmegaConf
+
+from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.models import target as target_module
+from simu_lightning.models.target import Target, finetune_key, load_base, load_target, prepare_target
+
+MODEL = {"source": "org/base", "revision": "abc123", "tokenizer": None, "dtype": "float32", "max_length": 64,
+         "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 2, "seed": 0}, "targets": {}}
+
+
+@pytest.fixture()
+def loads(monkeypatch):
+    calls = []
+    monkeypatch.setattr(target_module, "load_pretrained",
+                        lambda source, dtype="float32", revision=None, tokenizer_source=None: calls.append((source, revision)))
+    return calls
+
+
+def test_a_ready_made_target_loads_at_its_pinned_revision(small_benchmark, loads, tmp_path):
+    cfg = OmegaConf.create({**MODEL, "targets": {"synthetic": {"source": "org/target", "revision": "v1.2"}}})
+    target = prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None)
+    load_target(target, "float32")
+    assert loads == [("org/target", "v1.2")]
+
+
+def test_a_hub_model_used_without_fine_tuning_loads_at_model_revision(small_benchmark, loads, tmp_path):
+    cfg = OmegaConf.create({**MODEL, "finetune": None})
+    load_target(prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None), "float32")
+    assert loads == [("org/base", "abc123")]
+
+
+def test_the_base_model_loads_at_its_revision(loads):
+    load_base(Target("folder", None, "id", base="org/base", base_revision="abc123"), "float32")
+    assert loads == [("org/base", "abc123")]
+
+
+@pytest.mark.parametrize("change", [
+    {"tokenizer": "org/other-tokenizer"}, {"dtype": "bfloat16"}, {"revision": "def456"}, {"max_length": 128},
+    {"finetune": {**MODEL["finetune"], "lr": 2e-3}},
+])
+def test_every_model_setting_a_target_depends_on_changes_its_key(small_benchmark, change):
+    fmt = PromptFormat()
+    base_key = finetune_key("org/base", small_benchmark, ("full",), OmegaConf.create(MODEL), fmt)
+    assert finetune_key("org/base", small_benchmark, ("full",), OmegaConf.create({**MODEL, **change}), fmt) != base_key
+
+
+@pytest.mark.parametrize("numerics", [{"precision": "bf16-mixed"}, {"accumulate_grad_batches": 2},
+                                      {"gradient_clip_val": 1.0}])
+def test_the_trainer_numerics_of_fine_tuning_change_the_key(small_benchmark, numerics):
+    cfg, fmt = OmegaConf.create(MODEL), PromptFormat()
+    plain = {"precision": "32-true", "accumulate_grad_batches": 1, "gradient_clip_val": None}
+    assert finetune_key("b", small_benchmark, ("full",), cfg, fmt, plain) != \
+        finetune_key("b", small_benchmark, ("full",), cfg, fmt, {**plain, **numerics})
+
+
+def test_the_code_version_is_part_of_the_key(small_benchmark, monkeypatch):
+    cfg, fmt = OmegaConf.create(MODEL), PromptFormat()
+    before = finetune_key("b", small_benchmark, ("full",), cfg, fmt)
+    monkeypatch.setattr(target_module, "TARGET_FORMAT", target_module.TARGET_FORMAT + 1)
+    assert finetune_key("b", small_benchmark, ("full",), cfg, fmt) != before
