@@ -213,3 +213,20 @@ def test_a_resumed_simu_run_takes_its_masks_from_the_checkpoint_not_a_new_attrib
     assert not (cache / "attribution").exists()  # nothing was attributed on the half-unlearned weights
     for name, mask in torch.load(tmp_path / "run" / "attribution" / "critical_neurons.pt").items():
         assert torch.equal(mask, masks[name])
+
+
+@pytest.mark.slow
+def test_credentials_in_the_environment_never_reach_a_file_of_the_run(tmp_path, cache_dir):
+    secrets = {"HF_TOKEN": "hf_secretTOKEN0123456789", "WANDB_API_KEY": "wandbSECRETkey0123456789abcdef"}
+    out = tmp_path / "run"
+    env = {**os.environ, **secrets, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "method=simu", f"hydra.run.dir={out}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        data = path.read_bytes()
+        for name, value in secrets.items():
+            assert value.encode() not in data, f"{name} leaked into {path}"
+    assert not any(v in result.stdout + result.stderr for v in secrets.values())

@@ -72,11 +72,13 @@ def test_labels_are_sampled_by_inverse_cdf():
 
 
 def test_sampled_label_loss_scores_answer_positions_only():
-    logits = torch.zeros(1, 4, 5)  # uniform: every sampled label has CE log(5)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1]])
-    loss, count = sampled_label_loss(logits, labels, torch.full((1, 3), 0.5))
+    # position t's logits predict label t + 1; only labels 2 and 3 are answer tokens
+    probs = torch.tensor([[[0.98, 0.01, 0.01], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]]])
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 1]])
+    loss, count = sampled_label_loss(probs.log(), labels, torch.full((1, 3), 0.5))
+    # u = 0.5: position 1 samples label 2 (cdf 0.1, 0.3, 1), position 2 label 0 (cdf 0.6, ...)
     assert count == 2
-    assert loss.item() == pytest.approx(torch.log(torch.tensor(5.0)).item())
+    assert loss.item() == pytest.approx(-(torch.log(torch.tensor(0.7)) + torch.log(torch.tensor(0.6))).item() / 2)
 
 
 def test_win_rate_and_hessian_scale_match_hand_computation():
