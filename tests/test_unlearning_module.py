@@ -100,3 +100,32 @@ def test_masks_need_a_masked_optimiser(tiny_model, small_benchmark, prompt_forma
     masked_adamw = Method("simu", partial(torch.optim.AdamW, lr=1e-3), "attention_and_down_proj", True)
     with pytest.raises(SimuError, match="masked optimiser"):
         unlearn(model, tokenizer, small_benchmark, prompt_format, masked_adamw)
+
+
+class NaNAtStep(GradDiff):
+    """GradDiff whose loss turns NaN at a given call (a diverging run)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.calls, self.at = 0, at
+
+    def __call__(self, forget, retain, reference_forget=None):
+        self.calls += 1
+        loss, terms = super().__call__(forget, retain, reference_forget)
+        return (loss * float("nan") if self.calls == self.at else loss), terms
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_never_reaches_the_weights(tiny_model, small_benchmark,
+                                                                                      prompt_format):
+    model, tokenizer = tiny_model
+    L.seed_everything(0, verbose=False)
+    module = UnlearningModule(model, SO, NaNAtStep(at=3), architecture_of(model))
+    datamodule = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(SimuError, match=r"non-finite loss \(nan\) at unlearning step 2 \(epoch 0\); the weights were not updated"):
+        trainer.fit(module, datamodule)
+    assert trainer.global_step == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(t).all() for s in trainer.optimizers[0].state.values() for t in s.values()
+               if isinstance(t, torch.Tensor))

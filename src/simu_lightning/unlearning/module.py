@@ -92,6 +92,7 @@ class UnlearningModule(L.LightningModule):
             with torch.no_grad():
                 reference_forget = answer_nll(self.reference, batch["forget"])
         loss, terms = self.loss(forget, retain, reference_forget)
+        self.refuse_non_finite(loss, "loss")
         optimizer.zero_grad()
         self.manual_backward(loss)
         auto_rho = self.second_order and optimizer.optimizer.rho == "auto"
@@ -109,6 +110,17 @@ class UnlearningModule(L.LightningModule):
                 logs["optim/rho"] = sophia.rho
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["forget"]["input_ids"]))
         return loss.detach()
+
+    def refuse_non_finite(self, value: torch.Tensor, what: str) -> None:
+        """Stop the run, before any NaN or inf can reach the weights or the optimiser state, with a line
+        naming the step (every process stops together: the decision is shared)."""
+        bad = not bool(torch.isfinite(value.detach()).all())
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
+            raise SimuError(f"non-finite {what} ({value.item()}) at unlearning step {self.global_step} "
+                            f"(epoch {self.current_epoch}); the weights were not updated; "
+                            f"{'the last good checkpoint is ' + last if last else 'no checkpoint was written yet'}, "
+                            "and the evaluations so far are in curve.jsonl")
 
     def estimate_hessian(self, batch, optimizer) -> None:
         """The GNB estimate: backprop the CE on labels sampled from the model's own softmax over the
@@ -129,6 +141,7 @@ class UnlearningModule(L.LightningModule):
         total_tokens = int(self.trainer.strategy.reduce(torch.tensor(float(local_tokens), device=self.device),
                                                         reduce_op="sum"))
         loss = sum(mean_ce * count for mean_ce, count in parts) * (self.trainer.world_size / max(total_tokens, 1))
+        self.refuse_non_finite(loss, "Hessian-estimate loss")
         self.manual_backward(loss)
         if total_tokens > 0:  # a batch with no answer token anywhere leaves h (and bs) as they were
             optimizer.optimizer.update_hessian()
