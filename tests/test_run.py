@@ -112,9 +112,25 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
     ("attribution.t=0", "error: attribution.t must be in (0, 1], got 0"),
     ("attribution.m=0", "error: attribution.m must be an integer >= 1, got 0"),
     ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, so (method=...)"),
+    ("loss=hinge", "error: unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
+    ("benchmark=muse", "error: unknown benchmark 'muse': choose one of lume, synthetic, tofu (benchmark=...)"),
+    ("method.optimizer.lr=0", "error: method.optimizer.lr must be a positive number, got 0"),
+    ("data.batch_size=0", "error: data.batch_size must be a positive integer, got 0"),
+    ("trainer.max_epochs=-1", "error: trainer.max_epochs must be a positive integer, got -1"),
+    ("optim.rho=-1", "error: optim.rho must be a number >= 0 or auto, got -1"),
+    ("optim.target_win_rate=1.5", "error: optim.target_win_rate must be in (0, 1), got 1.5"),
+    ("evaluation.every_n_steps=-2", "error: evaluation.every_n_steps must be null (each epoch's end), 0 (never) "
+                                    "or a positive integer, got -2"),
+    ('unlearning.stop_when="forget.exact_match=0.1"', "error: unlearning.stop_when='forget.exact_match=0.1': "
+     "'forget.exact_match=0.1' is not a condition like 'forget.exact_match<=0.1' or 'forget_quality>=0.05' "
+     "(operators: <=, >=, <, >)"),
+    ("unlearning.stop_when=forget.exact_match<0.1", "error: unlearning.stop_when: quote the condition for Hydra, "
+     "e.g. 'unlearning.stop_when=\"forget.exact_match<0.1\"'"),
+    ("benchmark=tofu benchmark.forget_split=forget03", "error: benchmark.forget_split='forget03' must be one of "
+     "forget01, forget05, forget10"),
 ])
 def test_bad_settings_fail_with_one_line_naming_them(override, message, tmp_path):
-    result = run_py([override, f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
+    result = run_py([*override.split(" "), f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == message

@@ -1,5 +1,5 @@
 """Checks of the composed configuration that Hydra's schema cannot express, run before any work so
-that a bad setting costs seconds, not a fine-tuning run."""
+that a bad setting costs seconds, not a fine-tuning run. Each names the setting and what is valid."""
 from __future__ import annotations
 
 from omegaconf import DictConfig
@@ -7,8 +7,15 @@ from omegaconf import DictConfig
 from simu_lightning.attribution.callback import check_steps
 from simu_lightning.attribution.neurons import check_threshold
 from simu_lightning.errors import SimuError
+from simu_lightning.unlearning.stopping import StoppingRule
 
 METHODS = ("fo", "so", "simu")
+
+
+def _positive(name: str, value, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise SimuError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
 def check(cfg: DictConfig) -> None:
@@ -16,5 +23,19 @@ def check(cfg: DictConfig) -> None:
         raise SimuError(f"unknown method {cfg.method.name!r}: choose one of {', '.join(METHODS)} (method=...)")
     check_threshold(cfg.attribution.t)
     check_steps(cfg.attribution.m)
-    if cfg.data.batch_size < 1:
-        raise SimuError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    _positive("method.optimizer.lr", cfg.method.optimizer.get("lr"))
+    _positive("data.batch_size", cfg.data.batch_size, integer=True)
+    _positive("data.retain_per_forget", cfg.data.get("retain_per_forget", 1), integer=True)
+    _positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), integer=True)
+    _positive("evaluation.batch_size", cfg.evaluation.batch_size, integer=True)
+    every = cfg.evaluation.get("every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise SimuError(f"evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, got {every!r}")
+    optim = cfg.get("optim") or {}
+    rho = optim.get("rho", "auto")
+    if rho != "auto" and (isinstance(rho, (bool, str)) or rho < 0):
+        raise SimuError(f"optim.rho must be a number >= 0 or auto, got {rho!r}")
+    if not 0 < optim.get("target_win_rate", 0.3) < 1:
+        raise SimuError(f"optim.target_win_rate must be in (0, 1), got {optim.get('target_win_rate')!r}")
+    _positive("optim.calibration_step", optim.get("calibration_step", 1), integer=True)
+    StoppingRule.parse((cfg.get("unlearning") or {}).get("stop_when"))

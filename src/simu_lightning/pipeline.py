@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import transformers
 from lightning.pytorch.callbacks import ModelCheckpoint
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,8 +47,20 @@ def timed(timings: dict, stage: str):
     timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - start, 2)
 
 
+def build(node: DictConfig, **overrides):
+    """`instantiate`, letting a bad-input error of ours through as itself (Hydra wraps what a
+    constructor raises in an InstantiationException several lines long)."""
+    try:
+        return instantiate(node, **overrides)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, SimuError):
+            raise cause from None
+        raise
+
+
 def make_trainer(trainer_cfg: DictConfig, **overrides) -> L.Trainer:
-    return instantiate(trainer_cfg, **overrides)
+    return build(trainer_cfg, **overrides)
 
 
 def loggers(cfg: DictConfig) -> list:
@@ -134,7 +147,7 @@ def run(cfg: DictConfig) -> dict | None:
     stop_when = StoppingRule.parse(cfg.get("unlearning", {}).get("stop_when"))
 
     # 1. the benchmark and 2. the target (and reference) model
-    benchmark = instantiate(cfg.benchmark)
+    benchmark = build(cfg.benchmark)
     log.info("benchmark %s: %s", benchmark.name,
              ", ".join(f"{name} {len(split)}" for name, split in benchmark.splits.items()))
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
@@ -158,7 +171,7 @@ def run(cfg: DictConfig) -> dict | None:
 
     # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every
     #    stage runs on the (possibly sharded) model in every process
-    method, loss = instantiate(cfg.method), instantiate(cfg.loss)
+    method, loss = build(cfg.method), build(cfg.loss)
     frozen_target = copy.deepcopy(model) if loss.needs_reference else None
     module = UnlearningModule(model, method, loss, architecture_of(model, cfg.model.get("architecture")),
                               reference=frozen_target, seed=cfg.seed, parallel=cfg.get("parallel"))
