@@ -68,7 +68,8 @@ def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cac
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_end(tmp_path, cache_dir):
-    longer = [*SMALL, "trainer.max_epochs=6", "method=so", *FSDP]
+    # SIMU, so that resuming also restores the masks, and curves, so that it restores the trajectory
+    longer = [*SMALL, "trainer.max_epochs=6", "method=simu", "evaluation.every_n_steps=2", *FSDP]
     run_py([*longer, f"hydra.run.dir={tmp_path / 'whole'}"], cache_dir)
 
     interrupted = tmp_path / "interrupted"
@@ -94,6 +95,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_end(tmp_path,
     assert resumed["before"] == whole["before"]
     a, b = load_weights(tmp_path / "whole" / "unlearned_model"), load_weights(interrupted / "unlearned_model")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert resumed["critical_neurons"] == whole["critical_neurons"]
+    curves = [[json.loads(line) for line in (tmp_path / d / "curve.jsonl").read_text().splitlines()]
+              for d in ("whole", "interrupted")]
+    assert [(r["step"], r["split"], r["metric"]) for r in curves[0]] == [(r["step"], r["split"], r["metric"]) for r in curves[1]]
+    assert max(abs(x["value"] - y["value"]) for x, y in zip(*curves)) < 1e-5
 
 
 @pytest.mark.slow
