@@ -3,6 +3,7 @@ import copy
 from functools import partial
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,44 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_never_reaches_the_w
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(torch.isfinite(t).all() for s in trainer.optimizers[0].state.values() for t in s.values()
                if isinstance(t, torch.Tensor))
+
+
+def test_the_gnb_estimate_is_scaled_by_the_batch_token_count(tiny_model, small_benchmark, prompt_format):
+    """After one step, h = (1 - beta2) g^2 with g the gradient of the sampled-label CE summed over every
+    answer token of the forget and retain batch and divided by their number, which is Sophia's bs."""
+    import torch.nn.functional as F
+
+    model, tokenizer = tiny_model
+    start = copy.deepcopy(model)
+    seen = {}
+
+    class Keep(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["batch"] = batch
+
+    L.seed_everything(0, verbose=False)
+    module = UnlearningModule(model, Method("so", partial(Sophia, lr=1e-2, betas=(0.9, 0.99)), "all"), GradDiff(),
+                              architecture_of(model))
+    datamodule = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
+    L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[Keep()]).fit(module, datamodule)
+
+    batch = seen["batch"]
+    tokens = sum(int((part["labels"][:, 1:] != -100).sum()) for part in (batch["forget"], batch["retain"]))
+    assert module.hessian_tokens == tokens
+    total = 0.0
+    for split_id, part in enumerate((batch["forget"], batch["retain"])):
+        logits = start(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
+                       position_ids=part["position_ids"]).logits[:, :-1]
+        # the documented draws: one generator per (seed, step, split, row), here at step 0
+        uniforms = torch.tensor(np.stack([np.random.default_rng([0, 0, split_id, row]).random(logits.shape[1])
+                                          for row in part["index"].tolist()]), dtype=torch.float32)
+        scored = part["labels"][:, 1:] != -100
+        cdf = F.softmax(logits.detach(), -1).cumsum(-1)
+        sampled = (cdf < uniforms.unsqueeze(-1)).sum(-1).clamp(max=logits.shape[-1] - 1)
+        total = total + F.cross_entropy(logits[scored], sampled[scored], reduction="sum")
+    (total / tokens).backward()
+    state = module.trainer.optimizers[0].state
+    for (name, param), (_, reference) in zip(model.named_parameters(), start.named_parameters()):
+        torch.testing.assert_close(state[param]["hessian"], 0.01 * reference.grad ** 2, rtol=1e-4, atol=1e-12,
+                                   msg=lambda m: f"{name}: {m}")
