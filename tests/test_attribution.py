@@ -103,3 +103,60 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(gpt2, forget) != key
     monkeypatch.setattr(callback, "ATTRIBUTION_FORMAT", callback.ATTRIBUTION_FORMAT + 1)
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget) != key
+
+
+def plain_integrated_gradients(model, proj, input_ids, target, m):
+    """The definition, one unpadded sample at a time, whole sequence, no cache: beta_k times the mean over
+    alpha = 1/m ... 1 of d log p(target) / d a_k at a = alpha * beta (the down projection's input at the
+    last position), each alpha its own forward and backward."""
+    ids = torch.tensor([input_ids])
+    captured = {}
+    handle = proj.register_forward_pre_hook(lambda _m, args: captured.setdefault("beta", args[0][0, -1].detach().clone()))
+    with torch.no_grad():
+        model(input_ids=ids)
+    handle.remove()
+    beta, grads = captured["beta"], []
+    for i in range(1, m + 1):
+        a = (i / m * beta).requires_grad_(True)
+        handle = proj.register_forward_pre_hook(lambda _m, args: (torch.cat([args[0][:, :-1], a.view(1, 1, -1)], 1),))
+        log_p = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)[target]
+        handle.remove()
+        grads.append(torch.autograd.grad(log_p, a)[0])
+    return beta * torch.stack(grads).mean(0), beta
+
+
+def test_batched_padded_and_cached_attribution_equals_the_plain_definition(tiny_model, forget_samples):
+    """Samples of different lengths, left-padded into one batch and run on a shared prefix cache, against
+    the plain full-sequence computation of each sample on its own."""
+    model, tokenizer = tiny_model
+    model.eval().requires_grad_(False)
+    samples = forget_samples[1][:5]
+    assert len({len(s["input_ids"]) for s in samples}) > 1  # padding really happens
+    name, proj = next(iter(down_projections(model, architecture_of(model)).items()))
+    scores = attribute(model, {name: proj}, samples, m=4, pad_token_id=tokenizer.pad_token_id)[name]
+    expected = sum(plain_integrated_gradients(model, proj, s["input_ids"], s["target"], 4)[0] for s in samples)
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_riemann_sum_closes_on_the_plain_log_probability_gap(tiny_model, forget_samples):
+    """Completeness against plain forwards: sum_k Att_k -> log p(beta) - log p(0) as m grows."""
+    model, tokenizer = tiny_model
+    model.eval().requires_grad_(False)
+    sample = forget_samples[1][3]
+    proj = next(iter(down_projections(model, architecture_of(model)).values()))
+    _, beta = plain_integrated_gradients(model, proj, sample["input_ids"], sample["target"], 1)
+    ids = torch.tensor([sample["input_ids"]])
+
+    def log_p(scale):
+        handle = proj.register_forward_pre_hook(
+            lambda _m, args: (torch.cat([args[0][:, :-1], (scale * beta).view(1, 1, -1)], 1),))
+        with torch.no_grad():
+            value = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)[sample["target"]]
+        handle.remove()
+        return value
+
+    gap = log_p(1.0) - log_p(0.0)
+    batch = next(batches([sample], 1, tokenizer.pad_token_id))
+    errors = [(integrated_gradients(model, proj, batch, beta.view(1, -1), m, prefix_cache(model, batch)).sum() - gap).abs()
+              for m in (2, 16, 256)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] <= max(0.05 * gap.abs(), 1e-3)
