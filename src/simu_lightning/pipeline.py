@@ -150,6 +150,9 @@ def run(cfg: DictConfig) -> dict | None:
     benchmark = build(cfg.benchmark)
     log.info("benchmark %s: %s", benchmark.name,
              ", ".join(f"{name} {len(split)}" for name, split in benchmark.splits.items()))
+    if shared := benchmark.shared_rows():
+        log.warning("benchmark %s: %d forget rows also appear in the retain split %r: GradDiff pushes them "
+                    "both ways", benchmark.name, shared, benchmark.retain)
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
     evaluation["max_new_tokens"] = evaluation["max_new_tokens"] or benchmark.max_new_tokens
     settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
@@ -177,6 +180,7 @@ def run(cfg: DictConfig) -> dict | None:
                               reference=frozen_target, seed=cfg.seed, parallel=cfg.get("parallel"))
     datamodule = UnlearningDataModule(benchmark, tokenizer, fmt, max_length=cfg.model.max_length, seed=cfg.seed,
                                       **cfg.data)
+    datamodule.encode()  # now: a row with nothing to unlearn is refused before the fit
     evaluations = UnlearningEvaluation(tokenizer, fmt, benchmark, settings,
                                        [r["truth_ratio"] for r in reference] or None, out,
                                        every_n_steps=every_n_steps, during_max_examples=during_max_examples,

@@ -5,11 +5,34 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasets import Dataset
 
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.errors import SimuError
+
+
+def check_json_lines(file: Path) -> None:
+    """Refuse a file that is not JSON Lines with one line naming the first bad line (datasets' own
+    error names neither the line nor the file)."""
+    with open(file, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SimuError(f"{file}:{number}: not valid JSON Lines ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise SimuError(f"{file}:{number}: a JSON Lines row must be an object, got {type(row).__name__}")
+
+
+def check_columns(split: Dataset, required: tuple[str, ...], where: str) -> None:
+    missing = [c for c in required if c not in split.column_names]
+    if missing:
+        raise SimuError(f"{where}: no column {', '.join(map(repr, missing))} (it has {', '.join(split.column_names)}; "
+                        f"needed: {', '.join(required)})")
 
 
 @dataclass
@@ -42,6 +65,11 @@ class Benchmark:
         if split not in self.splits:
             raise SimuError(f"benchmark {self.name!r} has no split {split!r} (it has: {', '.join(self.splits)})")
         return self.splits[split]
+
+    def shared_rows(self) -> int:
+        """How many forget rows (question and answer) also appear in the retain split."""
+        forget = set(zip(self[self.forget]["question"], self[self.forget]["answer"]))
+        return sum((q, a) in forget for q, a in zip(self[self.retain]["question"], self[self.retain]["answer"]))
 
     def fingerprint(self, splits: tuple[str, ...]) -> str:
         """A content hash of the given splits: a cache key that changes whenever their rows change."""

@@ -19,14 +19,23 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, DistributedSampler
 
 from simu_lightning.data.benchmark import Benchmark
-from simu_lightning.data.formatting import PromptFormat, collate, encode_example
+from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat, collate, encode_example
 from simu_lightning.errors import SimuError
 
 
-def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int) -> list[dict]:
-    """Every row as prompt + answer token ids with answer-only labels, tagged with its row index."""
-    return [dict(encode_example(tokenizer, fmt, row["question"], row["answer"], max_length), index=i)
-            for i, row in enumerate(split)]
+def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int, name: str = "split") -> list[dict]:
+    """Every row as prompt + answer token ids with answer-only labels, tagged with its row index.
+    Rows left without an answer token (an empty answer, or a prompt that fills max_length) are refused,
+    by row number: there would be nothing to unlearn or keep in them."""
+    encoded = [dict(encode_example(tokenizer, fmt, row["question"], row["answer"], max_length), index=i)
+               for i, row in enumerate(split)]
+    empty = [e["index"] for e, answer in zip(encoded, split["answer"])
+             if not str(answer).strip() or e["labels"].count(IGNORE_INDEX) >= max_length]
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        raise SimuError(f"{name} rows {shown}: no answer token left after truncation to model.max_length={max_length} "
+                        "(an empty answer, or a prompt that fills the length): raise model.max_length or drop the rows")
+    return encoded
 
 
 def retain_partners(seed: int, epoch: int, forget_indices: list[int], num_retain: int, per_forget: int = 1) -> list[int]:
@@ -72,11 +81,18 @@ class UnlearningDataModule(L.LightningDataModule):
 
     @cached_property
     def forget(self) -> list[dict]:
-        return encode_split(self.benchmark[self.benchmark.forget], self.tokenizer, self.prompt, self.max_length)
+        return encode_split(self.benchmark[self.benchmark.forget], self.tokenizer, self.prompt, self.max_length,
+                            f"{self.benchmark.name} {self.benchmark.forget}")
 
     @cached_property
     def retain(self) -> list[dict]:
-        return encode_split(self.benchmark[self.benchmark.retain], self.tokenizer, self.prompt, self.max_length)
+        return encode_split(self.benchmark[self.benchmark.retain], self.tokenizer, self.prompt, self.max_length,
+                            f"{self.benchmark.name} {self.benchmark.retain}")
+
+    def encode(self) -> None:
+        """Encode the forget and retain rows (once; the properties keep them), refusing rows that
+        cannot be used."""
+        self.forget, self.retain  # noqa: B018  (cached properties: touching them encodes)
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.data.benchmark import Benchmark, check_json_lines
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.errors import SimuError
 
@@ -36,6 +36,9 @@ def _read_local(folder: Path, stem: str, fold: str) -> Dataset:
     if not files:
         raise SimuError(f"benchmark.path={folder}: no {stem}* file (JSON Lines or Parquet) there")
     kind = "parquet" if files[0].suffix == ".parquet" else "json"
+    if kind == "json":
+        for file in files:
+            check_json_lines(file)
     try:
         data = load_dataset(kind, data_files=[str(f) for f in files], split="train")
     except Exception as err:  # datasets raises several types for malformed files
@@ -62,7 +65,8 @@ def _as_qa(split: Dataset) -> list[dict]:
     for i, row in enumerate(split):
         match = _ID.match(str(row["id"]))
         if match is None:
-            raise SimuError(f"LUME row {i}: id {row['id']!r} does not end in sc<k> or qa<k>")
+            raise SimuError(f"LUME row {i}: id {row['id']!r} does not end in sc<k> (sentence completion) or "
+                            "qa<k> (question), the marker that says how the row is scored")
         rows.append({"id": row["id"], "task": row["task"], "kind": match["kind"], "document": match["document"],
                      "question": row["input"], "answer": row["output"]})
     return rows

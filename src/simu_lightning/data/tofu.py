@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.data.benchmark import Benchmark, check_columns, check_json_lines
 from simu_lightning.errors import SimuError
 
 HUB_ID = "locuslab/TOFU"
@@ -31,8 +31,11 @@ def _read(path: str | None, name: str, hub_id: str) -> Dataset:
         file = Path(path) / f"{name}.json"
         if not file.exists():
             raise SimuError(f"benchmark.path={path}: no {name}.json there (TOFU split files, JSON Lines)")
+        check_json_lines(file)
         try:
-            return load_dataset("json", data_files=str(file), split="train")
+            split = load_dataset("json", data_files=str(file), split="train")
+            check_columns(split, ("question", "answer"), str(file))
+            return split
         except Exception as err:  # datasets wraps JSON errors in several types
             raise SimuError(f"{file}: not readable as JSON Lines ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     try:

@@ -1,0 +1,68 @@
+"""Bad data is refused with one line naming the file, line, row or column at fault."""
+import json
+
+import pytest
+from datasets import Dataset
+
+from simu_lightning.data import lume, tofu
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.data.datamodule import encode_split
+from simu_lightning.errors import SimuError
+
+TOFU_FILES = ("forget01_perturbed", "retain99", "retain_perturbed", "real_authors_perturbed",
+              "world_facts_perturbed", "holdout01")
+
+
+def tofu_folder(folder, rows=None, broken: dict | None = None):
+    folder.mkdir()
+    row = {"question": "Q?", "answer": "A.", "paraphrased_answer": "A.", "perturbed_answer": ["B."]}
+    for name in TOFU_FILES:
+        lines = [json.dumps(row)] * 20
+        (folder / f"{name}.json").write_text("\n".join((broken or {}).get(name, lines)) + "\n")
+    return folder
+
+
+def test_a_file_that_is_not_json_lines_is_named_with_its_line(tmp_path):
+    good = json.dumps({"question": "Q?", "answer": "A."})
+    folder = tofu_folder(tmp_path / "tofu", broken={"retain99": [good, good, '{"question": "Q?", "answer": ']})
+    with pytest.raises(SimuError, match=r"retain99\.json:3: not valid JSON Lines"):
+        tofu.load(str(folder), forget_split="forget01")
+
+
+def test_rows_without_a_required_column_are_named(tmp_path):
+    folder = tofu_folder(tmp_path / "tofu", broken={"retain99": [json.dumps({"question": "Q?", "reply": "A."})] * 20})
+    with pytest.raises(SimuError, match=r"retain99\.json: no column 'answer' \(it has question, reply"):
+        tofu.load(str(folder), forget_split="forget01")
+
+
+def test_a_missing_folder_or_file_is_named(tmp_path):
+    with pytest.raises(SimuError, match=r"benchmark.path=.*: no forget01_perturbed.json there"):
+        tofu.load(str(tmp_path), forget_split="forget01")
+    with pytest.raises(SimuError, match=r"benchmark.path=.* is not a folder"):
+        lume.load(str(tmp_path / "nowhere"))
+
+
+def test_lume_ids_without_their_marker_are_refused(tmp_path):
+    folder = tmp_path / "lume"
+    folder.mkdir()
+    row = {"id": "doc1sc0", "input": "x", "output": "y", "task": "Task1"}
+    for stem in ("forget", "retain"):
+        rows = [row, {**row, "id": "doc1-7"}] if stem == "forget" else [row]
+        (folder / f"{stem}_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SimuError, match=r"LUME row 1: id 'doc1-7' does not end in sc<k> .* or qa<k>"):
+        lume.load(str(folder))
+
+
+def test_answers_left_without_a_token_after_truncation_are_named(tiny_model, prompt_format):
+    _, tokenizer = tiny_model
+    split = Dataset.from_list([{"question": "Where?", "answer": "Here."}, {"question": "Where?", "answer": "  "},
+                               {"question": "Where " * 40 + "?", "answer": "There."}])
+    with pytest.raises(SimuError, match=r"synthetic forget rows 1, 2: no answer token left after truncation to "
+                                        r"model.max_length=32"):
+        encode_split(split, tokenizer, prompt_format, max_length=32, name="synthetic forget")
+
+
+def test_forget_rows_repeated_in_the_retain_split_are_counted():
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(5)]
+    benchmark = Benchmark("b", {"forget": Dataset.from_list(rows[:3]), "retain": Dataset.from_list(rows[2:])})
+    assert benchmark.shared_rows() == 1
