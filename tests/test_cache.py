@@ -40,3 +40,24 @@ def test_two_processes_racing_on_one_entry_never_fail(tmp_path):
         errors.append(failures.get())
     assert errors == [] and complete == ROUNDS
     assert not [p for p in final.parent.iterdir() if ".tmp-" in p.name]  # no half-written entry left behind
+
+
+def test_an_output_written_in_a_failing_block_leaves_the_previous_one(tmp_path):
+    from simu_lightning.files import atomic_file, replaced_dir
+
+    path = tmp_path / "results.json"
+    path.write_text("complete")
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt  # killed while writing
+    except KeyboardInterrupt:
+        pass
+    assert path.read_text() == "complete" and list(tmp_path.iterdir()) == [path]
+    folder = tmp_path / "unlearned_model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_text("old")
+    with replaced_dir(folder) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert (folder / "model.safetensors").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.json", "unlearned_model"]

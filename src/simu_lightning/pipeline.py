@@ -27,6 +27,7 @@ from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.distributed import agree, close_process_group, full_state_dict, is_launched_externally
 from simu_lightning.errors import SimuError
+from simu_lightning.files import atomic_file, replaced_dir
 from simu_lightning.evaluation import EvalSettings, evaluate
 from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.reference import read_reference_results, reference_rows
@@ -223,11 +224,13 @@ def run(cfg: DictConfig) -> dict | None:
         }
         if attribution.kept:
             results["critical_neurons"] = attribution.kept
-        module.model.save_pretrained(out / "unlearned_model", state_dict=weights)
-        tokenizer.save_pretrained(out / "unlearned_model")
+        with replaced_dir(out / "unlearned_model") as tmp:
+            module.model.save_pretrained(tmp, state_dict=weights)
+            tokenizer.save_pretrained(tmp)
         write_jsonl(out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows)
         write_json(out / "results.json", results)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        with atomic_file(out / "config.yaml") as tmp:
+            OmegaConf.save(cfg, tmp, resolve=True)
         print_results(results)
         print_examples(before.rows + after.rows, benchmark.forget)
         log.info("outputs in %s", out)

@@ -21,6 +21,7 @@ from simu_lightning.attribution.neurons import check_threshold, critical_neurons
 from simu_lightning.cache import atomic_dir, cache_key
 from simu_lightning.distributed import agree, rank_and_world, share, sum_across
 from simu_lightning.errors import SimuError
+from simu_lightning.files import atomic_file
 from simu_lightning.models.architecture import down_projections
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,11 @@ class NeuronAttribution(L.Callback):
             return
         out = self.output_dir / "attribution"
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(scores, out / "scores.pt")
-        torch.save(neurons, out / "critical_neurons.pt")
+        for name, value in (("scores.pt", scores), ("critical_neurons.pt", neurons)):
+            with atomic_file(out / name) as tmp:
+                torch.save(value, tmp)
         summary = {"t": self.t, "m": self.m, "kept_fraction": self.kept_fraction(neurons),
                    "layers": {name: {"critical": self.kept[name], "neurons": int(mask.numel())}
                               for name, mask in neurons.items()}}
-        (out / "critical_neurons.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with atomic_file(out / "critical_neurons.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")

@@ -25,6 +25,7 @@ import lightning as L
 from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, evaluate
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.report import write_jsonl
+from simu_lightning.files import atomic_file
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ class UnlearningEvaluation(L.Callback):
         if self.stop_when is not None:
             self.stop_when.check_names(curve_point(0, 0, self.before, True))
         if trainer.is_global_zero and self.saved_before is not None:
-            self.saved_before.write_text(json.dumps(self.before.to_dict()))
+            with atomic_file(self.saved_before) as tmp:
+                tmp.write_text(json.dumps(self.before.to_dict()))
         point = self._add_point(trainer, self.before, full=True)
         self._check_stop(trainer, point)
 
