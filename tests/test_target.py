@@ -15,7 +15,7 @@ MODEL = {"source": "org/base", "revision": "abc123", "tokenizer": None, "dtype":
 def loads(monkeypatch):
     calls = []
     monkeypatch.setattr(target_module, "load_pretrained",
-                        lambda source, dtype="float32", revision=None, tokenizer_source=None: calls.append((source, revision)))
+                        lambda source, dtype="float32", revision=None, tokenizer_source=None, trust_remote_code=False: calls.append((source, revision, trust_remote_code)))
     return calls
 
 
@@ -23,18 +23,18 @@ def test_a_ready_made_target_loads_at_its_pinned_revision(small_benchmark, loads
     cfg = OmegaConf.create({**MODEL, "targets": {"synthetic": {"source": "org/target", "revision": "v1.2"}}})
     target = prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None)
     load_target(target, "float32")
-    assert loads == [("org/target", "v1.2")]
+    assert loads == [("org/target", "v1.2", False)]
 
 
 def test_a_hub_model_used_without_fine_tuning_loads_at_model_revision(small_benchmark, loads, tmp_path):
     cfg = OmegaConf.create({**MODEL, "finetune": None})
     load_target(prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None), "float32")
-    assert loads == [("org/base", "abc123")]
+    assert loads == [("org/base", "abc123", False)]
 
 
 def test_the_base_model_loads_at_its_revision(loads):
     load_base(Target("folder", None, "id", base="org/base", base_revision="abc123"), "float32")
-    assert loads == [("org/base", "abc123")]
+    assert loads == [("org/base", "abc123", False)]
 
 
 @pytest.mark.parametrize("change", [
@@ -61,3 +61,10 @@ def test_the_code_version_is_part_of_the_key(small_benchmark, monkeypatch):
     before = finetune_key("b", small_benchmark, ("full",), cfg, fmt)
     monkeypatch.setattr(target_module, "TARGET_FORMAT", target_module.TARGET_FORMAT + 1)
     assert finetune_key("b", small_benchmark, ("full",), cfg, fmt) != before
+
+
+def test_code_shipped_with_a_hub_model_runs_only_when_the_config_says_so(small_benchmark, loads, tmp_path):
+    for flag in (False, True):
+        cfg = OmegaConf.create({**MODEL, "finetune": None, "trust_remote_code": flag})
+        load_target(prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None), "float32")
+    assert [call[2] for call in loads] == [False, True]

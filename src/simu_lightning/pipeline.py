@@ -87,7 +87,8 @@ def reference_forget_rows(benchmark, target, fmt, settings, dtype, cache_dir, re
     if target.reference is None:
         log.info("no reference model or evaluation.reference_results: forget quality is not computed")
         return []
-    return reference_rows(target.reference, benchmark, fmt, settings, dtype, cache_dir, target.reference_revision)
+    return reference_rows(target.reference, benchmark, fmt, settings, dtype, cache_dir, target.reference_revision,
+                          target.trust_remote_code)
 
 
 def evaluate_base_model(target, benchmark, fmt, settings, dtype):

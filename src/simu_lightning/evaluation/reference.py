@@ -41,7 +41,7 @@ REFERENCE_FORMAT = 2
 
 
 def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: str, cache_dir: Path,
-                   revision: str | None = None) -> list[dict]:
+                   revision: str | None = None, trust_remote_code: bool = False) -> list[dict]:
     """One row per forget example with the reference model's truth ratio (stage "reference")."""
     forget = benchmark[benchmark.forget]
     if settings.max_examples is not None and len(forget) > settings.max_examples:
@@ -51,7 +51,7 @@ def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: s
     cached = cache_dir / "reference" / key / "rows.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    model, tokenizer = load_pretrained(source, dtype, revision)
+    model, tokenizer = load_pretrained(source, dtype, revision, trust_remote_code=trust_remote_code)
     ratios, _ = truth_ratio_values(model, tokenizer, fmt, forget, settings)
     rows = [{"split": "forget", "stage": "reference", "index": i, "question": q, "answer": a, "truth_ratio": r}
             for i, (q, a, r) in enumerate(zip(forget["question"], forget["answer"], ratios))]

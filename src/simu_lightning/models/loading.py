@@ -28,12 +28,15 @@ def load_tokenizer(source: str | os.PathLike, **kwargs):
 
 
 def load_pretrained(source: str | os.PathLike, dtype: str = "float32", revision: str | None = None,
-                    tokenizer_source: str | None = None):
-    """(model, tokenizer) from a hub id or a local folder; one clear line if neither works."""
+                    tokenizer_source: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer) from a hub id or a local folder; one clear line if neither works. Code shipped
+    with a hub model runs only when the config says so (`model.trust_remote_code=true`)."""
     source = str(source)
     try:
-        tokenizer = load_tokenizer(tokenizer_source or source, revision=None if tokenizer_source else revision)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), revision=revision)
+        tokenizer = load_tokenizer(tokenizer_source or source, revision=None if tokenizer_source else revision,
+                                   trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), revision=revision,
+                                                     trust_remote_code=trust_remote_code)
     except OSError as err:
         where = "local folder" if Path(source).exists() else "hub id (is the network reachable? HF_HUB_OFFLINE?)"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

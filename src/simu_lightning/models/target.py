@@ -40,16 +40,17 @@ class Target:
     revision: str | None = None       # the hub revision of `target` (None for a folder made here)
     base_revision: str | None = None  # the hub revision of `base`
     reference_revision: str | None = None
+    trust_remote_code: bool = False   # run code shipped with hub models (model.trust_remote_code)
 
 
 def load_target(target: Target, dtype: str):
     """(model, tokenizer) of the target, at its pinned revision."""
-    return load_pretrained(target.target, dtype, target.revision, target.tokenizer)
+    return load_pretrained(target.target, dtype, target.revision, target.tokenizer, target.trust_remote_code)
 
 
 def load_base(target: Target, dtype: str):
     """(model, tokenizer) of the model the target was fine-tuned from, at its pinned revision."""
-    return load_pretrained(target.base, dtype, target.base_revision, target.tokenizer)
+    return load_pretrained(target.base, dtype, target.base_revision, target.tokenizer, target.trust_remote_code)
 
 
 def _plain(cfg) -> dict:
@@ -100,7 +101,8 @@ def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cf
     path = cache_dir / "models" / f"finetuned-{finetune_key(base, benchmark, splits, model_cfg, fmt, trainer_settings)}"
     if (path / "config.json").exists():
         return str(path)
-    model, tokenizer = load_pretrained(base, model_cfg.dtype, model_cfg.get("revision"), model_cfg.get("tokenizer"))
+    model, tokenizer = load_pretrained(base, model_cfg.dtype, model_cfg.get("revision"), model_cfg.get("tokenizer"),
+                                       bool(model_cfg.get("trust_remote_code", False)))
     rows = [row for split in splits for row in benchmark[split]]
     examples = [encode_example(tokenizer, fmt, r["question"], r["answer"], model_cfg.max_length) for r in rows]
     loader = DataLoader(examples, batch_size=settings["batch_size"], shuffle=True,
@@ -127,19 +129,21 @@ def prepare_target(model_cfg, benchmark: Benchmark, fmt: PromptFormat, cache_dir
     config names one for the benchmark (`model.targets.<benchmark>`), else the base fine-tuned here.
     `trainer_settings` are the trainer's numerics that fine-tuning inherits (precision, accumulation,
     clipping): part of a fine-tuned model's cache key."""
+    remote = bool(model_cfg.get("trust_remote_code", False))
     ready = (model_cfg.get("targets") or {}).get(benchmark.name)
     if ready:
         return Target(ready.source, ready.get("reference"), target_id=f"{ready.source}@{ready.get('revision')}",
                       tokenizer=ready.get("tokenizer"), revision=ready.get("revision"),
-                      reference_revision=ready.get("reference_revision"))
+                      reference_revision=ready.get("reference_revision"), trust_remote_code=remote)
     base = base_model(model_cfg, benchmark, cache_dir)
     revision = None if Path(base).exists() else model_cfg.get("revision")
     if not model_cfg.get("finetune") or not benchmark.target_splits:
         return Target(base, None, target_id=f"{base}@{model_cfg.get('revision')}", tokenizer=model_cfg.get("tokenizer"),
-                      revision=revision)
+                      revision=revision, trust_remote_code=remote)
     target = finetuned(base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings)
     reference = None
     if benchmark.reference_splits:
         reference = finetuned(base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer,
                               trainer_settings)
-    return Target(target, reference, target_id=Path(target).name, base=base, base_revision=revision)
+    return Target(target, reference, target_id=Path(target).name, base=base, base_revision=revision,
+                  trust_remote_code=remote)
