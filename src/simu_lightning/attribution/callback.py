@@ -22,6 +22,7 @@ from simu_lightning.cache import atomic_dir, cache_key
 from simu_lightning.distributed import agree, rank_and_world, share, sum_across
 from simu_lightning.errors import SimuError
 from simu_lightning.files import atomic_file
+from simu_lightning.memory import with_halving
 from simu_lightning.models.architecture import down_projections
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class NeuronAttribution(L.Callback):
         block, real = share(samples, *rank_and_world())
         block = [dict(sample, weight=1.0 if i < real else 0.0) for i, sample in enumerate(block)]
         projs = down_projections(pl_module.model, pl_module.architecture)
-        scores = attribute(pl_module.model, projs, block, self.m, tokenizer.pad_token_id, self.max_batch)
+        scores = with_halving(lambda size: attribute(pl_module.model, projs, block, self.m, tokenizer.pad_token_id, size),
+                              self.max_batch, "attribution (attribution.max_batch)")
         return {name: sum_across(score) for name, score in scores.items()}
 
     def cache_key(self, pl_module, forget: list[dict]) -> str:

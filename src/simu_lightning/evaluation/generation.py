@@ -7,6 +7,7 @@ import torch
 from simu_lightning.data.formatting import collate
 from simu_lightning.distributed import is_distributed, map_sharded
 from simu_lightning.likelihood import answer_log_likelihood
+from simu_lightning.memory import with_halving
 
 
 def _device(model) -> torch.device:
@@ -15,12 +16,14 @@ def _device(model) -> torch.device:
 
 def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded in batches), decoded without special tokens."""
-    return map_sharded(lambda block: _generate(model, tokenizer, block, max_new_tokens, batch_size), prompts)
+    return map_sharded(lambda block: with_halving(lambda size: _generate(model, tokenizer, block, max_new_tokens, size),
+                                                  batch_size, "generation (evaluation.batch_size)"), prompts)
 
 
 def answer_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int]]:
     """(sum of answer-token log-probs, number of answer tokens) for each encoded example."""
-    return map_sharded(lambda block: _log_likelihoods(model, block, pad_token_id, batch_size), examples)
+    return map_sharded(lambda block: with_halving(lambda size: _log_likelihoods(model, block, pad_token_id, size),
+                                                  batch_size, "answer likelihoods (evaluation.batch_size)"), examples)
 
 
 @torch.no_grad()
