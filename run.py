@@ -44,6 +44,8 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     from simu_lightning.pipeline import run  # heavy imports after Hydra has parsed the command line
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         processes = process_count(cfg.trainer)
         if HydraConfig.get().mode == RunMode.MULTIRUN and processes > 1:
@@ -52,6 +54,10 @@ def main(cfg: DictConfig) -> float | None:
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:  # pre-empted: a checkpoint of the last step was saved (see checkpointing.py)
+        print(f"interrupted by SIGTERM: run the same command with hydra.run.dir={cfg.paths.output_dir} to resume",
+              file=sys.stderr)
+        sys.exit(143)
     # what an Optuna sweep maximises (only rank 0 of a multi-process run has the results)
     return results["aggregate"]["after"] if results else None
 

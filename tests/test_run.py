@@ -2,8 +2,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -211,7 +213,9 @@ def test_a_real_run_stops_at_the_first_point_meeting_the_rule_and_a_restart_resu
     results = json.loads((tmp_path / "bound" / "results.json").read_text())
     assert results["stopped"]["reason"] == "condition met" and results["stopped"]["step"] == k
     assert results["after"]["forget"]["answer_prob"] == pytest.approx(prob[k], abs=1e-6)
-    again = run_py(bound, cache_dir)
+    done = run_py(bound, cache_dir)
+    assert "already finished" in done.stdout + done.stderr  # a finished run is not redone unless asked
+    again = run_py([*bound, "rerun=true"], cache_dir)
     assert "resuming from" in again.stdout + again.stderr
     resumed = json.loads((tmp_path / "bound" / "results.json").read_text())
     assert resumed["stopped"] == results["stopped"] and resumed["after"] == results["after"]
@@ -224,7 +228,7 @@ def test_a_resumed_simu_run_takes_its_masks_from_the_checkpoint_not_a_new_attrib
     run_py(args, cache)
     masks = torch.load(tmp_path / "run" / "attribution" / "critical_neurons.pt")
     shutil.rmtree(cache / "attribution")  # e.g. a cleaned cache: the scores are gone
-    again = run_py(args, cache)  # resumes from checkpoints/last.ckpt, whose weights are no longer the target's
+    again = run_py([*args, "rerun=true"], cache)  # resumes from last.ckpt, whose weights are no longer the target's
     assert "reusing the critical neurons saved in the checkpoint" in again.stdout + again.stderr
     assert not (cache / "attribution").exists()  # nothing was attributed on the half-unlearned weights
     for name, mask in torch.load(tmp_path / "run" / "attribution" / "critical_neurons.pt").items():
@@ -246,3 +250,37 @@ def test_credentials_in_the_environment_never_reach_a_file_of_the_run(tmp_path, 
         for name, value in secrets.items():
             assert value.encode() not in data, f"{name} leaked into {path}"
     assert not any(v in result.stdout + result.stderr for v in secrets.values())
+
+
+@pytest.mark.slow
+def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an_uninterrupted_run(tmp_path, cache_dir):
+    args = [*SMALL, "method=simu", "data.batch_size=2", "trainer.max_epochs=4", "evaluation.every_n_steps=1",
+            "evaluation.during.max_examples=2"]
+    run_py([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cache_dir)
+    interrupted = tmp_path / "interrupted"
+    env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={interrupted}"], cwd=ROOT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not any('"step": 5,' in line for line in _lines(interrupted / "curve.jsonl")):
+        assert process.poll() is None and time.time() < deadline, "the run ended before step 5"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # a scheduler's pre-emption, in the second of four epochs (4 steps each)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143 and "interrupted by SIGTERM" in stderr
+    assert not (interrupted / "results.json").exists()
+    saved = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] % 4 != 0, "the checkpoint must be from the middle of an epoch"
+
+    again = run_py([*args, f"hydra.run.dir={interrupted}"], cache_dir)
+    assert "resuming epoch 1 after its first" in again.stdout + again.stderr
+    whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "interrupted"))
+    assert resumed["stopped"]["step"] == whole["stopped"]["step"] == 16
+    for split in whole["after"]:
+        assert resumed["after"][split] == pytest.approx(whole["after"][split], abs=1e-6)
+    a, b = (AutoModelForCausalLM.from_pretrained(tmp_path / d / "unlearned_model").state_dict() for d in ("whole", "interrupted"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []

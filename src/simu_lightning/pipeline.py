@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import lightning as L
 import transformers
-from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from simu_lightning import config
 from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.cache import cache_root
+from simu_lightning.checkpointing import checkpointing
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.distributed import agree, close_process_group, full_state_dict, is_launched_externally
@@ -117,26 +118,14 @@ def finetune_trainer_settings(trainer_cfg: DictConfig) -> dict:
             ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")}
 
 
-def checkpointing(cfg: DictConfig, out: Path) -> tuple[list, str | None]:
-    """The checkpoint callback (last.ckpt at the end of every `checkpoint.every_n_epochs` epochs) and
-    the checkpoint to resume from, when this output directory already holds one."""
-    every = cfg.checkpoint.every_n_epochs
-    if not every:
-        return [], None
-    folder = out / "checkpoints"
-    # With no monitored metric, save_top_k=1 keeps the latest epoch's checkpoint and deletes the previous one
-    # only once the new one is complete; last.ckpt links to it, so a run killed while saving still resumes.
-    # (save_top_k=0 would write "last" only at the end of the fit: Lightning saves it after a top-k save.)
-    callback = ModelCheckpoint(dirpath=folder, save_top_k=1, save_last="link", every_n_epochs=every)
-    last = folder / "last.ckpt"
-    return [callback], (str(last) if agree(last.exists()) else None)
-
-
 def run(cfg: DictConfig) -> dict | None:
     """The whole run; with several processes every one runs it, and rank 0 writes the outputs."""
     config.check(cfg)
     quiet_libraries()
     out = Path(cfg.paths.output_dir)
+    if (out / "results.json").exists() and not cfg.get("rerun", False):
+        log.info("already finished: %s holds its results (rerun=true runs it again)", out)
+        return json.loads((out / "results.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_root(cfg.paths.cache_dir)
     L.seed_everything(cfg.seed, verbose=False)

@@ -54,12 +54,21 @@ class GlobalBatchSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.global_batch = global_batch
         self.usable = len(dataset) // global_batch * global_batch
+        self.resume: tuple[int, int] | None = None  # (epoch, global batches already done in it)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Start epoch `epoch` after its first `batches_done` global batches (a run resumed mid-epoch);
+        the length stays the epoch's full length, which is what Lightning's restored progress counts against."""
+        self.resume = (epoch, batches_done)
 
     def __iter__(self):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.dataset), generator=generator).tolist()[: self.usable]
-        return iter(order[self.rank::self.num_replicas])
+        mine = order[self.rank::self.num_replicas]
+        if self.resume is not None and self.resume[0] == self.epoch:
+            mine = mine[self.resume[1] * self.global_batch // self.num_replicas:]
+        return iter(mine)
 
     def __len__(self) -> int:
         return self.usable // self.num_replicas
@@ -112,7 +121,8 @@ class UnlearningDataModule(L.LightningDataModule):
             raise SimuError(f"data.batch_size={self.batch_size} is larger than the forget set ({len(self.forget)} rows): "
                             f"set it to at most {len(self.forget)}")
         world_size, rank = self._world()
-        sampler = GlobalBatchSampler(self.forget, self.batch_size, num_replicas=world_size, rank=rank, seed=self.seed)
+        sampler = self.sampler = GlobalBatchSampler(self.forget, self.batch_size, num_replicas=world_size, rank=rank,
+                                                    seed=self.seed)
         return DataLoader(self.forget, batch_size=self.per_device_batch_size(), sampler=sampler,
                           collate_fn=_as_list, num_workers=self.num_workers)
 
