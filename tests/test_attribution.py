@@ -118,7 +118,7 @@ def plain_integrated_gradients(model, proj, input_ids, target, m):
     beta, grads = captured["beta"], []
     for i in range(1, m + 1):
         a = (i / m * beta).requires_grad_(True)
-        handle = proj.register_forward_pre_hook(lambda _m, args: (torch.cat([args[0][:, :-1], a.view(1, 1, -1)], 1),))
+        handle = proj.register_forward_pre_hook(lambda _m, args, a=a: (torch.cat([args[0][:, :-1], a.view(1, 1, -1)], 1),))
         log_p = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)[target]
         handle.remove()
         grads.append(torch.autograd.grad(log_p, a)[0])

@@ -128,7 +128,7 @@ def test_rho_auto_counts_only_the_unmasked_entries():
 
 def test_rho_auto_waits_for_its_calibration_step_clipping_everything_until_then():
     p, opt = toy(calibration_step=3)
-    for step in (1, 2):
+    for _ in (1, 2):
         toy_step(p, opt)
         assert opt.rho == "auto" and opt.win_rate == 0.0
     toy_step(p, opt)

@@ -170,4 +170,4 @@ def test_the_gnb_estimate_is_scaled_by_the_batch_token_count(tiny_model, small_b
     state = module.trainer.optimizers[0].state
     for (name, param), (_, reference) in zip(model.named_parameters(), start.named_parameters()):
         torch.testing.assert_close(state[param]["hessian"], 0.01 * reference.grad ** 2, rtol=1e-4, atol=1e-12,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")

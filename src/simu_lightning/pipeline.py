@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +25,7 @@ from simu_lightning.cache import cache_root
 from simu_lightning.checkpointing import checkpointing
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import PromptFormat
-from simu_lightning.distributed import agree, close_process_group, full_state_dict, is_launched_externally
+from simu_lightning.distributed import close_process_group, full_state_dict, is_launched_externally
 from simu_lightning.errors import SimuError
 from simu_lightning.files import atomic_file, replaced_dir
 from simu_lightning.evaluation import EvalSettings, evaluate
