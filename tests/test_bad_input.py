@@ -66,3 +66,12 @@ def test_forget_rows_repeated_in_the_retain_split_are_counted():
     rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(5)]
     benchmark = Benchmark("b", {"forget": Dataset.from_list(rows[:3]), "retain": Dataset.from_list(rows[2:])})
     assert benchmark.shared_rows() == 1
+
+
+def test_a_hub_id_that_cannot_be_reached_offline_says_how_to_point_at_a_local_copy(monkeypatch):
+    from simu_lightning.models.loading import load_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SimuError, match=r"'org/not-cached' could not be loaded as a hub id .*--local-dir DIR\) "
+                                        r"and point model.source at DIR"):
+        load_pretrained("org/not-cached")

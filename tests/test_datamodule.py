@@ -71,8 +71,12 @@ def test_retain_partners_are_a_permutation_read_at_the_forget_index():
     partners = retain_partners(seed=3, epoch=0, forget_indices=list(range(10)), num_retain=10)
     assert sorted(partners) == list(range(10))
     assert retain_partners(3, 0, [12], 10) == [partners[2]]  # wraps round
-    torch.manual_seed(0)
-    assert retain_partners(3, 0, [4], 10) == [partners[4]]  # independent of global RNG state
+    import numpy as np
+
+    torch.manual_seed(123)
+    np.random.seed(123)  # the global generators of both libraries, moved: the partners must not follow them
+    np.random.random(7)
+    assert retain_partners(3, 0, [4], 10) == [partners[4]]
 
 
 def test_several_retain_partners_per_forget_row_read_consecutive_positions(small_benchmark, tiny_model, prompt_format):

@@ -38,9 +38,12 @@ def load_pretrained(source: str | os.PathLike, dtype: str = "float32", revision:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), revision=revision,
                                                      trust_remote_code=trust_remote_code)
     except OSError as err:
-        where = "local folder" if Path(source).exists() else "hub id (is the network reachable? HF_HUB_OFFLINE?)"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SimuError(f"model source {source!r} could not be loaded as a {where}: {first_line}") from None
+        if Path(source).exists():
+            raise SimuError(f"model source {source!r} could not be loaded as a local folder: {first_line}") from None
+        raise SimuError(f"model source {source!r} could not be loaded as a hub id (offline, or HF_HUB_OFFLINE=1?): "
+                        f"download it where the network is (huggingface-cli download {source} --local-dir DIR) and "
+                        f"point model.source at DIR; {first_line}") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
