@@ -85,3 +85,14 @@ def test_the_report_groups_runs_by_method_and_writes_its_three_files(tmp_path):
 def test_a_folder_without_runs_is_refused_in_one_line(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path}: no run in it (a run directory holds results.json)"
+
+
+def test_overrides_every_run_shares_do_not_split_groups(tmp_path):
+    from simu_lightning.report.runs import find_runs
+
+    for i, (method, t) in enumerate((("simu", "0.1"), ("simu", "0.2"), ("fo", "0.1"))):
+        fake_run(tmp_path / f"{i}_{method}", method, 0, FORGET, RETAIN)
+        (tmp_path / f"{i}_{method}" / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"method={method}", "benchmark=tofu", f"attribution.t={t}", "seed=0"]))
+    assert sorted(r.group for r in find_runs([tmp_path])) == ["fo attribution.t=0.1", "simu attribution.t=0.1",
+                                                              "simu attribution.t=0.2"]

@@ -16,7 +16,7 @@ IGNORED_OVERRIDES = ("seed", "hydra.", "trainer.enable_progress_bar", "paths.")
 class Run:
     path: Path
     method: str
-    setting: str          # the swept overrides other than method and seed ("" when none)
+    setting: str          # the overrides that tell this run's group apart (not method, seed, or shared by all)
     seed: int | None
     results: dict
     curve: list[dict] = field(default_factory=list)  # points {"step", "summary", "scores"}, by step
@@ -52,6 +52,7 @@ def _overrides(run_dir: Path) -> list[str]:
 def load_run(run_dir: Path) -> Run:
     results = json.loads((run_dir / "results.json").read_text())
     overrides = [o for o in _overrides(run_dir) if not o.startswith(IGNORED_OVERRIDES) and not o.startswith("method=")]
+    # (find_runs drops the overrides every run shares: they name the setting, not a difference)
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     curve = run_dir / "curve.jsonl"
     return Run(run_dir, results["method"], " ".join(sorted(overrides)), (config or {}).get("seed"), results,
@@ -68,4 +69,7 @@ def find_runs(folders: list[str | Path]) -> list[Run]:
         if not found:
             raise SimuError(f"{folder}: no run in it (a run directory holds results.json)")
         runs += [load_run(d) for d in found]
+    shared = set.intersection(*(set(r.setting.split()) for r in runs)) if runs else set()
+    for run in runs:
+        run.setting = " ".join(o for o in run.setting.split() if o not in shared)
     return runs
