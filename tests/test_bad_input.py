@@ -1,5 +1,6 @@
 """Bad data is refused with one line naming the file, line, row or column at fault."""
 import json
+import logging
 
 import pytest
 from datasets import Dataset
@@ -53,13 +54,16 @@ def test_lume_ids_without_their_marker_are_refused(tmp_path):
         lume.load(str(folder))
 
 
-def test_answers_left_without_a_token_after_truncation_are_named(tiny_model, prompt_format):
+def test_empty_answers_are_refused_and_prompts_that_fill_the_length_are_named(tiny_model, prompt_format, caplog):
     _, tokenizer = tiny_model
-    split = Dataset.from_list([{"question": "Where?", "answer": "Here."}, {"question": "Where?", "answer": "  "},
-                               {"question": "Where " * 40 + "?", "answer": "There."}])
-    with pytest.raises(SimuError, match=r"synthetic forget rows 1, 2: no answer token left after truncation to "
-                                        r"model.max_length=32"):
+    split = Dataset.from_list([{"question": "Where?", "answer": "Here."}, {"question": "Where?", "answer": "  "}])
+    with pytest.raises(SimuError, match=r"synthetic forget rows 1: the answer is empty"):
         encode_split(split, tokenizer, prompt_format, max_length=32, name="synthetic forget")
+    long = Dataset.from_list([{"question": "Where?", "answer": "Here."}, {"question": "Where " * 40 + "?", "answer": "There."}])
+    with caplog.at_level(logging.WARNING):
+        encoded = encode_split(long, tokenizer, prompt_format, max_length=32, name="lume forget")
+    assert "lume forget rows 1: the prompt fills model.max_length=32, so only the first answer token is used" in caplog.text
+    assert sum(label != -100 for label in encoded[1]["labels"]) == 1
 
 
 def test_forget_rows_repeated_in_the_retain_split_are_counted():

@@ -10,6 +10,7 @@ being padded with repeated rows, which would change the global batch with the pr
 """
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 import lightning as L
@@ -22,19 +23,27 @@ from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat, collate, encode_example
 from simu_lightning.errors import SimuError
 
+log = logging.getLogger(__name__)
+
+
+def _rows(indices: list[int]) -> str:
+    return ", ".join(map(str, indices[:10])) + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
+
 
 def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int, name: str = "split") -> list[dict]:
     """Every row as prompt + answer token ids with answer-only labels, tagged with its row index.
-    Rows left without an answer token (an empty answer, or a prompt that fills max_length) are refused,
-    by row number: there would be nothing to unlearn or keep in them."""
+    Rows with an empty answer are refused by row number (nothing to unlearn or keep in them); rows whose
+    prompt fills max_length keep their first answer token only, and a warning names them."""
     encoded = [dict(encode_example(tokenizer, fmt, row["question"], row["answer"], max_length), index=i)
                for i, row in enumerate(split)]
-    empty = [e["index"] for e, answer in zip(encoded, split["answer"])
-             if not str(answer).strip() or e["labels"].count(IGNORE_INDEX) >= max_length]
+    empty = [e["index"] for e, answer in zip(encoded, split["answer"]) if not str(answer).strip()]
     if empty:
-        shown = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
-        raise SimuError(f"{name} rows {shown}: no answer token left after truncation to model.max_length={max_length} "
-                        "(an empty answer, or a prompt that fills the length): raise model.max_length or drop the rows")
+        raise SimuError(f"{name} rows {_rows(empty)}: the answer is empty, so there is nothing to unlearn or keep "
+                        "in them: drop the rows")
+    cut = [e["index"] for e in encoded if e["labels"].count(IGNORE_INDEX) >= max_length]
+    if cut:
+        log.warning("%s rows %s: the prompt fills model.max_length=%d, so only the first answer token is used "
+                    "(raise model.max_length to use more)", name, _rows(cut), max_length)
     return encoded
 
 
