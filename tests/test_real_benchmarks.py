@@ -58,7 +58,7 @@ def test_lume_rows_kinds_and_whole_documents():
 def test_lume_bad_ids_and_columns_are_named(tmp_path):
     (tmp_path / "forget.jsonl").write_text(json.dumps({"id": "doc1", "input": "a", "output": "b", "task": "Task1"}) + "\n")
     (tmp_path / "retain.jsonl").write_text(json.dumps({"id": "doc2qa0", "input": "a", "output": "b"}) + "\n")
-    with pytest.raises(SimuError, match="id 'doc1' does not end in sc<k> or qa<k>"):
+    with pytest.raises(SimuError, match=r"id 'doc1' does not end in sc<k> \(sentence completion\) or qa<k>"):
         lume.load(path=str(tmp_path))
     (tmp_path / "forget.jsonl").write_text(json.dumps({"id": "doc1sc0", "input": "a", "output": "b", "task": "Task1"}) + "\n")
     with pytest.raises(SimuError, match="retain.jsonl: missing column"):
