@@ -79,3 +79,31 @@ def test_a_hub_id_that_cannot_be_reached_offline_says_how_to_point_at_a_local_co
     with pytest.raises(SimuError, match=r"'org/not-cached' could not be loaded as a hub id .*--local-dir DIR\) "
                                         r"and point model.source at DIR"):
         load_pretrained("org/not-cached")
+
+
+def test_an_empty_forget_or_retain_set_is_refused(tiny_model, prompt_format):
+    from simu_lightning.data.datamodule import UnlearningDataModule
+
+    _, tokenizer = tiny_model
+    rows = [{"question": "Q?", "answer": "A."}] * 4
+    for forget, retain in ((rows[:0], rows), (rows, rows[:0])):
+        def split(part):
+            return Dataset.from_dict({"question": [r["question"] for r in part], "answer": [r["answer"] for r in part]})
+
+        benchmark = Benchmark("b", {"forget": split(forget), "retain": split(retain)})
+        datamodule = UnlearningDataModule(benchmark, tokenizer, prompt_format, batch_size=2)
+        with pytest.raises(SimuError, match="benchmark 'b': the forget and retain splits must both be non-empty"):
+            datamodule.train_dataloader()
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_its_eos(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from simu_lightning.models.loading import load_tokenizer
+
+    raw = Tokenizer(models.WordLevel({"<eos>": 0, "hello": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="[UNK]").save_pretrained(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.pad_token == "<eos>" and tokenizer.pad_token_id == 0

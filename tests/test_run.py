@@ -115,6 +115,7 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
     ("attribution.m=0", "error: attribution.m must be an integer >= 1, got 0"),
     ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, so (method=...)"),
     ("loss=hinge", "error: unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
+    ("model=gpt5", "error: unknown model 'gpt5': choose one of llama2_7b, olmo1b, smollm2_135m, tiny (model=...)"),
     ("benchmark=muse", "error: unknown benchmark 'muse': choose one of lume, synthetic, tofu (benchmark=...)"),
     ("method.optimizer.lr=0", "error: method.optimizer.lr must be a positive number, got 0"),
     ("data.batch_size=0", "error: data.batch_size must be a positive integer, got 0"),
