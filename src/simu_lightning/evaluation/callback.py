@@ -31,23 +31,29 @@ from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, 
 log = logging.getLogger(__name__)
 
 
-def curve_point(step: int, epoch: int, evaluation: Evaluation, full: bool) -> dict:
+def curve_point(step: int, epoch: int, evaluation: Evaluation) -> dict:
     """One point of the trajectory: the split summaries and the scores (with this project's aggregate)."""
     scores = dict(evaluation.scores)
     if {"forget", "retain"} <= set(evaluation.summary):
         scores["aggregate"] = unlearning_aggregate(evaluation.summary)
-    return {"step": step, "epoch": epoch, "full": full, "summary": evaluation.summary, "scores": scores}
+    return {"step": step, "epoch": epoch, "summary": evaluation.summary, "scores": scores}
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def point_values(point: dict) -> list[tuple[str, str, float]]:
+    """(split, metric, value) of every value a point has; benchmark-level scores under split "scores"."""
+    values = [(split, metric, v) for split, by_metric in point["summary"].items() for metric, v in by_metric.items()]
+    values += [("scores", name, v) for name, v in point["scores"].items()]
+    return [(split, metric, v) for split, metric, v in values if _present(v)]
 
 
 def curve_rows(points: list[dict]) -> list[dict]:
     """`curve.jsonl`: one row per (point, split, metric); benchmark-level scores have split "scores"."""
-    rows = []
-    for point in points:
-        values = [(split, metric, v) for split, by_metric in point["summary"].items() for metric, v in by_metric.items()]
-        values += [("scores", name, v) for name, v in point["scores"].items()]
-        rows += [{"step": point["step"], "epoch": point["epoch"], "split": split, "metric": metric, "value": v}
-                 for split, metric, v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return rows
+    return [{"step": point["step"], "epoch": point["epoch"], "split": split, "metric": metric, "value": v}
+            for point in points for split, metric, v in point_values(point)]
 
 
 class UnlearningEvaluation(L.Callback):
@@ -78,9 +84,8 @@ class UnlearningEvaluation(L.Callback):
             write_jsonl(self.output_dir / "curve.jsonl", curve_rows(self.points))
 
     def _log(self, trainer: L.Trainer, point: dict) -> None:
-        metrics = {f"eval/{split}/{metric}": v for split, by_metric in point["summary"].items()
-                   for metric, v in by_metric.items() if v is not None and not math.isnan(v)}
-        metrics |= {f"eval/{name}": v for name, v in point["scores"].items() if v is not None and not math.isnan(v)}
+        metrics = {f"eval/{metric}" if split == "scores" else f"eval/{split}/{metric}": v
+                   for split, metric, v in point_values(point)}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=point["step"])
 
@@ -93,7 +98,7 @@ class UnlearningEvaluation(L.Callback):
 
     def _add_point(self, trainer: L.Trainer, evaluation: Evaluation, full: bool) -> dict:
         step = trainer.global_step
-        point = curve_point(step, self._epoch, evaluation, full)
+        point = curve_point(step, self._epoch, evaluation)
         self.points = [p for p in self.points if p["step"] != step] + [point]
         if full:
             self._latest = (step, evaluation)
@@ -114,7 +119,7 @@ class UnlearningEvaluation(L.Callback):
             return  # the trajectory and the stopping state come back with the checkpoint
         self.before = self._evaluate(pl_module.model, "before", self.settings)
         if self.stop_when is not None:
-            self.stop_when.check_names(curve_point(0, 0, self.before, True))
+            self.stop_when.check_names(curve_point(0, 0, self.before))
         if trainer.is_global_zero and self.saved_before is not None:
             with atomic_file(self.saved_before) as tmp:
                 tmp.write_text(json.dumps(self.before.to_dict()))
@@ -131,7 +136,7 @@ class UnlearningEvaluation(L.Callback):
             self._evaluate_during(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self.every_n_steps is None and not (self.stopped and self.stopped["step"] == trainer.global_step):
+        if self.every_n_steps is None:
             self._evaluate_during(trainer, pl_module)
 
     def _evaluate_during(self, trainer: L.Trainer, pl_module) -> None:

@@ -30,8 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 from torch.optim import Optimizer
+
+from simu_lightning.distributed import sum_across
 
 AUTO = "auto"
 
@@ -169,7 +170,7 @@ class Sophia(Optimizer):
                 wins.append((won if mask is None else won & mask).sum().double())
                 total.append(torch.tensor(won.numel(), dtype=torch.float64, device=won.device) if mask is None
                              else mask.expand_as(won).sum().double())
-            counts = _sum_over_processes(torch.stack([torch.stack(wins).sum(), torch.stack(total).sum()]))
+            counts = sum_across(torch.stack([torch.stack(wins).sum(), torch.stack(total).sum()])).cpu()
             return float(counts[0] / counts[1].clamp(min=1))
 
         low, high = -30.0, 30.0  # log10 rho
@@ -219,11 +220,3 @@ class Sophia(Optimizer):
             self.hessian_mean = (torch.stack(curvature).sum() / total).item()
         return loss
 
-
-def _sum_over_processes(counts: torch.Tensor) -> torch.Tensor:
-    """Counts summed over every process of a sharded (multi-process) run; the counts themselves otherwise."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        counts = counts.to(device)
-        dist.all_reduce(counts)
-    return counts.cpu()

@@ -2,11 +2,7 @@
 linearly between the two evaluation points around the crossing."""
 from __future__ import annotations
 
-from simu_lightning.unlearning.stopping import Condition
-
-
-def value_at(point: dict, metric: str) -> float | None:
-    return Condition(metric, "<=", 0.0).read(point)
+from simu_lightning.unlearning.stopping import Condition, metric_value as value_at
 
 
 def at_forget_level(curve: list[dict], forget: Condition, metrics: list[str]) -> dict[str, float] | None:

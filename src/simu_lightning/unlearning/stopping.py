@@ -18,6 +18,13 @@ CONDITION_MET = "condition met"
 BUDGET_EXHAUSTED = "budget exhausted"
 
 
+def metric_value(point: dict, metric: str) -> float | None:
+    """A metric at an evaluation point {"summary": {split: {metric: v}}, "scores": {...}}: "split.metric"
+    for a split's metric, a bare name for a benchmark-level score."""
+    split, _, name = metric.rpartition(".")
+    return point["summary"].get(split, {}).get(name) if split else point["scores"].get(name)
+
+
 @dataclass(frozen=True)
 class Condition:
     metric: str   # "split.metric", or a score name ("forget_quality", "aggregate", ...)
@@ -28,11 +35,7 @@ class Condition:
         return f"{self.metric}{self.op}{self.value:g}"
 
     def read(self, point: dict) -> float | None:
-        """The metric's value at an evaluation point {"summary": {split: {metric: v}}, "scores": {...}}."""
-        split, _, metric = self.metric.rpartition(".")
-        if split:
-            return point["summary"].get(split, {}).get(metric)
-        return point["scores"].get(metric)
+        return metric_value(point, self.metric)
 
     def holds(self, point: dict) -> bool:
         value = self.read(point)
