@@ -8,9 +8,14 @@ from simu_lightning.data.formatting import IGNORE_INDEX
 LR, BETAS, RHO, WD, BS = 0.1, (0.9, 0.99), 0.5, 0.1, 2
 
 
-def one_step(masks=None):
+# every hand-computed step runs on both paths: eager, and compiled into one kernel per tensor
+FUSED = pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+
+
+def one_step(masks=None, fused=False):
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
-    opt = Sophia([p], lr=LR, betas=BETAS, rho=RHO, weight_decay=WD, masks=None if masks is None else {p: masks})
+    opt = Sophia([p], lr=LR, betas=BETAS, rho=RHO, weight_decay=WD, masks=None if masks is None else {p: masks},
+                 fused=fused)
     p.grad = torch.tensor([1.0, 4.0, 0.0])   # gradient on sampled labels
     opt.update_hessian()                      # h = 0.01 * g^2 = [0.01, 0.16, 0]
     p.grad = torch.tensor([0.2, -0.4, 0.3])   # loss gradient
@@ -18,8 +23,9 @@ def one_step(masks=None):
     return p, opt
 
 
-def test_hessian_update_and_step_match_hand_computation():
-    p, opt = one_step()
+@FUSED
+def test_hessian_update_and_step_match_hand_computation(fused):
+    p, opt = one_step(fused=fused)
     state = opt.state[p]
     torch.testing.assert_close(state["hessian"], torch.tensor([0.01, 0.16, 0.0]))
     # m = 0.1 * grad
@@ -30,15 +36,17 @@ def test_hessian_update_and_step_match_hand_computation():
     assert opt.clip_rate == pytest.approx(2 / 3)
 
 
-def test_second_hessian_update_is_an_exponential_average():
-    p, opt = one_step()
+@FUSED
+def test_second_hessian_update_is_an_exponential_average(fused):
+    p, opt = one_step(fused=fused)
     p.grad = torch.tensor([2.0, 0.0, 1.0])
     opt.update_hessian()  # 0.99 * [0.01, 0.16, 0] + 0.01 * [4, 0, 1]
     torch.testing.assert_close(opt.state[p]["hessian"], torch.tensor([0.0499, 0.1584, 0.01]))
 
 
-def test_masked_entries_keep_parameter_momentum_and_hessian_bit_identical():
-    p, opt = one_step(masks=torch.tensor([True, False, True]))
+@FUSED
+def test_masked_entries_keep_parameter_momentum_and_hessian_bit_identical(fused):
+    p, opt = one_step(masks=torch.tensor([True, False, True]), fused=fused)
     state = opt.state[p]
     assert p[1].item() == -2.0  # no update, not even weight decay
     assert state["exp_avg"][1].item() == 0.0 and state["hessian"][1].item() == 0.0
@@ -46,15 +54,48 @@ def test_masked_entries_keep_parameter_momentum_and_hessian_bit_identical():
     assert opt.clip_rate == pytest.approx(1.0)  # both updated entries were clipped
 
 
-def test_a_column_mask_broadcasts_over_a_weight():
+@FUSED
+def test_a_column_mask_broadcasts_over_a_weight(fused):
     w = torch.nn.Parameter(torch.randn(3, 4))
-    before = w.detach().clone()
-    opt = Sophia([w], lr=0.01, masks={w: torch.tensor([[False, True, False, False]])})
+    opt = Sophia([w], lr=0.01, masks={w: torch.tensor([[False, True, False, False]])}, fused=fused)
     w.grad = torch.randn(3, 4)
     opt.update_hessian()
+    w.grad = torch.randn(3, 4)
     opt.step(bs=8)
-    changed = (w.detach() != before)
-    assert changed[:, 1].all() and not changed[:, [0, 2, 3]].any()
+    before = w.detach().clone(), opt.state[w]["exp_avg"].clone(), opt.state[w]["hessian"].clone()
+    w.grad = torch.randn(3, 4) * 1e3  # large enough to move every entry it reaches
+    opt.update_hessian()
+    opt.step(bs=8)
+    after = w.detach(), opt.state[w]["exp_avg"], opt.state[w]["hessian"]
+    for old, new in zip(before, after):
+        assert (new[:, 1] != old[:, 1]).all()
+        # bit-identical: compared as integers, so even -0.0 against 0.0 or a NaN would show
+        assert torch.equal(new[:, [0, 2, 3]].view(torch.int32), old[:, [0, 2, 3]].view(torch.int32))
+
+
+def test_the_compiled_step_equals_the_eager_step_on_random_tensors():
+    """Several steps with masks of both kinds and a sign-flipping gradient; compiled and eager agree to
+    rounding, and their clip rates and Hessian scales too."""
+    torch.manual_seed(0)
+    shapes, runs = [(64, 32), (32,), (16, 64)], {}
+    for fused in (False, True):
+        torch.manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+        masks = {params[0]: torch.rand(1, 32) < 0.3, params[1]: torch.rand(32) < 0.5}
+        opt = Sophia(params, lr=0.01, rho=0.05, weight_decay=0.1, masks=masks, fused=fused)
+        stats = []
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.update_hessian()
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step(bs=16)
+            stats += [opt.clip_rate, opt.hessian_mean]
+        runs[fused] = [p.detach() for p in params] + [opt.state[p][k] for p in params for k in ("exp_avg", "hessian")], stats
+    for eager, compiled in zip(runs[False][0], runs[True][0]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-5)
 
 
 def test_masks_that_do_not_fit_are_refused():
@@ -81,13 +122,14 @@ def test_sampled_label_loss_scores_answer_positions_only():
     assert loss.item() == pytest.approx(-(torch.log(torch.tensor(0.7)) + torch.log(torch.tensor(0.6))).item() / 2)
 
 
-def test_win_rate_and_hessian_scale_match_hand_computation():
-    _, opt = one_step()
+@FUSED
+def test_win_rate_and_hessian_scale_match_hand_computation(fused):
+    _, opt = one_step(fused=fused)
     # ratio = [1 (clipped), 0.25, 1 (clipped)]: one of three entries took the curvature-scaled step
     assert opt.win_rate == pytest.approx(1 / 3) and opt.clip_rate + opt.win_rate == pytest.approx(1.0)
     # bs * h = [0.02, 0.32, 0]: mean 0.34 / 3
     assert opt.hessian_mean == pytest.approx(0.34 / 3)
-    _, masked = one_step(masks=torch.tensor([False, True, False]))
+    _, masked = one_step(masks=torch.tensor([False, True, False]), fused=fused)
     assert masked.win_rate == pytest.approx(1.0)  # only entry 1 counts, and it was not clipped
 
 

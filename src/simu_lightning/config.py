@@ -38,4 +38,6 @@ def check(cfg: DictConfig) -> None:
     if not 0 < optim.get("target_win_rate", 0.3) < 1:
         raise SimuError(f"optim.target_win_rate must be in (0, 1), got {optim.get('target_win_rate')!r}")
     _positive("optim.calibration_step", optim.get("calibration_step", 1), integer=True)
+    if optim.get("fused", "auto") not in (True, False, "auto"):
+        raise SimuError(f"optim.fused must be true, false or auto, got {optim.get('fused')!r}")
     StoppingRule.parse((cfg.get("unlearning") or {}).get("stop_when"))

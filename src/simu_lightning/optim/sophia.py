@@ -23,6 +23,9 @@ with the param groups). Until then rho counts as 0: every entry takes the clippe
 calibration step matters on a memorised target, whose Gauss-Newton curvature starts near zero
 (p(1 - p) with p ~ 1) and grows by orders of magnitude in the first few steps of unlearning.
 
+The per-tensor arithmetic lives in `fused.py`: compiled into one kernel per tensor when `fused` is on
+(True, or "auto" once the updated parameters hold 10M elements or more), eager otherwise.
+
 Every state tensor is made with `*_like(p)`, so it is sharded the way its parameter is (FSDP2).
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from torch.optim import Optimizer
 
 from simu_lightning.distributed import sum_across
+from simu_lightning.optim.fused import Kernels
 
 AUTO = "auto"
 
@@ -59,7 +63,8 @@ def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 class Sophia(Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.965, 0.99),
                  rho: float | str = 0.04, weight_decay: float = 1e-1, *, eps: float = 1e-15, maximize: bool = False,
-                 target_win_rate: float = 0.3, calibration_step: int = 1, masks: dict[torch.Tensor, torch.Tensor] | None = None):
+                 target_win_rate: float = 0.3, calibration_step: int = 1, masks: dict[torch.Tensor, torch.Tensor] | None = None,
+                 fused: bool | str = "auto"):
         if lr < 0:
             raise ValueError(f"Sophia: lr must be >= 0, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -75,6 +80,8 @@ class Sophia(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps, maximize=maximize,
                         target_win_rate=target_win_rate, calibration_step=calibration_step)
         super().__init__(params, defaults)
+        self.kernels = Kernels(fused)
+        self._hessian_sums: dict[torch.Tensor, torch.Tensor] = {}  # sum of h over each parameter's updated entries
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         self.clip_rate = float("nan")  # share of updated entries whose step was clipped at lr
         self.win_rate = float("nan")   # share of updated entries whose step was not clipped
@@ -101,6 +108,7 @@ class Sophia(Optimizer):
                 raise ValueError(f"Sophia.set_masks: mask of shape {tuple(mask.shape)} does not broadcast "
                                  f"to the parameter's shape {tuple(local.shape)}")
             self.masks[param] = mask.to(device=local.device, dtype=torch.bool)
+            self._hessian_sums.pop(param, None)  # summed over the old mask
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
@@ -113,6 +121,7 @@ class Sophia(Optimizer):
     @torch.no_grad()
     def update_hessian(self) -> None:
         """h <- beta2 h + (1 - beta2) g^2, with g the gradient now held by each parameter."""
+        compiled = self._compiled()
         for group in self.param_groups:
             beta2 = group["betas"][1]
             for p in group["params"]:
@@ -123,10 +132,25 @@ class Sophia(Optimizer):
                 hessian, grad = _local(state["hessian"]), _local(p.grad)
                 mask = self.masks.get(p)
                 if mask is None:
-                    hessian.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    self._hessian_sums[p] = self.kernels.call("hessian_update", compiled, hessian, grad, beta2)
                 else:
-                    updated = hessian * beta2 + (1 - beta2) * grad * grad
-                    hessian.copy_(torch.where(mask, updated, hessian))
+                    self._hessian_sums[p] = self.kernels.call("masked_hessian_update", compiled, hessian, grad, mask, beta2)
+
+    def _compiled(self) -> bool:
+        """Whether this step runs the compiled kernels (decided on the elements that have a gradient)."""
+        elements = sum(_local(p).numel() for g in self.param_groups for p in g["params"] if p.grad is not None)
+        return self.kernels.use_compiled(elements)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._hessian_sums.clear()  # the loaded h replaces the one they were summed from
+
+    def _hessian_sum(self, p: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Sum of h over the parameter's updated entries, as the last Hessian update left it."""
+        if p not in self._hessian_sums:  # e.g. restored from a checkpoint, not updated since
+            hessian = _local(self.state[p]["hessian"])
+            self._hessian_sums[p] = hessian.sum() if mask is None else torch.where(mask, hessian, 0).sum()
+        return self._hessian_sums[p]
 
     @property
     def rho(self) -> float | str:
@@ -192,29 +216,29 @@ class Sophia(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.calibrate_rho(bs)
+        compiled = self._compiled()
         clipped, counted, curvature = [], [], []  # kept on the device: one sync per step, not one per parameter
-        for p, group, new_exp_avg, mask in list(self._updates(bs)):
-            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        for group in self.param_groups:
+            lr, wd, eps, beta1 = group["lr"], group["weight_decay"], group["eps"], group["betas"][0]
             rho = 0.0 if group["rho"] == AUTO else group["rho"]  # no estimate yet: every entry is clipped
-            state = self.state[p]
-            state["step"] += 1
-            theta, exp_avg, hessian = _local(p), _local(state["exp_avg"]), _local(state["hessian"])
-            ratio = (new_exp_avg.abs() / (rho * bs * hessian + eps)).clamp(max=1)
-            new_theta = theta * (1 - lr * wd) - lr * new_exp_avg.sign() * ratio
-            if mask is None:
-                exp_avg.copy_(new_exp_avg)
-                theta.copy_(new_theta)
-                clipped.append((ratio >= 1).sum())
-                counted.append(torch.tensor(ratio.numel(), device=ratio.device))
-                curvature.append(hessian.sum() * bs)
-            else:
-                exp_avg.copy_(torch.where(mask, new_exp_avg, exp_avg))
-                theta.copy_(torch.where(mask, new_theta, theta))
-                clipped.append(((ratio >= 1) & mask).sum())
-                counted.append(mask.expand_as(ratio).sum())
-                curvature.append(torch.where(mask, hessian, 0).sum() * bs)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                state["step"] += 1
+                grad = -_local(p.grad) if group["maximize"] else _local(p.grad)
+                tensors = (_local(p), grad, _local(state["exp_avg"]), _local(state["hessian"]))
+                mask = self.masks.get(p)
+                if mask is None:
+                    stats = self.kernels.call("sophia_update", compiled, *tensors, lr, wd, beta1, rho * bs, eps)
+                else:
+                    stats = self.kernels.call("masked_sophia_update", compiled, *tensors, mask, lr, wd, beta1, rho * bs, eps)
+                clipped.append(stats[0])
+                counted.append(stats[1])  # an int, or (masked) a tensor
+                curvature.append(self._hessian_sum(p, mask) * bs)
         if counted:
-            total = torch.stack(counted).sum().clamp(min=1)
+            total = sum(counted)
+            total = torch.as_tensor(total).clamp(min=1) if isinstance(total, torch.Tensor) else max(total, 1)
             self.clip_rate = (torch.stack(clipped).sum() / total).item()
             self.win_rate = 1.0 - self.clip_rate
             self.hessian_mean = (torch.stack(curvature).sum() / total).item()
