@@ -13,8 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from simu_lightning.attribution.integrated_gradients import (activations, batches, integrated_gradients,
-                                                              log_prob_at_scale, prediction_samples, prefix_cache)
+from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, batches, integrated_gradients,
+                                                              log_prob_at_scale, prediction_samples, quadrature)
 from simu_lightning.cache import cache_root
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
@@ -40,13 +40,14 @@ def main(overrides: list[str]) -> dict:
     projs = list(down_projections(model, architecture_of(model)).values())
     errors, gaps = {m: [] for m in STEPS}, []
     for batch in batches(samples, 4, tokenizer.pad_token_id):  # 4 samples x m=500 copies per forward
-        prefix = prefix_cache(model, batch)
+        prefix = SharedPrefix(model, batch)
         for proj, beta in zip(projs, activations(model, projs, batch, prefix)):
-            gap = (log_prob_at_scale(model, proj, batch, beta, 1.0, prefix)
-                   - log_prob_at_scale(model, proj, batch, beta, 0.0, prefix))
+            gap = (log_prob_at_scale(model, [proj], batch, [beta], 1.0, prefix)
+                   - log_prob_at_scale(model, [proj], batch, [beta], 0.0, prefix))
             gaps.append(gap.abs())
             for m in STEPS:
-                errors[m].append((integrated_gradients(model, proj, batch, beta, m, prefix).sum(-1) - gap).abs())
+                att = integrated_gradients(model, [proj], batch, [beta], *quadrature("riemann", m), prefix)[0]
+                errors[m].append((att.sum(-1) - gap).abs())
     gap = torch.cat(gaps)
     report = {}
     for m in STEPS:

@@ -122,6 +122,8 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
     ("trainer.max_epochs=-1", "error: trainer.max_epochs must be a positive integer, got -1"),
     ("optim.rho=-1", "error: optim.rho must be a number >= 0 or auto, got -1"),
     ("optim.target_win_rate=1.5", "error: optim.target_win_rate must be in (0, 1), got 1.5"),
+    ("attribution.quadrature=simpson", "error: attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'"),
+    ("attribution.mode=fast", "error: attribution.mode must be one of layerwise, joint, first_order, got 'fast'"),
     ("optim.fused=sometimes", "error: optim.fused must be true, false or auto, got 'sometimes'"),
     ("evaluation.every_n_steps=-2", "error: evaluation.every_n_steps must be null (each epoch's end), 0 (never) "
                                     "or a positive integer, got -2"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from simu_lightning.attribution.callback import check_steps
+from simu_lightning.attribution.callback import check_method, check_steps
 from simu_lightning.attribution.neurons import check_threshold
 from simu_lightning.errors import SimuError
 from simu_lightning.unlearning.stopping import StoppingRule
@@ -23,6 +23,7 @@ def check(cfg: DictConfig) -> None:
         raise SimuError(f"unknown method {cfg.method.name!r}: choose one of {', '.join(METHODS)} (method=...)")
     check_threshold(cfg.attribution.t)
     check_steps(cfg.attribution.m)
+    check_method(cfg.attribution.get("quadrature", "riemann"), cfg.attribution.get("mode", "layerwise"))
     _positive("method.optimizer.lr", cfg.method.optimizer.get("lr"))
     _positive("data.batch_size", cfg.data.batch_size, integer=True)
     _positive("data.retain_per_forget", cfg.data.get("retain_per_forget", 1), integer=True)

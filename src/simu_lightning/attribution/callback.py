@@ -1,7 +1,8 @@
 """The pre-fit callback that runs SIMU stage 1 when the method needs critical-neuron masks.
 
-Scores depend only on the target, the forget set, m, the dtype, the architecture's module names and
-the attribution code (ATTRIBUTION_FORMAT), so they are cached under exactly that key; the threshold t
+Scores depend only on the target, the forget set, m, the quadrature rule, the mode, the dtype, the
+architecture's module names and the attribution code (ATTRIBUTION_FORMAT), so they are cached under
+exactly that key; the threshold t
 is applied after the cache, which makes a sweep over t cost one attribution. The masks travel in every
 checkpoint: a resumed run reuses them and never attributes on half-unlearned weights.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from simu_lightning.attribution.integrated_gradients import attribute, prediction_samples
+from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES, attribute, passes, prediction_samples
 from simu_lightning.attribution.neurons import check_threshold, critical_neurons
 from simu_lightning.cache import atomic_dir, cache_key
 from simu_lightning.distributed import agree, rank_and_world, share, sum_across
@@ -36,12 +37,22 @@ def check_steps(m) -> None:
         raise SimuError(f"attribution.m must be an integer >= 1, got {m!r}")
 
 
+def check_method(quadrature: str, mode: str) -> None:
+    if quadrature not in QUADRATURES:
+        raise SimuError(f"attribution.quadrature must be one of {', '.join(QUADRATURES)}, got {quadrature!r}")
+    if mode not in MODES:
+        raise SimuError(f"attribution.mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
 class NeuronAttribution(L.Callback):
-    def __init__(self, t: float, m: int, max_batch: int = 512, output_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None, target_id: str = "", dtype: str = "float32"):
+    def __init__(self, t: float, m: int, max_batch: int = 512, quadrature: str = "riemann", mode: str = "layerwise",
+                 output_dir: str | Path | None = None, cache_dir: str | Path | None = None, target_id: str = "",
+                 dtype: str = "float32"):
         check_threshold(t)
         check_steps(m)
+        check_method(quadrature, mode)
         self.t, self.m, self.max_batch = t, m, max_batch
+        self.quadrature, self.mode = quadrature, mode
         self.output_dir = Path(output_dir) if output_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.target_id, self.dtype = target_id, dtype
@@ -90,13 +101,16 @@ class NeuronAttribution(L.Callback):
         block, real = share(samples, *rank_and_world())
         block = [dict(sample, weight=1.0 if i < real else 0.0) for i, sample in enumerate(block)]
         projs = down_projections(pl_module.model, pl_module.architecture)
-        scores = with_halving(lambda size: attribute(pl_module.model, projs, block, self.m, tokenizer.pad_token_id, size),
+        log.info("attribution: %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
+                 len(samples), self.mode, self.quadrature, self.m, passes(self.mode, len(projs), self.m), len(projs))
+        scores = with_halving(lambda size: attribute(pl_module.model, projs, block, self.m, tokenizer.pad_token_id, size,
+                                                     self.quadrature, self.mode),
                               self.max_batch, "attribution (attribution.max_batch)")
         return {name: sum_across(score) for name, score in scores.items()}
 
     def cache_key(self, pl_module, forget: list[dict]) -> str:
         return cache_key("attribution", ATTRIBUTION_FORMAT, self.target_id,
-                         [(e["input_ids"], e["labels"]) for e in forget], self.m, self.dtype,
+                         [(e["input_ids"], e["labels"]) for e in forget], self.m, self.quadrature, self.mode, self.dtype,
                          asdict(pl_module.architecture))
 
     def _cached_scores(self, trainer: L.Trainer, pl_module, compute) -> dict[str, torch.Tensor]:
@@ -104,7 +118,8 @@ class NeuronAttribution(L.Callback):
             return compute()
         path = self.cache_dir / "attribution" / self.cache_key(pl_module, trainer.datamodule.forget)
         if agree((path / "scores.pt").exists()):
-            log.info("reusing cached attribution scores %s (computed for m=%d on %s)", path, self.m, self.target_id)
+            log.info("reusing cached attribution scores %s (computed for m=%d, %s, %s on %s)", path, self.m,
+                     self.quadrature, self.mode, self.target_id)
             return torch.load(path / "scores.pt", weights_only=True)
         scores = compute()
         if trainer.is_global_zero:  # one writer; the others hold the same scores in memory
@@ -129,7 +144,7 @@ class NeuronAttribution(L.Callback):
         for name, value in (("scores.pt", scores), ("critical_neurons.pt", neurons)):
             with atomic_file(out / name) as tmp:
                 torch.save(value, tmp)
-        summary = {"t": self.t, "m": self.m, "kept_fraction": self.kept_fraction(neurons),
+        summary = {"t": self.t, "m": self.m, "quadrature": self.quadrature, "mode": self.mode, "kept_fraction": self.kept_fraction(neurons),
                    "layers": {name: {"critical": self.kept[name], "neurons": int(mask.numel())}
                               for name, mask in neurons.items()}}
         with atomic_file(out / "critical_neurons.json") as tmp:

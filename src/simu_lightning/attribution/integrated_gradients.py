@@ -2,27 +2,60 @@
 
 Each forget QA pair becomes next-token prediction samples: prompt + answer prefix -> next answer
 token. For layer l and neuron k, with beta the neuron's raw activation (the k-th input of `down_proj`)
-at the prediction position,
+at the prediction position, the paper's attribution is
 
-    Att_i(w_l^k) = beta_i^k * (1/m) * sum_{s=1..m} d log p(target_i) / d beta^k  at (s/m) * beta_i,
+    Att_i(w_l^k) = beta_i^k * integral_0^1 d log p(target_i) / d beta^k  at alpha * beta_i  d alpha,
 
-only layer l scaled (a right Riemann sum of the integrated gradient from 0 to beta). All neurons of a
-layer are scaled together, so one batch of m scaled copies of a sample yields every neuron of the
-layer. By completeness, sum_k Att_i -> log p(beta) - log p(0) as m grows.
+only layer l scaled, the integral taken as the right Riemann sum (1/m) sum_{s=1..m} at alpha = s/m.
+All neurons of a layer are scaled together, so one batch of m scaled copies of a sample yields every
+neuron of the layer. By completeness, sum_k Att_i -> log p(beta) - log p(0) as m grows.
+
+Faster variants of the same quantity (`attribution.quadrature`, `attribution.mode`):
+- `gauss_legendre`: m Gauss-Legendre nodes and weights on [0, 1] instead of the Riemann sum. The
+  integrand of a trained model is concentrated near alpha = 0, where the right Riemann sum has no node;
+  Gauss-Legendre is exact for polynomials of degree 2m - 1 and converges far faster.
+- `joint`: every layer's activation replaced by alpha * beta_l at once, so m scaled copies give every
+  layer's scores in one pass instead of one pass per layer. It is the integrated gradient of the model
+  as a function of all layers' activations held at those values, so completeness holds for all layers
+  together (sum over layers and neurons -> log p(all betas) - log p(all zero)); a neuron's effect that
+  runs through a later layer's MLP is credited to that later layer's neurons, not to it.
+- `first_order`: gradient x activation at the full activation, one pass: each layer's total
+  derivative (through everything downstream, as in the layer-wise integrand at alpha = 1), read through
+  a zero added to every layer's activation; equal to the layer-wise Riemann sum with m = 1.
 
 Samples are left-padded, so the prediction position is the last one for all of them, and the tokens
-before it are computed once (a key/value cache) and shared by all m scaled copies and all layers.
+before it are computed once per batch (a key/value cache) and shared read-only by every layer and every
+scaled copy: each forward runs the last token alone and the token it appends is cropped off afterwards.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from simu_lightning.data.formatting import IGNORE_INDEX, collate
+
+QUADRATURES = ("riemann", "gauss_legendre")
+MODES = ("layerwise", "joint", "first_order")
+
+
+def quadrature(rule: str, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes alpha in (0, 1] and weights (summing to 1) approximating integral_0^1 g(alpha) d alpha."""
+    if rule == "riemann":  # the paper's right Riemann sum
+        return torch.arange(1, m + 1, dtype=torch.float64) / m, torch.full((m,), 1.0 / m, dtype=torch.float64)
+    if rule == "gauss_legendre":
+        nodes, weights = np.polynomial.legendre.leggauss(m)  # on [-1, 1]
+        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
+    raise ValueError(f"unknown quadrature {rule!r}: choose one of {', '.join(QUADRATURES)}")
+
+
+def passes(mode: str, layers: int, m: int) -> int:
+    """Forward+backward passes of the last token per sample batch: the attribution's cost."""
+    return {"layerwise": layers * m, "joint": m, "first_order": 1}[mode]
 
 
 def prediction_samples(examples: list[dict], eos_token_id: int | None = None) -> list[dict]:
@@ -47,18 +80,40 @@ def batches(samples: list[dict], size: int, pad_token_id: int) -> Iterator[dict[
         yield batch
 
 
-def prefix_cache(model: nn.Module, batch: dict[str, torch.Tensor]):
+class SharedPrefix:
     """The key/value cache of every sample's tokens before its prediction position.
 
     Scaling an activation at the prediction position cannot change anything before it (the model is
-    causal), so every scaled copy can share this prefix and run the last token alone.
+    causal), so every scaled copy of every layer can share this prefix and run the last token alone. The
+    cache is computed once per batch, repeated once per number of copies, and never copied again: a
+    forward appends its token to the cache it is given, and `use` crops that token off afterwards.
     """
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"][:, :-1], attention_mask=batch["attention_mask"][:, :-1],
-                     position_ids=batch["position_ids"][:, :-1], use_cache=True).cache
+
+    def __init__(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        self.length = batch["input_ids"].shape[1] - 1
+        with torch.no_grad():
+            self._caches = {1: model(input_ids=batch["input_ids"][:, :-1], attention_mask=batch["attention_mask"][:, :-1],
+                                     position_ids=batch["position_ids"][:, :-1], use_cache=True).cache}
+
+    def cache(self, repeat: int):
+        """The prefix with each sample repeated `repeat` times (sample-major), built once."""
+        if repeat not in self._caches:
+            cache = copy.deepcopy(self._caches[1])
+            cache.batch_repeat_interleave(repeat)
+            self._caches[repeat] = cache
+        return self._caches[repeat]
+
+    def restore(self, repeat: int) -> None:
+        """Crop the token a forward appended, and detach what is left from that forward's graph."""
+        cache = self._caches[repeat]
+        cache.crop(-1)
+        for layer in getattr(cache, "layers", ()):
+            if getattr(layer, "keys", None) is not None:
+                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
 
 
-def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1, prefix=None) -> torch.Tensor:
+def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1,
+                   prefix: SharedPrefix | None = None) -> torch.Tensor:
     """log p(target) at the last position, each sample repeated `repeat` times (sample-major).
 
     With a `prefix` cache only the last token runs; without one, the whole sequences do."""
@@ -69,11 +124,12 @@ def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int
         logits = model(input_ids=rep(batch["input_ids"]), attention_mask=rep(batch["attention_mask"]),
                        position_ids=rep(batch["position_ids"])).logits[:, -1]
     else:
-        cache = copy.deepcopy(prefix)  # the forward appends to the cache it is given
-        cache.batch_repeat_interleave(repeat)
-        logits = model(input_ids=rep(batch["input_ids"][:, -1:]), attention_mask=rep(batch["attention_mask"]),
-                       position_ids=rep(batch["position_ids"][:, -1:]), cache=cache,
-                       use_cache=True).logits[:, -1]
+        try:
+            logits = model(input_ids=rep(batch["input_ids"][:, -1:]), attention_mask=rep(batch["attention_mask"]),
+                           position_ids=rep(batch["position_ids"][:, -1:]), cache=prefix.cache(repeat),
+                           use_cache=True).logits[:, -1]
+        finally:
+            prefix.restore(repeat)
     log_probs = F.log_softmax(logits.float(), -1)
     return log_probs.gather(-1, rep(batch["target"]).unsqueeze(-1)).squeeze(-1)
 
@@ -106,57 +162,97 @@ def activations(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, 
     return captured
 
 
-def log_prob_at_scale(model: nn.Module, down_proj: nn.Module, batch: dict[str, torch.Tensor],
-                      beta: torch.Tensor, alpha: float, prefix=None) -> torch.Tensor:
-    """log p(target) with the layer's activation at the prediction position replaced by alpha * beta."""
-    handle = _replace_last_position(down_proj, alpha * beta)
+def log_prob_at_scale(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
+                      betas: list[torch.Tensor], alpha: float, prefix: SharedPrefix | None = None) -> torch.Tensor:
+    """log p(target) with the listed layers' activations at the prediction position replaced by alpha * beta."""
+    handles = [_replace_last_position(proj, alpha * beta) for proj, beta in zip(down_projs, betas)]
     try:
         with torch.no_grad():
             return _last_log_prob(model, batch, prefix=prefix)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
-def integrated_gradients(model: nn.Module, down_proj: nn.Module, batch: dict[str, torch.Tensor],
-                         beta: torch.Tensor, m: int, prefix=None) -> torch.Tensor:
-    """Att_i for every sample i of the batch and every neuron of this layer (batch x d_ff).
+def integrated_gradients(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
+                         betas: list[torch.Tensor], alphas: torch.Tensor, weights: torch.Tensor,
+                         prefix: SharedPrefix | None = None) -> list[torch.Tensor]:
+    """Att_i for every sample i of the batch and every neuron of each listed layer (batch x d_ff each),
+    the listed layers scaled together along alpha * beta, the integral taken at the given nodes.
 
-    The m scaled copies of the batch run as one forward; their gradients are independent (each copy
-    only sees its own scaled activation), so the gradient of the summed log-probabilities gives each
+    The copies of the batch at all nodes run as one forward; their gradients are independent (each copy
+    only sees its own scaled activations), so the gradient of the summed log-probabilities gives each
     copy's own gradient.
     """
-    alphas = torch.arange(1, m + 1, dtype=beta.dtype, device=beta.device) / m
-    scaled = (beta.repeat_interleave(m, dim=0) * alphas.repeat(beta.shape[0])[:, None]).requires_grad_(True)
-    handle = _replace_last_position(down_proj, scaled)
+    n = len(alphas)
+    alphas = alphas.to(device=betas[0].device, dtype=betas[0].dtype)
+    weights = weights.to(device=betas[0].device, dtype=betas[0].dtype)
+    scaled = [(beta.repeat_interleave(n, dim=0) * alphas.repeat(beta.shape[0])[:, None]).requires_grad_(True)
+              for beta in betas]
+    handles = [_replace_last_position(proj, values) for proj, values in zip(down_projs, scaled)]
     try:
         with torch.enable_grad():
-            log_prob = _last_log_prob(model, batch, repeat=m, prefix=prefix)
-            (grad,) = torch.autograd.grad(log_prob.sum(), scaled)
+            log_prob = _last_log_prob(model, batch, repeat=n, prefix=prefix)
+            grads = torch.autograd.grad(log_prob.sum(), scaled)
     finally:
-        handle.remove()
-    return beta * grad.view(beta.shape[0], m, -1).mean(1)
+        for handle in handles:
+            handle.remove()
+    return [beta * (grad.view(beta.shape[0], n, -1) * weights[:, None]).sum(1) for beta, grad in zip(betas, grads)]
+
+
+def _add_at_last_position(module: nn.Module, delta: torch.Tensor):
+    """A hook that adds `delta` (batch x d_ff) to `module`'s input at the last position."""
+    def hook(_module, args):
+        x = args[0]
+        return (torch.cat([x[:, :-1], (x[:, -1] + delta.to(x.dtype)).unsqueeze(1)], dim=1), *args[1:])
+    return module.register_forward_pre_hook(hook)
+
+
+def gradient_times_activation(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
+                              betas: list[torch.Tensor], prefix: SharedPrefix | None = None) -> list[torch.Tensor]:
+    """beta * d log p / d beta for every listed layer, each a total derivative, from one forward and backward."""
+    zeros = [torch.zeros_like(beta, requires_grad=True) for beta in betas]
+    handles = [_add_at_last_position(proj, zero) for proj, zero in zip(down_projs, zeros)]
+    try:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(_last_log_prob(model, batch, prefix=prefix).sum(), zeros)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [beta * grad for beta, grad in zip(betas, grads)]
 
 
 def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[dict], m: int,
-              pad_token_id: int, max_batch: int = 512) -> dict[str, torch.Tensor]:
+              pad_token_id: int, max_batch: int = 512, quadrature_rule: str = "riemann",
+              mode: str = "layerwise") -> dict[str, torch.Tensor]:
     """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores).
 
-    `max_batch` bounds the sequences in one forward (m scaled copies of each sample count m times).
+    `max_batch` bounds the sequences in one forward (the m scaled copies of a sample count m times).
     A sample's optional `weight` scales its contribution (0 for the padding of a process's share).
     """
+    if mode not in MODES:
+        raise ValueError(f"unknown attribution mode {mode!r}: choose one of {', '.join(MODES)}")
+    alphas, weights = quadrature(quadrature_rule, 1 if mode == "first_order" else m)
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)  # gradients flow to the scaled activations only
     names, projs = list(down_projs), list(down_projs.values())
+    groups = [[i] for i in range(len(projs))] if mode == "layerwise" else [list(range(len(projs)))]
     scores = {name: None for name in names}
     try:
-        for batch in batches(samples, max(1, max_batch // m), pad_token_id):
+        for batch in batches(samples, max(1, max_batch // len(alphas)), pad_token_id):
             batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-            prefix = prefix_cache(model, batch)
+            prefix = SharedPrefix(model, batch)
             betas = activations(model, projs, batch, prefix)
-            for name, proj, beta in zip(names, projs, betas):
-                att = (integrated_gradients(model, proj, batch, beta, m, prefix) * batch["weight"][:, None]).sum(0)
-                scores[name] = att if scores[name] is None else scores[name] + att
+            for group in groups:
+                if mode == "first_order":
+                    atts = gradient_times_activation(model, projs, batch, betas, prefix)
+                else:
+                    atts = integrated_gradients(model, [projs[i] for i in group], batch, [betas[i] for i in group],
+                                                alphas, weights, prefix)
+                for i, att in zip(group, atts):
+                    att = (att * batch["weight"][:, None]).sum(0)
+                    scores[names[i]] = att if scores[names[i]] is None else scores[names[i]] + att
     finally:
         model.train(was_training)
         for p, flag in zip(model.parameters(), requires_grad):
