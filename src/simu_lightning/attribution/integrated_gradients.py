@@ -23,9 +23,11 @@ Faster variants of the same quantity (`attribution.quadrature`, `attribution.mod
   derivative (through everything downstream, as in the layer-wise integrand at alpha = 1), read through
   a zero added to every layer's activation; equal to the layer-wise Riemann sum with m = 1.
 
-Samples are left-padded, so the prediction position is the last one for all of them, and the tokens
-before it are computed once per batch (a key/value cache) and shared read-only by every layer and every
-scaled copy: each forward runs the last token alone and the token it appends is cropped off afterwards.
+Samples are left-padded, so the prediction position is the last one for all of them. The tokens before
+it are never run again per sample: the samples of one QA pair are prefixes of the same sequence, so the
+batch's pairs run once (a key/value cache, `SharedPrefix`), each sample reads its pair's cache with the
+positions from its prediction position on masked out, and every layer and every scaled copy shares that
+cache read-only: a forward runs the last token alone, and the token it appends is cropped off afterwards.
 """
 from __future__ import annotations
 
@@ -59,24 +61,40 @@ def passes(mode: str, layers: int, m: int) -> int:
 
 
 def prediction_samples(examples: list[dict], eos_token_id: int | None = None) -> list[dict]:
-    """One sample per answer token: the tokens before it (`input_ids`) and the token (`target`).
-    The closing EOS is not a fact, so it is not a target."""
+    """One sample per answer token: the tokens before it (`input_ids`), the token (`target`) and the
+    QA pair it comes from (`example`). The closing EOS is not a fact, so it is not a target."""
     samples = []
-    for example in examples:
+    for number, example in enumerate(examples):
         ids, labels = example["input_ids"], example["labels"]
         for t in range(1, len(ids)):
             if labels[t] != IGNORE_INDEX and labels[t] != eos_token_id:
-                samples.append({"input_ids": ids[:t], "target": labels[t]})
+                samples.append({"input_ids": ids[:t], "target": labels[t], "example": number})
     return samples
 
 
 def batches(samples: list[dict], size: int, pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Left-padded batches, so that every sample's prediction position is the last one."""
+    """Left-padded batches, so that every sample's prediction position is the last one, with the contexts
+    their prefixes share: per QA pair in the batch, its longest prefix (every other sample of the pair
+    reads a part of it); a sample without an `example` is its own context."""
     for start in range(0, len(samples), size):
         chunk = samples[start:start + size]
         batch = collate(chunk, pad_token_id, padding_side="left")
         batch["target"] = torch.tensor([s["target"] for s in chunk])
         batch["weight"] = torch.tensor([float(s.get("weight", 1.0)) for s in chunk])  # 0: padding
+        longest: dict = {}
+        for i, sample in enumerate(chunk):
+            key = sample.get("example", ("sample", i))
+            if key not in longest or len(sample["input_ids"]) > len(chunk[longest[key]]["input_ids"]):
+                longest[key] = i
+        keys = list(longest)
+        contexts = collate([{"input_ids": chunk[longest[k]]["input_ids"][:-1]} for k in keys], pad_token_id)
+        batch["context_ids"], batch["context_mask"] = contexts["input_ids"], contexts["attention_mask"]
+        batch["context_index"] = torch.tensor([keys.index(s.get("example", ("sample", i))) for i, s in enumerate(chunk)])
+        # keys a sample may attend to: its own prefix in its context, then the token it runs
+        prefix_lengths = torch.tensor([len(s["input_ids"]) - 1 for s in chunk])
+        positions = torch.arange(contexts["input_ids"].shape[1])
+        batch["prefix_mask"] = torch.cat([(positions < prefix_lengths[:, None]).long(),
+                                          torch.ones(len(chunk), 1, dtype=torch.long)], dim=1)
         yield batch
 
 
@@ -85,21 +103,27 @@ class SharedPrefix:
 
     Scaling an activation at the prediction position cannot change anything before it (the model is
     causal), so every scaled copy of every layer can share this prefix and run the last token alone. The
-    cache is computed once per batch, repeated once per number of copies, and never copied again: a
-    forward appends its token to the cache it is given, and `use` crops that token off afterwards.
+    batch's contexts (one per QA pair) run once; each sample's rows of the cache are its pair's, with the
+    positions beyond its own prefix masked out (`batch["prefix_mask"]`). The cache is gathered once per
+    number of copies and never copied again: a forward appends its token to the cache it is given, and
+    `restore` crops that token off afterwards.
     """
 
     def __init__(self, model: nn.Module, batch: dict[str, torch.Tensor]):
-        self.length = batch["input_ids"].shape[1] - 1
+        self.length = batch["context_ids"].shape[1]
+        self.index = batch["context_index"]
         with torch.no_grad():
-            self._caches = {1: model(input_ids=batch["input_ids"][:, :-1], attention_mask=batch["attention_mask"][:, :-1],
-                                     position_ids=batch["position_ids"][:, :-1], use_cache=True).cache}
+            self._contexts = model(input_ids=batch["context_ids"], attention_mask=batch["context_mask"],
+                                   position_ids=(batch["context_mask"].cumsum(-1) - 1).clamp(min=0),
+                                   use_cache=True).cache
+        self._caches = {}
 
     def cache(self, repeat: int):
-        """The prefix with each sample repeated `repeat` times (sample-major), built once."""
+        """Each sample's rows of the contexts' cache, repeated `repeat` times (sample-major), built once."""
         if repeat not in self._caches:
-            cache = copy.deepcopy(self._caches[1])
-            cache.batch_repeat_interleave(repeat)
+            cache = copy.copy(self._contexts)
+            cache.layers = [copy.copy(layer) for layer in self._contexts.layers]  # new rows, the same tensors
+            cache.batch_select_indices(self.index.repeat_interleave(repeat))
             self._caches[repeat] = cache
         return self._caches[repeat]
 
@@ -107,7 +131,7 @@ class SharedPrefix:
         """Crop the token a forward appended, and detach what is left from that forward's graph."""
         cache = self._caches[repeat]
         cache.crop(-1)
-        for layer in getattr(cache, "layers", ()):
+        for layer in cache.layers:
             if getattr(layer, "keys", None) is not None:
                 layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
 
@@ -125,7 +149,7 @@ def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int
                        position_ids=rep(batch["position_ids"])).logits[:, -1]
     else:
         try:
-            logits = model(input_ids=rep(batch["input_ids"][:, -1:]), attention_mask=rep(batch["attention_mask"]),
+            logits = model(input_ids=rep(batch["input_ids"][:, -1:]), attention_mask=rep(batch["prefix_mask"]),
                            position_ids=rep(batch["position_ids"][:, -1:]), cache=prefix.cache(repeat),
                            use_cache=True).logits[:, -1]
         finally:

@@ -1,0 +1,23 @@
+"""The benchmark suite at a tiny size: every benchmark runs and reports what the README's table needs.
+No timing is asserted here (speed targets live in the suite's own output, not in tests)."""
+import json
+
+from benchmarks.run import main
+
+
+def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_figures(tmp_path):
+    out = tmp_path / "results.json"
+    main(["--profile", "smoke", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["machine"]["device"] in ("cpu", "cuda")
+    assert results["optimizer"]["ratio_sophia_to_adamw_fused"] > 0
+    assert results["optimizer"]["ratio_simu_masked_to_sophia_all"] > 0
+    rows = results["attribution"]["rows"]
+    assert rows[0]["reference"] and rows[0]["jaccard_t0.1"] == 1.0 and rows[0]["spearman"] == 1.0
+    assert {r["mode"] for r in rows} == {"layerwise", "joint", "first_order"}
+    assert all(0 <= r["jaccard_t0.4"] <= 1 and r["completeness_error"] >= 0 for r in rows)
+    assert results["overhead"]["ratio_lightning_to_plain"] > 0
+    assert set(results["memory"]["per_method"]) == {"fo", "so", "simu"}
+    simu = results["memory"]["per_method"]["simu"]
+    assert simu["down_proj_state_compact_mb"] < simu["down_proj_state_full_mb"]
+    assert results["scaling"]["rows"] and all(r["attribution_s"] > 0 for r in results["scaling"]["rows"])
