@@ -69,10 +69,10 @@ def uniforms(rows: torch.Tensor, seed: int, step: int, split_id: int, length: in
     return torch.as_tensor(np.stack(draws), dtype=torch.float32, device=device)
 
 
-def plain_step(model, optimizer, batch: dict, loss=GradDiff(), step: int = 0, seed: int = 0) -> torch.Tensor:
+def plain_step(model, optimizer, batch: dict, loss=None, step: int = 0, seed: int = 0) -> torch.Tensor:
     """One GradDiff step: the GNB Hessian estimate on sampled labels (second-order optimisers), then the
     loss backward and the optimiser step: the LightningModule's arithmetic, line for line."""
-    bs = None
+    loss, bs = loss or GradDiff(), None
     if isinstance(optimizer, Sophia):
         optimizer.zero_grad()
         parts = []

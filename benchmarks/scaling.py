@@ -2,6 +2,8 @@
 Expected growth: step time linear in tokens, attribution linear in samples x layers x quadrature nodes."""
 from __future__ import annotations
 
+from functools import partial
+
 from benchmarks.common import device, median_seconds, olmo, parameters
 from benchmarks.loop import plain_step, prepare, synthetic_batches, to, tokens
 from simu_lightning.attribution.integrated_gradients import attribute, passes
@@ -22,12 +24,12 @@ def run(sizes=("small", "medium", "large"), forget_rows=(4, 8, 16), m: int = 8, 
         layers = model.config.num_hidden_layers
         batch = to(synthetic_batches(model.config.vocab_size, 1)[0], device())
         optimizer = prepare(model.train(), "simu")
-        step = median_seconds(lambda: plain_step(model, optimizer, batch), repeats)
+        step = median_seconds(partial(plain_step, model, optimizer, batch), repeats)
         projs = down_projections(model, architecture_of(model))
         model.eval()
         for n in forget_rows:
             samples = forget_samples(model.config.vocab_size, n)
-            seconds = median_seconds(lambda: attribute(model, projs, samples, m, 0, 512, "gauss_legendre", "layerwise"),
+            seconds = median_seconds(partial(attribute, model, projs, samples, m, 0, 512, "gauss_legendre", "layerwise"),
                                      repeats, warmup=0)
             rows.append({"model": size, "parameters_m": round(parameters(model) / 1e6, 2), "layers": layers,
                          "step_tokens": tokens(batch), "step_ms": round(step * 1e3, 1), "forget_rows": n,
