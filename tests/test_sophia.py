@@ -187,3 +187,21 @@ def test_a_batch_without_answer_tokens_leaves_the_hessian_finite():
     loss.backward()
     opt.update_hessian()
     assert torch.isfinite(opt.state[w]["hessian"]).all() and w.grad.abs().sum() == 0
+
+
+def test_without_a_compiler_the_step_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    from simu_lightning.optim import fused
+
+    def no_compiler(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return compiled
+
+    monkeypatch.setattr(fused.torch, "compile", no_compiler)
+    monkeypatch.setattr(fused.Kernels, "_compiled", {})
+    monkeypatch.setattr(fused.Kernels, "_unavailable", None)
+    with caplog.at_level("WARNING", logger=fused.__name__):
+        p, opt = one_step(fused=True)
+    torch.testing.assert_close(p.detach(), torch.tensor([0.89, -1.955, 0.395]))  # the hand-computed step
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "torch.compile is unavailable here (RuntimeError: InvalidCxxCompiler" in warnings[0]
