@@ -51,7 +51,16 @@ ATTRIBUTION = {
 }
 
 
-def run_attribution(profile: str, setup: str) -> dict:
+def parse_configs(text: str) -> list[tuple[str, str, int]]:
+    """"layerwise/gauss_legendre/3,joint/riemann/20" -> [(mode, rule, m), ...]"""
+    configs = []
+    for item in text.split(","):
+        mode, rule, m = item.strip().split("/")
+        configs.append((mode, rule, int(m)))
+    return configs
+
+
+def run_attribution(profile: str, setup: str, configs: list | None = None) -> dict:
     if profile == "smoke":  # a random tiny model and random answers: no target to prepare
         model = olmo("tiny").float()
         batch = synthetic_batches(model.config.vocab_size, 1, rows=3, length=12, answer=3)[0]["forget"]
@@ -64,7 +73,8 @@ def run_attribution(profile: str, setup: str) -> dict:
 
     model, tokenizer, forget = trained_target(setup)
     plan = ATTRIBUTION[setup]
-    result = {"setup": setup, **attribution.run(model, tokenizer, forget[::plan["every"]], plan["configs"], plan["reference"])}
+    result = {"setup": setup, **attribution.run(model, tokenizer, forget[::plan["every"]], configs or plan["configs"],
+                                                plan["reference"])}
     if plan["every"] > 1 and result["fastest_with_jaccard_0.95"]:
         mode, rule, m = result["fastest_with_jaccard_0.95"].split("/")
         result["fastest_on_whole_forget_set"] = attribution.time_whole_set(model, tokenizer, forget, mode,
@@ -103,12 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", choices=["optimizer", "attribution", "overhead", "memory", "scaling"])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--attribution-setup", default="default", choices=["default", "smollm2_tofu"])
+    parser.add_argument("--attribution-configs", type=parse_configs, default=None,
+                        help='mode/rule/m,... instead of the setup\'s list, e.g. "layerwise/gauss_legendre/3"')
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/results.json"))
     args = parser.parse_args(argv)
     settings = PROFILES[args.profile]
     suite = {
         "optimizer": lambda: optimizer.run(**settings["optimizer"]),
-        "attribution": lambda: run_attribution(args.profile, args.attribution_setup),
+        "attribution": lambda: run_attribution(args.profile, args.attribution_setup, args.attribution_configs),
         "overhead": lambda: overhead.run(**settings["overhead"]),
         "memory": lambda: memory.run(**settings["memory"]),
         "scaling": lambda: scaling.run(**settings["scaling"]),
