@@ -88,3 +88,24 @@ def test_simu_freezes_down_projection_biases_which_belong_to_no_neuron(model_typ
     assert {f"{name}.weight" for name in down_projections(model, arch)} <= names
     unmasked = Method("x", optimizer=None, trainable="attention_and_down_proj", critical_neuron_mask=False)
     assert biases <= unmasked.trainable_parameter_names(model, arch)
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_the_shared_prefix_and_the_layers_run_once_per_sample_give_the_plain_attribution(model_type):
+    """Samples of two QA pairs reading their pair's context cache, and the layers below the scaled one run
+    once per sample (its rows repeated where they enter that layer), against whole sequences repeated."""
+    from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, batches,
+                                                                  integrated_gradients, quadrature)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[model_type]).eval().requires_grad_(False)
+    projs = list(down_projections(model, architecture_of(model)).values())
+    pairs = [torch.randint(2, 96, (n,)).tolist() for n in (9, 12)]
+    samples = [{"input_ids": ids[:t], "target": ids[t], "example": e} for e, ids in enumerate(pairs) for t in (4, 6, 8)]
+    batch = next(batches(samples, len(samples), pad_token_id=0))
+    prefix = SharedPrefix(model, batch)
+    betas = activations(model, projs, batch)
+    for proj, beta, cached in zip(projs, betas, activations(model, projs, batch, prefix)):
+        torch.testing.assert_close(cached, beta, rtol=1e-4, atol=1e-5)
+        nodes = quadrature("gauss_legendre", 3)
+        torch.testing.assert_close(integrated_gradients(model, [proj], batch, [beta], *nodes, prefix)[0],
+                                   integrated_gradients(model, [proj], batch, [beta], *nodes)[0], rtol=1e-4, atol=1e-6)
