@@ -91,9 +91,9 @@ def test_simu_freezes_down_projection_biases_which_belong_to_no_neuron(model_typ
 
 
 @pytest.mark.parametrize("model_type", sorted(CONFIGS))
-def test_the_shared_prefix_and_the_layers_run_once_per_sample_give_the_plain_attribution(model_type):
-    """Samples of two QA pairs reading their pair's context cache, and the layers below the scaled one run
-    once per sample (its rows repeated where they enter that layer), against whole sequences repeated."""
+def test_the_shared_prefix_gives_the_plain_attribution(model_type):
+    """Samples of two QA pairs reading their pair's context cache (its later positions masked out), against
+    whole sequences repeated once per scaled copy."""
     from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, batches,
                                                                   integrated_gradients, quadrature)
     torch.manual_seed(0)

@@ -118,13 +118,8 @@ class SharedPrefix:
                                    use_cache=True).cache
         self._caches = {}
 
-    def cache(self, repeat: int, from_layer: int = 0):
-        """Each sample's rows of the contexts' cache, repeated `repeat` times (sample-major), built once;
-        with `from_layer`, the layers below it keep one row per sample (they run once per sample)."""
-        if from_layer:
-            mixed = copy.copy(self.cache(1))
-            mixed.layers = self.cache(1).layers[:from_layer] + self.cache(repeat).layers[from_layer:]
-            return mixed
+    def cache(self, repeat: int):
+        """Each sample's rows of the contexts' cache, repeated `repeat` times (sample-major), built once."""
         if repeat not in self._caches:
             cache = copy.copy(self._contexts)
             cache.layers = [copy.copy(layer) for layer in self._contexts.layers]  # new rows, the same tensors
@@ -132,9 +127,9 @@ class SharedPrefix:
             self._caches[repeat] = cache
         return self._caches[repeat]
 
-    @staticmethod
-    def restore(cache) -> None:
+    def restore(self, repeat: int) -> None:
         """Crop the token a forward appended, and detach what is left from that forward's graph."""
+        cache = self._caches[repeat]
         cache.crop(-1)
         for layer in cache.layers:
             if getattr(layer, "keys", None) is not None:
@@ -142,11 +137,10 @@ class SharedPrefix:
 
 
 def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1,
-                   prefix: SharedPrefix | None = None, from_layer: int = 0) -> torch.Tensor:
+                   prefix: SharedPrefix | None = None) -> torch.Tensor:
     """log p(target) at the last position, each sample repeated `repeat` times (sample-major).
 
-    With a `prefix` cache only the last token runs; without one, the whole sequences do. With
-    `from_layer` the rows are repeated at that decoder layer instead of at the input (see `_repeat_from`)."""
+    With a `prefix` cache only the last token runs; without one, the whole sequences do."""
     def rep(t):
         return t.repeat_interleave(repeat, dim=0)
 
@@ -154,45 +148,14 @@ def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int
         logits = model(input_ids=rep(batch["input_ids"]), attention_mask=rep(batch["attention_mask"]),
                        position_ids=rep(batch["position_ids"])).logits[:, -1]
     else:
-        inputs = (lambda t: t) if from_layer else rep
-        cache = prefix.cache(repeat, from_layer)
         try:
-            logits = model(input_ids=inputs(batch["input_ids"][:, -1:]), attention_mask=inputs(batch["prefix_mask"]),
-                           position_ids=inputs(batch["position_ids"][:, -1:]), cache=cache,
+            logits = model(input_ids=rep(batch["input_ids"][:, -1:]), attention_mask=rep(batch["prefix_mask"]),
+                           position_ids=rep(batch["position_ids"][:, -1:]), cache=prefix.cache(repeat),
                            use_cache=True).logits[:, -1]
         finally:
-            prefix.restore(cache)
+            prefix.restore(repeat)
     log_probs = F.log_softmax(logits.float(), -1)
     return log_probs.gather(-1, rep(batch["target"]).unsqueeze(-1)).squeeze(-1)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    """The model's stack of decoder layers: the longest ModuleList of the model."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    return max(lists, key=len) if lists else None
-
-
-def _repeat_from(model: nn.Module, down_proj: nn.Module, rows: int, repeat: int):
-    """(index of the decoder layer holding `down_proj`, hooks that repeat every per-sample input of that layer
-    and of the layers after it `repeat` times), or (0, []) when the layer cannot be found.
-
-    Scaling layer l's activation changes nothing below layer l, so the layers below run once per sample and
-    only layers l.. run once per scaled copy: the rows are repeated where they enter layer l (hidden states,
-    attention mask, position ids and embeddings: every tensor argument with one row per sample)."""
-    layers = decoder_layers(model)
-    index = next((i for i, layer in enumerate(layers or ()) if any(m is down_proj for m in layer.modules())), None)
-    if not index or repeat == 1:  # not found, or the first layer: repeat at the input
-        return 0, []
-
-    def expand(value):
-        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows:
-            return value.repeat_interleave(repeat, dim=0)
-        return tuple(expand(v) for v in value) if isinstance(value, tuple) else value
-
-    def hook(_module, args, kwargs):
-        return tuple(expand(a) for a in args), {k: expand(v) for k, v in kwargs.items()}
-
-    return index, [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers[index:]]
 
 
 def _replace_last_position(module: nn.Module, values: torch.Tensor):
@@ -251,13 +214,9 @@ def integrated_gradients(model: nn.Module, down_projs: list[nn.Module], batch: d
     scaled = [(beta.repeat_interleave(n, dim=0) * alphas.repeat(beta.shape[0])[:, None]).requires_grad_(True)
               for beta in betas]
     handles = [_replace_last_position(proj, values) for proj, values in zip(down_projs, scaled)]
-    from_layer = 0
-    if prefix is not None and len(down_projs) == 1:  # layer-wise: the layers below run once per sample
-        from_layer, repeats = _repeat_from(model, down_projs[0], betas[0].shape[0], n)
-        handles += repeats
     try:
         with torch.enable_grad():
-            log_prob = _last_log_prob(model, batch, repeat=n, prefix=prefix, from_layer=from_layer)
+            log_prob = _last_log_prob(model, batch, repeat=n, prefix=prefix)
             grads = torch.autograd.grad(log_prob.sum(), scaled)
     finally:
         for handle in handles:
