@@ -26,7 +26,7 @@ COMPILE_MIN_ELEMENTS = 10_000_000
 def sophia_update(theta, grad, exp_avg, hessian, lr, weight_decay, beta1, rho_bs, eps):
     """In place: m <- beta1 m + (1 - beta1) g; theta <- theta (1 - lr wd) - lr clamp(m / (rho bs h + eps), -1, 1).
     Returns (clipped entries, updated entries)."""
-    exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+    exp_avg.mul_(beta1).add_(grad * (1 - beta1))  # rounded as beta1 m + (1 - beta1) g always was
     ratio = exp_avg / (rho_bs * hessian + eps)
     theta.mul_(1 - lr * weight_decay).sub_(lr * ratio.clamp(-1, 1))
     return (ratio.abs() >= 1).sum(dtype=torch.int32), ratio.numel()  # int32: a cheaper reduction, exact below 2^31
