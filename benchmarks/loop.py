@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
 import torch
 
 from simu_lightning.data.formatting import IGNORE_INDEX
@@ -14,6 +13,7 @@ from simu_lightning.optim import Sophia
 from simu_lightning.optim.gnb import sampled_label_loss
 from simu_lightning.unlearning.losses import GradDiff
 from simu_lightning.unlearning.methods import Method
+from simu_lightning.unlearning.module import label_uniforms
 
 METHODS = {
     "fo": Method("fo", partial(torch.optim.AdamW, lr=1e-5, weight_decay=0.0), "all"),
@@ -64,11 +64,6 @@ def prepare(model, method_name: str, critical_fraction: float = 0.1, seed: int =
     return optimizer
 
 
-def uniforms(rows: torch.Tensor, seed: int, step: int, split_id: int, length: int, device) -> torch.Tensor:
-    draws = [np.random.default_rng([seed, step, split_id, row]).random(length) for row in rows.tolist()]
-    return torch.as_tensor(np.stack(draws), dtype=torch.float32, device=device)
-
-
 def plain_step(model, optimizer, batch: dict, loss=None, step: int = 0, seed: int = 0) -> torch.Tensor:
     """One GradDiff step: the GNB Hessian estimate on sampled labels (second-order optimisers), then the
     loss backward and the optimiser step: the LightningModule's arithmetic, line for line."""
@@ -78,7 +73,7 @@ def plain_step(model, optimizer, batch: dict, loss=None, step: int = 0, seed: in
         parts = []
         for split_id, p in enumerate((batch["forget"], batch["retain"])):
             logits = model(input_ids=p["input_ids"], attention_mask=p["attention_mask"], position_ids=p["position_ids"]).logits
-            u = uniforms(p["index"], seed, step, split_id, p["input_ids"].shape[1] - 1, logits.device)
+            u = label_uniforms(p["index"], seed, step, split_id, p["input_ids"].shape[1] - 1, logits.device)
             parts.append(sampled_label_loss(logits, p["labels"], u))
         bs = sum(count for _, count in parts)
         (sum(ce * count for ce, count in parts) / max(bs, 1)).backward()

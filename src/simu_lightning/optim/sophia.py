@@ -157,7 +157,7 @@ class Sophia(Optimizer):
         """rho of the first group ("auto" until it is calibrated)."""
         return self.param_groups[0]["rho"]
 
-    def _updates(self, bs: int):
+    def _updates(self):
         """Per updated parameter: (param, group, new momentum, local mask or None), nothing written yet."""
         for group in self.param_groups:
             beta1 = group["betas"][0]
@@ -187,7 +187,7 @@ class Sophia(Optimizer):
         def win_share(rho: float) -> float:
             # recomputed from the state at each trial: no copy of m or h is held meanwhile
             wins, total = [], []
-            for p, group, m, mask in self._updates(bs):
+            for p, group, m, mask in self._updates():
                 if group["rho"] != AUTO:
                     continue
                 won = m.abs() < rho * bs * _local(self.state[p]["hessian"]) + group["eps"]

@@ -149,7 +149,11 @@ class UnlearningModule(L.LightningModule):
         optimizer.zero_grad()
 
     def _uniforms(self, rows: torch.Tensor, split_id: int, length: int, device) -> torch.Tensor:
-        # numpy's Generator streams are prefix-stable: a row's draws do not depend on the padded length.
-        draws = [np.random.default_rng([self.seed, self.global_step, split_id, row]).random(length)
-                 for row in rows.tolist()]
-        return torch.as_tensor(np.stack(draws), dtype=torch.float32, device=device)
+        return label_uniforms(rows, self.seed, self.global_step, split_id, length, device)
+
+
+def label_uniforms(rows: torch.Tensor, seed: int, step: int, split_id: int, length: int, device) -> torch.Tensor:
+    """The uniforms the GNB estimate samples labels from, one generator per (seed, step, split, row).
+    numpy's Generator streams are prefix-stable: a row's draws do not depend on the padded length."""
+    draws = [np.random.default_rng([seed, step, split_id, row]).random(length) for row in rows.tolist()]
+    return torch.as_tensor(np.stack(draws), dtype=torch.float32, device=device)
