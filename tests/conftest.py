@@ -14,6 +14,8 @@ from simu_lightning.data import synthetic  # noqa: E402
 from simu_lightning.data.formatting import PromptFormat  # noqa: E402
 from simu_lightning.models import tiny  # noqa: E402
 from simu_lightning.models.loading import load_pretrained  # noqa: E402
+from simu_lightning.attribution import prediction_samples  # noqa: E402
+from simu_lightning.data.datamodule import encode_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -42,3 +44,10 @@ def tiny_model(tiny_model_dir):
 @pytest.fixture()
 def prompt_format():
     return PromptFormat()
+
+
+@pytest.fixture()
+def forget_samples(tiny_model, small_benchmark, prompt_format):
+    _, tokenizer = tiny_model
+    forget = encode_split(small_benchmark["forget"], tokenizer, prompt_format, max_length=64)
+    return forget, prediction_samples(forget, tokenizer.eos_token_id)

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from simu_lightning.attribution import critical_neurons, prediction_samples
+from simu_lightning.attribution import critical_neurons
 from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, attribute, batches,
                                                               integrated_gradients, log_prob_at_scale, quadrature)
-from simu_lightning.data.datamodule import encode_split
 from simu_lightning.errors import SimuError
 from simu_lightning.models.architecture import architecture_of, down_projections
 
@@ -18,13 +17,6 @@ def gap(model, projs, batch, betas, prefix=None):
     """log p(betas) - log p(0) with the listed layers scaled together: what completeness closes on."""
     return (log_prob_at_scale(model, projs, batch, betas, 1.0, prefix)
             - log_prob_at_scale(model, projs, batch, betas, 0.0, prefix))
-
-
-@pytest.fixture()
-def forget_samples(tiny_model, small_benchmark, prompt_format):
-    _, tokenizer = tiny_model
-    forget = encode_split(small_benchmark["forget"], tokenizer, prompt_format, max_length=64)
-    return forget, prediction_samples(forget, tokenizer.eos_token_id)
 
 
 def test_one_sample_per_answer_token_without_eos(tiny_model, forget_samples):

@@ -109,11 +109,35 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
     assert (simu_dir / "attribution" / "critical_neurons.json").exists()
 
 
+@pytest.mark.slow
+def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(cache_dir, tmp_path):
+    """SIMU's mask with AdamW, on neurons drawn at random in the attribution's per-layer counts after the
+    retain set's critical neurons are dropped: only the drawn columns of the down projections move."""
+    run_py([*SMALL, "method=simu_adamw", "method.optimizer.lr=1e-3", "attribution.selection=random",
+            "attribution.exclude_retain=true", "attribution.t=0.3", f"hydra.run.dir={tmp_path}"], cache_dir)
+    results = json.loads((tmp_path / "results.json").read_text())
+    summary = json.loads((tmp_path / "attribution" / "critical_neurons.json").read_text())
+    assert summary["selection"] == "random" and summary["exclude_retain"] is True
+    dropped = results["critical_neurons_dropped_shared_with_retain"]
+    assert {n: layer["dropped_shared_with_retain"] for n, layer in summary["layers"].items()} == dropped
+    scores = torch.load(tmp_path / "attribution" / "scores.pt")
+    drawn = torch.load(tmp_path / "attribution" / "critical_neurons.pt")
+    for name, score in scores.items():  # the draw keeps the count left after the exclusion, not the positions
+        assert int(drawn[name].sum()) == int((score >= 0.3 * score.max()).sum()) - dropped[name]
+    weights, target = (AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (tmp_path / "unlearned_model",
+                                                                                        results["target"]))
+    for layer, neurons in drawn.items():
+        name = f"{layer}.weight"
+        assert torch.equal(weights[name][:, ~neurons], target[name][:, ~neurons]), f"{name}: a column outside the mask moved"
+        assert not torch.equal(weights[name][:, neurons], target[name][:, neurons])
+    assert all(torch.equal(w, target[n]) for n, w in weights.items() if "mlp.up_proj" in n or "mlp.gate_proj" in n)
+
+
 @pytest.mark.parametrize("override, message", [
     ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
     ("attribution.t=0", "error: attribution.t must be in (0, 1], got 0"),
     ("attribution.m=0", "error: attribution.m must be an integer >= 1, got 0"),
-    ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, so (method=...)"),
+    ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
     ("loss=hinge", "error: unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
     ("model=gpt5", "error: unknown model 'gpt5': choose one of llama2_7b, olmo1b, smollm2_135m, tiny (model=...)"),
     ("benchmark=muse", "error: unknown benchmark 'muse': choose one of lume, synthetic, tofu (benchmark=...)"),
@@ -124,6 +148,11 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
     ("optim.target_win_rate=1.5", "error: optim.target_win_rate must be in (0, 1), got 1.5"),
     ("attribution.quadrature=simpson", "error: attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'"),
     ("attribution.mode=fast", "error: attribution.mode must be one of layerwise, joint, first_order, got 'fast'"),
+    ("attribution.selection=top", "error: attribution.selection must be one of integrated_gradients, random, "
+     "activation, gradient, got 'top'"),
+    ("attribution.exclude_retain=maybe", "error: attribution.exclude_retain must be true or false, got 'maybe'"),
+    ("method.trainable=mlp", "error: method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, "
+     "attention"),
     ("optim.fused=sometimes", "error: optim.fused must be true, false or auto, got 'sometimes'"),
     ("evaluation.every_n_steps=-2", "error: evaluation.every_n_steps must be null (each epoch's end), 0 (never) "
                                     "or a positive integer, got -2"),

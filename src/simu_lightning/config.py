@@ -6,10 +6,12 @@ from omegaconf import DictConfig
 
 from simu_lightning.attribution.callback import check_method, check_steps
 from simu_lightning.attribution.neurons import check_threshold
+from simu_lightning.attribution.selection import check_selection
 from simu_lightning.errors import SimuError
+from simu_lightning.unlearning.methods import check_trainable
 from simu_lightning.unlearning.stopping import StoppingRule
 
-METHODS = ("fo", "so", "simu")
+METHODS = ("fo", "so", "simu", "simu_adamw")
 
 
 def _positive(name: str, value, integer: bool = False) -> None:
@@ -21,9 +23,13 @@ def _positive(name: str, value, integer: bool = False) -> None:
 def check(cfg: DictConfig) -> None:
     if cfg.method.name not in METHODS:
         raise SimuError(f"unknown method {cfg.method.name!r}: choose one of {', '.join(METHODS)} (method=...)")
+    check_trainable(cfg.method.get("trainable", "all"))
     check_threshold(cfg.attribution.t)
     check_steps(cfg.attribution.m)
     check_method(cfg.attribution.get("quadrature", "riemann"), cfg.attribution.get("mode", "layerwise"))
+    check_selection(cfg.attribution.get("selection", "integrated_gradients"))
+    if not isinstance(cfg.attribution.get("exclude_retain", False), bool):
+        raise SimuError(f"attribution.exclude_retain must be true or false, got {cfg.attribution.exclude_retain!r}")
     _positive("method.optimizer.lr", cfg.method.optimizer.get("lr"))
     _positive("data.batch_size", cfg.data.batch_size, integer=True)
     _positive("data.retain_per_forget", cfg.data.get("retain_per_forget", 1), integer=True)

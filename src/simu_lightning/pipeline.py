@@ -176,7 +176,7 @@ def run(cfg: DictConfig) -> dict | None:
                                        every_n_steps=every_n_steps, during_max_examples=during_max_examples,
                                        stop_when=stop_when)
     attribution = NeuronAttribution(**cfg.attribution, output_dir=out, cache_dir=cache_dir, target_id=target.target_id,
-                                    dtype=cfg.model.dtype)
+                                    dtype=cfg.model.dtype, seed=cfg.seed)
     checkpoint, resume_from = checkpointing(cfg, out)
     trainer = make_trainer(cfg.trainer, callbacks=[evaluations, attribution, *checkpoint],
                            logger=loggers(cfg) or False, enable_checkpointing=bool(checkpoint))
@@ -213,6 +213,8 @@ def run(cfg: DictConfig) -> dict | None:
         }
         if attribution.kept:
             results["critical_neurons"] = attribution.kept
+        if attribution.dropped:
+            results["critical_neurons_dropped_shared_with_retain"] = attribution.dropped
         with replaced_dir(out / "unlearned_model") as tmp:
             module.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)

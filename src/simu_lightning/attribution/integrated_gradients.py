@@ -43,6 +43,9 @@ from simu_lightning.data.formatting import IGNORE_INDEX, collate
 
 QUADRATURES = ("riemann", "gauss_legendre")
 MODES = ("layerwise", "joint", "first_order")
+# What a neuron's score is: its integrated gradient (SIMU, in one of MODES), or, as controls, its mean
+# |activation| or its |gradient x activation| per answer token (one pass each; `mode` does not apply).
+SCORES = ("integrated_gradients", "activation", "gradient")
 
 
 def quadrature(rule: str, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,15 +251,20 @@ def gradient_times_activation(model: nn.Module, down_projs: list[nn.Module], bat
 
 def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[dict], m: int,
               pad_token_id: int, max_batch: int = 512, quadrature_rule: str = "riemann",
-              mode: str = "layerwise") -> dict[str, torch.Tensor]:
-    """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores).
+              mode: str = "layerwise", score: str = "integrated_gradients") -> dict[str, torch.Tensor]:
+    """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores);
+    with `score` activation or gradient, the sum of |beta| or of |beta * d log p / d beta| instead.
 
     `max_batch` bounds the sequences in one forward (the m scaled copies of a sample count m times).
     A sample's optional `weight` scales its contribution (0 for the padding of a process's share).
     """
     if mode not in MODES:
         raise ValueError(f"unknown attribution mode {mode!r}: choose one of {', '.join(MODES)}")
-    alphas, weights = quadrature(quadrature_rule, 1 if mode == "first_order" else m)
+    if score not in SCORES:
+        raise ValueError(f"unknown attribution score {score!r}: choose one of {', '.join(SCORES)}")
+    if score != "integrated_gradients":
+        mode = score
+    alphas, weights = quadrature(quadrature_rule, m if mode in ("layerwise", "joint") else 1)
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)  # gradients flow to the scaled activations only
@@ -269,7 +277,11 @@ def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[
             prefix = SharedPrefix(model, batch)
             betas = activations(model, projs, batch, prefix)
             for group in groups:
-                if mode == "first_order":
+                if mode == "activation":
+                    atts = [beta.abs() for beta in betas]
+                elif mode == "gradient":
+                    atts = [att.abs() for att in gradient_times_activation(model, projs, batch, betas, prefix)]
+                elif mode == "first_order":
                     atts = gradient_times_activation(model, projs, batch, betas, prefix)
                 else:
                     atts = integrated_gradients(model, [projs[i] for i in group], batch, [betas[i] for i in group],

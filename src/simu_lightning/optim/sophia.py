@@ -37,27 +37,9 @@ from torch.optim import Optimizer
 
 from simu_lightning.distributed import sum_across
 from simu_lightning.optim.fused import Kernels
+from simu_lightning.optim.masks import checked_masks, local
 
 AUTO = "auto"
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The shard this process holds (a DTensor's local tensor, or the tensor itself)."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """A compact mask (e.g. one row or column that broadcasts over a weight) cut to the block of a
-    sharded (DTensor) parameter this process holds, along whichever dimensions it is sharded."""
-    if not hasattr(param, "device_mesh"):
-        return mask
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
-    for dim, (size, start) in enumerate(zip(shape, offset)):
-        if mask.dim() == len(shape) and mask.shape[dim] != 1:
-            mask = mask.narrow(dim, start, size)
-    return mask
 
 
 class Sophia(Optimizer):
@@ -94,20 +76,8 @@ class Sophia(Optimizer):
         has to broadcast to the parameter's shape: a down-projection neuron mask is a single row or
         column, never a full-size copy of the weight. For a sharded (DTensor) parameter the mask is
         given for the whole parameter and cut here to the shard this process holds."""
-        owned = {p for group in self.param_groups for p in group["params"]}
-        for param, mask in masks.items():
-            if param not in owned:
-                raise ValueError("Sophia.set_masks: a mask was given for a parameter this optimiser does not update")
-            local = _local(param)
-            mask = local_mask(mask, param)
-            try:
-                fits = torch.broadcast_shapes(mask.shape, local.shape) == local.shape
-            except RuntimeError:
-                fits = False
-            if not fits:
-                raise ValueError(f"Sophia.set_masks: mask of shape {tuple(mask.shape)} does not broadcast "
-                                 f"to the parameter's shape {tuple(local.shape)}")
-            self.masks[param] = mask.to(device=local.device, dtype=torch.bool)
+        for param, mask in checked_masks(self, masks).items():
+            self.masks[param] = mask
             self._hessian_sums.pop(param, None)  # summed over the old mask
 
     def _state(self, p: torch.Tensor) -> dict:
@@ -129,7 +99,7 @@ class Sophia(Optimizer):
                     continue
                 state = self._state(p)
                 state["hessian_updates"] = state.get("hessian_updates", 0) + 1
-                hessian, grad = _local(state["hessian"]), _local(p.grad)
+                hessian, grad = local(state["hessian"]), local(p.grad)
                 mask = self.masks.get(p)
                 if mask is None:
                     self._hessian_sums[p] = self.kernels.call("hessian_update", compiled, hessian, grad, beta2)
@@ -138,7 +108,7 @@ class Sophia(Optimizer):
 
     def _compiled(self) -> bool:
         """Whether this step runs the compiled kernels (decided on the elements that have a gradient)."""
-        elements = sum(_local(p).numel() for g in self.param_groups for p in g["params"] if p.grad is not None)
+        elements = sum(local(p).numel() for g in self.param_groups for p in g["params"] if p.grad is not None)
         return self.kernels.use_compiled(elements)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -148,7 +118,7 @@ class Sophia(Optimizer):
     def _hessian_sum(self, p: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Sum of h over the parameter's updated entries, as the last Hessian update left it."""
         if p not in self._hessian_sums:  # e.g. restored from a checkpoint, not updated since
-            hessian = _local(self.state[p]["hessian"])
+            hessian = local(self.state[p]["hessian"])
             self._hessian_sums[p] = hessian.sum() if mask is None else torch.where(mask, hessian, 0).sum()
         return self._hessian_sums[p]
 
@@ -164,10 +134,10 @@ class Sophia(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = _local(p.grad)
+                grad = local(p.grad)
                 if group["maximize"]:
                     grad = -grad
-                exp_avg = _local(self._state(p)["exp_avg"])
+                exp_avg = local(self._state(p)["exp_avg"])
                 yield p, group, exp_avg * beta1 + (1 - beta1) * grad, self.masks.get(p)
 
     @torch.no_grad()
@@ -190,7 +160,7 @@ class Sophia(Optimizer):
             for p, group, m, mask in self._updates():
                 if group["rho"] != AUTO:
                     continue
-                won = m.abs() < rho * bs * _local(self.state[p]["hessian"]) + group["eps"]
+                won = m.abs() < rho * bs * local(self.state[p]["hessian"]) + group["eps"]
                 wins.append((won if mask is None else won & mask).sum().double())
                 total.append(torch.tensor(won.numel(), dtype=torch.float64, device=won.device) if mask is None
                              else mask.expand_as(won).sum().double())
@@ -226,8 +196,8 @@ class Sophia(Optimizer):
                     continue
                 state = self._state(p)
                 state["step"] += 1
-                grad = -_local(p.grad) if group["maximize"] else _local(p.grad)
-                tensors = (_local(p), grad, _local(state["exp_avg"]), _local(state["hessian"]))
+                grad = -local(p.grad) if group["maximize"] else local(p.grad)
+                tensors = (local(p), grad, local(state["exp_avg"]), local(state["hessian"]))
                 mask = self.masks.get(p)
                 if mask is None:
                     stats = self.kernels.call("sophia_update", compiled, *tensors, lr, wd, beta1, rho * bs, eps)

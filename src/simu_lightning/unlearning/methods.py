@@ -4,7 +4,12 @@
 - `so`   (SO-GradDiff): Sophia on all parameters.
 - `simu` (SIMU): Sophia on the attention projections and the MLP down projections only; inside the
   down projections, only the critical neurons' columns (from the attribution) may change.
+- `simu_adamw`: SIMU's parameters and mask with (masked) AdamW: the localisation without Sophia.
 The loss (GradDiff, GA, NPO) is chosen separately, so SIMU-NPO is `method=simu loss=npo`.
+
+`trainable` picks the parameters that may change: `all`, SIMU's `attention_and_down_proj`, or, as
+controls that separate the two parts of SIMU's choice, `down_proj` (the down projections alone) and
+`attention` (the attention projections alone; no down projection changes, so no mask is needed).
 """
 from __future__ import annotations
 
@@ -16,7 +21,12 @@ from torch import nn
 from simu_lightning.errors import SimuError
 from simu_lightning.models.architecture import Architecture, attention_projections, down_projections
 
-TRAINABLE = ("all", "attention_and_down_proj")
+TRAINABLE = ("all", "attention_and_down_proj", "down_proj", "attention")
+
+
+def check_trainable(trainable: str) -> None:
+    if trainable not in TRAINABLE:
+        raise SimuError(f"method.trainable={trainable!r} must be one of {', '.join(TRAINABLE)}")
 
 
 @dataclass
@@ -28,10 +38,14 @@ class Method:
     hessian_interval: int = 1  # k: refresh the GNB Hessian estimate every k steps
 
     def __post_init__(self):
-        if self.trainable not in TRAINABLE:
-            raise SimuError(f"method.trainable={self.trainable!r} must be one of {', '.join(TRAINABLE)}")
+        check_trainable(self.trainable)
         if self.hessian_interval < 1:
             raise SimuError(f"method.hessian_interval must be >= 1, got {self.hessian_interval}")
+
+    @property
+    def needs_attribution(self) -> bool:
+        """The critical neurons are needed when a masked down projection is among the trained parameters."""
+        return self.critical_neuron_mask and self.trainable != "attention"
 
     def trainable_parameter_names(self, model: nn.Module, arch: Architecture) -> set[str]:
         """Every parameter, or the attention projections' and the down projections'. Under a critical-neuron
@@ -40,9 +54,12 @@ class Method:
         the mask could not confine it; it stays frozen."""
         if self.trainable == "all":
             return {name for name, _ in model.named_parameters()}
-        names = {f"{module}.{name}" for module, proj in attention_projections(model, arch).items()
-                 for name, _ in proj.named_parameters()}
-        for module, proj in down_projections(model, arch).items():
-            names |= {f"{module}.{name}" for name, _ in proj.named_parameters()
-                      if name == "weight" or not self.critical_neuron_mask}
+        names = set()
+        if self.trainable in ("attention_and_down_proj", "attention"):
+            names |= {f"{module}.{name}" for module, proj in attention_projections(model, arch).items()
+                      for name, _ in proj.named_parameters()}
+        if self.trainable in ("attention_and_down_proj", "down_proj"):
+            for module, proj in down_projections(model, arch).items():
+                names |= {f"{module}.{name}" for name, _ in proj.named_parameters()
+                          if name == "weight" or not self.critical_neuron_mask}
         return names

@@ -72,11 +72,12 @@ class UnlearningModule(L.LightningModule):
         optimizer = self.optimizers().optimizer
         if not hasattr(optimizer, "set_masks"):
             raise SimuError(f"method {self.method.name!r}: critical-neuron masks need a masked optimiser "
-                            f"(simu_lightning.optim.Sophia), not {type(optimizer).__name__}")
+                            f"(simu_lightning.optim.Sophia or MaskedAdamW), not {type(optimizer).__name__}")
         shape = [1, 1]
         shape[self.architecture.neuron_dim] = -1
-        optimizer.set_masks({self.model.get_submodule(name).weight: mask.view(shape)
-                             for name, mask in neurons.items()})
+        weights = {name: self.model.get_submodule(name).weight for name in neurons}
+        optimizer.set_masks({weights[name]: mask.view(shape) for name, mask in neurons.items()
+                             if weights[name].requires_grad})
 
     def training_step(self, batch, batch_idx):
         optimizer = self.optimizers()

@@ -1,0 +1,60 @@
+"""Masked AdamW: SIMU's mask with a first-order optimiser."""
+import pytest
+import torch
+
+from simu_lightning.optim import MaskedAdamW
+
+SETTINGS = dict(lr=0.05, betas=(0.9, 0.99), weight_decay=0.1)
+
+
+def train(optimizer_class, steps=5, masks=None):
+    """A two-layer net on a fixed regression problem, `steps` real backward + step calls."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    kwargs = {"masks": masks(net)} if masks else {}
+    optimizer = optimizer_class(net.parameters(), **SETTINGS, **kwargs)
+    x, y = torch.randn(16, 4), torch.randn(16, 3)
+    start = {name: p.detach().clone() for name, p in net.named_parameters()}
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        optimizer.step()
+    return net, optimizer, start
+
+
+def column_mask(net):  # neurons 1 and 4 of the second layer's input: a column mask, as SIMU's down projections
+    return {net[2].weight: torch.tensor([[False, True, False, False, True, False]])}
+
+
+def test_masked_entries_keep_parameter_and_both_moments_bit_identical_after_real_steps():
+    net, optimizer, start = train(MaskedAdamW, masks=column_mask)
+    weight, mask = net[2].weight, column_mask(net)[net[2].weight].expand(3, 6)
+    state = optimizer.state[weight]
+    assert torch.equal(weight.detach()[~mask], start["2.weight"][~mask])  # not merely close: the same bits
+    assert torch.equal(state["exp_avg"][~mask], torch.zeros(int((~mask).sum())))
+    assert torch.equal(state["exp_avg_sq"][~mask], torch.zeros(int((~mask).sum())))
+    assert not torch.equal(weight.detach()[mask], start["2.weight"][mask])  # the critical columns did move
+    assert (state["exp_avg_sq"][mask] > 0).all()
+
+
+def test_unmasked_parameters_follow_torch_adamw_exactly():
+    """Before the masked layer's gradients differ, every step is torch's own: the first layer, whose
+    inputs do not depend on the mask's effect until step 2, matches at step 1 bit for bit; with an
+    all-True mask the whole run does."""
+    masked, _, _ = train(MaskedAdamW, steps=5, masks=lambda net: {net[2].weight: torch.ones(1, 6, dtype=torch.bool)})
+    plain, _, _ = train(torch.optim.AdamW, steps=5)
+    for (name, a), (_, b) in zip(masked.named_parameters(), plain.named_parameters()):
+        assert torch.equal(a, b), name
+    one_masked, _, _ = train(MaskedAdamW, steps=1, masks=column_mask)
+    one_plain, _, _ = train(torch.optim.AdamW, steps=1)
+    assert torch.equal(one_masked[0].weight, one_plain[0].weight)
+    keep = column_mask(one_masked)[one_masked[2].weight].expand(3, 6)
+    assert torch.equal(one_masked[2].weight[keep], one_plain[2].weight[keep])
+
+
+def test_a_mask_that_does_not_broadcast_names_its_shape():
+    net = torch.nn.Linear(4, 6)
+    with pytest.raises(ValueError, match=r"MaskedAdamW.set_masks: mask of shape \(1, 5\) does not broadcast"):
+        MaskedAdamW(net.parameters(), masks={net.weight: torch.ones(1, 5, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="does not update"):
+        MaskedAdamW([net.bias], masks={net.weight: torch.ones(1, 4, dtype=torch.bool)})
