@@ -1,8 +1,12 @@
 import math
 
 import pytest
+import torch
+from types import SimpleNamespace
 
+from simu_lightning.data.formatting import IGNORE_INDEX
 from simu_lightning.evaluation import metrics
+from simu_lightning.likelihood import answer_log_likelihood
 
 
 @pytest.mark.parametrize("generation, answer, expected", [
@@ -42,3 +46,31 @@ def test_split_summary_keeps_every_metric_even_when_the_first_value_is_zero():
     rows = [{"exact_match": 0.0, "rougeL_recall": metrics.rouge_l_recall("", "Paris"), "answer_prob": 0.5},
             {"exact_match": 1.0, "rougeL_recall": 1.0, "answer_prob": 0.7}]
     assert summarise(rows, forget=True) == pytest.approx({"exact_match": 0.5, "rougeL_recall": 0.5, "answer_prob": 0.6})
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose logits are given: position t predicts token logits[t].argmax() next."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return SimpleNamespace(logits=self.logits)
+
+
+def test_exact_memorization_is_the_share_of_answer_tokens_the_argmax_predicts():
+    """Sequence [prompt 5, answer 1 2 3, pad]: the labels scored are 1, 2, 3 (positions 1-3), predicted by
+    the logits at positions 0-2, whose argmaxes are 1, 7, 3: two of three answer tokens -> 2/3. The
+    prompt position and the padding are never counted, whatever the argmax there."""
+    vocab = 8
+    argmax = torch.tensor([[1, 7, 3, 4, 0]])  # position 3 predicts the pad (ignored), 4 predicts nothing
+    logits = torch.nn.functional.one_hot(argmax, vocab).float()
+    batch = {"input_ids": torch.tensor([[5, 1, 2, 3, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
+             "labels": torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX]])}
+    total, count, hits = answer_log_likelihood(FixedLogits(logits), batch, with_hits=True)
+    assert count.tolist() == [3] and hits.tolist() == [2]
+    assert hits.item() / count.item() == pytest.approx(2 / 3)
+    # log-probabilities of the one-hot logits: exp(1) / (exp(1) + 7) where the argmax is the label, else 1 / (e + 7)
+    hit, miss = math.log(math.e / (math.e + 7)), math.log(1 / (math.e + 7))
+    assert total.item() == pytest.approx(2 * hit + miss)

@@ -21,11 +21,20 @@ def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logp * scored, scored
 
 
-def answer_log_likelihood(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: the sum of answer-token log-probabilities and the number of answer tokens."""
+def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example: the answer tokens whose teacher-forced argmax prediction equals the label."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    return ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum(-1)
+
+
+def answer_log_likelihood(model, batch: dict[str, torch.Tensor], with_hits: bool = False) -> tuple[torch.Tensor, ...]:
+    """Per example: the sum of answer-token log-probabilities and the number of answer tokens (and, with
+    `with_hits`, the number of them the model's argmax predicts: see `argmax_hits`)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch.get("position_ids")).logits
     logp, scored = token_log_probs(logits, batch["labels"])
+    if with_hits:
+        return logp.sum(-1), scored.sum(-1), argmax_hits(logits, batch["labels"])
     return logp.sum(-1), scored.sum(-1)
 
 

@@ -20,8 +20,9 @@ def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_token
                                                   batch_size, "generation (evaluation.batch_size)"), prompts)
 
 
-def answer_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int]]:
-    """(sum of answer-token log-probs, number of answer tokens) for each encoded example."""
+def answer_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int, int]]:
+    """(sum of answer-token log-probs, number of answer tokens, number of them predicted by the argmax)
+    for each encoded example."""
     return map_sharded(lambda block: with_halving(lambda size: _log_likelihoods(model, block, pad_token_id, size),
                                                   batch_size, "answer likelihoods (evaluation.batch_size)"), examples)
 
@@ -48,15 +49,15 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, b
 
 
 @torch.no_grad()
-def _log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int]]:
+def _log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int, int]]:
     was_training = model.training
     model.eval()
-    results: list[tuple[float, int]] = []
+    results: list[tuple[float, int, int]] = []
     try:
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(_device(model)) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
-            total, count = answer_log_likelihood(model, batch)
-            results += list(zip(total.tolist(), count.tolist()))
+            total, count, hits = answer_log_likelihood(model, batch, with_hits=True)
+            results += list(zip(total.tolist(), count.tolist(), hits.tolist()))
     finally:
         model.train(was_training)
     return results

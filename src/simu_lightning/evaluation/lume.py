@@ -25,7 +25,7 @@ from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import metrics
 from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
-from simu_lightning.evaluation.qa import mean_log_probs
+from simu_lightning.evaluation.qa import answer_scores
 
 TASKS = ("Task1", "Task2", "Task3")
 
@@ -33,21 +33,22 @@ TASKS = ("Task1", "Task2", "Task3")
 def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dict]:
     prompts = [encode_prompt(tokenizer, fmt, q) for q in split["question"]]
     generations = greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
-    logp = mean_log_probs(model, tokenizer, fmt, split["question"], split["answer"], settings)
+    scored = answer_scores(model, tokenizer, fmt, split["question"], split["answer"], settings)
     rows = []
-    for row, generation, lp in zip(split, generations, logp):
+    for row, generation, (lp, memorised) in zip(split, generations, scored):
         sc = row["kind"] == "sc"
         rows.append({"id": row["id"], "task": row["task"], "kind": row["kind"], "question": row["question"],
                      "answer": row["answer"], "generation": generation.strip(),
                      "rougeL_recall": metrics.rouge_l_recall(generation, row["answer"]) if sc else None,
                      "exact_match": None if sc else metrics.lume_exact_match(generation, row["answer"]),
-                     "answer_prob": math.exp(lp)})
+                     "answer_prob": math.exp(lp), "exact_memorization": memorised})
     return rows
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
-    summary = {name: mean([r[name] for r in rows if r[name] is not None])
-               for name in ("rougeL_recall", "exact_match", "answer_prob")}
+    summary = {name: mean([r[name] for r in rows if r.get(name) is not None])
+               for name in ("rougeL_recall", "exact_match", "answer_prob", "exact_memorization")
+               if any(name in r for r in rows)}
     for task in sorted({r["task"] for r in rows}):
         summary[f"{task}/regurgitation"] = mean([r["rougeL_recall"] for r in rows if r["task"] == task and r["kind"] == "sc"])
         summary[f"{task}/knowledge"] = mean([r["exact_match"] for r in rows if r["task"] == task and r["kind"] == "qa"])
@@ -71,7 +72,7 @@ def document_nll(model, tokenizer, documents: list[str], settings: EvalSettings)
     for text in documents:
         ids = tokenizer(text)["input_ids"][: settings.max_length]
         encoded.append({"input_ids": ids, "labels": ids})
-    return [-total / max(count, 1) for total, count in
+    return [-total / max(count, 1) for total, count, _ in
             answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
 
 

@@ -3,6 +3,9 @@
 Per example, on every evaluation split:
 - `exact_match`, `rougeL_recall`, `contains_answer` of the greedy generation against `answer`;
 - `answer_prob` = exp(mean answer-token log-probability of `answer`);
+- `exact_memorization` (open-unlearning's "exact memorisation"): the share of `answer`'s tokens whose
+  teacher-forced argmax prediction equals the token. `exact_match` is a different, stricter score:
+  the whole greedy generation equals the answer after normalisation;
 - where the split has `perturbed_answer`: `truth_ratio` = P(perturbed) / P(correct), each P the
   length-normalised probability exp(-mean NLL) (perturbed: of the mean NLL over the wrong answers;
   correct: `paraphrased_answer` where the split has one, else `answer`), and `normalised_prob` =
@@ -28,11 +31,17 @@ from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_
 EPS = 1e-10  # open-unlearning's guard in the truth ratio
 
 
+def answer_scores(model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
+                  ) -> list[tuple[float, float]]:
+    """Per (question, answer) pair: the mean answer-token log-probability and the exact memorisation."""
+    encoded = [encode_example(tokenizer, fmt, q, a, settings.max_length) for q, a in zip(questions, answers)]
+    return [(total / max(count, 1), hits / max(count, 1)) for total, count, hits in
+            answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
+
+
 def mean_log_probs(model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings) -> list[float]:
     """Mean answer-token log-probability of each (question, answer) pair."""
-    encoded = [encode_example(tokenizer, fmt, q, a, settings.max_length) for q, a in zip(questions, answers)]
-    return [total / max(count, 1) for total, count in
-            answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
+    return [logp for logp, _ in answer_scores(model, tokenizer, fmt, questions, answers, settings)]
 
 
 def truth_ratio_values(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) -> tuple[list[float], list[float]]:
@@ -55,11 +64,12 @@ def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) ->
     prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
     generations = [g.strip() for g in greedy_generations(model, tokenizer, prompts, settings.max_new_tokens,
                                                          settings.batch_size)]
-    answer_prob = [math.exp(x) for x in mean_log_probs(model, tokenizer, fmt, questions, answers, settings)]
+    scored = answer_scores(model, tokenizer, fmt, questions, answers, settings)
     rows = [{"question": q, "answer": a, "generation": g,
              "exact_match": metrics.exact_match(g, a), "rougeL_recall": metrics.rouge_l_recall(g, a),
-             "contains_answer": metrics.contains_answer(g, a), "answer_prob": p}
-            for q, a, g, p in zip(questions, answers, generations, answer_prob)]
+             "contains_answer": metrics.contains_answer(g, a), "answer_prob": math.exp(logp),
+             "exact_memorization": memorised}
+            for q, a, g, (logp, memorised) in zip(questions, answers, generations, scored)]
     if "perturbed_answer" in split.column_names:
         ratios, wrong_mass = truth_ratio_values(model, tokenizer, fmt, split, settings)
         for row, ratio, wrong in zip(rows, ratios, wrong_mass):
@@ -74,7 +84,8 @@ def truth_ratio_score(ratios: list[float], forget: bool) -> float:
     return mean([max(0.0, 1 - r) for r in ratios])  # kept: the true answer clearly more likely
 
 
-METRICS = ("exact_match", "rougeL_recall", "contains_answer", "answer_prob", "truth_ratio", "normalised_prob")
+METRICS = ("exact_match", "rougeL_recall", "contains_answer", "answer_prob", "exact_memorization", "truth_ratio",
+           "normalised_prob")
 
 
 def summarise(rows: list[dict], forget: bool) -> dict[str, float]:
