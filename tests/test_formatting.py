@@ -36,3 +36,34 @@ def test_padding_keeps_positions_and_ignores_padded_labels():
     # the real token of the short example sits at position 0 either way
     assert left["position_ids"][1, -1].item() == 0 and right["position_ids"][1, 0].item() == 0
     assert torch.equal(left["position_ids"][0], torch.tensor([0, 1, 2]))
+
+
+def llama2_style_tokenizer():
+    """A sentencepiece-style BPE tokenizer laid out as Llama-2's fast tokenizer is (a "▁" prepended to the
+    text, spaces replaced by "▁"), trained here on a few QA lines: the layout in which an answer tokenised
+    on its own starts with a lone "▁" that the joint text never has."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["Question: Where was Ada Brill born?\nAnswer: Ada Brill was born in Tolford.",
+              "Question: What is the capital of France?\nAnswer: Paris is the capital."] * 20
+    spm = Tokenizer(models.BPE(unk_token="<unk>"))
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    spm.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    spm.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=150, special_tokens=["<unk>", "<s>", "</s>"]))
+    spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>", pad_token="<unk>",
+                                   unk_token="<unk>")
+
+
+def test_answers_are_tokenised_with_their_prompt_as_a_target_trained_on_the_joint_text_saw_them(prompt_format):
+    tokenizer = llama2_style_tokenizer()
+    question, answer = "What is the capital of France?", "Paris is the capital."
+    alone = tokenizer.convert_ids_to_tokens(tokenizer(prompt_format.answer_prefix + answer, add_special_tokens=False)["input_ids"])
+    assert alone[:2] == ["▁", "▁Paris"]  # the mismatch: tokenised apart, the answer starts with a lone "▁"
+    joint = tokenizer(prompt_format.prompt(question) + prompt_format.answer_prefix + answer)["input_ids"]
+    example = encode_example(tokenizer, prompt_format, question, answer, max_length=64)
+    assert example["input_ids"] == joint + [tokenizer.eos_token_id]
+    answer_start = example["labels"].index(next(label for label in example["labels"] if label != IGNORE_INDEX))
+    assert tokenizer.convert_ids_to_tokens(example["labels"][answer_start:]) == ["▁Paris", "▁is", "▁the", "▁capital.", "</s>"]
+    assert example["input_ids"][:answer_start] == encode_prompt(tokenizer, prompt_format, question)  # generation's prompt

@@ -33,11 +33,25 @@ def encode_prompt(tokenizer, fmt: PromptFormat, question: str) -> list[int]:
 def encode_example(tokenizer, fmt: PromptFormat, question: str, answer: str, max_length: int) -> dict:
     """Token ids of prompt + answer + EOS, with the prompt's labels set to IGNORE_INDEX.
 
-    Prompt and answer are tokenised separately so that the boundary is exactly where generation
-    starts; a long answer is cut to fit `max_length`, the prompt never is.
+    The prompt and the answer are tokenised as one text, as a target trained on the joint text saw
+    them (open-unlearning does the same): with a sentencepiece tokenizer the answer tokenised on its
+    own can start with a different token (a lone "▁" before "▁Paris"). The boundary is the first token
+    that reaches past the prompt's characters (from the offsets); a tokenizer without offsets (a slow
+    one) falls back to tokenising the two apart. A long answer is cut to fit `max_length`, the prompt
+    never is.
     """
-    prompt_ids = encode_prompt(tokenizer, fmt, question)
-    answer_ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+    prompt = fmt.prompt(question, tokenizer)
+    if not getattr(tokenizer, "is_fast", False):
+        prompt_ids = encode_prompt(tokenizer, fmt, question)
+        answer_ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+    else:
+        joint = tokenizer(prompt + fmt.answer_prefix + answer, add_special_tokens=not fmt.chat,
+                          return_offsets_mapping=True)
+        ids, offsets = joint["input_ids"], joint["offset_mapping"]
+        text = [i for i, (start, end) in enumerate(offsets) if end > start]  # special tokens span nothing
+        boundary = next((i for i in text if offsets[i][1] > len(prompt)), len(ids))
+        last = text[-1] + 1 if text else len(ids)  # drop special tokens the tokenizer appends (e.g. its own EOS)
+        prompt_ids, answer_ids = ids[:boundary], ids[boundary:last]
     answer_ids = (answer_ids + [tokenizer.eos_token_id])[: max(1, max_length - len(prompt_ids))]
     return {
         "input_ids": prompt_ids + answer_ids,
