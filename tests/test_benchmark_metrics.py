@@ -83,3 +83,47 @@ def test_mmlu_without_lm_eval_names_the_extra(monkeypatch):
 
     with pytest.raises(SimuError, match=r"evaluation.mmlu=true needs lm-eval: pip install -e '.\[mmlu\]'"):
         lume.mmlu_accuracy(model=None, tokenizer=None, batch_size=1)
+
+
+def test_mmlu_runs_the_official_five_shot_protocol_and_warns_below_the_eligibility_threshold(monkeypatch, caplog):
+    """lm-eval stood in for by a module that records its call (the real one downloads MMLU)."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("lm_eval")
+    fake.simple_evaluate = lambda **kwargs: calls.append(kwargs) or {"results": {"mmlu": {"acc,none": accuracy}}}
+    models = types.ModuleType("lm_eval.models")
+    huggingface = types.ModuleType("lm_eval.models.huggingface")
+    huggingface.HFLM = lambda **kwargs: kwargs
+    monkeypatch.setitem(sys.modules, "lm_eval", fake)
+    monkeypatch.setitem(sys.modules, "lm_eval.models", models)
+    monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", huggingface)
+    accuracy = 0.37
+    with caplog.at_level("WARNING"):
+        assert lume.mmlu_accuracy(model=None, tokenizer=None, batch_size=1) == 0.37
+    assert calls[-1]["num_fewshot"] == 5 and calls[-1]["tasks"] == ["mmlu"]
+    assert "below LUME's eligibility threshold 0.371" in caplog.text
+    caplog.clear()
+    accuracy = 0.371
+    with caplog.at_level("WARNING"):
+        lume.mmlu_accuracy(model=None, tokenizer=None, batch_size=1, num_fewshot=0)
+    assert calls[-1]["num_fewshot"] == 0 and "threshold" not in caplog.text
+
+
+def test_evaluation_dtype_autocasts_the_matmuls_and_leaves_the_weights_alone():
+    import torch
+
+    from simu_lightning.evaluation.evaluate import evaluation_precision
+
+    layer = torch.nn.Linear(3, 2)
+    x = torch.tensor([[1.0, 1 / 3, 0.1]])
+    with evaluation_precision(layer, "bfloat16"):
+        low = layer(x)
+    assert low.dtype == torch.bfloat16 and layer.weight.dtype == torch.float32
+    expected = (x.bfloat16().float() @ layer.weight.bfloat16().float().T + layer.bias.bfloat16().float()).bfloat16()
+    torch.testing.assert_close(low, expected, rtol=1e-2, atol=1e-2)
+    with evaluation_precision(layer, "float32"):  # already the model's dtype: nothing changes
+        assert layer(x).dtype == torch.float32
+    with pytest.raises(ValueError, match="evaluation.dtype='bf16' is not a torch dtype"):
+        evaluation_precision(layer, "bf16")

@@ -153,6 +153,8 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
     ("attribution.exclude_retain=maybe", "error: attribution.exclude_retain must be true or false, got 'maybe'"),
     ("method.trainable=mlp", "error: method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, "
      "attention"),
+    ("evaluation.dtype=bf16", "error: evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), "
+     "got 'bf16'"),
     ("optim.fused=sometimes", "error: optim.fused must be true, false or auto, got 'sometimes'"),
     ("evaluation.every_n_steps=-2", "error: evaluation.every_n_steps must be null (each epoch's end), 0 (never) "
                                     "or a positive integer, got -2"),

@@ -2,6 +2,7 @@
 that a bad setting costs seconds, not a fine-tuning run. Each names the setting and what is valid."""
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
 from simu_lightning.attribution.callback import check_method, check_steps
@@ -38,6 +39,12 @@ def check(cfg: DictConfig) -> None:
     every = cfg.evaluation.get("every_n_steps")
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise SimuError(f"evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, got {every!r}")
+    dtype = cfg.evaluation.get("dtype")
+    if dtype is not None and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise SimuError(f"evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got {dtype!r}")
+    shots = cfg.evaluation.get("mmlu_num_fewshot", 5)
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise SimuError(f"evaluation.mmlu_num_fewshot must be an integer >= 0, got {shots!r}")
     optim = cfg.get("optim") or {}
     rho = optim.get("rho", "auto")
     if rho != "auto" and (isinstance(rho, (bool, str)) or rho < 0):

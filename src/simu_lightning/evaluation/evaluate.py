@@ -8,7 +8,10 @@ aggregate, MIA score and final score). Every aggregate can be recomputed from th
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass
@@ -40,6 +43,23 @@ class EvalSettings:
     batch_size: int
     max_examples: int | None = None
     mmlu: bool = False   # LUME: MMLU through lm-eval (needs the network)
+    mmlu_num_fewshot: int = 5  # the official LUME protocol
+    dtype: str | None = None   # compute dtype of the evaluation (None: the model's own)
+
+
+def evaluation_precision(model, dtype: str | None):
+    """`torch.autocast` to `dtype` (e.g. bfloat16, as LUME's official evaluation runs), or nothing when
+    the model already computes in it. Autocast rounds the weights and inputs of matmuls to `dtype` and
+    keeps normalisations and softmax in float32; the weights themselves are never changed."""
+    if dtype is None:
+        return nullcontext()
+    target = getattr(torch, dtype, None)
+    if not isinstance(target, torch.dtype):
+        raise ValueError(f"evaluation.dtype={dtype!r} is not a torch dtype (e.g. bfloat16, float16, float32)")
+    parameter = next(model.parameters())
+    if parameter.dtype == target:
+        return nullcontext()
+    return torch.autocast(parameter.device.type, dtype=target)
 
 
 def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
@@ -48,4 +68,5 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
     from simu_lightning.evaluation import lume, qa  # the suites import this module
 
     suite = {"qa": qa.evaluate, "lume": lume.evaluate}[benchmark.suite]
-    return suite(model, tokenizer, fmt, benchmark, stage, settings, reference)
+    with evaluation_precision(model, settings.dtype):
+        return suite(model, tokenizer, fmt, benchmark, stage, settings, reference)

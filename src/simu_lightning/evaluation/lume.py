@@ -7,7 +7,9 @@
   taken as 1 - v.
 - MIA (with member / non-member documents): AUC of the loss-based attack (score = -mean NLL of the
   document, members positive); MIA score = 1 - 2|AUC - 0.5|.
-- MMLU through lm-eval when asked for (`evaluation.mmlu=true`; needs the network and the `mmlu` extra).
+- MMLU through lm-eval when asked for (`evaluation.mmlu=true`; needs the network and the `mmlu` extra),
+  5-shot as the official script runs it (`evaluation.mmlu_num_fewshot`); the official evaluation only
+  ranks a model whose MMLU accuracy is at least 0.371, and a warning says when one falls below that.
 - Final score = mean(task aggregate, MMLU, MIA score), when all three are there.
 Per example, rows carry `id`, `task`, `kind` and the value that applies to them (`rougeL_recall` for
 `sc`, `exact_match` for `qa`), so the split figures `rougeL_recall` / `exact_match` are the official
@@ -15,6 +17,7 @@ overall regurgitation / knowledge scores.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -27,7 +30,10 @@ from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
 from simu_lightning.evaluation.qa import answer_scores
 
+log = logging.getLogger(__name__)
+
 TASKS = ("Task1", "Task2", "Task3")
+MMLU_THRESHOLD = 0.371  # the official script's eligibility threshold on MMLU accuracy
 
 
 def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dict]:
@@ -82,7 +88,7 @@ def mia_auc(member_nll: list[float], nonmember_nll: list[float]) -> float:
     return float(binary_auroc(scores, labels))
 
 
-def mmlu_accuracy(model, tokenizer, batch_size: int) -> float:
+def mmlu_accuracy(model, tokenizer, batch_size: int, num_fewshot: int = 5) -> float:
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -90,11 +96,15 @@ def mmlu_accuracy(model, tokenizer, batch_size: int) -> float:
         raise SimuError("evaluation.mmlu=true needs lm-eval: pip install -e '.[mmlu]'") from None
     try:
         results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
-                                          tasks=["mmlu"])
+                                          tasks=["mmlu"], num_fewshot=num_fewshot)
     except Exception as err:  # dataset download, mostly
         raise SimuError(f"MMLU through lm-eval failed (it downloads its data: is the network reachable?): "
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
-    return float(results["results"]["mmlu"]["acc,none"])
+    accuracy = float(results["results"]["mmlu"]["acc,none"])
+    if accuracy < MMLU_THRESHOLD:
+        log.warning("MMLU accuracy %.3f (%d-shot) is below LUME's eligibility threshold %.3f: the official "
+                    "evaluation would not rank this model", accuracy, num_fewshot, MMLU_THRESHOLD)
+    return accuracy
 
 
 def final_score(scores: dict[str, float | None]) -> float | None:
@@ -117,6 +127,6 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
                       document_nll(model, tokenizer, benchmark["mia_nonmember"]["document"], settings))
         result.scores["mia_auc"], result.scores["mia_score"] = auc, metrics.mia_score(auc)
     if settings.mmlu:
-        result.scores["mmlu"] = mmlu_accuracy(model, tokenizer, settings.batch_size)
+        result.scores["mmlu"] = mmlu_accuracy(model, tokenizer, settings.batch_size, settings.mmlu_num_fewshot)
     result.scores["final_score"] = final_score(result.scores)
     return result

@@ -3,14 +3,17 @@ against: computed by evaluating the reference model (and cached), or read from a
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from simu_lightning.cache import atomic_dir, cache_key
 from simu_lightning.errors import SimuError
-from simu_lightning.evaluation.evaluate import EvalSettings
+from simu_lightning.evaluation.evaluate import EvalSettings, evaluation_precision
 from simu_lightning.evaluation.qa import truth_ratio_values
 from simu_lightning.models.loading import load_pretrained
+
+log = logging.getLogger(__name__)
 
 
 def read_reference_results(path: str | Path) -> list[float]:
@@ -47,12 +50,15 @@ def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: s
     if settings.max_examples is not None and len(forget) > settings.max_examples:
         forget = forget.select(range(settings.max_examples))
     key = cache_key("reference-truth-ratios", REFERENCE_FORMAT, source, revision,
-                    benchmark.fingerprint((benchmark.forget,)), asdict(fmt), settings.max_length, settings.max_examples, dtype)
+                    benchmark.fingerprint((benchmark.forget,)), asdict(fmt), settings.max_length, settings.max_examples, dtype,
+                    *([settings.dtype] if settings.dtype else []))  # (keys from before evaluation.dtype stay valid)
     cached = cache_dir / "reference" / key / "rows.json"
     if cached.exists():
+        log.info("reusing the cached forget truth ratios of the reference model %s (%s)", source, cached.parent)
         return json.loads(cached.read_text())
     model, tokenizer = load_pretrained(source, dtype, revision, trust_remote_code=trust_remote_code)
-    ratios, _ = truth_ratio_values(model, tokenizer, fmt, forget, settings)
+    with evaluation_precision(model, settings.dtype):
+        ratios, _ = truth_ratio_values(model, tokenizer, fmt, forget, settings)
     rows = [{"split": "forget", "stage": "reference", "index": i, "question": q, "answer": a, "truth_ratio": r}
             for i, (q, a, r) in enumerate(zip(forget["question"], forget["answer"], ratios))]
     with atomic_dir(cached.parent) as tmp:
