@@ -59,7 +59,7 @@ def main(cfg: DictConfig) -> float | None:
               file=sys.stderr)
         sys.exit(143)
     # what an Optuna sweep maximises (only rank 0 of a multi-process run has the results)
-    return results["aggregate"]["after"] if results else None
+    return (results["aggregate"].get("after", results["aggregate"].get("evaluated"))) if results else None
 
 
 if __name__ == "__main__":

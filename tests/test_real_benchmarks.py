@@ -52,7 +52,7 @@ def test_lume_rows_kinds_and_whole_documents():
         for document in documents:  # whole: every row of the document in the full split came along
             assert sum(d == document for d in full[split]["document"]) == sum(d == document for d in rows["document"])
         assert set(rows["kind"]) == {"sc", "qa"}
-    assert small.prompt.template == "{question}" and small.suite == "lume"
+    assert small.prompt.template == "{question}"
 
 
 def test_lume_bad_ids_and_columns_are_named(tmp_path):

@@ -110,6 +110,30 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
 
 
 @pytest.mark.slow
+def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(simu_run, cache_dir, tmp_path):
+    run_py([*SMALL, "mode=evaluate", f"model.source={simu_run / 'unlearned_model'}",
+            f"evaluation.reference_results={simu_run / 'generations.jsonl'}", f"hydra.run.dir={tmp_path}"], cache_dir)
+    run, evaluated = (json.loads((d / "results.json").read_text()) for d in (simu_run, tmp_path))
+    assert evaluated["mode"] == "evaluate" and evaluated["source"] == str(simu_run / "unlearned_model")
+    for split, by_metric in run["after"].items():
+        assert evaluated["evaluated"][split] == pytest.approx(by_metric, abs=1e-6), split
+    assert evaluated["scores"]["evaluated"] == pytest.approx(run["scores"]["after"], abs=1e-6)
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    after = [r["generation"] for r in map(json.loads, (simu_run / "generations.jsonl").read_text().splitlines())
+             if r["stage"] == "after"]
+    assert [r["generation"] for r in rows if r["stage"] == "evaluated"] == after
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["command"][:2] == ["run.py", SMALL[0]] and manifest["versions"]["torch"] == torch.__version__
+
+
+def test_evaluate_mode_refuses_a_source_that_is_not_a_checkpoint(tmp_path):
+    result = run_py(["mode=evaluate", f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: mode=evaluate: model.source='tiny' names a model "
+                                                              "this project builds or converts, not a checkpoint")
+
+
+@pytest.mark.slow
 def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(cache_dir, tmp_path):
     """SIMU's mask with AdamW, on neurons drawn at random in the attribution's per-layer counts after the
     retain set's critical neurons are dropped: only the drawn columns of the down projections move."""

@@ -5,7 +5,8 @@ import pytest
 
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import callback as evaluation_callback
-from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation
+from simu_lightning.evaluation.metrics import unlearning_aggregate
+from simu_lightning.evaluation.types import EvalSettings, Evaluation
 from simu_lightning.unlearning.stopping import StoppingRule
 
 SETTINGS = EvalSettings(max_length=32, max_new_tokens=4, batch_size=2)
@@ -25,7 +26,8 @@ def scripted(forget_em: list[float]):
 def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1):
     """Run the callback's hooks as a fit would: before, then a step at a time until it stops."""
     monkeypatch.setattr(evaluation_callback, "evaluate", scripted(forget_em))
-    cb = evaluation_callback.UnlearningEvaluation(None, None, None, SETTINGS, None, tmp_path, every_n_steps=every,
+    benchmark = SimpleNamespace(aggregate=unlearning_aggregate)  # the aggregate the benchmark's config names
+    cb = evaluation_callback.UnlearningEvaluation(None, None, benchmark, SETTINGS, None, tmp_path, every_n_steps=every,
                                                   stop_when=StoppingRule.parse(rule))
     trainer = SimpleNamespace(global_step=0, current_epoch=0, should_stop=False, loggers=[], is_global_zero=True,
                               ckpt_path=None)

@@ -12,7 +12,7 @@ from simu_lightning.errors import SimuError
 from simu_lightning.unlearning.methods import check_trainable
 from simu_lightning.unlearning.stopping import StoppingRule
 
-METHODS = ("fo", "so", "simu", "simu_adamw")
+MODES = ("unlearn", "evaluate")
 
 
 def _positive(name: str, value, integer: bool = False) -> None:
@@ -22,8 +22,8 @@ def _positive(name: str, value, integer: bool = False) -> None:
 
 
 def check(cfg: DictConfig) -> None:
-    if cfg.method.name not in METHODS:
-        raise SimuError(f"unknown method {cfg.method.name!r}: choose one of {', '.join(METHODS)} (method=...)")
+    if cfg.get("mode", "unlearn") not in MODES:
+        raise SimuError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     check_trainable(cfg.method.get("trainable", "all"))
     check_threshold(cfg.attribution.t)
     check_steps(cfg.attribution.m)

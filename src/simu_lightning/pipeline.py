@@ -27,11 +27,12 @@ from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.distributed import close_process_group, full_state_dict, is_launched_externally
 from simu_lightning.errors import SimuError
+from simu_lightning.evaluate_checkpoint import evaluate_checkpoint
 from simu_lightning.files import atomic_file, replaced_dir
+from simu_lightning.manifest import manifest
 from simu_lightning.evaluation import EvalSettings, evaluate
 from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.reference import read_reference_results, reference_rows
-from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.models.target import load_base, load_target, prepare_target
@@ -79,7 +80,7 @@ def quiet_libraries() -> None:
 def reference_forget_rows(benchmark, target, fmt, settings, dtype, cache_dir, results_file) -> list[dict]:
     """The reference model's forget truth ratios (rows of stage "reference"), when the benchmark has
     perturbed answers and a reference is known: a results file named in the config, or a model."""
-    if benchmark.suite != "qa" or "perturbed_answer" not in benchmark[benchmark.forget].column_names:
+    if not benchmark.has_truth_ratios:
         return []
     if results_file:
         return [{"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
@@ -146,6 +147,8 @@ def run(cfg: DictConfig) -> dict | None:
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
     evaluation["max_new_tokens"] = evaluation["max_new_tokens"] or benchmark.max_new_tokens
     settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
+    if cfg.get("mode", "unlearn") == "evaluate":
+        return evaluate_checkpoint(cfg, benchmark, settings, out, cache_dir)
     with timed(timings, "prepare_target"):
         target = prepare_target(cfg.model, benchmark, fmt, cache_dir, finetune_trainer_factory(cfg, out),
                                 finetune_trainer_settings(cfg.trainer))
@@ -202,7 +205,7 @@ def run(cfg: DictConfig) -> dict | None:
             "target": target.target,
             "before": before.summary,
             "after": after.summary,
-            "aggregate": {"before": unlearning_aggregate(before.summary), "after": unlearning_aggregate(after.summary)},
+            "aggregate": {"before": benchmark.aggregate_of(before.summary), "after": benchmark.aggregate_of(after.summary)},
             "scores": {"before": before.scores, "after": after.scores},
             "stopped": {**evaluations.stopped, "rule": str(stop_when) if stop_when else None,
                         "max_epochs": cfg.trainer.max_epochs},
@@ -219,6 +222,9 @@ def run(cfg: DictConfig) -> dict | None:
             module.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
         write_jsonl(out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows)
+        keys = {"target": target.target_id, "reference": target.reference,
+                **{f"attribution_{split}": key for split, key in attribution.keys.items()}}
+        write_json(out / "manifest.json", manifest(cfg, trainer.world_size, keys))
         write_json(out / "results.json", results)
         with atomic_file(out / "config.yaml") as tmp:
             OmegaConf.save(cfg, tmp, resolve=True)

@@ -58,6 +58,7 @@ class NeuronAttribution(L.Callback):
         self.t, self.m, self.max_batch = t, m, max_batch
         self.quadrature, self.mode = quadrature, mode
         self.selection, self.exclude_retain, self.seed = selection, exclude_retain, seed
+        self.keys: dict[str, str] = {}  # cache key of the scores of each attributed split
         self.dropped: dict[str, int] = {}  # exclude_retain: neurons dropped per layer as shared with the retain set
         self.output_dir = Path(output_dir) if output_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -149,7 +150,8 @@ class NeuronAttribution(L.Callback):
         compute = lambda: self.compute(trainer, pl_module, examples, split)  # noqa: E731
         if self.cache_dir is None:
             return compute()
-        path = self.cache_dir / "attribution" / self.cache_key(pl_module, examples)
+        self.keys[split] = self.cache_key(pl_module, examples)
+        path = self.cache_dir / "attribution" / self.keys[split]
         if agree((path / "scores.pt").exists()):
             log.info("reusing cached attribution scores of the %s set %s (%s; computed for m=%d, %s, %s on %s)", split,
                      path, score_of(self.selection), self.m, self.quadrature, self.mode, self.target_id)

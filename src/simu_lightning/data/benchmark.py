@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +45,10 @@ class Benchmark:
     and `reference_splits` what the reference ("retain-only", never saw the forget set) model is tuned
     on. `eval_splits` are evaluated before and after unlearning; among them, `forget` and `retain` are
     always the forget set and the retain set the project's aggregate reads. `utility_splits` feed
-    TOFU-style model utility; `suite` names the evaluation suite (`qa` or `lume`); `prompt`, when set,
-    overrides the model's prompt format (LUME prompts every model with the raw input).
+    TOFU-style model utility. `suite` is the evaluation suite (a callable, named by the benchmark's config:
+    `suite._target_`) and `aggregate` the single figure a run reports from a suite's split summaries
+    (`aggregate._target_`); `prompt`, when set, overrides the model's prompt format (LUME prompts every
+    model with the raw input).
     """
 
     name: str
@@ -56,7 +59,8 @@ class Benchmark:
     reference_splits: tuple[str, ...] = ()
     eval_splits: tuple[str, ...] = ("forget", "retain")
     utility_splits: tuple[str, ...] = ()
-    suite: str = "qa"
+    suite: Callable | None = None        # (model, tokenizer, fmt, benchmark, stage, settings, reference) -> Evaluation
+    aggregate: Callable | None = None    # split summaries -> one figure
     prompt: PromptFormat | None = None   # a prompt format the benchmark imposes on every model
     max_new_tokens: int = 32             # generation length for evaluation (answers' typical length)
     info: dict = field(default_factory=dict)
@@ -65,6 +69,14 @@ class Benchmark:
         if split not in self.splits:
             raise SimuError(f"benchmark {self.name!r} has no split {split!r} (it has: {', '.join(self.splits)})")
         return self.splits[split]
+
+    def aggregate_of(self, summary: dict[str, dict[str, float]]) -> float | None:
+        return self.aggregate(summary) if self.aggregate is not None else None
+
+    @property
+    def has_truth_ratios(self) -> bool:
+        """Whether the forget split carries perturbed answers (TOFU's truth ratio, forget quality)."""
+        return "perturbed_answer" in self[self.forget].column_names
 
     def shared_rows(self) -> int:
         """How many forget rows (question and answer) also appear in the retain split."""

@@ -99,7 +99,7 @@ def _mia(folder: Path | None) -> dict[str, Dataset]:
 
 
 def load(path: str | None = None, fold: str = "train", max_documents: int | None = None,
-         hub_id: str = HUB_ID, max_new_tokens: int = 256) -> Benchmark:
+         hub_id: str = HUB_ID, max_new_tokens: int = 256, suite=None, aggregate=None) -> Benchmark:
     folder = Path(path) if path else None
     if folder is not None and not folder.is_dir():
         raise SimuError(f"benchmark.path={path} is not a folder")
@@ -113,13 +113,14 @@ def load(path: str | None = None, fold: str = "train", max_documents: int | None
     splits.update(_mia(folder))
     return Benchmark(
         max_new_tokens=max_new_tokens,
+        suite=suite,
+        aggregate=aggregate,
         name="lume",
         splits=splits,
         target_splits=("forget", "retain"),   # a model without a LUME target is first tuned on both
         reference_splits=(),                  # LUME's metrics need no retain-only model
         eval_splits=("forget", "retain"),
         utility_splits=(),
-        suite="lume",
         prompt=PromptFormat(template="{question}", answer_prefix=" "),  # the official evaluation's raw input
         info={"fold": fold, "documents": {k: len({r["document"] for r in v}) for k, v in splits.items() if "document" in v.column_names}},
     )

@@ -195,11 +195,13 @@ def generate(num_authors: int = 30, forget_fraction: float = 0.1, holdout_fracti
 
 
 def load(num_authors: int = 30, forget_fraction: float = 0.1, holdout_fraction: float = 0.1,
-         seed: int = 0, num_perturbed: int = 3, max_new_tokens: int = 32) -> Benchmark:
+         seed: int = 0, num_perturbed: int = 3, max_new_tokens: int = 32, suite=None, aggregate=None) -> Benchmark:
     """The synthetic benchmark: the target memorises `full` + `world_facts`, then forgets `forget`."""
     rows = generate(num_authors, forget_fraction, holdout_fraction, seed, num_perturbed)
     return Benchmark(
         max_new_tokens=max_new_tokens,
+        suite=suite,
+        aggregate=aggregate,
         name="synthetic",
         splits={name: Dataset.from_list(split) for name, split in rows.items()},
         target_splits=("full", "world_facts"),

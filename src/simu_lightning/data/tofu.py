@@ -56,7 +56,7 @@ def _first_authors(split: Dataset, count: int) -> Dataset:
 
 
 def load(path: str | None = None, forget_split: str = "forget10", max_authors: int | None = None,
-         hub_id: str = HUB_ID, max_new_tokens: int = 200) -> Benchmark:
+         hub_id: str = HUB_ID, max_new_tokens: int = 200, suite=None, aggregate=None) -> Benchmark:
     if forget_split not in RETAIN_FOR:
         raise SimuError(f"benchmark.forget_split={forget_split!r} must be one of {', '.join(RETAIN_FOR)}")
     number = forget_split.removeprefix("forget")
@@ -83,6 +83,8 @@ def load(path: str | None = None, forget_split: str = "forget10", max_authors: i
     splits["full"] = Dataset.from_list(retain_qa.to_list() + forget_qa.to_list())
     return Benchmark(
         max_new_tokens=max_new_tokens,
+        suite=suite,
+        aggregate=aggregate,
         name="tofu",
         splits=splits,
         retain="retain_train",

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import lightning as L
 
-from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, evaluate
-from simu_lightning.evaluation.metrics import unlearning_aggregate
+from simu_lightning.evaluation.evaluate import evaluate
+from simu_lightning.evaluation.types import EvalSettings, Evaluation
 from simu_lightning.evaluation.report import write_jsonl
 from simu_lightning.files import atomic_file
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
@@ -31,11 +31,11 @@ from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, 
 log = logging.getLogger(__name__)
 
 
-def curve_point(step: int, epoch: int, evaluation: Evaluation) -> dict:
-    """One point of the trajectory: the split summaries and the scores (with this project's aggregate)."""
+def curve_point(step: int, epoch: int, evaluation: Evaluation, aggregate=None) -> dict:
+    """One point of the trajectory: the split summaries and the scores (with the benchmark's aggregate)."""
     scores = dict(evaluation.scores)
-    if {"forget", "retain"} <= set(evaluation.summary):
-        scores["aggregate"] = unlearning_aggregate(evaluation.summary)
+    if aggregate is not None and {"forget", "retain"} <= set(evaluation.summary):
+        scores["aggregate"] = aggregate(evaluation.summary)
     return {"step": step, "epoch": epoch, "summary": evaluation.summary, "scores": scores}
 
 
@@ -76,6 +76,10 @@ class UnlearningEvaluation(L.Callback):
 
     # -- what the run leaves behind ----------------------------------------------------------------
     @property
+    def _aggregate(self):
+        return getattr(self.benchmark, "aggregate", None)
+
+    @property
     def saved_before(self) -> Path | None:
         return self.output_dir / "before.json" if self.output_dir is not None else None
 
@@ -98,7 +102,7 @@ class UnlearningEvaluation(L.Callback):
 
     def _add_point(self, trainer: L.Trainer, evaluation: Evaluation, full: bool) -> dict:
         step = trainer.global_step
-        point = curve_point(step, self._epoch, evaluation)
+        point = curve_point(step, self._epoch, evaluation, self._aggregate)
         self.points = [p for p in self.points if p["step"] != step] + [point]
         if full:
             self._latest = (step, evaluation)
@@ -119,7 +123,7 @@ class UnlearningEvaluation(L.Callback):
             return  # the trajectory and the stopping state come back with the checkpoint
         self.before = self._evaluate(pl_module.model, "before", self.settings)
         if self.stop_when is not None:
-            self.stop_when.check_names(curve_point(0, 0, self.before))
+            self.stop_when.check_names(curve_point(0, 0, self.before, self._aggregate))
         if trainer.is_global_zero and self.saved_before is not None:
             with atomic_file(self.saved_before) as tmp:
                 tmp.write_text(json.dumps(self.before.to_dict()))

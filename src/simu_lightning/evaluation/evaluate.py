@@ -1,50 +1,17 @@
-"""What an evaluation returns, and the dispatch to the benchmark's own suite.
+"""The dispatch to the benchmark's own evaluation suite, in the compute dtype the evaluation asks for.
 
-A suite computes, for every evaluation split, one record per example (the question, the answer, the
-generation and every per-example metric value; these become `generations.jsonl`), the split-level
-aggregates, and benchmark-level scores (TOFU's forget quality and model utility, LUME's task
-aggregate, MIA score and final score). Every aggregate can be recomputed from the records.
+A benchmark names its suite in its config (`suite: {_target_: ..., _partial_: true}`, e.g.
+`simu_lightning.evaluation.qa.evaluate`), so adding a benchmark touches its loader, its suite and one
+YAML; nothing here lists them.
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import torch
 
-
-@dataclass
-class Evaluation:
-    summary: dict[str, dict[str, float]] = field(default_factory=dict)   # split -> metric -> aggregate
-    scores: dict[str, float | None] = field(default_factory=dict)        # benchmark-level figures
-    rows: list[dict] = field(default_factory=list)                       # one per example
-
-    def to_dict(self) -> dict:
-        return {"summary": self.summary, "scores": self.scores, "rows": self.rows}
-
-    @classmethod
-    def from_dict(cls, saved: dict) -> "Evaluation":
-        return cls(saved["summary"], saved["scores"], saved["rows"])
-
-    def values(self, split: str, metric: str) -> list[float]:
-        """The per-example values of `metric` on `split` (examples it does not apply to left out)."""
-        return [r[metric] for r in self.rows if r["split"] == split and r.get(metric) is not None]
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    max_length: int
-    max_new_tokens: int
-    batch_size: int
-    max_examples: int | None = None
-    mmlu: bool = False   # LUME: MMLU through lm-eval (needs the network)
-    mmlu_num_fewshot: int = 5  # the official LUME protocol
-    dtype: str | None = None   # compute dtype of the evaluation (None: the model's own)
+from simu_lightning.errors import SimuError
+from simu_lightning.evaluation.types import EvalSettings, Evaluation
 
 
 def evaluation_precision(model, dtype: str | None):
@@ -65,8 +32,7 @@ def evaluation_precision(model, dtype: str | None):
 def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
     """Evaluate with the suite the benchmark names. `reference` carries what a suite compares against
     (TOFU: the reference model's forget truth ratios)."""
-    from simu_lightning.evaluation import lume, qa  # the suites import this module
-
-    suite = {"qa": qa.evaluate, "lume": lume.evaluate}[benchmark.suite]
+    if benchmark.suite is None:
+        raise SimuError(f"benchmark {benchmark.name!r} names no evaluation suite (benchmark.suite._target_)")
     with evaluation_precision(model, settings.dtype):
-        return suite(model, tokenizer, fmt, benchmark, stage, settings, reference)
+        return benchmark.suite(model, tokenizer, fmt, benchmark, stage, settings, reference)

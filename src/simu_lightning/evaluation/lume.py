@@ -26,7 +26,7 @@ from torchmetrics.functional.classification import binary_auroc
 from simu_lightning.data.formatting import encode_prompt
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import metrics
-from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, mean
+from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
 from simu_lightning.evaluation.qa import answer_scores
 

@@ -25,7 +25,7 @@ from scipy.stats import ks_2samp
 
 from simu_lightning.data.formatting import encode_example, encode_prompt
 from simu_lightning.evaluation import metrics
-from simu_lightning.evaluation.evaluate import EvalSettings, Evaluation, mean
+from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
 
 EPS = 1e-10  # open-unlearning's guard in the truth ratio

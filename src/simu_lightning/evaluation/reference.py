@@ -9,7 +9,8 @@ from pathlib import Path
 
 from simu_lightning.cache import atomic_dir, cache_key
 from simu_lightning.errors import SimuError
-from simu_lightning.evaluation.evaluate import EvalSettings, evaluation_precision
+from simu_lightning.evaluation.evaluate import evaluation_precision
+from simu_lightning.evaluation.types import EvalSettings
 from simu_lightning.evaluation.qa import truth_ratio_values
 from simu_lightning.models.loading import load_pretrained
 

@@ -45,6 +45,21 @@ def results_table(results: dict) -> Table:
     return table
 
 
+def print_evaluation(results: dict, stage: str = "evaluated") -> None:
+    """The table of an evaluation-only run: one column of values."""
+    table = Table(title=f"{results['source']} on {results['benchmark']} ({results['model']} config)")
+    for column in ("split", "metric", stage):
+        table.add_column(column, justify="right" if column == stage else "left")
+    for split, by_metric in results[stage].items():
+        for metric, value in by_metric.items():
+            table.add_row(split, metric, _fmt(value))
+    table.add_row("", "aggregate", _fmt(results["aggregate"][stage]), style="bold")
+    for name, value in results["scores"][stage].items():
+        if value is not None:
+            table.add_row("", name, _fmt(value), style="bold")
+    Console().print(table)
+
+
 def stopping_sentence(stopped: dict | None) -> str:
     """Where unlearning stopped, in words."""
     if not stopped:

@@ -6,6 +6,7 @@ of everything they depend on, so later runs and every job of a sweep reuse them.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ from simu_lightning.data.formatting import PromptFormat, collate, encode_example
 from simu_lightning.models import tiny
 from simu_lightning.models.finetune import FineTune
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
+
+log = logging.getLogger(__name__)
 
 
 # Bump when target preparation changes (recipe, data encoding): cached targets from older code are then
@@ -100,7 +103,10 @@ def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cf
     seed = settings.get("seed", 0)
     path = cache_dir / "models" / f"finetuned-{finetune_key(base, benchmark, splits, model_cfg, fmt, trainer_settings)}"
     if (path / "config.json").exists():
+        log.info("reusing the cached fine-tuned model %s (%s on %s, %d epochs)", path, base, "+".join(splits),
+                 settings["epochs"])
         return str(path)
+    log.info("fine-tuning %s on %s (%d epochs) into %s", base, "+".join(splits), settings["epochs"], path)
     model, tokenizer = load_pretrained(base, model_cfg.dtype, model_cfg.get("revision"), model_cfg.get("tokenizer"),
                                        bool(model_cfg.get("trust_remote_code", False)))
     rows = [row for split in splits for row in benchmark[split]]

@@ -1,0 +1,79 @@
+"""`python run.py mode=evaluate model.source=PATH_OR_HUB_ID benchmark=...`: the benchmark's evaluation
+suite on any Hugging Face checkpoint (a run's `unlearned_model/`, a published target, another
+framework's unlearned model), with nothing fine-tuned or unlearned. Writes `results.json`,
+`generations.jsonl` (stage "evaluated"), `manifest.json` and `config.yaml` into the run directory.
+
+The model config still matters: its prompt format, dtype and max_length must be the ones the checkpoint
+was trained and evaluated with (`model=smollm2_135m model.source=...` for a SmolLM2 checkpoint).
+TOFU's forget quality needs the reference model's forget truth ratios: `evaluation.reference_results`
+(a run's `generations.jsonl`, or an open-unlearning evaluation JSON), or the reference that the model
+config names for the benchmark (`model.targets.<benchmark>.reference`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.errors import SimuError
+from simu_lightning.evaluation import EvalSettings, evaluate
+from simu_lightning.evaluation.reference import read_reference_results, reference_rows
+from simu_lightning.evaluation.report import print_evaluation, write_json, write_jsonl
+from simu_lightning.files import atomic_file
+from simu_lightning.manifest import manifest
+from simu_lightning.models.loading import load_pretrained
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluated"
+BUILT_HERE = ("tiny",)  # model sources that name a recipe, not a checkpoint
+
+
+def checkpoint_source(model_cfg) -> str:
+    source = str(model_cfg.source)
+    if source in BUILT_HERE or source.startswith("pkg://") or source.endswith(".gguf"):
+        raise SimuError(f"mode=evaluate: model.source={source!r} names a model this project builds or converts, not "
+                        "a checkpoint; set model.source to a Hugging Face folder (e.g. a run's unlearned_model/) or hub id")
+    return source
+
+
+def reference_ratios(cfg: DictConfig, benchmark, fmt, settings: EvalSettings, cache_dir: Path) -> list[dict]:
+    if not benchmark.has_truth_ratios:
+        return []
+    if cfg.evaluation.get("reference_results"):
+        return [{"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
+                for i, r in enumerate(read_reference_results(cfg.evaluation.reference_results))]
+    ready = (cfg.model.get("targets") or {}).get(benchmark.name) or {}
+    if ready.get("reference"):
+        return reference_rows(ready.reference, benchmark, fmt, settings, cfg.model.dtype, cache_dir,
+                              ready.get("reference_revision"), bool(cfg.model.get("trust_remote_code", False)))
+    log.info("no evaluation.reference_results and no reference model for %s: forget quality is not computed",
+             benchmark.name)
+    return []
+
+
+def evaluate_checkpoint(cfg: DictConfig, benchmark, settings: EvalSettings, out: Path, cache_dir: Path) -> dict:
+    source = checkpoint_source(cfg.model)
+    fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
+    model, tokenizer = load_pretrained(source, cfg.model.dtype, cfg.model.get("revision"), cfg.model.get("tokenizer"),
+                                       bool(cfg.model.get("trust_remote_code", False)))
+    if torch.cuda.is_available():
+        model = model.cuda()
+    reference = reference_ratios(cfg, benchmark, fmt, settings, cache_dir)
+    log.info("evaluating %s on %s (%s)", source, benchmark.name,
+             ", ".join(f"{name} {len(benchmark[name])}" for name in benchmark.eval_splits))
+    result = evaluate(model, tokenizer, fmt, benchmark, STAGE, settings, [r["truth_ratio"] for r in reference] or None)
+    results = {"mode": "evaluate", "source": source, "benchmark": benchmark.name, "model": cfg.model.name,
+               STAGE: result.summary, "scores": {STAGE: result.scores},
+               "aggregate": {STAGE: benchmark.aggregate_of(result.summary)}}
+    write_jsonl(out / "generations.jsonl", reference + result.rows)
+    write_json(out / "manifest.json", manifest(cfg, 1, {"evaluated": source}))
+    write_json(out / "results.json", results)
+    with atomic_file(out / "config.yaml") as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
+    print_evaluation(results)
+    log.info("outputs in %s", out)
+    return results

@@ -1,0 +1,90 @@
+"""Every YAML under conf/ composes, passes the run's checks, and builds what it describes (without
+weights or network): the lightning-hydra-template habit of composing configs into tmp_path."""
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from conftest import ROOT, SHARED_DATA
+from simu_lightning import config
+from simu_lightning.attribution.callback import NeuronAttribution
+from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.unlearning.methods import Method
+
+CONF = ROOT / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "tuned")
+DATA = {"tofu": [f"benchmark.path={SHARED_DATA / 'tofu'}", "benchmark.forget_split=forget01", "benchmark.max_authors=3"],
+        "lume": [f"benchmark.path={SHARED_DATA / 'lume'}", "benchmark.max_documents=4"]}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(overrides: list[str], tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    config.check(cfg)
+    return cfg
+
+
+def leaves(node, prefix: str = ""):
+    for key, value in node.items():
+        if isinstance(value, DictConfig):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def tuned_overrides(stem: str) -> list[str]:
+    """conf/tuned/<benchmark>_<model>_<loss>.yaml -> the choices that select it."""
+    for benchmark in options("benchmark"):
+        for model in options("model"):
+            for loss in options("loss"):
+                if stem == f"{benchmark}_{model}_{loss}":
+                    return [f"benchmark={benchmark}", f"model={model}", f"loss={loss}"]
+    raise AssertionError(f"conf/tuned/{stem}.yaml matches no benchmark_model_loss combination")
+
+
+CASES = [(group, option) for group in GROUPS for option in options(group)] + [("tuned", o) for o in options("tuned")]
+
+
+def test_the_cases_cover_every_yaml_under_conf():
+    covered = {CONF / group / f"{option}.yaml" for group, option in CASES} | {CONF / "config.yaml"}
+    assert covered == set(CONF.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_option_composes_checks_and_builds(group, option, tmp_path):
+    overrides = tuned_overrides(option) if group == "tuned" else [f"{group}={option}"]
+    benchmark_name = next((o.split("=")[1] for o in overrides if o.startswith("benchmark=")), "synthetic")
+    cfg = composed(overrides + DATA.get(benchmark_name, []), tmp_path)
+    if group == "tuned":  # selected automatically, and every value it sets reached the run's config
+        for key, value in leaves(OmegaConf.load(CONF / "tuned" / f"{option}.yaml")):
+            assert OmegaConf.select(cfg, key) == value, key
+    method = instantiate(cfg.method)
+    assert isinstance(method, Method) and (group != "method" or cfg.method.name == option)
+    optimizer = method.optimizer([torch.nn.Parameter(torch.zeros(3))])
+    assert optimizer.param_groups[0]["lr"] == cfg.method.optimizer.lr
+    loss = instantiate(cfg.loss)
+    assert callable(loss)
+    NeuronAttribution(**cfg.attribution, output_dir=tmp_path, cache_dir=tmp_path / "cache")
+    PromptFormat(**cfg.model.prompt)
+    for logger in (cfg.get("logger") or {}).values():
+        assert logger is None or "_target_" in logger
+    trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False) if "strategy" not in cfg.trainer \
+        else None
+    assert trainer is None or trainer.max_epochs == cfg.trainer.max_epochs
+    if benchmark_name in DATA and not (SHARED_DATA / benchmark_name).exists():
+        pytest.skip(f"{SHARED_DATA / benchmark_name} not found: the {benchmark_name} benchmark is not built")
+    benchmark = instantiate(cfg.benchmark)
+    assert callable(benchmark.suite) and callable(benchmark.aggregate)
+    assert benchmark.suite.func.__module__ == f"simu_lightning.evaluation.{'lume' if benchmark_name == 'lume' else 'qa'}"
