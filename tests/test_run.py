@@ -25,8 +25,8 @@ SMALL = [
 ]
 
 
-def run_py(args: list[str], cache_dir, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+def run_py(args: list[str], cache_dir, check=True, **environment) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **environment}
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
@@ -131,6 +131,59 @@ def test_evaluate_mode_refuses_a_source_that_is_not_a_checkpoint(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: mode=evaluate: model.source='tiny' names a model "
                                                               "this project builds or converts, not a checkpoint")
+
+
+def wandb_records(run_dir):
+    """(kind, record) of every record in an offline wandb run file: a LevelDB-style log of 32 KiB blocks,
+    each record a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) and a protobuf."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    raw, pos, block, pending = path.read_bytes(), 7, 32768, b""  # 7: the file header
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        pending += raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record.WhichOneof("record_type"), record
+
+
+@pytest.mark.slow
+def test_the_wandb_run_holds_the_curves_the_neuron_heatmap_and_the_generations_table(cache_dir, tmp_path):
+    run_py([*SMALL, "method=simu", "logger=wandb", "evaluation.every_n_steps=1", f"hydra.run.dir={tmp_path}"],
+           cache_dir, WANDB_MODE="offline", WANDB_SILENT="true")
+    history, config, run = [], {}, None
+    for kind, record in wandb_records(tmp_path):
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        elif kind == "config":
+            config |= {item.key: json.loads(item.value_json) for item in record.config.update}
+        elif kind == "run":
+            run = record.run
+    curve = [row["eval/forget/exact_match"] for row in history if "eval/forget/exact_match" in row]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(curve) >= 3 and curve[-1] == pytest.approx(results["after"]["forget"]["exact_match"])
+    assert any("optim/win_rate" in row for row in history) and any("optim/lr" in row for row in history)
+    image = next(row for row in history if "attribution/critical_neurons/filenames" in row)
+    (files,) = tmp_path.glob("wandb/offline-run-*/files")
+    assert (files / image["attribution/critical_neurons/filenames"][0]).read_bytes()[:4] == b"\x89PNG"
+    table = next(row for row in history if "generations/path" in row)
+    generations = json.loads((files / table["generations/path"]).read_text())
+    assert generations["columns"] == ["split", "question", "answer", "before", "after"]
+    forget_rows = [r for r in map(json.loads, (tmp_path / "generations.jsonl").read_text().splitlines())
+                   if r["split"] == "forget" and r["stage"] == "after"]
+    assert [row[4] for row in generations["data"] if row[0] == "forget"] == [r["generation"] for r in forget_rows]
+    assert config["method_name"] == "simu" and config["t"] == 0.1 and config["attribution"]["m"] == 4
+    assert "method=simu" in run.tags and "seed=0" in run.tags and run.run_group
 
 
 @pytest.mark.slow

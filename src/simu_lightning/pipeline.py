@@ -25,6 +25,7 @@ from simu_lightning.cache import cache_root
 from simu_lightning.checkpointing import checkpointing
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.dashboards import log_config, log_results
 from simu_lightning.distributed import close_process_group, full_state_dict, is_launched_externally
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluate_checkpoint import evaluate_checkpoint
@@ -183,6 +184,8 @@ def run(cfg: DictConfig) -> dict | None:
     checkpoint, resume_from = checkpointing(cfg, out)
     trainer = make_trainer(cfg.trainer, callbacks=[evaluations, attribution, *checkpoint],
                            logger=loggers(cfg) or False, enable_checkpointing=bool(checkpoint))
+    if trainer.is_global_zero:
+        log_config(trainer.loggers, cfg)
     log.info("unlearning: method %s, loss %s%s", method.name, type(loss).__name__,
              f", resuming from {resume_from}" if resume_from else "")
     start = time.perf_counter()
@@ -228,6 +231,7 @@ def run(cfg: DictConfig) -> dict | None:
         write_json(out / "results.json", results)
         with atomic_file(out / "config.yaml") as tmp:
             OmegaConf.save(cfg, tmp, resolve=True)
+        log_results(trainer.loggers, results, before.rows + after.rows)
         print_results(results)
         print_examples(before.rows + after.rows, benchmark.forget)
         log.info("outputs in %s", out)

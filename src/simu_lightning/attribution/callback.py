@@ -22,6 +22,7 @@ from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES, 
 from simu_lightning.attribution.neurons import check_threshold, critical_neurons
 from simu_lightning.attribution.selection import check_selection, exclude_shared, random_like, score_of
 from simu_lightning.cache import atomic_dir, cache_key
+from simu_lightning.dashboards import log_attribution
 from simu_lightning.distributed import agree, rank_and_world, share, sum_across
 from simu_lightning.errors import SimuError
 from simu_lightning.files import atomic_file
@@ -90,6 +91,7 @@ class NeuronAttribution(L.Callback):
         self.kept = {name: int(mask.sum()) for name, mask in neurons.items()}
         if trainer.is_global_zero and scores is not None:
             self._save(scores, neurons)
+            log_attribution(trainer.loggers, scores, neurons, self.t)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"attribution/kept/layer_{i}": kept for i, kept in enumerate(self.kept.values())}
                                        | {"attribution/kept_fraction": self.kept_fraction(neurons)}, step=0)

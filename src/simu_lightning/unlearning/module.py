@@ -102,7 +102,8 @@ class UnlearningModule(L.LightningModule):
             log.info("rho: auto chose rho = %.4g at step %d (win rate %.3f; target %.2f), fixed from now on",
                      optimizer.optimizer.rho, self.global_step, optimizer.optimizer.win_rate,
                      optimizer.optimizer.param_groups[0]["target_win_rate"])
-        logs = {"unlearn/loss": loss.detach(), **{f"unlearn/{k}": v.detach() for k, v in terms.items()}}
+        logs = {"unlearn/loss": loss.detach(), **{f"unlearn/{k}": v.detach() for k, v in terms.items()},
+                "optim/lr": optimizer.optimizer.param_groups[0]["lr"]}
         if self.second_order:
             sophia = optimizer.optimizer
             logs |= {"optim/clip_rate": sophia.clip_rate, "optim/win_rate": sophia.win_rate,
