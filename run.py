@@ -37,7 +37,8 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
                str(SCRIPT), *overrides, f"hydra.run.dir={job_dir}", "hydra.output_subdir=null"]
     if subprocess.run(command).returncode != 0:
         raise SimuError(f"the job's processes failed (command: {' '.join(command)}); see {job_dir}")
-    return json.loads((Path(job_dir) / "results.json").read_text())["aggregate"]["after"]
+    results = json.loads((Path(job_dir) / "results.json").read_text())
+    return results["objective"]["value"] if "objective" in results else results["aggregate"]["after"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -58,8 +59,13 @@ def main(cfg: DictConfig) -> float | None:
         print(f"interrupted by SIGTERM: run the same command with hydra.run.dir={cfg.paths.output_dir} to resume",
               file=sys.stderr)
         sys.exit(143)
-    # what an Optuna sweep maximises (only rank 0 of a multi-process run has the results)
-    return (results["aggregate"].get("after", results["aggregate"].get("evaluated"))) if results else None
+    # what an Optuna sweep maximises (only rank 0 of a multi-process run has the results): the utility at
+    # matched forgetting when an `objective` is configured (hparams_search=optuna), else the aggregate
+    if not results:
+        return None
+    if "objective" in results:
+        return results["objective"]["value"]
+    return results["aggregate"].get("after", results["aggregate"].get("evaluated"))
 
 
 if __name__ == "__main__":

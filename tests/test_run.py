@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from scipy.stats import ks_2samp
 from transformers import AutoModelForCausalLM
 
@@ -184,6 +185,44 @@ def test_the_wandb_run_holds_the_curves_the_neuron_heatmap_and_the_generations_t
     assert [row[4] for row in generations["data"] if row[0] == "forget"] == [r["generation"] for r in forget_rows]
     assert config["method_name"] == "simu" and config["t"] == 0.1 and config["attribution"]["m"] == 4
     assert "method=simu" in run.tags and "seed=0" in run.tags and run.run_group
+
+
+@pytest.mark.slow
+def test_a_sweep_over_t_attributes_once_and_the_later_jobs_say_they_reused_it(tmp_path, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("t_sweep_cache")
+    run_py(["-m", *SMALL, "method=simu", "attribution.t=0.1,0.2,0.4", f"hydra.sweep.dir={tmp_path}"], cache)
+    assert len(list((cache / "attribution").iterdir())) == 1
+    jobs = sorted(p.parent for p in tmp_path.glob("*/results.json"))
+    logs = [(job / "run.log").read_text() for job in jobs]
+    assert "attribution (forget): " in logs[0] and "reusing cached attribution scores" not in logs[0]
+    for later in logs[1:]:
+        assert "reusing cached attribution scores of the forget set" in later and "attribution (forget): " not in later
+        assert "reusing the cached fine-tuned model" in later
+    kept = [sum(json.loads((job / "results.json").read_text())["critical_neurons"].values()) for job in jobs]
+    assert kept[0] > kept[1] > kept[2]  # t = 0.1, 0.2, 0.4 on the same scores
+
+
+@pytest.mark.slow
+def test_an_optuna_search_maximises_utility_at_matched_forgetting(cache_dir, tmp_path):
+    """Two trials; each returns the retain ROUGE-L where its trajectory first reaches the forget level
+    (0 when it never does), and the sweeper's best is the best of those."""
+    run_py([*SMALL, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "evaluation.every_n_steps=1",
+            "trainer.max_epochs=2", 'objective.at="forget.exact_match<=0.5"', f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    from simu_lightning.objective import matched_utility
+    from simu_lightning.report.runs import curve_points
+
+    jobs = sorted(p.parent for p in tmp_path.glob("*/results.json"))
+    trials = [json.loads((job / "results.json").read_text()) for job in jobs]
+    assert len(trials) == 2
+    for job, results in zip(jobs, trials):
+        objective = results["objective"]
+        assert objective["metric"] == "retain.rougeL_recall" and objective["at"] == "forget.exact_match<=0.5"
+        # the value the report would read off the saved trajectory
+        expected = matched_utility(curve_points(job / "curve.jsonl"), objective["at"], objective["metric"])
+        assert objective["value"] == pytest.approx(expected["value"]) and objective["reached"] == expected["reached"]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(r["objective"]["value"] for r in trials))
+    assert set(best["best_params"]) == {"attribution.t", "method.optimizer.lr", "loss.retain_weight"}
 
 
 @pytest.mark.slow

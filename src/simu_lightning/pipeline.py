@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 import transformers
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -36,6 +37,7 @@ from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.reference import read_reference_results, reference_rows
 from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
 from simu_lightning.models.architecture import architecture_of
+from simu_lightning.objective import matched_utility
 from simu_lightning.models.target import load_base, load_target, prepare_target
 from simu_lightning.unlearning.module import UnlearningModule
 from simu_lightning.unlearning.stopping import StoppingRule
@@ -70,9 +72,20 @@ def loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
 
 
+class RankZero(logging.Filter):
+    """Info lines from rank 0 only (warnings and errors from every process): in a multi-process run
+    each stage is announced once. Lightning keeps `rank_zero_only.rank` set from the environment."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or rank_zero_only.rank == 0
+
+
 def quiet_libraries() -> None:
     """One line per event on the console: Lightning prints its own INFO lines, so they need not also
     travel through Hydra's root handler; per-shard progress bars and rouge-score's notices add nothing."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RankZero) for f in handler.filters):
+            handler.addFilter(RankZero())
     logging.getLogger("lightning.pytorch").propagate = False
     logging.getLogger("absl").setLevel(logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
@@ -217,6 +230,8 @@ def run(cfg: DictConfig) -> dict | None:
             "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},
             **({"base": base.summary} if base else {}),
         }
+        if cfg.get("objective"):
+            results["objective"] = matched_utility(evaluations.points, **cfg.objective)
         if attribution.kept:
             results["critical_neurons"] = attribution.kept
         if attribution.dropped:

@@ -32,6 +32,8 @@ cache read-only: a forward runs the last token alone, and the token it appends i
 from __future__ import annotations
 
 import copy
+import logging
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,6 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from simu_lightning.data.formatting import IGNORE_INDEX, collate
+
+log = logging.getLogger(__name__)
 
 QUADRATURES = ("riemann", "gauss_legendre")
 MODES = ("layerwise", "joint", "first_order")
@@ -271,8 +275,10 @@ def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[
     names, projs = list(down_projs), list(down_projs.values())
     groups = [[i] for i in range(len(projs))] if mode == "layerwise" else [list(range(len(projs)))]
     scores = {name: None for name in names}
+    per_batch = max(1, max_batch // len(alphas))
+    total, start = -(-len(samples) // per_batch), time.perf_counter()
     try:
-        for batch in batches(samples, max(1, max_batch // len(alphas)), pad_token_id):
+        for number, batch in enumerate(batches(samples, per_batch, pad_token_id), 1):
             batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
             prefix = SharedPrefix(model, batch)
             betas = activations(model, projs, batch, prefix)
@@ -289,6 +295,9 @@ def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[
                 for i, att in zip(group, atts):
                     att = (att * batch["weight"][:, None]).sum(0)
                     scores[names[i]] = att if scores[names[i]] is None else scores[names[i]] + att
+            elapsed = time.perf_counter() - start
+            log.info("attribution: batch %d of %d done (%d layers, %.0f s; about %.0f s to go)", number, total,
+                     len(projs), elapsed, elapsed / number * (total - number))
     finally:
         model.train(was_training)
         for p, flag in zip(model.parameters(), requires_grad):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
@@ -118,7 +119,11 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         split = benchmark[name]
         if settings.max_examples is not None and len(split) > settings.max_examples:
             split = split.select(range(settings.max_examples))
+        start = time.perf_counter()
         rows = split_rows(model, tokenizer, fmt, split, settings)
+        # a line per split for the evaluations that take a while; the ones during unlearning stay quiet
+        log.log(logging.DEBUG if stage == "during" else logging.INFO, "evaluation (%s): %s, %d rows, %.0f s",
+                stage, name, len(split), time.perf_counter() - start)
         result.summary[name] = summarise(rows)
         result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
     result.scores["task_aggregate"] = task_aggregate(result.summary)

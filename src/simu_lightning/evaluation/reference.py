@@ -58,6 +58,7 @@ def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: s
         log.info("reusing the cached forget truth ratios of the reference model %s (%s)", source, cached.parent)
         return json.loads(cached.read_text())
     model, tokenizer = load_pretrained(source, dtype, revision, trust_remote_code=trust_remote_code)
+    log.info("reference model %s: forget truth ratios of %d rows", source, len(forget))
     with evaluation_precision(model, settings.dtype):
         ratios, _ = truth_ratio_values(model, tokenizer, fmt, forget, settings)
     rows = [{"split": "forget", "stage": "reference", "index": i, "question": q, "answer": a, "truth_ratio": r}

@@ -1,0 +1,22 @@
+"""What a hyperparameter search maximises: a utility metric at a matched forgetting level, read off
+the run's trajectory as the report reads it (`report/matched.py`), so that a search cannot win by not
+forgetting: a run whose trajectory never reaches the level scores `unreached`.
+
+Configured as `objective: {at: "forget.exact_match<=0.2", metric: retain.rougeL_recall, unreached: 0.0}`
+(conf/hparams_search/optuna.yaml); without it, a run returns its "after" aggregate as before.
+"""
+from __future__ import annotations
+
+from simu_lightning.errors import SimuError
+from simu_lightning.report.matched import at_forget_level
+from simu_lightning.unlearning.stopping import StoppingRule
+
+
+def matched_utility(curve: list[dict], at: str, metric: str, unreached: float = 0.0) -> dict:
+    rule = StoppingRule.parse(at, setting="objective.at")
+    if rule is None or len(rule.conditions) != 1:
+        raise SimuError(f"objective.at={at!r} must be one condition on a forget metric, e.g. 'forget.exact_match<=0.2'")
+    here = at_forget_level(curve, rule.conditions[0], [metric])
+    value = here.get(metric) if here else None
+    return {"at": at, "metric": metric, "value": unreached if value is None else float(value),
+            "reached": here is not None, "step": here["step"] if here else None}
