@@ -1,4 +1,5 @@
 """simu-lightning entry point: `python run.py [group=option ...] [key=value ...]` (see README.md)."""
+
 import json
 import subprocess
 import sys
@@ -26,15 +27,26 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
     from simu_lightning.pipeline import run
 
     if int(cfg.trainer.get("num_nodes", 1)) > 1:
-        raise SimuError("a Hydra sweep (-m) cannot launch multi-node jobs: run each job with torchrun or srun "
-                        "(see README, 'Several processes')")
+        raise SimuError(
+            "a Hydra sweep (-m) cannot launch multi-node jobs: run each job with torchrun or srun "
+            "(see README, 'Several processes')"
+        )
     if is_launched_externally():
         raise SimuError("-m under torchrun/srun would start the sweep in every process: drop -m, or drop torchrun")
     run(OmegaConf.merge(cfg, {"prepare_only": True}))
     job_dir = HydraConfig.get().runtime.output_dir
     overrides = list(HydraConfig.get().overrides.task)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               str(SCRIPT), *overrides, f"hydra.run.dir={job_dir}", "hydra.output_subdir=null"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        str(SCRIPT),
+        *overrides,
+        f"hydra.run.dir={job_dir}",
+        "hydra.output_subdir=null",
+    ]
     if subprocess.run(command).returncode != 0:
         raise SimuError(f"the job's processes failed (command: {' '.join(command)}); see {job_dir}")
     results = json.loads((Path(job_dir) / "results.json").read_text())
@@ -56,8 +68,10 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:  # pre-empted: a checkpoint of the last step was saved (see checkpointing.py)
-        print(f"interrupted by SIGTERM: run the same command with hydra.run.dir={cfg.paths.output_dir} to resume",
-              file=sys.stderr)
+        print(
+            f"interrupted by SIGTERM: run the same command with hydra.run.dir={cfg.paths.output_dir} to resume",
+            file=sys.stderr,
+        )
         sys.exit(143)
     # what an Optuna sweep maximises (only rank 0 of a multi-process run has the results): the utility at
     # matched forgetting when an `objective` is configured (hparams_search=optuna), else the aggregate
@@ -74,4 +88,5 @@ if __name__ == "__main__":
         sys.exit(2)
     main()
     from simu_lightning.distributed import exit_if_group_closed
+
     exit_if_group_closed()

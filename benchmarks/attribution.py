@@ -7,6 +7,7 @@ the same with every layer scaled together); and, against the reference (layer-wi
 many nodes), the Jaccard index of the critical-neuron masks at several t and the mean per-layer Spearman
 rank correlation of the scores.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,10 +15,18 @@ import time
 import torch
 from scipy.stats import spearmanr
 
-from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, attribute, batches,
-                                                              gradient_times_activation, integrated_gradients,
-                                                              log_prob_at_scale, passes, prediction_samples,
-                                                              quadrature)
+from simu_lightning.attribution.integrated_gradients import (
+    SharedPrefix,
+    activations,
+    attribute,
+    batches,
+    gradient_times_activation,
+    integrated_gradients,
+    log_prob_at_scale,
+    passes,
+    prediction_samples,
+    quadrature,
+)
 from simu_lightning.attribution.neurons import critical_neurons
 from simu_lightning.data.formatting import collate
 from simu_lightning.likelihood import answer_nll
@@ -25,9 +34,17 @@ from simu_lightning.models.architecture import architecture_of, down_projections
 
 THRESHOLDS = (0.1, 0.2, 0.4)
 # (mode, rule, m): the paper's configuration first, then the fast ones
-CONFIGS = [("layerwise", "riemann", 20), ("layerwise", "riemann", 50), ("layerwise", "gauss_legendre", 4),
-           ("layerwise", "gauss_legendre", 8), ("layerwise", "gauss_legendre", 16), ("joint", "gauss_legendre", 8),
-           ("joint", "gauss_legendre", 16), ("joint", "gauss_legendre", 32), ("first_order", "riemann", 1)]
+CONFIGS = [
+    ("layerwise", "riemann", 20),
+    ("layerwise", "riemann", 50),
+    ("layerwise", "gauss_legendre", 4),
+    ("layerwise", "gauss_legendre", 8),
+    ("layerwise", "gauss_legendre", 16),
+    ("joint", "gauss_legendre", 8),
+    ("joint", "gauss_legendre", 16),
+    ("joint", "gauss_legendre", 32),
+    ("first_order", "riemann", 1),
+]
 
 
 def forward_backward_seconds(model, tokenizer, forget: list[dict], batch_size: int = 16) -> float:
@@ -35,7 +52,7 @@ def forward_backward_seconds(model, tokenizer, forget: list[dict], batch_size: i
     model.train().requires_grad_(True)
     start = time.perf_counter()
     for i in range(0, len(forget), batch_size):
-        batch = collate(forget[i:i + batch_size], tokenizer.pad_token_id)
+        batch = collate(forget[i : i + batch_size], tokenizer.pad_token_id)
         answer_nll(model, batch).mean.mean().backward()
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
@@ -52,17 +69,22 @@ def completeness_error(model, projs, samples, pad_token_id, mode, rule, m, batch
         betas = activations(model, projs, batch, prefix)
         if mode == "joint":
             atts = integrated_gradients(model, projs, batch, betas, alphas, weights, prefix)
-            gap = (log_prob_at_scale(model, projs, batch, betas, 1.0, prefix)
-                   - log_prob_at_scale(model, projs, batch, betas, 0.0, prefix))
+            gap = log_prob_at_scale(model, projs, batch, betas, 1.0, prefix) - log_prob_at_scale(
+                model, projs, batch, betas, 0.0, prefix
+            )
             errors.append((sum(a.sum(-1) for a in atts) - gap).abs() / gap.abs().clamp(min=1e-6))
             continue
         if mode == "first_order":
             atts = gradient_times_activation(model, projs, batch, betas, prefix)
         for i, (proj, beta) in enumerate(zip(projs, betas)):
-            att = atts[i] if mode == "first_order" else integrated_gradients(
-                model, [proj], batch, [beta], alphas, weights, prefix)[0]
-            gap = (log_prob_at_scale(model, [proj], batch, [beta], 1.0, prefix)
-                   - log_prob_at_scale(model, [proj], batch, [beta], 0.0, prefix))
+            att = (
+                atts[i]
+                if mode == "first_order"
+                else integrated_gradients(model, [proj], batch, [beta], alphas, weights, prefix)[0]
+            )
+            gap = log_prob_at_scale(model, [proj], batch, [beta], 1.0, prefix) - log_prob_at_scale(
+                model, [proj], batch, [beta], 0.0, prefix
+            )
             errors.append((att.sum(-1) - gap).abs() / gap.abs().clamp(min=1e-6))
     return float(torch.cat(errors).median())
 
@@ -77,8 +99,15 @@ def rank_correlation(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
     return float(sum(spearmanr(a[n].numpy(), b[n].numpy()).statistic for n in a) / len(a))
 
 
-def run(model, tokenizer, forget: list[dict], configs=CONFIGS, reference=("layerwise", "gauss_legendre", 64),
-        completeness_samples: int = 48, max_batch: int = 512) -> dict:
+def run(
+    model,
+    tokenizer,
+    forget: list[dict],
+    configs=CONFIGS,
+    reference=("layerwise", "gauss_legendre", 64),
+    completeness_samples: int = 48,
+    max_batch: int = 512,
+) -> dict:
     model.eval().requires_grad_(False)
     projs = down_projections(model, architecture_of(model))
     samples = prediction_samples(forget, tokenizer.eos_token_id)
@@ -94,21 +123,42 @@ def run(model, tokenizer, forget: list[dict], configs=CONFIGS, reference=("layer
     rows = []
     for mode, rule, m in [reference, *configs]:
         scores, seconds = (ref_scores, ref_seconds) if (mode, rule, m) == reference else scores_of(mode, rule, m)
-        rows.append({
-            "mode": mode, "quadrature": "-" if mode == "first_order" else rule, "m": m,
-            "passes_per_batch": passes(mode, len(projs), m),
-            "seconds": round(seconds, 2), "cost": round(seconds / unit, 1),
-            "completeness_error": round(completeness_error(model, list(projs.values()), samples[:completeness_samples],
-                                                           tokenizer.pad_token_id, mode, rule, m), 4),
-            **{f"jaccard_t{t}": round(jaccard(critical_neurons(scores, t), ref_masks[t]), 3) for t in THRESHOLDS},
-            "spearman": round(rank_correlation(scores, ref_scores), 3),
-            "reference": (mode, rule, m) == reference,
-        })
+        rows.append(
+            {
+                "mode": mode,
+                "quadrature": "-" if mode == "first_order" else rule,
+                "m": m,
+                "passes_per_batch": passes(mode, len(projs), m),
+                "seconds": round(seconds, 2),
+                "cost": round(seconds / unit, 1),
+                "completeness_error": round(
+                    completeness_error(
+                        model,
+                        list(projs.values()),
+                        samples[:completeness_samples],
+                        tokenizer.pad_token_id,
+                        mode,
+                        rule,
+                        m,
+                    ),
+                    4,
+                ),
+                **{f"jaccard_t{t}": round(jaccard(critical_neurons(scores, t), ref_masks[t]), 3) for t in THRESHOLDS},
+                "spearman": round(rank_correlation(scores, ref_scores), 3),
+                "reference": (mode, rule, m) == reference,
+            }
+        )
     fewest = [r for r in rows if not r["reference"] and min(r[f"jaccard_t{t}"] for t in THRESHOLDS) >= 0.95]
     best = min(fewest, key=lambda r: r["seconds"]) if fewest else None
-    return {"forget_rows": len(forget), "prediction_samples": len(samples), "layers": len(projs),
-            "forward_backward_s": round(unit, 3), "reference": "/".join(map(str, reference)), "rows": rows,
-            "fastest_with_jaccard_0.95": None if best is None else f"{best['mode']}/{best['quadrature']}/{best['m']}"}
+    return {
+        "forget_rows": len(forget),
+        "prediction_samples": len(samples),
+        "layers": len(projs),
+        "forward_backward_s": round(unit, 3),
+        "reference": "/".join(map(str, reference)),
+        "rows": rows,
+        "fastest_with_jaccard_0.95": None if best is None else f"{best['mode']}/{best['quadrature']}/{best['m']}",
+    }
 
 
 def time_whole_set(model, tokenizer, forget: list[dict], mode: str, rule: str, m: int, max_batch: int = 512) -> dict:
@@ -119,5 +169,10 @@ def time_whole_set(model, tokenizer, forget: list[dict], mode: str, rule: str, m
     start = time.perf_counter()
     attribute(model, projs, samples, m, tokenizer.pad_token_id, max_batch, rule, mode)
     seconds = time.perf_counter() - start
-    return {"config": f"{mode}/{rule}/{m}", "forget_rows": len(forget), "prediction_samples": len(samples),
-            "seconds": round(seconds, 1), "cost": round(seconds / unit, 1)}
+    return {
+        "config": f"{mode}/{rule}/{m}",
+        "forget_rows": len(forget),
+        "prediction_samples": len(samples),
+        "seconds": round(seconds, 1),
+        "cost": round(seconds / unit, 1),
+    }

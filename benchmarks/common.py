@@ -1,4 +1,5 @@
 """What every benchmark shares: the device, model configs by size, and timing by the median of repeats."""
+
 from __future__ import annotations
 
 import statistics
@@ -39,7 +40,7 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
 
 # OLMo-architecture configs (the laptop model's and OLMo-1B's family): name -> (hidden, layers, heads, d_ff, vocab)
 SIZES = {
-    "tiny": (32, 2, 2, 64, 256),          # the smoke test's
+    "tiny": (32, 2, 2, 64, 256),  # the smoke test's
     "small": (128, 2, 4, 512, 4096),
     "medium": (256, 4, 4, 1024, 8192),
     "large": (384, 6, 6, 1536, 16384),
@@ -51,9 +52,17 @@ SIZES = {
 def olmo(size: str, seed: int = 0) -> OlmoForCausalLM:
     hidden, layers, heads, d_ff, vocab = SIZES[size]
     torch.manual_seed(seed)
-    config = OlmoConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=d_ff, max_position_embeddings=2048, pad_token_id=0, bos_token_id=None,
-                        eos_token_id=1)
+    config = OlmoConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=d_ff,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=1,
+    )
     return OlmoForCausalLM(config).to(device=device(), dtype=dtype())
 
 

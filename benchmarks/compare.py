@@ -7,6 +7,7 @@ With --weights the first run is the reference: for every other run it prints the
 metric in results.json, the largest absolute difference of any weight in unlearned_model/ and how many
 weights differ by more than 1e-5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,7 +80,9 @@ def main() -> None:
     parser.add_argument("--weights", action="store_true", help="compare every run's weights with the first's")
     args = parser.parse_args()
     results = [load_results(run) for run in args.runs]
-    print("| method | run | forget EM | retain EM | world facts EM | aggregate | params + optimiser state MB/process | processes |")
+    print(
+        "| method | run | forget EM | retain EM | world facts EM | aggregate | params + optimiser state MB/process | processes |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run, r in zip(args.runs, results):
         print(headline_row(run, r))
@@ -87,9 +90,11 @@ def main() -> None:
         for run, r in zip(args.runs[1:], results[1:]):
             metric, metric_key = max_metric_difference(results[0], r)
             weight, weight_key, beyond, total = weight_difference(args.runs[0], run)
-            print(f"{run} vs {args.runs[0]}: largest metric difference {metric:.3g} ({metric_key}), "
-                  f"largest weight difference {weight:.3g} ({weight_key}), "
-                  f"{beyond} of {total} weights ({beyond / total:.2%}) differ by more than 1e-5")
+            print(
+                f"{run} vs {args.runs[0]}: largest metric difference {metric:.3g} ({metric_key}), "
+                f"largest weight difference {weight:.3g} ({weight_key}), "
+                f"{beyond} of {total} weights ({beyond / total:.2%}) differ by more than 1e-5"
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ For every forget prediction sample and every layer, compare sum_k Att_i(w_l^k) w
 log p(beta) - log p(0) and report, per m, the median and 95th-percentile relative error.
 Usage: python benchmarks/completeness.py [hydra overrides...]  (uses the cached target; builds it if absent)
 """
+
 import json
 import sys
 from functools import partial
@@ -13,8 +14,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, batches, integrated_gradients,
-                                                              log_prob_at_scale, prediction_samples, quadrature)
+from simu_lightning.attribution.integrated_gradients import (
+    SharedPrefix,
+    activations,
+    batches,
+    integrated_gradients,
+    log_prob_at_scale,
+    prediction_samples,
+    quadrature,
+)
 from simu_lightning.cache import cache_root
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
@@ -42,8 +50,9 @@ def main(overrides: list[str]) -> dict:
     for batch in batches(samples, 4, tokenizer.pad_token_id):  # 4 samples x m=500 copies per forward
         prefix = SharedPrefix(model, batch)
         for proj, beta in zip(projs, activations(model, projs, batch, prefix)):
-            gap = (log_prob_at_scale(model, [proj], batch, [beta], 1.0, prefix)
-                   - log_prob_at_scale(model, [proj], batch, [beta], 0.0, prefix))
+            gap = log_prob_at_scale(model, [proj], batch, [beta], 1.0, prefix) - log_prob_at_scale(
+                model, [proj], batch, [beta], 0.0, prefix
+            )
             gaps.append(gap.abs())
             for m in STEPS:
                 att = integrated_gradients(model, [proj], batch, [beta], *quadrature("riemann", m), prefix)[0]
@@ -53,10 +62,15 @@ def main(overrides: list[str]) -> dict:
     for m in STEPS:
         err = torch.cat(errors[m])
         rel = err / gap.clamp(min=1e-12)
-        report[m] = {"median": rel.median().item(), "p95": rel.quantile(0.95).item(),
-                     "within_5pct_or_1e-3": ((err <= 0.05 * gap) | (err <= 1e-3)).float().mean().item()}
-        print(f"m={m:4d}  median rel. error {report[m]['median']:.3f}  p95 {report[m]['p95']:.3f}  "
-              f"samples within 5% (or 1e-3 abs) {report[m]['within_5pct_or_1e-3']:.1%}")
+        report[m] = {
+            "median": rel.median().item(),
+            "p95": rel.quantile(0.95).item(),
+            "within_5pct_or_1e-3": ((err <= 0.05 * gap) | (err <= 1e-3)).float().mean().item(),
+        }
+        print(
+            f"m={m:4d}  median rel. error {report[m]['median']:.3f}  p95 {report[m]['p95']:.3f}  "
+            f"samples within 5% (or 1e-3 abs) {report[m]['within_5pct_or_1e-3']:.1%}"
+        )
     return report
 
 

@@ -1,5 +1,6 @@
 """The unlearning step as a minimal plain-PyTorch loop (what the LightningModule does, without Lightning),
 and synthetic forget/retain batches of random tokens for the model-size benchmarks."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -27,14 +28,24 @@ def part(vocab: int, rows: int, length: int, answer: int, generator: torch.Gener
     input_ids = torch.randint(2, vocab, (rows, length), generator=generator)
     labels = input_ids.clone()
     labels[:, : length - answer] = IGNORE_INDEX
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
-            "position_ids": torch.arange(length).expand(rows, length).clone(), "index": torch.arange(rows) + offset}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": labels,
+        "position_ids": torch.arange(length).expand(rows, length).clone(),
+        "index": torch.arange(rows) + offset,
+    }
 
 
 def synthetic_batches(vocab: int, steps: int, rows: int = 8, length: int = 64, answer: int = 16, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    return [{"forget": part(vocab, rows, length, answer, generator, offset=i * rows),
-             "retain": part(vocab, rows, length, answer, generator, offset=i * rows)} for i in range(steps)]
+    return [
+        {
+            "forget": part(vocab, rows, length, answer, generator, offset=i * rows),
+            "retain": part(vocab, rows, length, answer, generator, offset=i * rows),
+        }
+        for i in range(steps)
+    ]
 
 
 def to(batch: dict, device) -> dict:
@@ -59,7 +70,9 @@ def prepare(model, method_name: str, critical_fraction: float = 0.1, seed: int =
             shape = [1, 1]
             shape[arch.neuron_dim] = -1
             neurons = proj.weight.shape[arch.neuron_dim]
-            masks[proj.weight] = (torch.rand(neurons, generator=generator) < critical_fraction).view(shape).to(proj.weight.device)
+            masks[proj.weight] = (
+                (torch.rand(neurons, generator=generator) < critical_fraction).view(shape).to(proj.weight.device)
+            )
         optimizer.set_masks(masks)
     return optimizer
 
@@ -72,7 +85,9 @@ def plain_step(model, optimizer, batch: dict, loss=None, step: int = 0, seed: in
         optimizer.zero_grad()
         parts = []
         for split_id, p in enumerate((batch["forget"], batch["retain"])):
-            logits = model(input_ids=p["input_ids"], attention_mask=p["attention_mask"], position_ids=p["position_ids"]).logits
+            logits = model(
+                input_ids=p["input_ids"], attention_mask=p["attention_mask"], position_ids=p["position_ids"]
+            ).logits
             u = label_uniforms(p["index"], seed, step, split_id, p["input_ids"].shape[1] - 1, logits.device)
             parts.append(sampled_label_loss(logits, p["labels"], u))
         bs = sum(count for _, count in parts)

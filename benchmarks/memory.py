@@ -5,6 +5,7 @@ state for the masked down projections (critical columns only) would hold against
 
     python -m benchmarks.memory METHOD SIZE   # one measurement, printed as JSON (what run() calls)
 """
+
 from __future__ import annotations
 
 import gc
@@ -50,31 +51,53 @@ def measure(method: str, size: str, critical_fraction: float = 0.1) -> dict:
     optimizer = prepare(model, method, critical_fraction)
     for step, batch in enumerate(batches):  # the second step runs with every state tensor allocated
         plain_step(model, optimizer, batch, step=step)
-    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                if isinstance(t, torch.Tensor) and t.dim() > 0)
-    result = {"model_mb": round(before, 1), "peak_mb": round(_peak_mb(), 1), "step_mb": round(_peak_mb() - before, 1),
-              "optimizer_state_mb": round(state / 2**20, 2)}
+    state = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor) and t.dim() > 0
+    )
+    result = {
+        "model_mb": round(before, 1),
+        "peak_mb": round(_peak_mb(), 1),
+        "step_mb": round(_peak_mb() - before, 1),
+        "optimizer_state_mb": round(state / 2**20, 2),
+    }
     if method == "simu":
         arch = architecture_of(model)
         downs = [proj.weight for proj in down_projections(model, arch).values()]
         full = sum(2 * w.numel() * w.element_size() for w in downs)  # momentum + Hessian, full size
-        compact = sum(2 * int(optimizer.masks[w].sum()) * w.shape[1 - arch.neuron_dim] * w.element_size() for w in downs)
-        result |= {"down_proj_state_full_mb": round(full / 2**20, 2), "down_proj_state_compact_mb": round(compact / 2**20, 2)}
+        compact = sum(
+            2 * int(optimizer.masks[w].sum()) * w.shape[1 - arch.neuron_dim] * w.element_size() for w in downs
+        )
+        result |= {
+            "down_proj_state_full_mb": round(full / 2**20, 2),
+            "down_proj_state_compact_mb": round(compact / 2**20, 2),
+        }
     return result
 
 
 def run(size: str = "large") -> dict:
     results = {}
     for method in ("fo", "so", "simu"):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.memory", method, size], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", method, size],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         if out.returncode:
             raise RuntimeError(f"memory benchmark for {method} failed: {out.stderr.strip().splitlines()[-1]}")
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
     lowest = min(results, key=lambda m: results[m]["step_mb"])
-    return {"model": size, "device": device().type, "per_method": results, "lowest": lowest,
-            "simu_step_mb_vs_so": _ratio(results["simu"]["step_mb"], results["so"]["step_mb"]),
-            "simu_step_mb_vs_fo": _ratio(results["simu"]["step_mb"], results["fo"]["step_mb"])}
+    return {
+        "model": size,
+        "device": device().type,
+        "per_method": results,
+        "lowest": lowest,
+        "simu_step_mb_vs_so": _ratio(results["simu"]["step_mb"], results["so"]["step_mb"]),
+        "simu_step_mb_vs_fo": _ratio(results["simu"]["step_mb"], results["fo"]["step_mb"]),
+    }
 
 
 def _ratio(a: float, b: float) -> float | None:

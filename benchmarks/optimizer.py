@@ -1,5 +1,6 @@
 """Optimiser step: Sophia against fused AdamW on the same parameters, and masked Sophia in SIMU's
 configuration against Sophia on every parameter. Ratios of medians taken side by side in one process."""
+
 from __future__ import annotations
 
 import time
@@ -33,10 +34,12 @@ def run(size: str = "olmo-77m", repeats: int = 9, critical_fraction: float = 0.1
     adamw = torch.optim.AdamW(params, lr=1e-4, fused=True)
     fused, fused_first = _sophia(params, fused=True)
     eager, _ = _sophia(params, fused=False)
-    times = {"adamw_fused": median_seconds(adamw.step, repeats),
-             "sophia_compiled": median_seconds(lambda: fused.step(bs=4096), repeats),
-             "sophia_eager": median_seconds(lambda: eager.step(bs=4096), max(3, repeats // 3)),
-             "sophia_hessian_update": median_seconds(fused.update_hessian, repeats)}
+    times = {
+        "adamw_fused": median_seconds(adamw.step, repeats),
+        "sophia_compiled": median_seconds(lambda: fused.step(bs=4096), repeats),
+        "sophia_eager": median_seconds(lambda: eager.step(bs=4096), max(3, repeats // 3)),
+        "sophia_hessian_update": median_seconds(fused.update_hessian, repeats),
+    }
 
     # SIMU: attention + down projections trainable (the rest frozen: no gradient), down projections
     # masked to a `critical_fraction` of their neurons
@@ -49,8 +52,11 @@ def run(size: str = "olmo-77m", repeats: int = 9, critical_fraction: float = 0.1
     for proj in downs.values():
         shape = [1, 1]
         shape[arch.neuron_dim] = -1
-        masks[proj.weight] = (torch.rand(proj.weight.shape[arch.neuron_dim], generator=generator)
-                              < critical_fraction).view(shape).to(proj.weight.device)
+        masks[proj.weight] = (
+            (torch.rand(proj.weight.shape[arch.neuron_dim], generator=generator) < critical_fraction)
+            .view(shape)
+            .to(proj.weight.device)
+        )
     kept = {id(p) for p in trainable}
     for p in params:
         if id(p) not in kept:

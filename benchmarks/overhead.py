@@ -1,5 +1,6 @@
 """Framework overhead: the Lightning unlearning loop against the plain loop of loop.py, on the same model,
 batches and optimiser (SO-GradDiff: Sophia with its Hessian estimate every step), in tokens per second."""
+
 from __future__ import annotations
 
 import copy
@@ -34,12 +35,20 @@ class StepClock(L.Callback):
 def lightning_seconds(model, batches, warmup: int) -> list[float]:
     clock = StepClock()
     module = UnlearningModule(model, METHODS["so"], GradDiff(), architecture_of(model))
-    trainer = L.Trainer(max_steps=len(batches), accelerator=device().type, devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[clock], num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=len(batches),
+        accelerator=device().type,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        num_sanity_val_steps=0,
+    )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
-    return [b - a for a, b in zip(clock.starts[warmup:], clock.starts[warmup + 1:])]
+    return [b - a for a, b in zip(clock.starts[warmup:], clock.starts[warmup + 1 :])]
 
 
 def plain_seconds(model, batches, warmup: int) -> list[float]:
@@ -60,6 +69,10 @@ def run(size: str = "medium", steps: int = 12, warmup: int = 2, rows: int = 8, l
     plain = statistics.median(plain_seconds(copy.deepcopy(model), batches, warmup))
     framework = statistics.median(lightning_seconds(copy.deepcopy(model), batches, warmup))
     per_step = tokens(batches[0])
-    return {"model": f"{size} ({parameters(model) / 1e6:.1f}M parameters)", "tokens_per_step": per_step,
-            "plain_tokens_per_s": round(per_step / plain, 1), "lightning_tokens_per_s": round(per_step / framework, 1),
-            "ratio_lightning_to_plain": round(plain / framework, 3)}
+    return {
+        "model": f"{size} ({parameters(model) / 1e6:.1f}M parameters)",
+        "tokens_per_step": per_step,
+        "plain_tokens_per_s": round(per_step / plain, 1),
+        "lightning_tokens_per_s": round(per_step / framework, 1),
+        "ratio_lightning_to_plain": round(plain / framework, 3),
+    }

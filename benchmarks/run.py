@@ -9,6 +9,7 @@ Writes one JSON file (--out) and prints a table per benchmark.
     python -m benchmarks --only attribution --attribution-setup smollm2_tofu   # SmolLM2-135M on TOFU forget01
     python -m benchmarks --profile smoke                # every benchmark at a tiny size (the tests run this)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,18 @@ from benchmarks.loop import synthetic_batches  # noqa: E402
 from benchmarks.common import device, olmo  # noqa: E402
 
 PROFILES = {
-    "full": {"optimizer": {"size": "olmo-77m", "repeats": 9}, "overhead": {"size": "medium", "steps": 12},
-             "memory": {"size": "large"}, "scaling": {}},
-    "smoke": {"optimizer": {"size": "tiny", "repeats": 2}, "overhead": {"size": "tiny", "steps": 4, "warmup": 1},
-              "memory": {"size": "tiny"},
-              "scaling": {"sizes": ("tiny",), "forget_rows": (2,), "m": 2, "repeats": 1}},
+    "full": {
+        "optimizer": {"size": "olmo-77m", "repeats": 9},
+        "overhead": {"size": "medium", "steps": 12},
+        "memory": {"size": "large"},
+        "scaling": {},
+    },
+    "smoke": {
+        "optimizer": {"size": "tiny", "repeats": 2},
+        "overhead": {"size": "tiny", "steps": 4, "warmup": 1},
+        "memory": {"size": "tiny"},
+        "scaling": {"sizes": ("tiny",), "forget_rows": (2,), "m": 2, "repeats": 1},
+    },
 }
 
 
@@ -44,15 +52,23 @@ PROFILES = {
 # then timed on the whole forget set.
 ATTRIBUTION = {
     "default": {"configs": attribution.CONFIGS, "reference": ("layerwise", "gauss_legendre", 64), "every": 1},
-    "smollm2_tofu": {"configs": [("layerwise", "gauss_legendre", 4), ("joint", "gauss_legendre", 4),
-                                 ("joint", "gauss_legendre", 8), ("joint", "gauss_legendre", 16),
-                                 ("joint", "gauss_legendre", 32), ("first_order", "riemann", 1)],
-                     "reference": ("layerwise", "gauss_legendre", 16), "every": 4},
+    "smollm2_tofu": {
+        "configs": [
+            ("layerwise", "gauss_legendre", 4),
+            ("joint", "gauss_legendre", 4),
+            ("joint", "gauss_legendre", 8),
+            ("joint", "gauss_legendre", 16),
+            ("joint", "gauss_legendre", 32),
+            ("first_order", "riemann", 1),
+        ],
+        "reference": ("layerwise", "gauss_legendre", 16),
+        "every": 4,
+    },
 }
 
 
 def parse_configs(text: str) -> list[tuple[str, str, int]]:
-    """"layerwise/gauss_legendre/3,joint/riemann/20" -> [(mode, rule, m), ...]"""
+    """ "layerwise/gauss_legendre/3,joint/riemann/20" -> [(mode, rule, m), ...]"""
     configs = []
     for item in text.split(","):
         mode, rule, m = item.strip().split("/")
@@ -64,27 +80,44 @@ def run_attribution(profile: str, setup: str, configs: list | None = None) -> di
     if profile == "smoke":  # a random tiny model and random answers: no target to prepare
         model = olmo("tiny").float()
         batch = synthetic_batches(model.config.vocab_size, 1, rows=3, length=12, answer=3)[0]["forget"]
-        forget = [{"input_ids": ids.tolist(), "labels": labels.tolist()}
-                  for ids, labels in zip(batch["input_ids"], batch["labels"])]
+        forget = [
+            {"input_ids": ids.tolist(), "labels": labels.tolist()}
+            for ids, labels in zip(batch["input_ids"], batch["labels"])
+        ]
         tokenizer = argparse.Namespace(pad_token_id=0, eos_token_id=None)
-        return attribution.run(model, tokenizer, forget, configs=[("joint", "gauss_legendre", 2), ("first_order", "riemann", 1)],
-                               reference=("layerwise", "gauss_legendre", 4), completeness_samples=4)
+        return attribution.run(
+            model,
+            tokenizer,
+            forget,
+            configs=[("joint", "gauss_legendre", 2), ("first_order", "riemann", 1)],
+            reference=("layerwise", "gauss_legendre", 4),
+            completeness_samples=4,
+        )
     from benchmarks.targets import trained_target
 
     model, tokenizer, forget = trained_target(setup)
     plan = ATTRIBUTION[setup]
-    result = {"setup": setup, **attribution.run(model, tokenizer, forget[::plan["every"]], configs or plan["configs"],
-                                                plan["reference"])}
+    result = {
+        "setup": setup,
+        **attribution.run(model, tokenizer, forget[:: plan["every"]], configs or plan["configs"], plan["reference"]),
+    }
     if plan["every"] > 1 and result["fastest_with_jaccard_0.95"]:
         mode, rule, m = result["fastest_with_jaccard_0.95"].split("/")
-        result["fastest_on_whole_forget_set"] = attribution.time_whole_set(model, tokenizer, forget, mode,
-                                                                           "riemann" if rule == "-" else rule, int(m))
+        result["fastest_on_whole_forget_set"] = attribution.time_whole_set(
+            model, tokenizer, forget, mode, "riemann" if rule == "-" else rule, int(m)
+        )
     return result
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": device().type, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device().type,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
     if device().type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -113,8 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", choices=["optimizer", "attribution", "overhead", "memory", "scaling"])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--attribution-setup", default="default", choices=["default", "smollm2_tofu"])
-    parser.add_argument("--attribution-configs", type=parse_configs, default=None,
-                        help='mode/rule/m,... instead of the setup\'s list, e.g. "layerwise/gauss_legendre/3"')
+    parser.add_argument(
+        "--attribution-configs",
+        type=parse_configs,
+        default=None,
+        help='mode/rule/m,... instead of the setup\'s list, e.g. "layerwise/gauss_legendre/3"',
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/results.json"))
     args = parser.parse_args(argv)
     settings = PROFILES[args.profile]

@@ -1,5 +1,6 @@
 """Trained targets for the attribution benchmarks: the embedded default's, and SmolLM2-135M fine-tuned on a
 TOFU subset. Both come from the project's own target preparation and its cache ($SIMU_CACHE_DIR)."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -19,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUPS = {
     "default": [],
     # TOFU forget01 (2 authors, 40 questions) with one retain author; the data sits beside the repository
-    "smollm2_tofu": ["model=smollm2_135m", "benchmark=tofu", f"benchmark.path={ROOT.parent / 'shared/data/tofu'}",
-                     "benchmark.forget_split=forget01", "benchmark.max_authors=3"],
+    "smollm2_tofu": [
+        "model=smollm2_135m",
+        "benchmark=tofu",
+        f"benchmark.path={ROOT.parent / 'shared/data/tofu'}",
+        "benchmark.forget_split=forget01",
+        "benchmark.max_authors=3",
+    ],
 }
 
 
@@ -32,8 +38,9 @@ def trained_target(setup: str):
     cache = cache_root(cfg.paths.cache_dir)
     trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False)
     base = base_model(cfg.model, benchmark, cache)
-    target = finetuned(base, benchmark, benchmark.target_splits, cfg.model, fmt, cache, trainer,
-                       finetune_trainer_settings(cfg.trainer))  # the same cache key as a run's
+    target = finetuned(
+        base, benchmark, benchmark.target_splits, cfg.model, fmt, cache, trainer, finetune_trainer_settings(cfg.trainer)
+    )  # the same cache key as a run's
     model, tokenizer = load_pretrained(target, cfg.model.dtype, tokenizer_source=cfg.model.get("tokenizer"))
     forget = encode_split(benchmark[benchmark.forget], tokenizer, fmt, cfg.model.max_length)
     return model, tokenizer, forget

@@ -1,27 +1,48 @@
 """Every registered architecture, built from a tiny config: where its neurons are, attribution on them,
 and a neuron mask that holds on its down projection."""
+
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
-                          Olmo2Config, OlmoConfig, Qwen2Config)
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Olmo2Config,
+    OlmoConfig,
+    Qwen2Config,
+)
 
 from simu_lightning.attribution.integrated_gradients import attribute
 from simu_lightning.errors import SimuError
-from simu_lightning.models.architecture import (ARCHITECTURES, architecture_of, attention_projections,
-                                                down_projections)
+from simu_lightning.models.architecture import ARCHITECTURES, architecture_of, attention_projections, down_projections
 from simu_lightning.optim import Sophia
 
 D_FF, LAYERS = 48, 2
-COMMON = dict(vocab_size=96, hidden_size=16, intermediate_size=D_FF, num_hidden_layers=LAYERS,
-              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+COMMON = dict(
+    vocab_size=96,
+    hidden_size=16,
+    intermediate_size=D_FF,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 CONFIGS = {
     "llama": LlamaConfig(**COMMON),
     "mistral": MistralConfig(**COMMON),
     "qwen2": Qwen2Config(**COMMON),
     "olmo": OlmoConfig(**COMMON),
     "olmo2": Olmo2Config(**COMMON),
-    "gpt_neox": GPTNeoXConfig(vocab_size=96, hidden_size=16, intermediate_size=D_FF, num_hidden_layers=LAYERS,
-                              num_attention_heads=2, max_position_embeddings=64),
+    "gpt_neox": GPTNeoXConfig(
+        vocab_size=96,
+        hidden_size=16,
+        intermediate_size=D_FF,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+    ),
     "gpt2": GPT2Config(vocab_size=96, n_embd=16, n_inner=D_FF, n_layer=LAYERS, n_head=2, n_positions=64),
 }
 
@@ -94,8 +115,14 @@ def test_simu_freezes_down_projection_biases_which_belong_to_no_neuron(model_typ
 def test_the_shared_prefix_gives_the_plain_attribution(model_type):
     """Samples of two QA pairs reading their pair's context cache (its later positions masked out), against
     whole sequences repeated once per scaled copy."""
-    from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, batches,
-                                                                  integrated_gradients, quadrature)
+    from simu_lightning.attribution.integrated_gradients import (
+        SharedPrefix,
+        activations,
+        batches,
+        integrated_gradients,
+        quadrature,
+    )
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(CONFIGS[model_type]).eval().requires_grad_(False)
     projs = list(down_projections(model, architecture_of(model)).values())
@@ -107,5 +134,9 @@ def test_the_shared_prefix_gives_the_plain_attribution(model_type):
     for proj, beta, cached in zip(projs, betas, activations(model, projs, batch, prefix)):
         torch.testing.assert_close(cached, beta, rtol=1e-4, atol=1e-5)
         nodes = quadrature("gauss_legendre", 3)
-        torch.testing.assert_close(integrated_gradients(model, [proj], batch, [beta], *nodes, prefix)[0],
-                                   integrated_gradients(model, [proj], batch, [beta], *nodes)[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            integrated_gradients(model, [proj], batch, [beta], *nodes, prefix)[0],
+            integrated_gradients(model, [proj], batch, [beta], *nodes)[0],
+            rtol=1e-4,
+            atol=1e-6,
+        )

@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from simu_lightning.attribution import critical_neurons
-from simu_lightning.attribution.integrated_gradients import (SharedPrefix, activations, attribute, batches,
-                                                              integrated_gradients, log_prob_at_scale, quadrature)
+from simu_lightning.attribution.integrated_gradients import (
+    SharedPrefix,
+    activations,
+    attribute,
+    batches,
+    integrated_gradients,
+    log_prob_at_scale,
+    quadrature,
+)
 from simu_lightning.errors import SimuError
 from simu_lightning.models.architecture import architecture_of, down_projections
 
@@ -15,8 +22,9 @@ def ig(model, proj, batch, beta, m, prefix=None, rule="riemann"):
 
 def gap(model, projs, batch, betas, prefix=None):
     """log p(betas) - log p(0) with the listed layers scaled together: what completeness closes on."""
-    return (log_prob_at_scale(model, projs, batch, betas, 1.0, prefix)
-            - log_prob_at_scale(model, projs, batch, betas, 0.0, prefix))
+    return log_prob_at_scale(model, projs, batch, betas, 1.0, prefix) - log_prob_at_scale(
+        model, projs, batch, betas, 0.0, prefix
+    )
 
 
 def test_one_sample_per_answer_token_without_eos(tiny_model, forget_samples):
@@ -85,10 +93,13 @@ def test_sharing_the_prefix_cache_gives_the_same_attributions(tiny_model, forget
     projs = list(down_projections(model, architecture_of(model)).values())
     batch = next(batches(forget_samples[1][:6], 6, tokenizer.pad_token_id))
     prefix = SharedPrefix(model, batch)
-    for proj, beta, cached_beta in zip(projs, activations(model, projs, batch), activations(model, projs, batch, prefix)):
+    for proj, beta, cached_beta in zip(
+        projs, activations(model, projs, batch), activations(model, projs, batch, prefix)
+    ):
         torch.testing.assert_close(beta, cached_beta)
-        torch.testing.assert_close(ig(model, proj, batch, beta, 5, prefix), ig(model, proj, batch, beta, 5),
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            ig(model, proj, batch, beta, 5, prefix), ig(model, proj, batch, beta, 5), rtol=1e-4, atol=1e-6
+        )
     # every use left the shared cache as it was: the prefix alone, no graph attached
     for repeat in (1, 5):
         assert prefix.cache(repeat).get_seq_length() == prefix.length
@@ -102,11 +113,17 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
     from simu_lightning.models.architecture import ARCHITECTURES
 
     forget = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
-    llama, gpt2 = SimpleNamespace(architecture=ARCHITECTURES["llama"]), SimpleNamespace(architecture=ARCHITECTURES["gpt2"])
+    llama, gpt2 = (
+        SimpleNamespace(architecture=ARCHITECTURES["llama"]),
+        SimpleNamespace(architecture=ARCHITECTURES["gpt2"]),
+    )
     key = callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget)
     assert callback.NeuronAttribution(t=0.5, m=4, target_id="x").cache_key(llama, forget) == key  # t is applied after
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", dtype="bfloat16").cache_key(llama, forget) != key
-    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", quadrature="gauss_legendre").cache_key(llama, forget) != key
+    assert (
+        callback.NeuronAttribution(t=0.1, m=4, target_id="x", quadrature="gauss_legendre").cache_key(llama, forget)
+        != key
+    )
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", mode="joint").cache_key(llama, forget) != key
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(gpt2, forget) != key
     monkeypatch.setattr(callback, "ATTRIBUTION_FORMAT", callback.ATTRIBUTION_FORMAT + 1)
@@ -123,6 +140,7 @@ def plain_integrated_gradients(model, projs, input_ids, target, alphas, weights)
     def capture(i):
         def hook(_module, args):  # returns None: a pre-hook's return value would replace the input
             betas[i] = args[0][0, -1].detach().clone()
+
         return hook
 
     handles = [proj.register_forward_pre_hook(capture(i)) for i, proj in enumerate(projs)]
@@ -133,8 +151,10 @@ def plain_integrated_gradients(model, projs, input_ids, target, alphas, weights)
     total = [torch.zeros_like(betas[i]) for i in range(len(projs))]
     for alpha, weight in zip(alphas.tolist(), weights.tolist()):
         scaled = [(alpha * betas[i]).requires_grad_(True) for i in range(len(projs))]
-        handles = [proj.register_forward_pre_hook(lambda _m, args, a=a: (torch.cat([args[0][:, :-1], a.view(1, 1, -1)], 1),))
-                   for proj, a in zip(projs, scaled)]
+        handles = [
+            proj.register_forward_pre_hook(lambda _m, args, a=a: (torch.cat([args[0][:, :-1], a.view(1, 1, -1)], 1),))
+            for proj, a in zip(projs, scaled)
+        ]
         log_p = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)[target]
         for handle in handles:
             handle.remove()
@@ -152,13 +172,17 @@ def test_batched_padded_and_cached_attribution_equals_the_plain_definition(tiny_
     assert len({len(s["input_ids"]) for s in samples}) > 1  # padding really happens
     name, proj = next(iter(down_projections(model, architecture_of(model)).items()))
     scores = attribute(model, {name: proj}, samples, m=4, pad_token_id=tokenizer.pad_token_id)[name]
-    expected = sum(plain_integrated_gradients(model, [proj], s["input_ids"], s["target"], *quadrature("riemann", 4))[0][0]
-                   for s in samples)
+    expected = sum(
+        plain_integrated_gradients(model, [proj], s["input_ids"], s["target"], *quadrature("riemann", 4))[0][0]
+        for s in samples
+    )
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode,rule", [("layerwise", "gauss_legendre"), ("joint", "riemann"), ("joint", "gauss_legendre"),
-                                       ("first_order", None)])
+@pytest.mark.parametrize(
+    "mode,rule",
+    [("layerwise", "gauss_legendre"), ("joint", "riemann"), ("joint", "gauss_legendre"), ("first_order", None)],
+)
 def test_every_fast_mode_equals_its_plain_definition(tiny_model, forget_samples, mode, rule):
     """Batched, padded, on the shared prefix: each mode against the plain per-sample computation (layer-wise:
     one layer scaled at a time; joint: every layer together; first order: each layer's gradient at alpha = 1)."""
@@ -166,24 +190,31 @@ def test_every_fast_mode_equals_its_plain_definition(tiny_model, forget_samples,
     model.eval().requires_grad_(False)
     samples = forget_samples[1][:5]
     projs = down_projections(model, architecture_of(model))
-    scores = attribute(model, projs, samples, m=3, pad_token_id=tokenizer.pad_token_id, quadrature_rule=rule or "riemann",
-                       mode=mode)
+    scores = attribute(
+        model, projs, samples, m=3, pad_token_id=tokenizer.pad_token_id, quadrature_rule=rule or "riemann", mode=mode
+    )
     nodes = quadrature("riemann", 1) if mode == "first_order" else quadrature(rule, 3)  # first order: alpha = 1
     layers = [list(projs.values())] if mode == "joint" else [[p] for p in projs.values()]
-    expected = [sum(torch.stack(plain_integrated_gradients(model, group, s["input_ids"], s["target"], *nodes)[0])
-                    for s in samples) for group in layers]
-    torch.testing.assert_close(torch.stack(list(scores.values())), torch.cat(expected).view(len(projs), -1),
-                               rtol=1e-4, atol=1e-5)
+    expected = [
+        sum(
+            torch.stack(plain_integrated_gradients(model, group, s["input_ids"], s["target"], *nodes)[0])
+            for s in samples
+        )
+        for group in layers
+    ]
+    torch.testing.assert_close(
+        torch.stack(list(scores.values())), torch.cat(expected).view(len(projs), -1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_quadrature_nodes_and_weights_match_hand_values():
     alphas, weights = quadrature("riemann", 4)
     assert alphas.tolist() == [0.25, 0.5, 0.75, 1.0] and weights.tolist() == [0.25] * 4
     alphas, weights = quadrature("gauss_legendre", 2)  # 1/2 -+ 1/(2 sqrt 3), weights 1/2
-    torch.testing.assert_close(alphas, torch.tensor([0.5 - 0.5 / 3 ** 0.5, 0.5 + 0.5 / 3 ** 0.5], dtype=torch.float64))
+    torch.testing.assert_close(alphas, torch.tensor([0.5 - 0.5 / 3**0.5, 0.5 + 0.5 / 3**0.5], dtype=torch.float64))
     torch.testing.assert_close(weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
     # exact for a cubic: integral_0^1 (4 a^3 - 3 a^2 + 1) da = 1
-    assert float((weights * (4 * alphas ** 3 - 3 * alphas ** 2 + 1)).sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float((weights * (4 * alphas**3 - 3 * alphas**2 + 1)).sum()) == pytest.approx(1.0, abs=1e-12)
     with pytest.raises(ValueError, match="unknown quadrature 'simpson'"):
         quadrature("simpson", 4)
 
@@ -194,12 +225,15 @@ def memorised_model(tiny_model, forget_samples):
     concentrated near alpha = 0, as on a real target, which is where the Riemann sum struggles."""
     model, tokenizer = tiny_model
     from simu_lightning.data.formatting import collate
+
     batch = collate(forget_samples[0], tokenizer.pad_token_id)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     for _ in range(150):
         optimizer.zero_grad()
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss.backward()
         optimizer.step()
     return model.eval().requires_grad_(False), tokenizer
 
@@ -215,8 +249,10 @@ def test_gauss_legendre_reaches_completeness_with_far_fewer_nodes_than_the_riema
 
     def fewest_nodes(rule):
         for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
-            if all(((ig(model, proj, batch, beta, m, prefix, rule).sum(-1) - g).abs() <= 0.01 * g.abs() + 1e-4).all()
-                   for proj, beta, g in zip(projs, betas, gaps)):
+            if all(
+                ((ig(model, proj, batch, beta, m, prefix, rule).sum(-1) - g).abs() <= 0.01 * g.abs() + 1e-4).all()
+                for proj, beta, g in zip(projs, betas, gaps)
+            ):
                 return m
         return 1024
 
@@ -253,8 +289,14 @@ def test_first_order_equals_the_one_node_layerwise_riemann_sum_but_not_the_joint
 def test_an_unknown_mode_is_refused(tiny_model, forget_samples):
     model, tokenizer = tiny_model
     with pytest.raises(ValueError, match="unknown attribution mode 'fast'"):
-        attribute(model, down_projections(model, architecture_of(model)), forget_samples[1][:2], 2,
-                  tokenizer.pad_token_id, mode="fast")
+        attribute(
+            model,
+            down_projections(model, architecture_of(model)),
+            forget_samples[1][:2],
+            2,
+            tokenizer.pad_token_id,
+            mode="fast",
+        )
 
 
 def test_the_riemann_sum_closes_on_the_plain_log_probability_gap(tiny_model, forget_samples):
@@ -263,12 +305,15 @@ def test_the_riemann_sum_closes_on_the_plain_log_probability_gap(tiny_model, for
     model.eval().requires_grad_(False)
     sample = forget_samples[1][3]
     proj = next(iter(down_projections(model, architecture_of(model)).values()))
-    _, (beta,) = plain_integrated_gradients(model, [proj], sample["input_ids"], sample["target"], *quadrature("riemann", 1))
+    _, (beta,) = plain_integrated_gradients(
+        model, [proj], sample["input_ids"], sample["target"], *quadrature("riemann", 1)
+    )
     ids = torch.tensor([sample["input_ids"]])
 
     def log_p(scale):
         handle = proj.register_forward_pre_hook(
-            lambda _m, args: (torch.cat([args[0][:, :-1], (scale * beta).view(1, 1, -1)], 1),))
+            lambda _m, args: (torch.cat([args[0][:, :-1], (scale * beta).view(1, 1, -1)], 1),)
+        )
         with torch.no_grad():
             value = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)[sample["target"]]
         handle.remove()
@@ -276,6 +321,8 @@ def test_the_riemann_sum_closes_on_the_plain_log_probability_gap(tiny_model, for
 
     closed = log_p(1.0) - log_p(0.0)
     batch = next(batches([sample], 1, tokenizer.pad_token_id))
-    errors = [(ig(model, proj, batch, beta.view(1, -1), m, SharedPrefix(model, batch)).sum() - closed).abs()
-              for m in (2, 16, 256)]
+    errors = [
+        (ig(model, proj, batch, beta.view(1, -1), m, SharedPrefix(model, batch)).sum() - closed).abs()
+        for m in (2, 16, 256)
+    ]
     assert errors[0] > errors[1] > errors[2] and errors[2] <= max(0.05 * closed.abs(), 1e-3)

@@ -1,4 +1,5 @@
 """Bad data is refused with one line naming the file, line, row or column at fault."""
+
 import json
 import logging
 
@@ -10,8 +11,14 @@ from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.errors import SimuError
 
-TOFU_FILES = ("forget01_perturbed", "retain99", "retain_perturbed", "real_authors_perturbed",
-              "world_facts_perturbed", "holdout01")
+TOFU_FILES = (
+    "forget01_perturbed",
+    "retain99",
+    "retain_perturbed",
+    "real_authors_perturbed",
+    "world_facts_perturbed",
+    "holdout01",
+)
 
 
 def tofu_folder(folder, rows=None, broken: dict | None = None):
@@ -59,10 +66,15 @@ def test_empty_answers_are_refused_and_prompts_that_fill_the_length_are_named(ti
     split = Dataset.from_list([{"question": "Where?", "answer": "Here."}, {"question": "Where?", "answer": "  "}])
     with pytest.raises(SimuError, match=r"synthetic forget rows 1: the answer is empty"):
         encode_split(split, tokenizer, prompt_format, max_length=32, name="synthetic forget")
-    long = Dataset.from_list([{"question": "Where?", "answer": "Here."}, {"question": "Where " * 40 + "?", "answer": "There."}])
+    long = Dataset.from_list(
+        [{"question": "Where?", "answer": "Here."}, {"question": "Where " * 40 + "?", "answer": "There."}]
+    )
     with caplog.at_level(logging.WARNING):
         encoded = encode_split(long, tokenizer, prompt_format, max_length=32, name="lume forget")
-    assert "lume forget rows 1: the prompt fills model.max_length=32, so only the first answer token is used" in caplog.text
+    assert (
+        "lume forget rows 1: the prompt fills model.max_length=32, so only the first answer token is used"
+        in caplog.text
+    )
     assert sum(label != -100 for label in encoded[1]["labels"]) == 1
 
 
@@ -76,8 +88,11 @@ def test_a_hub_id_that_cannot_be_reached_offline_says_how_to_point_at_a_local_co
     from simu_lightning.models.loading import load_pretrained
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SimuError, match=r"'org/not-cached' could not be loaded as a hub id .*--local-dir DIR\) "
-                                        r"and point model.source at DIR"):
+    with pytest.raises(
+        SimuError,
+        match=r"'org/not-cached' could not be loaded as a hub id .*--local-dir DIR\) "
+        r"and point model.source at DIR",
+    ):
         load_pretrained("org/not-cached")
 
 
@@ -87,6 +102,7 @@ def test_an_empty_forget_or_retain_set_is_refused(tiny_model, prompt_format):
     _, tokenizer = tiny_model
     rows = [{"question": "Q?", "answer": "A."}] * 4
     for forget, retain in ((rows[:0], rows), (rows, rows[:0])):
+
         def split(part):
             return Dataset.from_dict({"question": [r["question"] for r in part], "answer": [r["answer"] for r in part]})
 

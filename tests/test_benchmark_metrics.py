@@ -1,4 +1,5 @@
 """TOFU's and LUME's formulas against values worked out by hand."""
+
 import pytest
 
 from simu_lightning.evaluation import lume, metrics, qa

@@ -1,5 +1,6 @@
 """The benchmark suite at a tiny size: every benchmark runs and reports what the README's table needs.
 No timing is asserted here (speed targets live in the suite's own output, not in tests)."""
+
 import json
 
 from benchmarks.run import main

@@ -1,4 +1,5 @@
 """The disk cache under concurrent writers: two processes finishing one entry at once never fail."""
+
 import multiprocessing as mp
 import shutil
 
@@ -9,14 +10,14 @@ ROUNDS = 1000
 
 def writer(final, start, written, cleared, failures, rounds):
     for _ in range(rounds):
-        start.wait()                  # both released together, as ranks after an all-reduce
+        start.wait()  # both released together, as ranks after an all-reduce
         try:
             with atomic_dir(final) as tmp:
                 tmp.mkdir()
                 (tmp / "scores.txt").write_text("complete")
-        except Exception as err:      # the bug: OSError(39, 'Directory not empty') from os.replace
+        except Exception as err:  # the bug: OSError(39, 'Directory not empty') from os.replace
             failures.put(repr(err))
-        written.wait()                # the parent checks the entry, then clears it
+        written.wait()  # the parent checks the entry, then clears it
         cleared.wait()
 
 
@@ -60,4 +61,6 @@ def test_an_output_written_in_a_failing_block_leaves_the_previous_one(tmp_path):
     with replaced_dir(folder) as tmp:
         (tmp / "model.safetensors").write_text("new")
     assert (folder / "model.safetensors").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "results.json", "unlearned_model"]
+        "results.json",
+        "unlearned_model",
+    ]

@@ -1,5 +1,6 @@
 """Every YAML under conf/ composes, passes the run's checks, and builds what it describes (without
 weights or network): the lightning-hydra-template habit of composing configs into tmp_path."""
+
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from simu_lightning.unlearning.methods import Method
 
 CONF = ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "tuned")
-DATA = {"tofu": [f"benchmark.path={SHARED_DATA / 'tofu'}"],
-        "lume": [f"benchmark.path={SHARED_DATA / 'lume'}", "benchmark.max_documents=4"]}
+DATA = {
+    "tofu": [f"benchmark.path={SHARED_DATA / 'tofu'}"],
+    "lume": [f"benchmark.path={SHARED_DATA / 'lume'}", "benchmark.max_documents=4"],
+}
 
 
 def options(group: str) -> list[str]:
@@ -80,11 +83,14 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
     PromptFormat(**cfg.model.prompt)
     for logger in (cfg.get("logger") or {}).values():
         assert logger is None or "_target_" in logger
-    trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False) if "strategy" not in cfg.trainer \
-        else None
+    trainer = (
+        instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False) if "strategy" not in cfg.trainer else None
+    )
     assert trainer is None or trainer.max_epochs == cfg.trainer.max_epochs
     if benchmark_name in DATA and not (SHARED_DATA / benchmark_name).exists():
         pytest.skip(f"{SHARED_DATA / benchmark_name} not found: the {benchmark_name} benchmark is not built")
     benchmark = instantiate(cfg.benchmark)
     assert callable(benchmark.suite) and callable(benchmark.aggregate)
-    assert benchmark.suite.func.__module__ == f"simu_lightning.evaluation.{'lume' if benchmark_name == 'lume' else 'qa'}"
+    assert (
+        benchmark.suite.func.__module__ == f"simu_lightning.evaluation.{'lume' if benchmark_name == 'lume' else 'qa'}"
+    )

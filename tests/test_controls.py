@@ -1,4 +1,5 @@
 """The controls that separate where SIMU updates from how: neuron selections, trainable sets, exclusion."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -31,15 +32,17 @@ def test_exclude_retain_drops_exactly_the_neurons_critical_for_both():
     retain = masks([0, 1, 1, 1, 0], [0, 0, 0, 0, 1])
     kept, dropped = exclude_shared(forget, retain)
     assert kept["layer0"].tolist() == [True, False, False, False, False]  # neurons 1 and 3 are shared
-    assert kept["layer1"].tolist() == [False, True, True, False, False]   # nothing shared
+    assert kept["layer1"].tolist() == [False, True, True, False, False]  # nothing shared
     assert dropped == {"layer0": 2, "layer1": 0}
 
 
 def test_the_callback_thresholds_both_splits_excludes_then_draws_at_random():
     """Constructed scores per split, through the callback: t = 0.5 keeps forget {0, 1, 3} and retain {1, 2}
     in layer 0; neuron 1 is dropped, and `random` then draws 2 neurons (the count left) in that layer."""
-    scores = {"forget": {"l0": torch.tensor([1.0, 0.9, 0.1, 0.6]), "l1": torch.tensor([0.0, 0.2, 1.0, 0.4])},
-              "retain": {"l0": torch.tensor([0.1, 1.0, 0.8, 0.2]), "l1": torch.tensor([1.0, 0.0, 0.0, 0.0])}}
+    scores = {
+        "forget": {"l0": torch.tensor([1.0, 0.9, 0.1, 0.6]), "l1": torch.tensor([0.0, 0.2, 1.0, 0.4])},
+        "retain": {"l0": torch.tensor([0.1, 1.0, 0.8, 0.2]), "l1": torch.tensor([1.0, 0.0, 0.0, 0.0])},
+    }
     callback = NeuronAttribution(t=0.5, m=2, selection="random", exclude_retain=True, seed=3)
     callback.compute = lambda trainer, pl_module, examples, split: scores[split]
     trainer = SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[]))
@@ -49,12 +52,17 @@ def test_the_callback_thresholds_both_splits_excludes_then_draws_at_random():
     assert {n: int(m.sum()) for n, m in neurons.items()} == {"l0": 2, "l1": 1}
     callback.selection = "integrated_gradients"
     assert {n: m.tolist() for n, m in callback.select(trainer, None)[1].items()} == {
-        "l0": [True, False, False, True], "l1": [False, False, True, False]}
+        "l0": [True, False, False, True],
+        "l1": [False, False, True, False],
+    }
 
 
 def test_an_unknown_selection_names_the_setting():
-    with pytest.raises(SimuError, match=r"attribution.selection must be one of integrated_gradients, random, "
-                                        r"activation, gradient, got 'top'"):
+    with pytest.raises(
+        SimuError,
+        match=r"attribution.selection must be one of integrated_gradients, random, "
+        r"activation, gradient, got 'top'",
+    ):
         check_selection("top")
 
 
@@ -68,26 +76,33 @@ def test_activation_and_gradient_scores_equal_their_plain_definitions(tiny_model
     for score in ("activation", "gradient"):
         scores = attribute(model, projs, samples, m=7, pad_token_id=tokenizer.pad_token_id, score=score)
         for name, proj in projs.items():
-            plain = [plain_integrated_gradients(model, [proj], s["input_ids"], s["target"], *quadrature("riemann", 1))
-                     for s in samples]
+            plain = [
+                plain_integrated_gradients(model, [proj], s["input_ids"], s["target"], *quadrature("riemann", 1))
+                for s in samples
+            ]
             expected = sum((att[0] if score == "gradient" else beta[0]).abs() for att, beta in plain)
             torch.testing.assert_close(scores[name], expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("trainable, attention, down", [("attention_and_down_proj", True, True),
-                                                        ("down_proj", False, True), ("attention", True, False)])
+@pytest.mark.parametrize(
+    "trainable, attention, down",
+    [("attention_and_down_proj", True, True), ("down_proj", False, True), ("attention", True, False)],
+)
 def test_trainable_picks_attention_down_projections_or_both(tiny_model, trainable, attention, down):
     model, _ = tiny_model
     arch = architecture_of(model)
     method = Method("simu", optimizer=None, trainable=trainable, critical_neuron_mask=True)
     names = method.trainable_parameter_names(model, arch)
-    attention_names = {f"{m}.{n}" for m, p in attention_projections(model, arch).items() for n, _ in p.named_parameters()}
+    attention_names = {
+        f"{m}.{n}" for m, p in attention_projections(model, arch).items() for n, _ in p.named_parameters()
+    }
     down_names = {f"{m}.weight" for m in down_projections(model, arch)}
     assert names == (attention_names if attention else set()) | (down_names if down else set())
     assert method.needs_attribution == down  # attention alone: nothing to mask, nothing to attribute
 
 
 def test_an_unknown_trainable_set_names_the_setting():
-    with pytest.raises(SimuError, match="method.trainable='mlp' must be one of all, attention_and_down_proj, "
-                                        "down_proj, attention"):
+    with pytest.raises(
+        SimuError, match="method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention"
+    ):
         Method("simu", optimizer=None, trainable="mlp")

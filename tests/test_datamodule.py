@@ -54,7 +54,9 @@ def test_the_global_batch_does_not_depend_on_the_process_count(small_benchmark, 
     from datasets import Dataset
 
     rows = small_benchmark["forget"].to_list()
-    benchmark = type(small_benchmark)("odd", {"forget": Dataset.from_list(rows + rows[:2]), "retain": small_benchmark["retain"]})
+    benchmark = type(small_benchmark)(
+        "odd", {"forget": Dataset.from_list(rows + rows[:2]), "retain": small_benchmark["retain"]}
+    )
     assert len(benchmark["forget"]) == 18
     for epoch in (0, 1):
         single = pairs(make(benchmark, tokenizer, prompt_format, batch_size=4), FakeTrainer(current_epoch=epoch))

@@ -1,5 +1,6 @@
 """Multi-process behaviour, always in subprocesses (torchrun or run.py launching its own processes),
 never an in-process multi-device Trainer inside pytest."""
+
 import json
 import os
 import signal
@@ -27,9 +28,20 @@ def cache_dir(tmp_path_factory):
 
 
 def test_masked_sophia_holds_on_weights_sharded_along_either_dimension():
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(ROOT / "tests" / "distributed" / "sophia_shards.py")],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tests" / "distributed" / "sophia_shards.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("sharded masks hold") == 2
 
@@ -40,8 +52,12 @@ def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cac
     run_py([*SMALL, "method=simu", "evaluation.every_n_steps=1", *FSDP, f"hydra.run.dir={tmp_path / 'two'}"], cache_dir)
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     # the evaluations during unlearning run sharded too, and trace the same curve
-    curves = [[json.loads(line) for line in (tmp_path / d / "curve.jsonl").read_text().splitlines()] for d in ("one", "two")]
-    assert [(r["step"], r["split"], r["metric"]) for r in curves[0]] == [(r["step"], r["split"], r["metric"]) for r in curves[1]]
+    curves = [
+        [json.loads(line) for line in (tmp_path / d / "curve.jsonl").read_text().splitlines()] for d in ("one", "two")
+    ]
+    assert [(r["step"], r["split"], r["metric"]) for r in curves[0]] == [
+        (r["step"], r["split"], r["metric"]) for r in curves[1]
+    ]
     assert max(abs(a["value"] - b["value"]) for a, b in zip(*curves)) < 1e-4
     assert one["processes"] == 1 and two["processes"] == 2
     assert two["critical_neurons"] == one["critical_neurons"]
@@ -52,13 +68,18 @@ def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cac
         ratio = two["memory_mb_per_process"][kind] / one["memory_mb_per_process"][kind]
         assert 0.45 < ratio < 0.6, (kind, ratio)
 
-    weights_one, weights_two = load_weights(tmp_path / "one" / "unlearned_model"), load_weights(tmp_path / "two" / "unlearned_model")
+    weights_one, weights_two = (
+        load_weights(tmp_path / "one" / "unlearned_model"),
+        load_weights(tmp_path / "two" / "unlearned_model"),
+    )
     assert max((weights_one[k] - weights_two[k]).abs().max().item() for k in weights_one) < 1e-5
     target = load_weights(two["target"])
     critical = torch.load(tmp_path / "two" / "attribution" / "critical_neurons.pt")
     for layer, neurons in critical.items():
         name = f"{layer}.weight"
-        assert torch.equal(weights_two[name][:, ~neurons], target[name][:, ~neurons]), f"{name}: a non-critical column moved"
+        assert torch.equal(weights_two[name][:, ~neurons], target[name][:, ~neurons]), (
+            f"{name}: a non-critical column moved"
+        )
         assert not torch.equal(weights_two[name][:, neurons], target[name][:, neurons])
     trained = ("self_attn.", "mlp.down_proj.")
     for name, weight in weights_two.items():  # frozen parameters, sharded beside trained ones, never move
@@ -74,9 +95,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_end(tmp_path,
 
     interrupted = tmp_path / "interrupted"
     env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *longer, f"hydra.run.dir={interrupted}"],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *longer, f"hydra.run.dir={interrupted}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not (interrupted / "checkpoints" / "last.ckpt" / ".metadata").exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
@@ -96,9 +122,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_end(tmp_path,
     a, b = load_weights(tmp_path / "whole" / "unlearned_model"), load_weights(interrupted / "unlearned_model")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert resumed["critical_neurons"] == whole["critical_neurons"]
-    curves = [[json.loads(line) for line in (tmp_path / d / "curve.jsonl").read_text().splitlines()]
-              for d in ("whole", "interrupted")]
-    assert [(r["step"], r["split"], r["metric"]) for r in curves[0]] == [(r["step"], r["split"], r["metric"]) for r in curves[1]]
+    curves = [
+        [json.loads(line) for line in (tmp_path / d / "curve.jsonl").read_text().splitlines()]
+        for d in ("whole", "interrupted")
+    ]
+    assert [(r["step"], r["split"], r["metric"]) for r in curves[0]] == [
+        (r["step"], r["split"], r["metric"]) for r in curves[1]
+    ]
     assert max(abs(x["value"] - y["value"]) for x, y in zip(*curves)) < 1e-5
 
 

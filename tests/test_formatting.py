@@ -21,7 +21,7 @@ def test_long_answers_are_cut_but_prompts_are_not(tiny_model, prompt_format):
     prompt = encode_prompt(tokenizer, prompt_format, "Who?")
     example = encode_example(tokenizer, prompt_format, "Who?", "word " * 100, max_length=len(prompt) + 3)
     assert len(example["input_ids"]) == len(prompt) + 3
-    assert example["input_ids"][:len(prompt)] == prompt
+    assert example["input_ids"][: len(prompt)] == prompt
     # a prompt longer than max_length is kept whole, with one answer token to learn from
     assert len(encode_example(tokenizer, prompt_format, "Who?", "word", max_length=2)["input_ids"]) == len(prompt) + 1
 
@@ -45,25 +45,38 @@ def llama2_style_tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = ["Question: Where was Ada Brill born?\nAnswer: Ada Brill was born in Tolford.",
-              "Question: What is the capital of France?\nAnswer: Paris is the capital."] * 20
+    corpus = [
+        "Question: Where was Ada Brill born?\nAnswer: Ada Brill was born in Tolford.",
+        "Question: What is the capital of France?\nAnswer: Paris is the capital.",
+    ] * 20
     spm = Tokenizer(models.BPE(unk_token="<unk>"))
     spm.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     spm.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
     spm.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=150, special_tokens=["<unk>", "<s>", "</s>"]))
     spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>", pad_token="<unk>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=spm, bos_token="<s>", eos_token="</s>", pad_token="<unk>", unk_token="<unk>"
+    )
 
 
 def test_answers_are_tokenised_with_their_prompt_as_a_target_trained_on_the_joint_text_saw_them(prompt_format):
     tokenizer = llama2_style_tokenizer()
     question, answer = "What is the capital of France?", "Paris is the capital."
-    alone = tokenizer.convert_ids_to_tokens(tokenizer(prompt_format.answer_prefix + answer, add_special_tokens=False)["input_ids"])
+    alone = tokenizer.convert_ids_to_tokens(
+        tokenizer(prompt_format.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+    )
     assert alone[:2] == ["▁", "▁Paris"]  # the mismatch: tokenised apart, the answer starts with a lone "▁"
     joint = tokenizer(prompt_format.prompt(question) + prompt_format.answer_prefix + answer)["input_ids"]
     example = encode_example(tokenizer, prompt_format, question, answer, max_length=64)
     assert example["input_ids"] == joint + [tokenizer.eos_token_id]
     answer_start = example["labels"].index(next(label for label in example["labels"] if label != IGNORE_INDEX))
-    assert tokenizer.convert_ids_to_tokens(example["labels"][answer_start:]) == ["▁Paris", "▁is", "▁the", "▁capital.", "</s>"]
-    assert example["input_ids"][:answer_start] == encode_prompt(tokenizer, prompt_format, question)  # generation's prompt
+    assert tokenizer.convert_ids_to_tokens(example["labels"][answer_start:]) == [
+        "▁Paris",
+        "▁is",
+        "▁the",
+        "▁capital.",
+        "</s>",
+    ]
+    assert example["input_ids"][:answer_start] == encode_prompt(
+        tokenizer, prompt_format, question
+    )  # generation's prompt

@@ -1,4 +1,5 @@
 """manifest.json: the code's commit and state, the command without credentials."""
+
 import subprocess
 
 from simu_lightning.manifest import command_line, git_state
@@ -6,13 +7,20 @@ from simu_lightning.manifest import command_line, git_state
 
 def test_the_command_line_keeps_overrides_and_leaves_credentials_out():
     argv = ["/somewhere/run.py", "method=simu", "logger.wandb.api_key=abc123", "+hub_token=xyz", "attribution.t=0.1"]
-    assert command_line(argv) == ["run.py", "method=simu", "logger.wandb.api_key=<redacted>", "+hub_token=<redacted>",
-                                  "attribution.t=0.1"]
+    assert command_line(argv) == [
+        "run.py",
+        "method=simu",
+        "logger.wandb.api_key=<redacted>",
+        "+hub_token=<redacted>",
+        "attribution.t=0.1",
+    ]
 
 
 def test_git_state_names_the_commit_and_sees_a_changed_tracked_file(tmp_path):
     def git(*args):
-        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a checkout
     git("init", "-q")

@@ -1,4 +1,5 @@
 """Masked AdamW: SIMU's mask with a first-order optimiser."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Out-of-memory retries: the batch is halved until it fits, and other errors pass through."""
+
 import logging
 
 import pytest

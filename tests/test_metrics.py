@@ -9,13 +9,16 @@ from simu_lightning.evaluation import metrics
 from simu_lightning.likelihood import answer_log_likelihood
 
 
-@pytest.mark.parametrize("generation, answer, expected", [
-    ("  Paris. ", "paris", 1.0),
-    ("PARIS!", "Paris", 1.0),
-    ("Paris is nice.", "Paris", 0.0),
-    ("The Pacific Ocean", "the pacific ocean.", 1.0),
-    ("Pari", "Paris", 0.0),
-])
+@pytest.mark.parametrize(
+    "generation, answer, expected",
+    [
+        ("  Paris. ", "paris", 1.0),
+        ("PARIS!", "Paris", 1.0),
+        ("Paris is nice.", "Paris", 0.0),
+        ("The Pacific Ocean", "the pacific ocean.", 1.0),
+        ("Pari", "Paris", 0.0),
+    ],
+)
 def test_exact_match_ignores_case_space_and_trailing_punctuation(generation, answer, expected):
     assert metrics.exact_match(generation, answer) == expected
 
@@ -34,8 +37,10 @@ def test_answer_probability_is_the_geometric_mean_token_probability():
 def test_harmonic_mean_and_aggregate():
     assert metrics.harmonic_mean([0.5, 1.0]) == pytest.approx(2 / 3)
     assert metrics.harmonic_mean([0.5, 0.0]) == 0.0
-    summary = {"forget": {"exact_match": 0.5, "rougeL_recall": 0.75},
-               "retain": {"exact_match": 1.0, "rougeL_recall": 0.5}}
+    summary = {
+        "forget": {"exact_match": 0.5, "rougeL_recall": 0.75},
+        "retain": {"exact_match": 1.0, "rougeL_recall": 0.5},
+    }
     # hmean(0.5, 0.25, 1.0, 0.5) = 4 / (2 + 4 + 1 + 2)
     assert metrics.unlearning_aggregate(summary) == pytest.approx(4 / 9)
 
@@ -43,8 +48,10 @@ def test_harmonic_mean_and_aggregate():
 def test_split_summary_keeps_every_metric_even_when_the_first_value_is_zero():
     from simu_lightning.evaluation.qa import summarise
 
-    rows = [{"exact_match": 0.0, "rougeL_recall": metrics.rouge_l_recall("", "Paris"), "answer_prob": 0.5},
-            {"exact_match": 1.0, "rougeL_recall": 1.0, "answer_prob": 0.7}]
+    rows = [
+        {"exact_match": 0.0, "rougeL_recall": metrics.rouge_l_recall("", "Paris"), "answer_prob": 0.5},
+        {"exact_match": 1.0, "rougeL_recall": 1.0, "answer_prob": 0.7},
+    ]
     assert summarise(rows, forget=True) == pytest.approx({"exact_match": 0.5, "rougeL_recall": 0.5, "answer_prob": 0.6})
 
 
@@ -66,8 +73,11 @@ def test_exact_memorization_is_the_share_of_answer_tokens_the_argmax_predicts():
     vocab = 8
     argmax = torch.tensor([[1, 7, 3, 4, 0]])  # position 3 predicts the pad (ignored), 4 predicts nothing
     logits = torch.nn.functional.one_hot(argmax, vocab).float()
-    batch = {"input_ids": torch.tensor([[5, 1, 2, 3, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
-             "labels": torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX]])}
+    batch = {
+        "input_ids": torch.tensor([[5, 1, 2, 3, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
+        "labels": torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX]]),
+    }
     total, count, hits = answer_log_likelihood(FixedLogits(logits), batch, with_hits=True)
     assert count.tolist() == [3] and hits.tolist() == [2]
     assert hits.item() / count.item() == pytest.approx(2 / 3)

@@ -1,4 +1,5 @@
 """The search objective: utility where the trajectory first reaches a forget level, else a penalty."""
+
 import pytest
 
 from simu_lightning.errors import SimuError
@@ -6,8 +7,11 @@ from simu_lightning.objective import matched_utility
 
 
 def point(step, forget_em, retain_rouge):
-    return {"step": step, "summary": {"forget": {"exact_match": forget_em}, "retain": {"rougeL_recall": retain_rouge}},
-            "scores": {}}
+    return {
+        "step": step,
+        "summary": {"forget": {"exact_match": forget_em}, "retain": {"rougeL_recall": retain_rouge}},
+        "scores": {},
+    }
 
 
 def test_the_objective_interpolates_at_the_crossing_and_penalises_a_run_that_never_forgets():
@@ -16,8 +20,13 @@ def test_the_objective_interpolates_at_the_crossing_and_penalises_a_run_that_nev
     here = matched_utility(curve, "forget.exact_match<=0.2", "retain.rougeL_recall")
     assert here["value"] == pytest.approx(0.75) and here["step"] == pytest.approx(3.5) and here["reached"]
     never = matched_utility(curve[:2], "forget.exact_match<=0.2", "retain.rougeL_recall", unreached=-1.0)
-    assert never == {"at": "forget.exact_match<=0.2", "metric": "retain.rougeL_recall", "value": -1.0,
-                     "reached": False, "step": None}
+    assert never == {
+        "at": "forget.exact_match<=0.2",
+        "metric": "retain.rougeL_recall",
+        "value": -1.0,
+        "reached": False,
+        "step": None,
+    }
 
 
 def test_an_objective_of_two_conditions_is_refused():

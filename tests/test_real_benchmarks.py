@@ -1,4 +1,5 @@
 """TOFU and LUME loaders on the real files in ../shared/data (skipped when that folder is absent)."""
+
 import json
 
 import pytest
@@ -56,18 +57,24 @@ def test_lume_rows_kinds_and_whole_documents():
 
 
 def test_lume_bad_ids_and_columns_are_named(tmp_path):
-    (tmp_path / "forget.jsonl").write_text(json.dumps({"id": "doc1", "input": "a", "output": "b", "task": "Task1"}) + "\n")
+    (tmp_path / "forget.jsonl").write_text(
+        json.dumps({"id": "doc1", "input": "a", "output": "b", "task": "Task1"}) + "\n"
+    )
     (tmp_path / "retain.jsonl").write_text(json.dumps({"id": "doc2qa0", "input": "a", "output": "b"}) + "\n")
     with pytest.raises(SimuError, match=r"id 'doc1' does not end in sc<k> \(sentence completion\) or qa<k>"):
         lume.load(path=str(tmp_path))
-    (tmp_path / "forget.jsonl").write_text(json.dumps({"id": "doc1sc0", "input": "a", "output": "b", "task": "Task1"}) + "\n")
+    (tmp_path / "forget.jsonl").write_text(
+        json.dumps({"id": "doc1sc0", "input": "a", "output": "b", "task": "Task1"}) + "\n"
+    )
     with pytest.raises(SimuError, match="retain.jsonl: missing column"):
         lume.load(path=str(tmp_path))
 
 
 def test_lume_mia_files_become_splits(tmp_path):
     for stem, row_id in (("forget", "d1sc0"), ("retain", "d2qa0")):
-        (tmp_path / f"{stem}.jsonl").write_text(json.dumps({"id": row_id, "input": "a", "output": "b", "task": "Task2"}) + "\n")
+        (tmp_path / f"{stem}.jsonl").write_text(
+            json.dumps({"id": row_id, "input": "a", "output": "b", "task": "Task2"}) + "\n"
+        )
     for name in ("member", "nonmember"):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": name, "document": f"text of {name}"}) + "\n")
     bench = lume.load(path=str(tmp_path))

@@ -1,5 +1,6 @@
 """The cross-run report: matched-forgetting interpolation and intervals against hand-computed values,
 and the files it writes from run directories laid out as run.py leaves them."""
+
 import json
 import math
 
@@ -17,18 +18,30 @@ RETAIN = [1.0, 0.9, 0.8, 0.5]
 
 
 def curve(forget=FORGET, retain=RETAIN, every=2):
-    return [{"step": i * every, "epoch": 0, "summary": {"forget": {"exact_match": f}, "retain": {"exact_match": r}},
-             "scores": {"model_utility": r / 2}} for i, (f, r) in enumerate(zip(forget, retain))]
+    return [
+        {
+            "step": i * every,
+            "epoch": 0,
+            "summary": {"forget": {"exact_match": f}, "retain": {"exact_match": r}},
+            "scores": {"model_utility": r / 2},
+        }
+        for i, (f, r) in enumerate(zip(forget, retain))
+    ]
 
 
-@pytest.mark.parametrize("level, step, retain", [
-    (1.0, 0.0, 1.0),             # met by the target itself
-    (0.5, 2 + 2 / 3, 0.9 - 0.1 / 3),   # between steps 2 (0.6) and 4 (0.3): a third of the way
-    (0.3, 4.0, 0.8),             # met exactly at a point
-    (0.1, 4 + 4 / 3, 0.8 - 0.2),  # between 4 (0.3) and 6 (0.0): two thirds of the way
-])
+@pytest.mark.parametrize(
+    "level, step, retain",
+    [
+        (1.0, 0.0, 1.0),  # met by the target itself
+        (0.5, 2 + 2 / 3, 0.9 - 0.1 / 3),  # between steps 2 (0.6) and 4 (0.3): a third of the way
+        (0.3, 4.0, 0.8),  # met exactly at a point
+        (0.1, 4 + 4 / 3, 0.8 - 0.2),  # between 4 (0.3) and 6 (0.0): two thirds of the way
+    ],
+)
 def test_utility_at_a_forget_level_is_interpolated_between_the_points_around_the_crossing(level, step, retain):
-    here = at_forget_level(curve(), Condition("forget.exact_match", "<=", level), ["retain.exact_match", "model_utility"])
+    here = at_forget_level(
+        curve(), Condition("forget.exact_match", "<=", level), ["retain.exact_match", "model_utility"]
+    )
     assert here["step"] == pytest.approx(step)
     assert here["retain.exact_match"] == pytest.approx(retain)
     assert here["model_utility"] == pytest.approx(retain / 2)
@@ -39,8 +52,9 @@ def test_a_level_never_reached_gives_nothing():
 
 
 def test_the_first_crossing_counts_even_if_the_run_relearns_later():
-    here = at_forget_level(curve(forget=[1.0, 0.0, 0.8, 0.0]), Condition("forget.exact_match", "<=", 0.5),
-                           ["retain.exact_match"])
+    here = at_forget_level(
+        curve(forget=[1.0, 0.0, 0.8, 0.0]), Condition("forget.exact_match", "<=", 0.5), ["retain.exact_match"]
+    )
     assert here["step"] == pytest.approx(1.0)  # half way from step 0 (1.0) to step 2 (0.0)
 
 
@@ -55,9 +69,14 @@ def fake_run(folder, method, seed, forget, retain):
     folder.mkdir(parents=True)
     points = curve(forget, retain)
     after = points[-1]
-    results = {"method": method, "before": points[0]["summary"], "after": after["summary"],
-               "aggregate": {"before": 0.0, "after": 0.5}, "scores": {"before": {}, "after": after["scores"]},
-               "stopped": {"reason": "condition met", "step": after["step"], "epoch": 0}}
+    results = {
+        "method": method,
+        "before": points[0]["summary"],
+        "after": after["summary"],
+        "aggregate": {"before": 0.0, "after": 0.5},
+        "scores": {"before": {}, "after": after["scores"]},
+        "stopped": {"reason": "condition met", "step": after["step"], "epoch": 0},
+    }
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "curve.jsonl").write_text("\n".join(json.dumps(r) for r in curve_rows(points)) + "\n")
     (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
@@ -93,6 +112,10 @@ def test_overrides_every_run_shares_do_not_split_groups(tmp_path):
     for i, (method, t) in enumerate((("simu", "0.1"), ("simu", "0.2"), ("fo", "0.1"))):
         fake_run(tmp_path / f"{i}_{method}", method, 0, FORGET, RETAIN)
         (tmp_path / f"{i}_{method}" / ".hydra" / "overrides.yaml").write_text(
-            yaml.safe_dump([f"method={method}", "benchmark=tofu", f"attribution.t={t}", "seed=0"]))
-    assert sorted(r.group for r in find_runs([tmp_path])) == ["fo attribution.t=0.1", "simu attribution.t=0.1",
-                                                              "simu attribution.t=0.2"]
+            yaml.safe_dump([f"method={method}", "benchmark=tofu", f"attribution.t={t}", "seed=0"])
+        )
+    assert sorted(r.group for r in find_runs([tmp_path])) == [
+        "fo attribution.t=0.1",
+        "simu attribution.t=0.1",
+        "simu attribution.t=0.2",
+    ]

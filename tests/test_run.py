@@ -1,4 +1,5 @@
 """`run.py` end to end, as a user runs it: a subprocess, a small config, outputs in tmp_path."""
+
 import json
 import os
 import shutil
@@ -16,20 +17,37 @@ from transformers import AutoModelForCausalLM
 from conftest import ROOT
 
 SMALL = [
-    "benchmark.num_authors=4", "benchmark.forget_fraction=0.25", "benchmark.holdout_fraction=0.25",
-    "model.tiny.vocab_size=300", "model.tiny.hidden_size=32", "model.tiny.num_layers=2",
-    "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "model.finetune.epochs=2",
-    "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "evaluation.max_new_tokens=8",
-    "attribution.m=4", "data.batch_size=4",
+    "benchmark.num_authors=4",
+    "benchmark.forget_fraction=0.25",
+    "benchmark.holdout_fraction=0.25",
+    "model.tiny.vocab_size=300",
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2",
+    "model.tiny.intermediate_size=64",
+    "model.finetune.epochs=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "evaluation.max_new_tokens=8",
+    "attribution.m=4",
+    "data.batch_size=4",
     # the tuned default stops where forget EM <= 0.1, which a 2-epoch target may already meet: run the budget
-    "unlearning.stop_when=null", "evaluation.every_n_steps=0",
+    "unlearning.stop_when=null",
+    "evaluation.every_n_steps=0",
 ]
 
 
 def run_py(args: list[str], cache_dir, check=True, **environment) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **environment}
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "SIMU_CACHE_DIR": str(cache_dir),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        **environment,
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"run.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
@@ -67,7 +85,8 @@ def test_a_run_leaves_results_generations_masks_and_the_model(simu_run):
     assert {"split", "stage", "question", "answer", "generation"} <= set(rows[-1])
     forget_after = [r for r in rows if r["split"] == "forget" and r["stage"] == "after"]
     assert results["after"]["forget"]["exact_match"] == pytest.approx(
-        sum(r["exact_match"] for r in forget_after) / len(forget_after))
+        sum(r["exact_match"] for r in forget_after) / len(forget_after)
+    )
     # forget quality recomputed from the rows, independently: TOFU's KS test on 1 / truth ratio (eps 1e-10)
     reference = [1 / (r["truth_ratio"] + 1e-10) for r in rows if r["stage"] == "reference"]
     ours = [1 / (r["truth_ratio"] + 1e-10) for r in forget_after]
@@ -87,8 +106,13 @@ def test_the_curve_ends_at_the_after_evaluation_and_the_run_says_where_it_stoppe
     rows = [json.loads(line) for line in (simu_run / "curve.jsonl").read_text().splitlines()]
     steps = sorted({r["step"] for r in rows})
     assert steps == list(range(steps[-1] + 1))  # every step evaluated, from the target (step 0) on
-    assert results["stopped"] == {"reason": "budget exhausted", "step": steps[-1], "epoch": 0, "rule": None,
-                                  "max_epochs": 1}
+    assert results["stopped"] == {
+        "reason": "budget exhausted",
+        "step": steps[-1],
+        "epoch": 0,
+        "rule": None,
+        "max_epochs": 1,
+    }
     last = {(r["split"], r["metric"]): r["value"] for r in rows if r["step"] == steps[-1]}
     first = {(r["split"], r["metric"]): r["value"] for r in rows if r["step"] == 0}
     for split, by_metric in results["after"].items():
@@ -112,16 +136,27 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
 
 @pytest.mark.slow
 def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(simu_run, cache_dir, tmp_path):
-    run_py([*SMALL, "mode=evaluate", f"model.source={simu_run / 'unlearned_model'}",
-            f"evaluation.reference_results={simu_run / 'generations.jsonl'}", f"hydra.run.dir={tmp_path}"], cache_dir)
+    run_py(
+        [
+            *SMALL,
+            "mode=evaluate",
+            f"model.source={simu_run / 'unlearned_model'}",
+            f"evaluation.reference_results={simu_run / 'generations.jsonl'}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     run, evaluated = (json.loads((d / "results.json").read_text()) for d in (simu_run, tmp_path))
     assert evaluated["mode"] == "evaluate" and evaluated["source"] == str(simu_run / "unlearned_model")
     for split, by_metric in run["after"].items():
         assert evaluated["evaluated"][split] == pytest.approx(by_metric, abs=1e-6), split
     assert evaluated["scores"]["evaluated"] == pytest.approx(run["scores"]["after"], abs=1e-6)
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
-    after = [r["generation"] for r in map(json.loads, (simu_run / "generations.jsonl").read_text().splitlines())
-             if r["stage"] == "after"]
+    after = [
+        r["generation"]
+        for r in map(json.loads, (simu_run / "generations.jsonl").read_text().splitlines())
+        if r["stage"] == "after"
+    ]
     assert [r["generation"] for r in rows if r["stage"] == "evaluated"] == after
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["command"][:2] == ["run.py", SMALL[0]] and manifest["versions"]["torch"] == torch.__version__
@@ -130,8 +165,13 @@ def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(si
 def test_evaluate_mode_refuses_a_source_that_is_not_a_checkpoint(tmp_path):
     result = run_py(["mode=evaluate", f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: mode=evaluate: model.source='tiny' names a model "
-                                                              "this project builds or converts, not a checkpoint")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: mode=evaluate: model.source='tiny' names a model this project builds or converts, not a checkpoint"
+        )
+    )
 
 
 def wandb_records(run_dir):
@@ -148,8 +188,8 @@ def wandb_records(run_dir):
         if left < 7:  # a block's tail too short for a header is padding
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        pending += raw[pos + 7:pos + 7 + length]
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        pending += raw[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -160,12 +200,18 @@ def wandb_records(run_dir):
 
 @pytest.mark.slow
 def test_the_wandb_run_holds_the_curves_the_neuron_heatmap_and_the_generations_table(cache_dir, tmp_path):
-    run_py([*SMALL, "method=simu", "logger=wandb", "evaluation.every_n_steps=1", f"hydra.run.dir={tmp_path}"],
-           cache_dir, WANDB_MODE="offline", WANDB_SILENT="true")
+    run_py(
+        [*SMALL, "method=simu", "logger=wandb", "evaluation.every_n_steps=1", f"hydra.run.dir={tmp_path}"],
+        cache_dir,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+    )
     history, config, run = [], {}, None
     for kind, record in wandb_records(tmp_path):
         if kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            history.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind == "config":
             config |= {item.key: json.loads(item.value_json) for item in record.config.update}
         elif kind == "run":
@@ -180,8 +226,11 @@ def test_the_wandb_run_holds_the_curves_the_neuron_heatmap_and_the_generations_t
     table = next(row for row in history if "generations/path" in row)
     generations = json.loads((files / table["generations/path"]).read_text())
     assert generations["columns"] == ["split", "question", "answer", "before", "after"]
-    forget_rows = [r for r in map(json.loads, (tmp_path / "generations.jsonl").read_text().splitlines())
-                   if r["split"] == "forget" and r["stage"] == "after"]
+    forget_rows = [
+        r
+        for r in map(json.loads, (tmp_path / "generations.jsonl").read_text().splitlines())
+        if r["split"] == "forget" and r["stage"] == "after"
+    ]
     assert [row[4] for row in generations["data"] if row[0] == "forget"] == [r["generation"] for r in forget_rows]
     assert config["method_name"] == "simu" and config["t"] == 0.1 and config["attribution"]["m"] == 4
     assert "method=simu" in run.tags and "seed=0" in run.tags and run.run_group
@@ -206,8 +255,18 @@ def test_a_sweep_over_t_attributes_once_and_the_later_jobs_say_they_reused_it(tm
 def test_an_optuna_search_maximises_utility_at_matched_forgetting(cache_dir, tmp_path):
     """Two trials; each returns the retain ROUGE-L where its trajectory first reaches the forget level
     (0 when it never does), and the sweeper's best is the best of those."""
-    run_py([*SMALL, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "evaluation.every_n_steps=1",
-            "trainer.max_epochs=2", 'objective.at="forget.exact_match<=0.5"', f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    run_py(
+        [
+            *SMALL,
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "evaluation.every_n_steps=1",
+            "trainer.max_epochs=2",
+            'objective.at="forget.exact_match<=0.5"',
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     from simu_lightning.objective import matched_utility
     from simu_lightning.report.runs import curve_points
 
@@ -229,8 +288,18 @@ def test_an_optuna_search_maximises_utility_at_matched_forgetting(cache_dir, tmp
 def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(cache_dir, tmp_path):
     """SIMU's mask with AdamW, on neurons drawn at random in the attribution's per-layer counts after the
     retain set's critical neurons are dropped: only the drawn columns of the down projections move."""
-    run_py([*SMALL, "method=simu_adamw", "method.optimizer.lr=1e-3", "attribution.selection=random",
-            "attribution.exclude_retain=true", "attribution.t=0.3", f"hydra.run.dir={tmp_path}"], cache_dir)
+    run_py(
+        [
+            *SMALL,
+            "method=simu_adamw",
+            "method.optimizer.lr=1e-3",
+            "attribution.selection=random",
+            "attribution.exclude_retain=true",
+            "attribution.t=0.3",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     summary = json.loads((tmp_path / "attribution" / "critical_neurons.json").read_text())
     assert summary["selection"] == "random" and summary["exclude_retain"] is True
@@ -240,48 +309,73 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
     drawn = torch.load(tmp_path / "attribution" / "critical_neurons.pt")
     for name, score in scores.items():  # the draw keeps the count left after the exclusion, not the positions
         assert int(drawn[name].sum()) == int((score >= 0.3 * score.max()).sum()) - dropped[name]
-    weights, target = (AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (tmp_path / "unlearned_model",
-                                                                                        results["target"]))
+    weights, target = (
+        AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (tmp_path / "unlearned_model", results["target"])
+    )
     for layer, neurons in drawn.items():
         name = f"{layer}.weight"
-        assert torch.equal(weights[name][:, ~neurons], target[name][:, ~neurons]), f"{name}: a column outside the mask moved"
+        assert torch.equal(weights[name][:, ~neurons], target[name][:, ~neurons]), (
+            f"{name}: a column outside the mask moved"
+        )
         assert not torch.equal(weights[name][:, neurons], target[name][:, neurons])
     assert all(torch.equal(w, target[n]) for n, w in weights.items() if "mlp.up_proj" in n or "mlp.gate_proj" in n)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
-    ("attribution.t=0", "error: attribution.t must be in (0, 1], got 0"),
-    ("attribution.m=0", "error: attribution.m must be an integer >= 1, got 0"),
-    ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
-    ("loss=hinge", "error: unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
-    ("model=gpt5", "error: unknown model 'gpt5': choose one of llama2_7b, olmo1b, smollm2_135m, tiny (model=...)"),
-    ("benchmark=muse", "error: unknown benchmark 'muse': choose one of lume, synthetic, tofu (benchmark=...)"),
-    ("method.optimizer.lr=0", "error: method.optimizer.lr must be a positive number, got 0"),
-    ("data.batch_size=0", "error: data.batch_size must be a positive integer, got 0"),
-    ("trainer.max_epochs=-1", "error: trainer.max_epochs must be a positive integer, got -1"),
-    ("optim.rho=-1", "error: optim.rho must be a number >= 0 or auto, got -1"),
-    ("optim.target_win_rate=1.5", "error: optim.target_win_rate must be in (0, 1), got 1.5"),
-    ("attribution.quadrature=simpson", "error: attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'"),
-    ("attribution.mode=fast", "error: attribution.mode must be one of layerwise, joint, first_order, got 'fast'"),
-    ("attribution.selection=top", "error: attribution.selection must be one of integrated_gradients, random, "
-     "activation, gradient, got 'top'"),
-    ("attribution.exclude_retain=maybe", "error: attribution.exclude_retain must be true or false, got 'maybe'"),
-    ("method.trainable=mlp", "error: method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, "
-     "attention"),
-    ("evaluation.dtype=bf16", "error: evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), "
-     "got 'bf16'"),
-    ("optim.fused=sometimes", "error: optim.fused must be true, false or auto, got 'sometimes'"),
-    ("evaluation.every_n_steps=-2", "error: evaluation.every_n_steps must be null (each epoch's end), 0 (never) "
-                                    "or a positive integer, got -2"),
-    ('unlearning.stop_when="forget.exact_match=0.1"', "error: unlearning.stop_when='forget.exact_match=0.1': "
-     "'forget.exact_match=0.1' is not a condition like 'forget.exact_match<=0.1' or 'forget_quality>=0.05' "
-     "(operators: <=, >=, <, >)"),
-    ("unlearning.stop_when=forget.exact_match<0.1", "error: unlearning.stop_when: quote the condition for Hydra, "
-     "e.g. 'unlearning.stop_when=\"forget.exact_match<0.1\"'"),
-    ("benchmark=tofu benchmark.forget_split=forget03", "error: benchmark.forget_split='forget03' must be one of "
-     "forget01, forget05, forget10"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
+        ("attribution.t=0", "error: attribution.t must be in (0, 1], got 0"),
+        ("attribution.m=0", "error: attribution.m must be an integer >= 1, got 0"),
+        ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
+        ("loss=hinge", "error: unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
+        ("model=gpt5", "error: unknown model 'gpt5': choose one of llama2_7b, olmo1b, smollm2_135m, tiny (model=...)"),
+        ("benchmark=muse", "error: unknown benchmark 'muse': choose one of lume, synthetic, tofu (benchmark=...)"),
+        ("method.optimizer.lr=0", "error: method.optimizer.lr must be a positive number, got 0"),
+        ("data.batch_size=0", "error: data.batch_size must be a positive integer, got 0"),
+        ("trainer.max_epochs=-1", "error: trainer.max_epochs must be a positive integer, got -1"),
+        ("optim.rho=-1", "error: optim.rho must be a number >= 0 or auto, got -1"),
+        ("optim.target_win_rate=1.5", "error: optim.target_win_rate must be in (0, 1), got 1.5"),
+        (
+            "attribution.quadrature=simpson",
+            "error: attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'",
+        ),
+        ("attribution.mode=fast", "error: attribution.mode must be one of layerwise, joint, first_order, got 'fast'"),
+        (
+            "attribution.selection=top",
+            "error: attribution.selection must be one of integrated_gradients, random, activation, gradient, got 'top'",
+        ),
+        ("attribution.exclude_retain=maybe", "error: attribution.exclude_retain must be true or false, got 'maybe'"),
+        (
+            "method.trainable=mlp",
+            "error: method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention",
+        ),
+        (
+            "evaluation.dtype=bf16",
+            "error: evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got 'bf16'",
+        ),
+        ("optim.fused=sometimes", "error: optim.fused must be true, false or auto, got 'sometimes'"),
+        (
+            "evaluation.every_n_steps=-2",
+            "error: evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, got -2",
+        ),
+        (
+            'unlearning.stop_when="forget.exact_match=0.1"',
+            "error: unlearning.stop_when='forget.exact_match=0.1': "
+            "'forget.exact_match=0.1' is not a condition like 'forget.exact_match<=0.1' or 'forget_quality>=0.05' "
+            "(operators: <=, >=, <, >)",
+        ),
+        (
+            "unlearning.stop_when=forget.exact_match<0.1",
+            "error: unlearning.stop_when: quote the condition for Hydra, "
+            "e.g. 'unlearning.stop_when=\"forget.exact_match<0.1\"'",
+        ),
+        (
+            "benchmark=tofu benchmark.forget_split=forget03",
+            "error: benchmark.forget_split='forget03' must be one of forget01, forget05, forget10",
+        ),
+    ],
+)
 def test_bad_settings_fail_with_one_line_naming_them(override, message, tmp_path):
     result = run_py([*override.split(" "), f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
     assert result.returncode == 2
@@ -290,7 +384,9 @@ def test_bad_settings_fail_with_one_line_naming_them(override, message, tmp_path
     assert not (tmp_path / "cache").exists()  # failed before any work
 
 
-TINY = [a for a in SMALL if a.startswith(("model.", "trainer.", "attribution.", "data.", "unlearning.", "evaluation.every"))]
+TINY = [
+    a for a in SMALL if a.startswith(("model.", "trainer.", "attribution.", "data.", "unlearning.", "evaluation.every"))
+]
 
 
 def write_lume_folder(folder):
@@ -301,10 +397,22 @@ def write_lume_folder(folder):
         rows = []
         for d in range(3):
             task, doc = f"Task{d + 1}", f"doc{offset + d}"
-            rows.append({"id": f"{doc}sc0", "task": task, "input": f"The story of {doc} begins in",
-                         "output": f"the town of Vel{offset + d} by the sea."})
-            rows.append({"id": f"{doc}qa0", "task": task, "input": f"Where does the story of {doc} begin?",
-                         "output": f"Vel{offset + d}"})
+            rows.append(
+                {
+                    "id": f"{doc}sc0",
+                    "task": task,
+                    "input": f"The story of {doc} begins in",
+                    "output": f"the town of Vel{offset + d} by the sea.",
+                }
+            )
+            rows.append(
+                {
+                    "id": f"{doc}qa0",
+                    "task": task,
+                    "input": f"Where does the story of {doc} begin?",
+                    "output": f"Vel{offset + d}",
+                }
+            )
         (folder / f"{split}_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name in ("member", "nonmember"):
         docs = [{"id": f"{name}{i}", "document": f"A {name} document number {i} about the sea."} for i in range(4)]
@@ -315,15 +423,26 @@ def write_lume_folder(folder):
 def test_lume_run_reports_tasks_task_aggregate_and_mia(tmp_path, cache_dir):
     write_lume_folder(tmp_path / "lume")
     out = tmp_path / "run"
-    run_py(["benchmark=lume", f"benchmark.path={tmp_path / 'lume'}", "evaluation.max_new_tokens=8",
-            *TINY, f"hydra.run.dir={out}"], cache_dir)
+    run_py(
+        [
+            "benchmark=lume",
+            f"benchmark.path={tmp_path / 'lume'}",
+            "evaluation.max_new_tokens=8",
+            *TINY,
+            f"hydra.run.dir={out}",
+        ],
+        cache_dir,
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["benchmark"] == "lume"
     for split in ("forget", "retain"):
-        assert {"Task1/regurgitation", "Task1/knowledge", "Task3/knowledge", "rougeL_recall", "exact_match"} <= \
-            set(results["after"][split])
+        assert {"Task1/regurgitation", "Task1/knowledge", "Task3/knowledge", "rougeL_recall", "exact_match"} <= set(
+            results["after"][split]
+        )
     scores = results["scores"]["after"]
-    assert 0 <= scores["task_aggregate"] <= 1 and scores["mia_score"] == pytest.approx(1 - 2 * abs(scores["mia_auc"] - 0.5))
+    assert 0 <= scores["task_aggregate"] <= 1 and scores["mia_score"] == pytest.approx(
+        1 - 2 * abs(scores["mia_auc"] - 0.5)
+    )
     assert scores["final_score"] is None  # no MMLU asked for
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert {r["task"] for r in rows} == {"Task1", "Task2", "Task3"} and all("id" in r for r in rows)
@@ -336,14 +455,30 @@ TOFU_DATA = ROOT.parent / "shared" / "data" / "tofu"
 @pytest.mark.skipif(not (TOFU_DATA / "full.json").exists(), reason=f"TOFU data not found at {TOFU_DATA}")
 def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
     out = tmp_path / "run"
-    run_py(["benchmark=tofu", f"benchmark.path={TOFU_DATA}", "benchmark.forget_split=forget01",
-            "benchmark.max_authors=3", "evaluation.max_new_tokens=8", "evaluation.max_examples=6",
-            *TINY, f"hydra.run.dir={out}"], cache_dir)
+    run_py(
+        [
+            "benchmark=tofu",
+            f"benchmark.path={TOFU_DATA}",
+            "benchmark.forget_split=forget01",
+            "benchmark.max_authors=3",
+            "evaluation.max_new_tokens=8",
+            "evaluation.max_examples=6",
+            *TINY,
+            f"hydra.run.dir={out}",
+        ],
+        cache_dir,
+    )
     results = json.loads((out / "results.json").read_text())
     assert set(results["after"]) == {"forget", "retain", "real_authors", "world_facts"}
     for by_metric in results["after"].values():
-        assert {"exact_match", "rougeL_recall", "contains_answer", "answer_prob", "truth_ratio",
-                "normalised_prob"} <= set(by_metric)
+        assert {
+            "exact_match",
+            "rougeL_recall",
+            "contains_answer",
+            "answer_prob",
+            "truth_ratio",
+            "normalised_prob",
+        } <= set(by_metric)
     assert set(results["scores"]["after"]) == {"model_utility", "forget_quality"}
     assert results["scores"]["after"]["forget_quality"] is not None
 
@@ -356,8 +491,12 @@ def test_a_real_run_stops_at_the_first_point_meeting_the_rule_and_a_restart_resu
     run_py([*every_step, f"hydra.run.dir={tmp_path / 'free'}"], cache_dir)
     curve = [json.loads(line) for line in (tmp_path / "free" / "curve.jsonl").read_text().splitlines()]
     prob = {r["step"]: r["value"] for r in curve if r["split"] == "forget" and r["metric"] == "answer_prob"}
-    k, op = next((step, op) for step in sorted(prob)[1:] for op in ("<=", ">=")
-                 if all((prob[step] < prob[s]) if op == "<=" else (prob[step] > prob[s]) for s in prob if s < step))
+    k, op = next(
+        (step, op)
+        for step in sorted(prob)[1:]
+        for op in ("<=", ">=")
+        if all((prob[step] < prob[s]) if op == "<=" else (prob[step] > prob[s]) for s in prob if s < step)
+    )
     rule = f'unlearning.stop_when="forget.answer_prob{op}{prob[k]!r}"'
     bound = [*every_step, rule, f"hydra.run.dir={tmp_path / 'bound'}"]
     run_py(bound, cache_dir)
@@ -391,8 +530,14 @@ def test_credentials_in_the_environment_never_reach_a_file_of_the_run(tmp_path, 
     secrets = {"HF_TOKEN": "hf_secretTOKEN0123456789", "WANDB_API_KEY": "wandbSECRETkey0123456789abcdef"}
     out = tmp_path / "run"
     env = {**os.environ, **secrets, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *SMALL, "method=simu", f"hydra.run.dir={out}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *SMALL, "method=simu", f"hydra.run.dir={out}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) > 10
@@ -405,13 +550,25 @@ def test_credentials_in_the_environment_never_reach_a_file_of_the_run(tmp_path, 
 
 @pytest.mark.slow
 def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an_uninterrupted_run(tmp_path, cache_dir):
-    args = [*SMALL, "method=simu", "data.batch_size=2", "trainer.max_epochs=4", "evaluation.every_n_steps=1",
-            "evaluation.during.max_examples=2"]
+    args = [
+        *SMALL,
+        "method=simu",
+        "data.batch_size=2",
+        "trainer.max_epochs=4",
+        "evaluation.every_n_steps=1",
+        "evaluation.during.max_examples=2",
+    ]
     run_py([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cache_dir)
     interrupted = tmp_path / "interrupted"
     env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={interrupted}"], cwd=ROOT,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={interrupted}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not any('"step": 5,' in line for line in _lines(interrupted / "curve.jsonl")):
         assert process.poll() is None and time.time() < deadline, "the run ended before step 5"
@@ -429,7 +586,10 @@ def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an
     assert resumed["stopped"]["step"] == whole["stopped"]["step"] == 16
     for split in whole["after"]:
         assert resumed["after"][split] == pytest.approx(whole["after"][split], abs=1e-6)
-    a, b = (AutoModelForCausalLM.from_pretrained(tmp_path / d / "unlearned_model").state_dict() for d in ("whole", "interrupted"))
+    a, b = (
+        AutoModelForCausalLM.from_pretrained(tmp_path / d / "unlearned_model").state_dict()
+        for d in ("whole", "interrupted")
+    )
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 

@@ -1,4 +1,5 @@
 """Sophia against steps worked out by hand (see the numbers in the comments)."""
+
 import pytest
 import torch
 
@@ -14,11 +15,12 @@ FUSED = pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"
 
 def one_step(masks=None, fused=False):
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
-    opt = Sophia([p], lr=LR, betas=BETAS, rho=RHO, weight_decay=WD, masks=None if masks is None else {p: masks},
-                 fused=fused)
-    p.grad = torch.tensor([1.0, 4.0, 0.0])   # gradient on sampled labels
-    opt.update_hessian()                      # h = 0.01 * g^2 = [0.01, 0.16, 0]
-    p.grad = torch.tensor([0.2, -0.4, 0.3])   # loss gradient
+    opt = Sophia(
+        [p], lr=LR, betas=BETAS, rho=RHO, weight_decay=WD, masks=None if masks is None else {p: masks}, fused=fused
+    )
+    p.grad = torch.tensor([1.0, 4.0, 0.0])  # gradient on sampled labels
+    opt.update_hessian()  # h = 0.01 * g^2 = [0.01, 0.16, 0]
+    p.grad = torch.tensor([0.2, -0.4, 0.3])  # loss gradient
     opt.step(bs=BS)
     return p, opt
 
@@ -92,7 +94,10 @@ def test_the_compiled_step_equals_the_eager_step_on_random_tensors():
                 p.grad = torch.randn_like(p)
             opt.step(bs=16)
             stats += [opt.clip_rate, opt.hessian_mean]
-        runs[fused] = [p.detach() for p in params] + [opt.state[p][k] for p in params for k in ("exp_avg", "hessian")], stats
+        runs[fused] = (
+            [p.detach() for p in params] + [opt.state[p][k] for p in params for k in ("exp_avg", "hessian")],
+            stats,
+        )
     for eager, compiled in zip(runs[False][0], runs[True][0]):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-5)
@@ -136,8 +141,15 @@ def test_win_rate_and_hessian_scale_match_hand_computation(fused):
 def toy(rho="auto", target=0.3, calibration_step=1, mask=None, size=1000):
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(size))
-    opt = Sophia([p], lr=0.01, rho=rho, weight_decay=0.0, target_win_rate=target, calibration_step=calibration_step,
-                 masks=None if mask is None else {p: mask})
+    opt = Sophia(
+        [p],
+        lr=0.01,
+        rho=rho,
+        weight_decay=0.0,
+        target_win_rate=target,
+        calibration_step=calibration_step,
+        masks=None if mask is None else {p: mask},
+    )
     return p, opt
 
 
@@ -181,7 +193,7 @@ def test_a_batch_without_answer_tokens_leaves_the_hessian_finite():
     w = torch.nn.Parameter(torch.randn(5, 3))
     opt = Sophia([w], lr=0.01)
     logits = (torch.ones(2, 4, 1) * w.sum(0)).expand(2, 4, 3) + w[:4, 0].view(1, 4, 1)
-    labels = torch.full((2, 4), IGNORE_INDEX)   # every answer truncated away
+    labels = torch.full((2, 4), IGNORE_INDEX)  # every answer truncated away
     loss, count = sampled_label_loss(logits, labels, torch.full((2, 3), 0.5))
     assert count == 0 and loss.item() == 0.0
     loss.backward()
@@ -195,6 +207,7 @@ def test_without_a_compiler_the_step_falls_back_to_eager_with_one_warning(monkey
     def no_compiler(fn, **kwargs):
         def compiled(*args):
             raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
         return compiled
 
     monkeypatch.setattr(fused.torch, "compile", no_compiler)

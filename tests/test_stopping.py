@@ -1,4 +1,5 @@
 """The stopping rule and the evaluation during unlearning, driven by a scripted sequence of evaluations."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -18,8 +19,14 @@ def scripted(forget_em: list[float]):
 
     def evaluate(model, tokenizer, fmt, benchmark, stage, settings, reference=None):
         em = next(script)
-        summary = {"forget": {"exact_match": em, "rougeL_recall": em}, "retain": {"exact_match": 0.9, "rougeL_recall": 0.95}}
-        return Evaluation(summary, {"model_utility": 0.5}, [{"split": "forget", "stage": stage, "index": 0, "exact_match": em}])
+        summary = {
+            "forget": {"exact_match": em, "rougeL_recall": em},
+            "retain": {"exact_match": 0.9, "rougeL_recall": 0.95},
+        }
+        return Evaluation(
+            summary, {"model_utility": 0.5}, [{"split": "forget", "stage": stage, "index": 0, "exact_match": em}]
+        )
+
     return evaluate
 
 
@@ -27,10 +34,12 @@ def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1):
     """Run the callback's hooks as a fit would: before, then a step at a time until it stops."""
     monkeypatch.setattr(evaluation_callback, "evaluate", scripted(forget_em))
     benchmark = SimpleNamespace(aggregate=unlearning_aggregate)  # the aggregate the benchmark's config names
-    cb = evaluation_callback.UnlearningEvaluation(None, None, benchmark, SETTINGS, None, tmp_path, every_n_steps=every,
-                                                  stop_when=StoppingRule.parse(rule))
-    trainer = SimpleNamespace(global_step=0, current_epoch=0, should_stop=False, loggers=[], is_global_zero=True,
-                              ckpt_path=None)
+    cb = evaluation_callback.UnlearningEvaluation(
+        None, None, benchmark, SETTINGS, None, tmp_path, every_n_steps=every, stop_when=StoppingRule.parse(rule)
+    )
+    trainer = SimpleNamespace(
+        global_step=0, current_epoch=0, should_stop=False, loggers=[], is_global_zero=True, ckpt_path=None
+    )
     module = SimpleNamespace(model=None)
     cb.on_fit_start(trainer, module)
     cb.on_train_start(trainer, module)
@@ -47,7 +56,7 @@ def test_unlearning_stops_at_the_first_point_that_meets_the_condition(monkeypatc
     cb, trainer = drive(monkeypatch, tmp_path, [1.0, 0.8, 0.5, 0.1, 0.0], "forget.exact_match<=0.1", steps=10)
     assert trainer.global_step == 3 and trainer.should_stop
     assert cb.stopped == {"reason": "condition met", "step": 3, "epoch": 1}
-    assert cb.after.summary["forget"]["exact_match"] == 0.1          # the model at the stop is "after"
+    assert cb.after.summary["forget"]["exact_match"] == 0.1  # the model at the stop is "after"
     assert {r["stage"] for r in cb.after.rows} == {"after"}
     assert [p["step"] for p in cb.points] == [0, 1, 2, 3]
 
@@ -70,18 +79,29 @@ def test_points_between_evaluations_are_skipped_and_the_end_is_evaluated(monkeyp
 
 def test_a_resumed_run_that_had_stopped_unlearns_no_further(monkeypatch, tmp_path):
     cb, _ = drive(monkeypatch, tmp_path, [1.0, 0.05], "forget.exact_match<=0.1", steps=10)
-    resumed = evaluation_callback.UnlearningEvaluation(None, None, None, SETTINGS, None, tmp_path, every_n_steps=1,
-                                                       stop_when=StoppingRule.parse("forget.exact_match<=0.1"))
+    resumed = evaluation_callback.UnlearningEvaluation(
+        None,
+        None,
+        None,
+        SETTINGS,
+        None,
+        tmp_path,
+        every_n_steps=1,
+        stop_when=StoppingRule.parse("forget.exact_match<=0.1"),
+    )
     resumed.load_state_dict(cb.state_dict())
     trainer = SimpleNamespace(should_stop=False)
     resumed.on_train_start(trainer, None)
     assert trainer.should_stop and resumed.stopped["step"] == 1
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("forget.exact_match=0.1", "is not a condition"),
-    ("forget.exact_match<=high", "is not a condition"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("forget.exact_match=0.1", "is not a condition"),
+        ("forget.exact_match<=high", "is not a condition"),
+    ],
+)
 def test_malformed_rules_are_refused_with_the_setting_named(text, problem):
     with pytest.raises(SimuError, match=rf"unlearning.stop_when=.*{problem}"):
         StoppingRule.parse(text)

@@ -36,11 +36,14 @@ def test_rows_carry_tofu_columns_and_wrong_answers_are_wrong():
         assert row["answer"] not in row["perturbed_answer"]
 
 
-@pytest.mark.parametrize("kwargs, setting", [
-    ({"forget_fraction": 1.5}, "benchmark.forget_fraction"),
-    ({"holdout_fraction": 0.0}, "benchmark.holdout_fraction"),
-    ({"num_authors": 1}, "benchmark.num_authors"),
-])
+@pytest.mark.parametrize(
+    "kwargs, setting",
+    [
+        ({"forget_fraction": 1.5}, "benchmark.forget_fraction"),
+        ({"holdout_fraction": 0.0}, "benchmark.holdout_fraction"),
+        ({"num_authors": 1}, "benchmark.num_authors"),
+    ],
+)
 def test_bad_settings_name_the_setting(kwargs, setting):
     with pytest.raises(SimuError, match=setting):
         synthetic.generate(**kwargs)

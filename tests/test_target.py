@@ -1,5 +1,6 @@
 """Target preparation's contract with the loader and the cache: pinned revisions reach the loader, and
 every input of a fine-tuned target is part of its cache key."""
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -7,15 +8,27 @@ from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models import target as target_module
 from simu_lightning.models.target import Target, finetune_key, load_base, load_target, prepare_target
 
-MODEL = {"source": "org/base", "revision": "abc123", "tokenizer": None, "dtype": "float32", "max_length": 64,
-         "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 2, "seed": 0}, "targets": {}}
+MODEL = {
+    "source": "org/base",
+    "revision": "abc123",
+    "tokenizer": None,
+    "dtype": "float32",
+    "max_length": 64,
+    "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 2, "seed": 0},
+    "targets": {},
+}
 
 
 @pytest.fixture()
 def loads(monkeypatch):
     calls = []
-    monkeypatch.setattr(target_module, "load_pretrained",
-                        lambda source, dtype="float32", revision=None, tokenizer_source=None, trust_remote_code=False: calls.append((source, revision, trust_remote_code)))
+    monkeypatch.setattr(
+        target_module,
+        "load_pretrained",
+        lambda source, dtype="float32", revision=None, tokenizer_source=None, trust_remote_code=False: calls.append(
+            (source, revision, trust_remote_code)
+        ),
+    )
     return calls
 
 
@@ -37,23 +50,31 @@ def test_the_base_model_loads_at_its_revision(loads):
     assert loads == [("org/base", "abc123", False)]
 
 
-@pytest.mark.parametrize("change", [
-    {"tokenizer": "org/other-tokenizer"}, {"dtype": "bfloat16"}, {"revision": "def456"}, {"max_length": 128},
-    {"finetune": {**MODEL["finetune"], "lr": 2e-3}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tokenizer": "org/other-tokenizer"},
+        {"dtype": "bfloat16"},
+        {"revision": "def456"},
+        {"max_length": 128},
+        {"finetune": {**MODEL["finetune"], "lr": 2e-3}},
+    ],
+)
 def test_every_model_setting_a_target_depends_on_changes_its_key(small_benchmark, change):
     fmt = PromptFormat()
     base_key = finetune_key("org/base", small_benchmark, ("full",), OmegaConf.create(MODEL), fmt)
     assert finetune_key("org/base", small_benchmark, ("full",), OmegaConf.create({**MODEL, **change}), fmt) != base_key
 
 
-@pytest.mark.parametrize("numerics", [{"precision": "bf16-mixed"}, {"accumulate_grad_batches": 2},
-                                      {"gradient_clip_val": 1.0}])
+@pytest.mark.parametrize(
+    "numerics", [{"precision": "bf16-mixed"}, {"accumulate_grad_batches": 2}, {"gradient_clip_val": 1.0}]
+)
 def test_the_trainer_numerics_of_fine_tuning_change_the_key(small_benchmark, numerics):
     cfg, fmt = OmegaConf.create(MODEL), PromptFormat()
     plain = {"precision": "32-true", "accumulate_grad_batches": 1, "gradient_clip_val": None}
-    assert finetune_key("b", small_benchmark, ("full",), cfg, fmt, plain) != \
-        finetune_key("b", small_benchmark, ("full",), cfg, fmt, {**plain, **numerics})
+    assert finetune_key("b", small_benchmark, ("full",), cfg, fmt, plain) != finetune_key(
+        "b", small_benchmark, ("full",), cfg, fmt, {**plain, **numerics}
+    )
 
 
 def test_the_code_version_is_part_of_the_key(small_benchmark, monkeypatch):

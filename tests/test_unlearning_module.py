@@ -1,4 +1,5 @@
 """Real (short) Lightning training runs: what may change changes, and nothing else moves a bit."""
+
 import copy
 from functools import partial
 
@@ -17,8 +18,9 @@ from simu_lightning.unlearning.losses import NPO, GradDiff
 from simu_lightning.unlearning.methods import Method
 from simu_lightning.unlearning.module import UnlearningModule
 
-SIMU = Method("simu", partial(Sophia, lr=1e-2, weight_decay=0.1), trainable="attention_and_down_proj",
-              critical_neuron_mask=True)
+SIMU = Method(
+    "simu", partial(Sophia, lr=1e-2, weight_decay=0.1), trainable="attention_and_down_proj", critical_neuron_mask=True
+)
 SO = Method("so", partial(Sophia, lr=1e-2), trainable="all")
 FO = Method("fo", partial(torch.optim.AdamW, lr=1e-2), trainable="all")
 
@@ -28,8 +30,15 @@ def unlearn(model, tokenizer, benchmark, fmt, method, loss=None, steps=3, refere
     module = UnlearningModule(model, method, loss or GradDiff(), architecture_of(model), reference=reference)
     datamodule = UnlearningDataModule(benchmark, tokenizer, fmt, batch_size=2, max_length=64)
     attribution = NeuronAttribution(t=0.3, m=4)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[attribution])
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[attribution],
+    )
     trainer.fit(module, datamodule)
     return module, attribution
 
@@ -41,8 +50,15 @@ def test_simu_changes_only_critical_columns_and_attention(tiny_model, small_benc
     module = UnlearningModule(model, SIMU, GradDiff(), architecture_of(model))
     datamodule = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
     attribution = NeuronAttribution(t=0.3, m=4)
-    L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[attribution]).fit(module, datamodule)
+    L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[attribution],
+    ).fit(module, datamodule)
 
     arch = architecture_of(model)
     downs, attention = down_projections(model, arch), attention_projections(model, arch)
@@ -116,20 +132,33 @@ class NaNAtStep(GradDiff):
         return (loss * float("nan") if self.calls == self.at else loss), terms
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_step_and_never_reaches_the_weights(tiny_model, small_benchmark,
-                                                                                      prompt_format):
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_never_reaches_the_weights(
+    tiny_model, small_benchmark, prompt_format
+):
     model, tokenizer = tiny_model
     L.seed_everything(0, verbose=False)
     module = UnlearningModule(model, SO, NaNAtStep(at=3), architecture_of(model))
     datamodule = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
-    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    with pytest.raises(SimuError, match=r"non-finite loss \(nan\) at unlearning step 2 \(epoch 0\); the weights were not updated"):
+    trainer = L.Trainer(
+        max_steps=5,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(
+        SimuError, match=r"non-finite loss \(nan\) at unlearning step 2 \(epoch 0\); the weights were not updated"
+    ):
         trainer.fit(module, datamodule)
     assert trainer.global_step == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert all(torch.isfinite(t).all() for s in trainer.optimizers[0].state.values() for t in s.values()
-               if isinstance(t, torch.Tensor))
+    assert all(
+        torch.isfinite(t).all()
+        for s in trainer.optimizers[0].state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
 
 
 def test_the_gnb_estimate_is_scaled_by_the_batch_token_count(tiny_model, small_benchmark, prompt_format):
@@ -146,22 +175,35 @@ def test_the_gnb_estimate_is_scaled_by_the_batch_token_count(tiny_model, small_b
             seen["batch"] = batch
 
     L.seed_everything(0, verbose=False)
-    module = UnlearningModule(model, Method("so", partial(Sophia, lr=1e-2, betas=(0.9, 0.99)), "all"), GradDiff(),
-                              architecture_of(model))
+    module = UnlearningModule(
+        model, Method("so", partial(Sophia, lr=1e-2, betas=(0.9, 0.99)), "all"), GradDiff(), architecture_of(model)
+    )
     datamodule = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
-    L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[Keep()]).fit(module, datamodule)
+    L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Keep()],
+    ).fit(module, datamodule)
 
     batch = seen["batch"]
     tokens = sum(int((part["labels"][:, 1:] != -100).sum()) for part in (batch["forget"], batch["retain"]))
     assert module.hessian_tokens == tokens
     total = 0.0
     for split_id, part in enumerate((batch["forget"], batch["retain"])):
-        logits = start(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
-                       position_ids=part["position_ids"]).logits[:, :-1]
+        logits = start(
+            input_ids=part["input_ids"], attention_mask=part["attention_mask"], position_ids=part["position_ids"]
+        ).logits[:, :-1]
         # the documented draws: one generator per (seed, step, split, row), here at step 0
-        uniforms = torch.tensor(np.stack([np.random.default_rng([0, 0, split_id, row]).random(logits.shape[1])
-                                          for row in part["index"].tolist()]), dtype=torch.float32)
+        uniforms = torch.tensor(
+            np.stack(
+                [np.random.default_rng([0, 0, split_id, row]).random(logits.shape[1]) for row in part["index"].tolist()]
+            ),
+            dtype=torch.float32,
+        )
         scored = part["labels"][:, 1:] != -100
         cdf = F.softmax(logits.detach(), -1).cumsum(-1)
         sampled = (cdf < uniforms.unsqueeze(-1)).sum(-1).clamp(max=logits.shape[-1] - 1)
@@ -169,5 +211,10 @@ def test_the_gnb_estimate_is_scaled_by_the_batch_token_count(tiny_model, small_b
     (total / tokens).backward()
     state = module.trainer.optimizers[0].state
     for (name, param), (_, reference) in zip(model.named_parameters(), start.named_parameters()):
-        torch.testing.assert_close(state[param]["hessian"], 0.01 * reference.grad ** 2, rtol=1e-4, atol=1e-12,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            state[param]["hessian"],
+            0.01 * reference.grad**2,
+            rtol=1e-4,
+            atol=1e-12,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )

@@ -9,6 +9,7 @@ rename that still loses a race (a file system without locks) is harmless for the
 Each cached computation carries a format version (`*_FORMAT` next to it), part of its key: bump it
 whenever the computation changes, so that no entry made by older code is reused.
 """
+
 from __future__ import annotations
 
 import contextlib

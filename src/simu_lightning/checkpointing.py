@@ -8,6 +8,7 @@
   of the epoch were done, so the resumed run starts the epoch where it stopped (the epoch's seeded
   order skips them) and ends where the uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,8 +57,14 @@ class SaveOnInterrupt(L.Callback):
             os.symlink(path.name, tmp)
             os.replace(tmp, link)
         self.saved = path
-        log.warning("interrupted at step %d (epoch %d, %d batches into it): saved %s; run the same command "
-                    "(same hydra.run.dir) to resume", trainer.global_step, self.epoch, self.batches_done, path)
+        log.warning(
+            "interrupted at step %d (epoch %d, %d batches into it): saved %s; run the same command "
+            "(same hydra.run.dir) to resume",
+            trainer.global_step,
+            self.epoch,
+            self.batches_done,
+            path,
+        )
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batches_done": self.batches_done}
@@ -73,7 +80,9 @@ def checkpointing(cfg: DictConfig, out: Path) -> tuple[list, str | None]:
     if not every:
         return [], None
     folder = out / "checkpoints"
-    callbacks = [ModelCheckpoint(dirpath=folder, save_top_k=1, save_last="link", every_n_epochs=every),
-                 SaveOnInterrupt(folder)]
+    callbacks = [
+        ModelCheckpoint(dirpath=folder, save_top_k=1, save_last="link", every_n_epochs=every),
+        SaveOnInterrupt(folder),
+    ]
     last = folder / "last.ckpt"
     return callbacks, (str(last) if agree(last.exists()) else None)

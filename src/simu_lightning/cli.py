@@ -1,5 +1,6 @@
 """Command-line checks that give one clear line instead of Hydra's multi-line report, for the most
 common slip: naming a config-group option that does not exist (`method=sgd`)."""
+
 from __future__ import annotations
 
 import re

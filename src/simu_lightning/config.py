@@ -1,5 +1,6 @@
 """Checks of the composed configuration that Hydra's schema cannot express, run before any work so
 that a bad setting costs seconds, not a fine-tuning run. Each names the setting and what is valid."""
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,9 @@ def check(cfg: DictConfig) -> None:
     _positive("evaluation.batch_size", cfg.evaluation.batch_size, integer=True)
     every = cfg.evaluation.get("every_n_steps")
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
-        raise SimuError(f"evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, got {every!r}")
+        raise SimuError(
+            f"evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, got {every!r}"
+        )
     dtype = cfg.evaluation.get("dtype")
     if dtype is not None and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
         raise SimuError(f"evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got {dtype!r}")

@@ -5,6 +5,7 @@ the critical neurons as an image and the before/after and generations tables.
 The scalars themselves (unlearn/*, optim/* with Sophia's win and clip rates and Hessian scale,
 eval/<split>/<metric> at every evaluation point, attribution/kept/*) are logged where they arise.
 """
+
 from __future__ import annotations
 
 import matplotlib
@@ -23,9 +24,16 @@ def hyperparameters(cfg: DictConfig) -> dict:
     """The resolved config, with the settings a sweep varies also at the top level (wandb's parallel
     coordinates and scatter plots read them without setup)."""
     full = OmegaConf.to_container(cfg, resolve=True)
-    choices = {"method_name": cfg.method.name, "loss_name": cfg.loss._target_.rsplit(".", 1)[-1], "t": cfg.attribution.t,
-               "m": cfg.attribution.m, "seed": cfg.seed, "selection": cfg.attribution.get("selection"),
-               "trainable": cfg.method.get("trainable"), "lr": cfg.method.optimizer.get("lr")}
+    choices = {
+        "method_name": cfg.method.name,
+        "loss_name": cfg.loss._target_.rsplit(".", 1)[-1],
+        "t": cfg.attribution.t,
+        "m": cfg.attribution.m,
+        "seed": cfg.seed,
+        "selection": cfg.attribution.get("selection"),
+        "trainable": cfg.method.get("trainable"),
+        "lr": cfg.method.optimizer.get("lr"),
+    }
     return {**full, **choices}  # (names that do not collide with the config groups)
 
 
@@ -39,13 +47,20 @@ def critical_neurons_figure(scores: dict[str, torch.Tensor], neurons: dict[str, 
     """Layers x neurons: each layer's scores over its largest (clipped to [0, 1]), the critical neurons
     (score >= t * max) in colour and the others in grey; the threshold t is the red line on the bar."""
     names = list(scores)
-    relative = torch.stack([(s / s.max()).clamp(0, 1) if s.max() > 0 else torch.zeros_like(s)
-                            for s in scores.values()]).numpy()
+    relative = torch.stack(
+        [(s / s.max()).clamp(0, 1) if s.max() > 0 else torch.zeros_like(s) for s in scores.values()]
+    ).numpy()
     critical = torch.stack([neurons[name] for name in names]).numpy()
     fig, ax = plt.subplots(figsize=(10, min(8.0, 0.3 * len(names) + 1.6)))
     ax.imshow(relative, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-    image = ax.imshow(numpy.ma.masked_where(~critical, relative), aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                      interpolation="nearest")
+    image = ax.imshow(
+        numpy.ma.masked_where(~critical, relative),
+        aspect="auto",
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     bar = fig.colorbar(image, ax=ax, label="score / layer max (critical in colour)")
     bar.ax.axhline(t, color="red", linewidth=2)
     ax.set_yticks(range(len(names)))
@@ -70,9 +85,14 @@ def log_attribution(loggers: list, scores: dict[str, torch.Tensor], neurons: dic
 
 def results_table(results: dict) -> tuple[list[str], list[list]]:
     columns = ["split", "metric", "before", "after"]
-    data = [[split, metric, value, results["after"].get(split, {}).get(metric)]
-            for split, by_metric in results["before"].items() for metric, value in by_metric.items()]
-    data += [["", name, value, results["scores"]["after"].get(name)] for name, value in results["scores"]["before"].items()]
+    data = [
+        [split, metric, value, results["after"].get(split, {}).get(metric)]
+        for split, by_metric in results["before"].items()
+        for metric, value in by_metric.items()
+    ]
+    data += [
+        ["", name, value, results["scores"]["after"].get(name)] for name, value in results["scores"]["before"].items()
+    ]
     return columns, data
 
 
@@ -86,8 +106,15 @@ def generations_table(rows: list[dict]) -> tuple[list[str], list[list]]:
             continue
         per_split[row["split"]] = per_split.get(row["split"], 0) + 1
         if per_split[row["split"]] <= GENERATION_ROWS:
-            data.append([row["split"], row["question"], row["answer"], row["generation"],
-                         after.get((row["split"], row["index"]))])
+            data.append(
+                [
+                    row["split"],
+                    row["question"],
+                    row["answer"],
+                    row["generation"],
+                    after.get((row["split"], row["index"])),
+                ]
+            )
     return columns, data
 
 

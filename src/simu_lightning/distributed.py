@@ -9,6 +9,7 @@ refuses a CPU accelerator and breaks manual optimisation. Every process takes a 
 any list of work (attribution samples, evaluation prompts), padded so that all make the same number
 of forward passes (FSDP's all-gathers are collective), and the results are gathered back in order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,7 @@ def share(items: Sequence, rank: int, world: int) -> tuple[list, int]:
     """This process's contiguous block of `items`, padded (with the last item) to the common block
     size, and how many of the block are real."""
     per = math.ceil(len(items) / world) if items else 0
-    block = list(items[rank * per:(rank + 1) * per])
+    block = list(items[rank * per : (rank + 1) * per])
     real = len(block)
     if per and real < per:
         block += [items[-1]] * (per - real)
@@ -106,8 +107,13 @@ def agree(value):
     return box[0]
 
 
-def parallelize(model: nn.Module, architecture: Architecture, mesh, mixed_precision: str | None = None,
-                activation_checkpointing: bool = False) -> nn.Module:
+def parallelize(
+    model: nn.Module,
+    architecture: Architecture,
+    mesh,
+    mixed_precision: str | None = None,
+    activation_checkpointing: bool = False,
+) -> nn.Module:
     """FSDP2: `fully_shard` every decoder layer, then the root. With a mesh of two dimensions (nodes x
     devices, as Lightning's ModelParallelStrategy builds it) this is HSDP: replicated across nodes,
     sharded within a node.

@@ -9,6 +9,7 @@ TOFU's forget quality needs the reference model's forget truth ratios: `evaluati
 (a run's `generations.jsonl`, or an open-unlearning evaluation JSON), or the reference that the model
 config names for the benchmark (`model.targets.<benchmark>.reference`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,10 @@ BUILT_HERE = ("tiny",)  # model sources that name a recipe, not a checkpoint
 def checkpoint_source(model_cfg) -> str:
     source = str(model_cfg.source)
     if source in BUILT_HERE or source.startswith("pkg://") or source.endswith(".gguf"):
-        raise SimuError(f"mode=evaluate: model.source={source!r} names a model this project builds or converts, not "
-                        "a checkpoint; set model.source to a Hugging Face folder (e.g. a run's unlearned_model/) or hub id")
+        raise SimuError(
+            f"mode=evaluate: model.source={source!r} names a model this project builds or converts, not "
+            "a checkpoint; set model.source to a Hugging Face folder (e.g. a run's unlearned_model/) or hub id"
+        )
     return source
 
 
@@ -44,31 +47,57 @@ def reference_ratios(cfg: DictConfig, benchmark, fmt, settings: EvalSettings, ca
     if not benchmark.has_truth_ratios:
         return []
     if cfg.evaluation.get("reference_results"):
-        return [{"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
-                for i, r in enumerate(read_reference_results(cfg.evaluation.reference_results))]
+        return [
+            {"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
+            for i, r in enumerate(read_reference_results(cfg.evaluation.reference_results))
+        ]
     ready = (cfg.model.get("targets") or {}).get(benchmark.name) or {}
     if ready.get("reference"):
-        return reference_rows(ready.reference, benchmark, fmt, settings, cfg.model.dtype, cache_dir,
-                              ready.get("reference_revision"), bool(cfg.model.get("trust_remote_code", False)))
-    log.info("no evaluation.reference_results and no reference model for %s: forget quality is not computed",
-             benchmark.name)
+        return reference_rows(
+            ready.reference,
+            benchmark,
+            fmt,
+            settings,
+            cfg.model.dtype,
+            cache_dir,
+            ready.get("reference_revision"),
+            bool(cfg.model.get("trust_remote_code", False)),
+        )
+    log.info(
+        "no evaluation.reference_results and no reference model for %s: forget quality is not computed", benchmark.name
+    )
     return []
 
 
 def evaluate_checkpoint(cfg: DictConfig, benchmark, settings: EvalSettings, out: Path, cache_dir: Path) -> dict:
     source = checkpoint_source(cfg.model)
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
-    model, tokenizer = load_pretrained(source, cfg.model.dtype, cfg.model.get("revision"), cfg.model.get("tokenizer"),
-                                       bool(cfg.model.get("trust_remote_code", False)))
+    model, tokenizer = load_pretrained(
+        source,
+        cfg.model.dtype,
+        cfg.model.get("revision"),
+        cfg.model.get("tokenizer"),
+        bool(cfg.model.get("trust_remote_code", False)),
+    )
     if torch.cuda.is_available():
         model = model.cuda()
     reference = reference_ratios(cfg, benchmark, fmt, settings, cache_dir)
-    log.info("evaluating %s on %s (%s)", source, benchmark.name,
-             ", ".join(f"{name} {len(benchmark[name])}" for name in benchmark.eval_splits))
+    log.info(
+        "evaluating %s on %s (%s)",
+        source,
+        benchmark.name,
+        ", ".join(f"{name} {len(benchmark[name])}" for name in benchmark.eval_splits),
+    )
     result = evaluate(model, tokenizer, fmt, benchmark, STAGE, settings, [r["truth_ratio"] for r in reference] or None)
-    results = {"mode": "evaluate", "source": source, "benchmark": benchmark.name, "model": cfg.model.name,
-               STAGE: result.summary, "scores": {STAGE: result.scores},
-               "aggregate": {STAGE: benchmark.aggregate_of(result.summary)}}
+    results = {
+        "mode": "evaluate",
+        "source": source,
+        "benchmark": benchmark.name,
+        "model": cfg.model.name,
+        STAGE: result.summary,
+        "scores": {STAGE: result.scores},
+        "aggregate": {STAGE: benchmark.aggregate_of(result.summary)},
+    }
     write_jsonl(out / "generations.jsonl", reference + result.rows)
     write_json(out / "manifest.json", manifest(cfg, 1, {"evaluated": source}))
     write_json(out / "results.json", results)

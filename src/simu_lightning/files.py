@@ -1,5 +1,6 @@
 """Outputs written under a temporary name and renamed into place, so that a run killed while writing
 leaves the previous complete file (or none), never a half-written one."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Answer-token log-likelihood, the quantity the losses, the fine-tuning and the metrics all share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def answer_log_likelihood(model, batch: dict[str, torch.Tensor], with_hits: bool = False) -> tuple[torch.Tensor, ...]:
     """Per example: the sum of answer-token log-probabilities and the number of answer tokens (and, with
     `with_hits`, the number of them the model's argmax predicts: see `argmax_hits`)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch.get("position_ids")).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
+    ).logits
     logp, scored = token_log_probs(logits, batch["labels"])
     if with_hits:
         return logp.sum(-1), scored.sum(-1), argmax_hits(logits, batch["labels"])
@@ -42,8 +44,8 @@ def answer_log_likelihood(model, batch: dict[str, torch.Tensor], with_hits: bool
 class AnswerNLL:
     """Per-example negative log-likelihood of the answer tokens."""
 
-    total: torch.Tensor   # summed over the answer's tokens (the sequence NLL)
-    count: torch.Tensor   # number of answer tokens
+    total: torch.Tensor  # summed over the answer's tokens (the sequence NLL)
+    count: torch.Tensor  # number of answer tokens
 
     @property
     def mean(self) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """`manifest.json`: what a run ran on and with, so that a figure can be traced back and reproduced."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,10 @@ SECRET = re.compile(r"(key|token|secret|password)", re.IGNORECASE)
 
 def command_line(argv: list[str]) -> list[str]:
     """The command, with the value of any override whose name looks like a credential left out."""
-    return [f"{arg.split('=', 1)[0]}=<redacted>" if "=" in arg and SECRET.search(arg.split("=", 1)[0]) else arg
-            for arg in [Path(argv[0]).name, *argv[1:]]]
+    return [
+        f"{arg.split('=', 1)[0]}=<redacted>" if "=" in arg and SECRET.search(arg.split("=", 1)[0]) else arg
+        for arg in [Path(argv[0]).name, *argv[1:]]
+    ]
 
 
 def _version(package: str) -> str | None:
@@ -32,9 +35,12 @@ def _version(package: str) -> str | None:
 def git_state(folder: Path = PROJECT) -> dict:
     """The commit of the checkout the code runs from and whether its tracked files differ from it
     (null when the code does not run from a git checkout)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):
@@ -45,7 +51,12 @@ def devices() -> dict:
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return {"kind": "cuda", "count": len(names), "names": names}
-    return {"kind": "cpu", "count": 1, "names": [platform.processor() or platform.machine()], "cpu_cores": os.cpu_count()}
+    return {
+        "kind": "cpu",
+        "count": 1,
+        "names": [platform.processor() or platform.machine()],
+        "cpu_cores": os.cpu_count(),
+    }
 
 
 def manifest(cfg, world_size: int, cache_keys: dict[str, str | None]) -> dict:
@@ -56,7 +67,10 @@ def manifest(cfg, world_size: int, cache_keys: dict[str, str | None]) -> dict:
         "command": command_line(sys.argv),
         "devices": devices(),
         "world_size": world_size,
-        "global_batch": {"forget": cfg.data.batch_size, "retain": cfg.data.batch_size * cfg.data.get("retain_per_forget", 1)},
+        "global_batch": {
+            "forget": cfg.data.batch_size,
+            "retain": cfg.data.batch_size * cfg.data.get("retain_per_forget", 1),
+        },
         "dtype": cfg.model.dtype,
         "precision": str(cfg.trainer.get("precision")),
         "seeds": {"run": cfg.seed, "target_finetune": (cfg.model.get("finetune") or {}).get("seed")},

@@ -1,5 +1,6 @@
 """Running out of memory in generation or attribution: halve the batch and try again, with a warning,
 rather than lose a run to a batch size that fitted another machine."""
+
 from __future__ import annotations
 
 import logging

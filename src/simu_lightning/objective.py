@@ -5,6 +5,7 @@ forgetting: a run whose trajectory never reaches the level scores `unreached`.
 Configured as `objective: {at: "forget.exact_match<=0.2", metric: retain.rougeL_recall, unreached: 0.0}`
 (conf/hparams_search/optuna.yaml); without it, a run returns its "after" aggregate as before.
 """
+
 from __future__ import annotations
 
 from simu_lightning.errors import SimuError
@@ -18,5 +19,10 @@ def matched_utility(curve: list[dict], at: str, metric: str, unreached: float = 
         raise SimuError(f"objective.at={at!r} must be one condition on a forget metric, e.g. 'forget.exact_match<=0.2'")
     here = at_forget_level(curve, rule.conditions[0], [metric])
     value = here.get(metric) if here else None
-    return {"at": at, "metric": metric, "value": unreached if value is None else float(value),
-            "reached": here is not None, "step": here["step"] if here else None}
+    return {
+        "at": at,
+        "metric": metric,
+        "value": unreached if value is None else float(value),
+        "reached": here is not None,
+        "step": here["step"] if here else None,
+    }

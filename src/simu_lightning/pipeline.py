@@ -1,9 +1,10 @@
 """One SIMU run, top to bottom; the only place that knows the order of the stages.
 
-    benchmark -> target (fine-tuned, cached) -> reference truth ratios
-    -> trainer.fit: evaluate before | attribution | unlearning | evaluate after
-    -> results.json, generations.jsonl, the unlearned model, the table
+benchmark -> target (fine-tuned, cached) -> reference truth ratios
+-> trainer.fit: evaluate before | attribution | unlearning | evaluate after
+-> results.json, generations.jsonl, the unlearned model, the table
 """
+
 from __future__ import annotations
 
 import copy
@@ -97,13 +98,23 @@ def reference_forget_rows(benchmark, target, fmt, settings, dtype, cache_dir, re
     if not benchmark.has_truth_ratios:
         return []
     if results_file:
-        return [{"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
-                for i, r in enumerate(read_reference_results(results_file))]
+        return [
+            {"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
+            for i, r in enumerate(read_reference_results(results_file))
+        ]
     if target.reference is None:
         log.info("no reference model or evaluation.reference_results: forget quality is not computed")
         return []
-    return reference_rows(target.reference, benchmark, fmt, settings, dtype, cache_dir, target.reference_revision,
-                          target.trust_remote_code)
+    return reference_rows(
+        target.reference,
+        benchmark,
+        fmt,
+        settings,
+        dtype,
+        cache_dir,
+        target.reference_revision,
+        target.trust_remote_code,
+    )
 
 
 def evaluate_base_model(target, benchmark, fmt, settings, dtype):
@@ -117,19 +128,33 @@ def evaluate_base_model(target, benchmark, fmt, settings, dtype):
 
 def finetune_trainer_factory(cfg: DictConfig, out: Path):
     """Target preparation runs in one process, whatever the unlearning's strategy."""
+
     def make(**overrides) -> L.Trainer:
         if is_launched_externally():
-            raise SimuError("the target is not prepared yet, and preparing it needs a single process: run the "
-                            "same command once without torchrun/srun, adding prepare_only=true")
-        return make_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", logger=False,
-                            enable_checkpointing=False, default_root_dir=str(out / "finetune"), **overrides)
+            raise SimuError(
+                "the target is not prepared yet, and preparing it needs a single process: run the "
+                "same command once without torchrun/srun, adding prepare_only=true"
+            )
+        return make_trainer(
+            cfg.trainer,
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
+            logger=False,
+            enable_checkpointing=False,
+            default_root_dir=str(out / "finetune"),
+            **overrides,
+        )
+
     return make
 
 
 def finetune_trainer_settings(trainer_cfg: DictConfig) -> dict:
     """The trainer settings that target fine-tuning inherits and that change its result."""
-    return {name: trainer_cfg.get(name) for name in
-            ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")}
+    return {
+        name: trainer_cfg.get(name)
+        for name in ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
+    }
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -153,54 +178,102 @@ def run(cfg: DictConfig) -> dict | None:
 
     # 1. the benchmark and 2. the target (and reference) model
     benchmark = build(cfg.benchmark)
-    log.info("benchmark %s: %s", benchmark.name,
-             ", ".join(f"{name} {len(split)}" for name, split in benchmark.splits.items()))
+    log.info(
+        "benchmark %s: %s",
+        benchmark.name,
+        ", ".join(f"{name} {len(split)}" for name, split in benchmark.splits.items()),
+    )
     if shared := benchmark.shared_rows():
-        log.warning("benchmark %s: %d forget rows also appear in the retain split %r: GradDiff pushes them "
-                    "both ways", benchmark.name, shared, benchmark.retain)
+        log.warning(
+            "benchmark %s: %d forget rows also appear in the retain split %r: GradDiff pushes them both ways",
+            benchmark.name,
+            shared,
+            benchmark.retain,
+        )
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
     evaluation["max_new_tokens"] = evaluation["max_new_tokens"] or benchmark.max_new_tokens
     settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
     if cfg.get("mode", "unlearn") == "evaluate":
         return evaluate_checkpoint(cfg, benchmark, settings, out, cache_dir)
     with timed(timings, "prepare_target"):
-        target = prepare_target(cfg.model, benchmark, fmt, cache_dir, finetune_trainer_factory(cfg, out),
-                                finetune_trainer_settings(cfg.trainer))
+        target = prepare_target(
+            cfg.model,
+            benchmark,
+            fmt,
+            cache_dir,
+            finetune_trainer_factory(cfg, out),
+            finetune_trainer_settings(cfg.trainer),
+        )
         if cfg.get("prepare_only"):
             reference_forget_rows(benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results)
             log.info("prepare_only: target %s and reference %s are ready", target.target, target.reference)
             return None
         model, tokenizer = load_target(target, cfg.model.dtype)
-    log.info("target %s (%.1fM parameters) ready in %.0f s", target.target,
-             sum(p.numel() for p in model.parameters()) / 1e6, timings["prepare_target"])
+    log.info(
+        "target %s (%.1fM parameters) ready in %.0f s",
+        target.target,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        timings["prepare_target"],
+    )
 
     # 3. what the evaluation compares with: the reference model, and (optionally) the base model
     with timed(timings, "evaluation"):
         base = evaluate_base_model(target, benchmark, fmt, settings, cfg.model.dtype) if evaluate_base else None
-        reference = reference_forget_rows(benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results)
+        reference = reference_forget_rows(
+            benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results
+        )
 
     # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every
     #    stage runs on the (possibly sharded) model in every process
     method, loss = build(cfg.method), build(cfg.loss)
     frozen_target = copy.deepcopy(model) if loss.needs_reference else None
-    module = UnlearningModule(model, method, loss, architecture_of(model, cfg.model.get("architecture")),
-                              reference=frozen_target, seed=cfg.seed, parallel=cfg.get("parallel"))
-    datamodule = UnlearningDataModule(benchmark, tokenizer, fmt, max_length=cfg.model.max_length, seed=cfg.seed,
-                                      **cfg.data)
+    module = UnlearningModule(
+        model,
+        method,
+        loss,
+        architecture_of(model, cfg.model.get("architecture")),
+        reference=frozen_target,
+        seed=cfg.seed,
+        parallel=cfg.get("parallel"),
+    )
+    datamodule = UnlearningDataModule(
+        benchmark, tokenizer, fmt, max_length=cfg.model.max_length, seed=cfg.seed, **cfg.data
+    )
     datamodule.encode()  # now: a row with nothing to unlearn is refused before the fit
-    evaluations = UnlearningEvaluation(tokenizer, fmt, benchmark, settings,
-                                       [r["truth_ratio"] for r in reference] or None, out,
-                                       every_n_steps=every_n_steps, during_max_examples=during_max_examples,
-                                       stop_when=stop_when)
-    attribution = NeuronAttribution(**cfg.attribution, output_dir=out, cache_dir=cache_dir, target_id=target.target_id,
-                                    dtype=cfg.model.dtype, seed=cfg.seed)
+    evaluations = UnlearningEvaluation(
+        tokenizer,
+        fmt,
+        benchmark,
+        settings,
+        [r["truth_ratio"] for r in reference] or None,
+        out,
+        every_n_steps=every_n_steps,
+        during_max_examples=during_max_examples,
+        stop_when=stop_when,
+    )
+    attribution = NeuronAttribution(
+        **cfg.attribution,
+        output_dir=out,
+        cache_dir=cache_dir,
+        target_id=target.target_id,
+        dtype=cfg.model.dtype,
+        seed=cfg.seed,
+    )
     checkpoint, resume_from = checkpointing(cfg, out)
-    trainer = make_trainer(cfg.trainer, callbacks=[evaluations, attribution, *checkpoint],
-                           logger=loggers(cfg) or False, enable_checkpointing=bool(checkpoint))
+    trainer = make_trainer(
+        cfg.trainer,
+        callbacks=[evaluations, attribution, *checkpoint],
+        logger=loggers(cfg) or False,
+        enable_checkpointing=bool(checkpoint),
+    )
     if trainer.is_global_zero:
         log_config(trainer.loggers, cfg)
-    log.info("unlearning: method %s, loss %s%s", method.name, type(loss).__name__,
-             f", resuming from {resume_from}" if resume_from else "")
+    log.info(
+        "unlearning: method %s, loss %s%s",
+        method.name,
+        type(loss).__name__,
+        f", resuming from {resume_from}" if resume_from else "",
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule, ckpt_path=resume_from)
     timings["attribution"] = round(attribution.seconds, 2)
@@ -221,10 +294,16 @@ def run(cfg: DictConfig) -> dict | None:
             "target": target.target,
             "before": before.summary,
             "after": after.summary,
-            "aggregate": {"before": benchmark.aggregate_of(before.summary), "after": benchmark.aggregate_of(after.summary)},
+            "aggregate": {
+                "before": benchmark.aggregate_of(before.summary),
+                "after": benchmark.aggregate_of(after.summary),
+            },
             "scores": {"before": before.scores, "after": after.scores},
-            "stopped": {**evaluations.stopped, "rule": str(stop_when) if stop_when else None,
-                        "max_epochs": cfg.trainer.max_epochs},
+            "stopped": {
+                **evaluations.stopped,
+                "rule": str(stop_when) if stop_when else None,
+                "max_epochs": cfg.trainer.max_epochs,
+            },
             "timings_s": timings,
             "processes": trainer.world_size,
             "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},
@@ -240,8 +319,11 @@ def run(cfg: DictConfig) -> dict | None:
             module.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
         write_jsonl(out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows)
-        keys = {"target": target.target_id, "reference": target.reference,
-                **{f"attribution_{split}": key for split, key in attribution.keys.items()}}
+        keys = {
+            "target": target.target_id,
+            "reference": target.reference,
+            **{f"attribution_{split}": key for split, key in attribution.keys.items()},
+        }
         write_json(out / "manifest.json", manifest(cfg, trainer.world_size, keys))
         write_json(out / "results.json", results)
         with atomic_file(out / "config.yaml") as tmp:

@@ -1,5 +1,6 @@
 """Run with 2 processes (torchrun): masked Sophia on a weight sharded along dim 0 and along dim 1 gives
 the single-process result, and entries outside the mask stay bit-identical."""
+
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
@@ -25,19 +26,26 @@ def main():
     torch.manual_seed(0)
     full = torch.randn(6, 8)
     grads = [(torch.randn(6, 8), torch.randn(6, 8)) for _ in range(3)]
-    masks = {"column": torch.tensor([[True, False, False, True, False, True, False, False]]),
-             "row": torch.tensor([[False], [True], [False], [False], [True], [False]])}
+    masks = {
+        "column": torch.tensor([[True, False, False, True, False, True, False, False]]),
+        "row": torch.tensor([[False], [True], [False], [False], [True], [False]]),
+    }
     for mask_name, mask in masks.items():
         reference = torch.nn.Parameter(full.clone())
         step(reference, grads, mask)
         for dim in (0, 1):
             placements = [Shard(dim)]
             weight = torch.nn.Parameter(distribute_tensor(full.clone(), mesh, placements))
-            opt = step(weight, [(distribute_tensor(h, mesh, placements), distribute_tensor(g, mesh, placements))
-                                for h, g in grads], mask)
+            opt = step(
+                weight,
+                [(distribute_tensor(h, mesh, placements), distribute_tensor(g, mesh, placements)) for h, g in grads],
+                mask,
+            )
             result = weight.detach().full_tensor()
             untouched = ~mask.expand_as(full)
-            assert torch.equal(result[untouched], full[untouched]), f"{mask_name} mask, Shard({dim}): masked entries moved"
+            assert torch.equal(result[untouched], full[untouched]), (
+                f"{mask_name} mask, Shard({dim}): masked entries moved"
+            )
             torch.testing.assert_close(result, reference.detach(), msg=f"{mask_name} mask, Shard({dim})")
             hessian = opt.state[weight]["hessian"].full_tensor()
             assert torch.equal(hessian[untouched], torch.zeros_like(full)[untouched])

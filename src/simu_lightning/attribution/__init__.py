@@ -1,4 +1,5 @@
 """SIMU stage 1: which down-projection neurons hold the forget set."""
+
 from simu_lightning.attribution.integrated_gradients import attribute, prediction_samples
 from simu_lightning.attribution.neurons import critical_neurons
 

@@ -7,6 +7,7 @@ exactly that key; the threshold t, the random draw and the retain exclusion are 
 cache, which makes a sweep over t (or over seeds of `selection=random`) cost one attribution. The masks travel in every
 checkpoint: a resumed run reuses them and never attributes on half-unlearned weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,10 +49,21 @@ def check_method(quadrature: str, mode: str) -> None:
 
 
 class NeuronAttribution(L.Callback):
-    def __init__(self, t: float, m: int, max_batch: int = 512, quadrature: str = "riemann", mode: str = "layerwise",
-                 output_dir: str | Path | None = None, cache_dir: str | Path | None = None, target_id: str = "",
-                 dtype: str = "float32", selection: str = "integrated_gradients", exclude_retain: bool = False,
-                 seed: int = 0):
+    def __init__(
+        self,
+        t: float,
+        m: int,
+        max_batch: int = 512,
+        quadrature: str = "riemann",
+        mode: str = "layerwise",
+        output_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        target_id: str = "",
+        dtype: str = "float32",
+        selection: str = "integrated_gradients",
+        exclude_retain: bool = False,
+        seed: int = 0,
+    ):
         check_threshold(t)
         check_steps(m)
         check_method(quadrature, mode)
@@ -71,8 +83,10 @@ class NeuronAttribution(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if not pl_module.method.needs_attribution:
             if pl_module.method.critical_neuron_mask:
-                log.info("method.trainable=%s: no down projection is updated, so no critical neurons are needed",
-                         pl_module.method.trainable)
+                log.info(
+                    "method.trainable=%s: no down projection is updated, so no critical neurons are needed",
+                    pl_module.method.trainable,
+                )
             return
         start = time.perf_counter()
         if self.neurons is not None and trainer.ckpt_path:
@@ -82,9 +96,11 @@ class NeuronAttribution(L.Callback):
             neurons, scores = self.neurons, None
         else:
             if trainer.ckpt_path and not trainer.strategy.restore_checkpoint_after_setup:
-                raise SimuError(f"{trainer.ckpt_path} holds no critical neurons (written by an older version?) and "
-                                "the weights are already restored: attributing now would score half-unlearned "
-                                "weights; start the run in a new output directory")
+                raise SimuError(
+                    f"{trainer.ckpt_path} holds no critical neurons (written by an older version?) and "
+                    "the weights are already restored: attributing now would score half-unlearned "
+                    "weights; start the run in a new output directory"
+                )
             scores, neurons = self.select(trainer, pl_module)
         self.neurons = neurons
         pl_module.set_critical_neurons(neurons)
@@ -93,8 +109,11 @@ class NeuronAttribution(L.Callback):
             self._save(scores, neurons)
             log_attribution(trainer.loggers, scores, neurons, self.t)
         if trainer.logger is not None:
-            trainer.logger.log_metrics({f"attribution/kept/layer_{i}": kept for i, kept in enumerate(self.kept.values())}
-                                       | {"attribution/kept_fraction": self.kept_fraction(neurons)}, step=0)
+            trainer.logger.log_metrics(
+                {f"attribution/kept/layer_{i}": kept for i, kept in enumerate(self.kept.values())}
+                | {"attribution/kept_fraction": self.kept_fraction(neurons)},
+                step=0,
+            )
         self.seconds = time.perf_counter() - start
 
     def select(self, trainer: L.Trainer, pl_module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -105,21 +124,28 @@ class NeuronAttribution(L.Callback):
         if self.exclude_retain:
             retain = critical_neurons(self._cached_scores(trainer, pl_module, data.retain, "retain"), self.t)
             neurons, self.dropped = exclude_shared(neurons, retain)
-            log.info("attribution.exclude_retain: dropped %d of %d critical neurons that are critical for the "
-                     "retain set too (per layer: %s)", sum(self.dropped.values()),
-                     sum(self.dropped.values()) + sum(int(m.sum()) for m in neurons.values()),
-                     " ".join(str(n) for n in self.dropped.values()))
+            log.info(
+                "attribution.exclude_retain: dropped %d of %d critical neurons that are critical for the "
+                "retain set too (per layer: %s)",
+                sum(self.dropped.values()),
+                sum(self.dropped.values()) + sum(int(m.sum()) for m in neurons.values()),
+                " ".join(str(n) for n in self.dropped.values()),
+            )
         if self.selection == "random":
             neurons = random_like(neurons, self.seed)
-            log.info("attribution.selection=random: the attribution's per-layer counts at random positions (seed %d)",
-                     self.seed)
+            log.info(
+                "attribution.selection=random: the attribution's per-layer counts at random positions (seed %d)",
+                self.seed,
+            )
         return scores, neurons
 
     @staticmethod
     def kept_fraction(neurons: dict[str, torch.Tensor]) -> float:
         return sum(int(m.sum()) for m in neurons.values()) / sum(m.numel() for m in neurons.values())
 
-    def compute(self, trainer: L.Trainer, pl_module, examples: list[dict], split: str = "forget") -> dict[str, torch.Tensor]:
+    def compute(
+        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str = "forget"
+    ) -> dict[str, torch.Tensor]:
         """Scores over the whole split; with several processes each scores its share (padding
         weighted 0) and the shares are summed, so every process derives the same masks."""
         tokenizer = trainer.datamodule.tokenizer
@@ -131,32 +157,60 @@ class NeuronAttribution(L.Callback):
         projs = down_projections(pl_module.model, pl_module.architecture)
         score = score_of(self.selection)
         if score == "integrated_gradients":
-            log.info("attribution (%s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
-                     split, len(samples), self.mode, self.quadrature, self.m, passes(self.mode, len(projs), self.m),
-                     len(projs))
+            log.info(
+                "attribution (%s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
+                split,
+                len(samples),
+                self.mode,
+                self.quadrature,
+                self.m,
+                passes(self.mode, len(projs), self.m),
+                len(projs),
+            )
         else:
             log.info("attribution (%s): %d answer tokens, score %s (one pass per batch)", split, len(samples), score)
-        scores = with_halving(lambda size: attribute(pl_module.model, projs, block, self.m, tokenizer.pad_token_id, size,
-                                                     self.quadrature, self.mode, score),
-                              self.max_batch, "attribution (attribution.max_batch)")
+        scores = with_halving(
+            lambda size: attribute(
+                pl_module.model, projs, block, self.m, tokenizer.pad_token_id, size, self.quadrature, self.mode, score
+            ),
+            self.max_batch,
+            "attribution (attribution.max_batch)",
+        )
         return {name: sum_across(score) for name, score in scores.items()}
 
     def cache_key(self, pl_module, examples: list[dict]) -> str:
         score = score_of(self.selection)
         how = (self.m, self.quadrature, self.mode) if score == "integrated_gradients" else ()
-        return cache_key("attribution", ATTRIBUTION_FORMAT, self.target_id,
-                         [(e["input_ids"], e["labels"]) for e in examples], score, *how, self.dtype,
-                         asdict(pl_module.architecture))
+        return cache_key(
+            "attribution",
+            ATTRIBUTION_FORMAT,
+            self.target_id,
+            [(e["input_ids"], e["labels"]) for e in examples],
+            score,
+            *how,
+            self.dtype,
+            asdict(pl_module.architecture),
+        )
 
-    def _cached_scores(self, trainer: L.Trainer, pl_module, examples: list[dict], split: str) -> dict[str, torch.Tensor]:
+    def _cached_scores(
+        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str
+    ) -> dict[str, torch.Tensor]:
         compute = lambda: self.compute(trainer, pl_module, examples, split)  # noqa: E731
         if self.cache_dir is None:
             return compute()
         self.keys[split] = self.cache_key(pl_module, examples)
         path = self.cache_dir / "attribution" / self.keys[split]
         if agree((path / "scores.pt").exists()):
-            log.info("reusing cached attribution scores of the %s set %s (%s; computed for m=%d, %s, %s on %s)", split,
-                     path, score_of(self.selection), self.m, self.quadrature, self.mode, self.target_id)
+            log.info(
+                "reusing cached attribution scores of the %s set %s (%s; computed for m=%d, %s, %s on %s)",
+                split,
+                path,
+                score_of(self.selection),
+                self.m,
+                self.quadrature,
+                self.mode,
+                self.target_id,
+            )
             return torch.load(path / "scores.pt", weights_only=True)
         scores = compute()
         if trainer.is_global_zero:  # one writer; the others hold the same scores in memory
@@ -181,11 +235,22 @@ class NeuronAttribution(L.Callback):
         for name, value in (("scores.pt", scores), ("critical_neurons.pt", neurons)):
             with atomic_file(out / name) as tmp:
                 torch.save(value, tmp)
-        summary = {"t": self.t, "m": self.m, "quadrature": self.quadrature, "mode": self.mode,
-                   "selection": self.selection, "exclude_retain": self.exclude_retain,
-                   "kept_fraction": self.kept_fraction(neurons),
-                   "layers": {name: {"critical": self.kept[name], "neurons": int(mask.numel()),
-                                     **({"dropped_shared_with_retain": self.dropped[name]} if self.dropped else {})}
-                              for name, mask in neurons.items()}}
+        summary = {
+            "t": self.t,
+            "m": self.m,
+            "quadrature": self.quadrature,
+            "mode": self.mode,
+            "selection": self.selection,
+            "exclude_retain": self.exclude_retain,
+            "kept_fraction": self.kept_fraction(neurons),
+            "layers": {
+                name: {
+                    "critical": self.kept[name],
+                    "neurons": int(mask.numel()),
+                    **({"dropped_shared_with_retain": self.dropped[name]} if self.dropped else {}),
+                }
+                for name, mask in neurons.items()
+            },
+        }
         with atomic_file(out / "critical_neurons.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")

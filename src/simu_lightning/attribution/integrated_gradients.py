@@ -29,6 +29,7 @@ batch's pairs run once (a key/value cache, `SharedPrefix`), each sample reads it
 positions from its prediction position on masked out, and every layer and every scaled copy shares that
 cache read-only: a forward runs the last token alone, and the token it appends is cropped off afterwards.
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,7 +85,7 @@ def batches(samples: list[dict], size: int, pad_token_id: int) -> Iterator[dict[
     their prefixes share: per QA pair in the batch, its longest prefix (every other sample of the pair
     reads a part of it); a sample without an `example` is its own context."""
     for start in range(0, len(samples), size):
-        chunk = samples[start:start + size]
+        chunk = samples[start : start + size]
         batch = collate(chunk, pad_token_id, padding_side="left")
         batch["target"] = torch.tensor([s["target"] for s in chunk])
         batch["weight"] = torch.tensor([float(s.get("weight", 1.0)) for s in chunk])  # 0: padding
@@ -96,12 +97,15 @@ def batches(samples: list[dict], size: int, pad_token_id: int) -> Iterator[dict[
         keys = list(longest)
         contexts = collate([{"input_ids": chunk[longest[k]]["input_ids"][:-1]} for k in keys], pad_token_id)
         batch["context_ids"], batch["context_mask"] = contexts["input_ids"], contexts["attention_mask"]
-        batch["context_index"] = torch.tensor([keys.index(s.get("example", ("sample", i))) for i, s in enumerate(chunk)])
+        batch["context_index"] = torch.tensor(
+            [keys.index(s.get("example", ("sample", i))) for i, s in enumerate(chunk)]
+        )
         # keys a sample may attend to: its own prefix in its context, then the token it runs
         prefix_lengths = torch.tensor([len(s["input_ids"]) - 1 for s in chunk])
         positions = torch.arange(contexts["input_ids"].shape[1])
-        batch["prefix_mask"] = torch.cat([(positions < prefix_lengths[:, None]).long(),
-                                          torch.ones(len(chunk), 1, dtype=torch.long)], dim=1)
+        batch["prefix_mask"] = torch.cat(
+            [(positions < prefix_lengths[:, None]).long(), torch.ones(len(chunk), 1, dtype=torch.long)], dim=1
+        )
         yield batch
 
 
@@ -120,9 +124,12 @@ class SharedPrefix:
         self.length = batch["context_ids"].shape[1]
         self.index = batch["context_index"]
         with torch.no_grad():
-            self._contexts = model(input_ids=batch["context_ids"], attention_mask=batch["context_mask"],
-                                   position_ids=(batch["context_mask"].cumsum(-1) - 1).clamp(min=0),
-                                   use_cache=True).cache
+            self._contexts = model(
+                input_ids=batch["context_ids"],
+                attention_mask=batch["context_mask"],
+                position_ids=(batch["context_mask"].cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+            ).cache
         self._caches = {}
 
     def cache(self, repeat: int):
@@ -143,22 +150,31 @@ class SharedPrefix:
                 layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
 
 
-def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1,
-                   prefix: SharedPrefix | None = None) -> torch.Tensor:
+def _last_log_prob(
+    model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1, prefix: SharedPrefix | None = None
+) -> torch.Tensor:
     """log p(target) at the last position, each sample repeated `repeat` times (sample-major).
 
     With a `prefix` cache only the last token runs; without one, the whole sequences do."""
+
     def rep(t):
         return t.repeat_interleave(repeat, dim=0)
 
     if prefix is None:
-        logits = model(input_ids=rep(batch["input_ids"]), attention_mask=rep(batch["attention_mask"]),
-                       position_ids=rep(batch["position_ids"])).logits[:, -1]
+        logits = model(
+            input_ids=rep(batch["input_ids"]),
+            attention_mask=rep(batch["attention_mask"]),
+            position_ids=rep(batch["position_ids"]),
+        ).logits[:, -1]
     else:
         try:
-            logits = model(input_ids=rep(batch["input_ids"][:, -1:]), attention_mask=rep(batch["prefix_mask"]),
-                           position_ids=rep(batch["position_ids"][:, -1:]), cache=prefix.cache(repeat),
-                           use_cache=True).logits[:, -1]
+            logits = model(
+                input_ids=rep(batch["input_ids"][:, -1:]),
+                attention_mask=rep(batch["prefix_mask"]),
+                position_ids=rep(batch["position_ids"][:, -1:]),
+                cache=prefix.cache(repeat),
+                use_cache=True,
+            ).logits[:, -1]
         finally:
             prefix.restore(repeat)
     log_probs = F.log_softmax(logits.float(), -1)
@@ -167,21 +183,25 @@ def _last_log_prob(model: nn.Module, batch: dict[str, torch.Tensor], repeat: int
 
 def _replace_last_position(module: nn.Module, values: torch.Tensor):
     """A hook that feeds `values` (batch x d_ff) to `module` at the last position instead of its input."""
+
     def hook(_module, args):
         x = args[0]
         return (torch.cat([x[:, :-1], values.unsqueeze(1).to(x.dtype)], dim=1), *args[1:])
+
     return module.register_forward_pre_hook(hook)
 
 
 @torch.no_grad()
-def activations(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
-                prefix=None) -> list[torch.Tensor]:
+def activations(
+    model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor], prefix=None
+) -> list[torch.Tensor]:
     """beta: every listed down projection's input at the last position (batch x d_ff each)."""
     captured: list[torch.Tensor] = [None] * len(down_projs)
 
     def capture(index):
         def hook(_module, args):
             captured[index] = args[0][:, -1].float()
+
         return hook
 
     handles = [proj.register_forward_pre_hook(capture(i)) for i, proj in enumerate(down_projs)]
@@ -193,8 +213,14 @@ def activations(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, 
     return captured
 
 
-def log_prob_at_scale(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
-                      betas: list[torch.Tensor], alpha: float, prefix: SharedPrefix | None = None) -> torch.Tensor:
+def log_prob_at_scale(
+    model: nn.Module,
+    down_projs: list[nn.Module],
+    batch: dict[str, torch.Tensor],
+    betas: list[torch.Tensor],
+    alpha: float,
+    prefix: SharedPrefix | None = None,
+) -> torch.Tensor:
     """log p(target) with the listed layers' activations at the prediction position replaced by alpha * beta."""
     handles = [_replace_last_position(proj, alpha * beta) for proj, beta in zip(down_projs, betas)]
     try:
@@ -205,9 +231,15 @@ def log_prob_at_scale(model: nn.Module, down_projs: list[nn.Module], batch: dict
             handle.remove()
 
 
-def integrated_gradients(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
-                         betas: list[torch.Tensor], alphas: torch.Tensor, weights: torch.Tensor,
-                         prefix: SharedPrefix | None = None) -> list[torch.Tensor]:
+def integrated_gradients(
+    model: nn.Module,
+    down_projs: list[nn.Module],
+    batch: dict[str, torch.Tensor],
+    betas: list[torch.Tensor],
+    alphas: torch.Tensor,
+    weights: torch.Tensor,
+    prefix: SharedPrefix | None = None,
+) -> list[torch.Tensor]:
     """Att_i for every sample i of the batch and every neuron of each listed layer (batch x d_ff each),
     the listed layers scaled together along alpha * beta, the integral taken at the given nodes.
 
@@ -218,8 +250,10 @@ def integrated_gradients(model: nn.Module, down_projs: list[nn.Module], batch: d
     n = len(alphas)
     alphas = alphas.to(device=betas[0].device, dtype=betas[0].dtype)
     weights = weights.to(device=betas[0].device, dtype=betas[0].dtype)
-    scaled = [(beta.repeat_interleave(n, dim=0) * alphas.repeat(beta.shape[0])[:, None]).requires_grad_(True)
-              for beta in betas]
+    scaled = [
+        (beta.repeat_interleave(n, dim=0) * alphas.repeat(beta.shape[0])[:, None]).requires_grad_(True)
+        for beta in betas
+    ]
     handles = [_replace_last_position(proj, values) for proj, values in zip(down_projs, scaled)]
     try:
         with torch.enable_grad():
@@ -233,14 +267,21 @@ def integrated_gradients(model: nn.Module, down_projs: list[nn.Module], batch: d
 
 def _add_at_last_position(module: nn.Module, delta: torch.Tensor):
     """A hook that adds `delta` (batch x d_ff) to `module`'s input at the last position."""
+
     def hook(_module, args):
         x = args[0]
         return (torch.cat([x[:, :-1], (x[:, -1] + delta.to(x.dtype)).unsqueeze(1)], dim=1), *args[1:])
+
     return module.register_forward_pre_hook(hook)
 
 
-def gradient_times_activation(model: nn.Module, down_projs: list[nn.Module], batch: dict[str, torch.Tensor],
-                              betas: list[torch.Tensor], prefix: SharedPrefix | None = None) -> list[torch.Tensor]:
+def gradient_times_activation(
+    model: nn.Module,
+    down_projs: list[nn.Module],
+    batch: dict[str, torch.Tensor],
+    betas: list[torch.Tensor],
+    prefix: SharedPrefix | None = None,
+) -> list[torch.Tensor]:
     """beta * d log p / d beta for every listed layer, each a total derivative, from one forward and backward."""
     zeros = [torch.zeros_like(beta, requires_grad=True) for beta in betas]
     handles = [_add_at_last_position(proj, zero) for proj, zero in zip(down_projs, zeros)]
@@ -253,9 +294,17 @@ def gradient_times_activation(model: nn.Module, down_projs: list[nn.Module], bat
     return [beta * grad for beta, grad in zip(betas, grads)]
 
 
-def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[dict], m: int,
-              pad_token_id: int, max_batch: int = 512, quadrature_rule: str = "riemann",
-              mode: str = "layerwise", score: str = "integrated_gradients") -> dict[str, torch.Tensor]:
+def attribute(
+    model: nn.Module,
+    down_projs: dict[str, nn.Module],
+    samples: list[dict],
+    m: int,
+    pad_token_id: int,
+    max_batch: int = 512,
+    quadrature_rule: str = "riemann",
+    mode: str = "layerwise",
+    score: str = "integrated_gradients",
+) -> dict[str, torch.Tensor]:
     """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores);
     with `score` activation or gradient, the sum of |beta| or of |beta * d log p / d beta| instead.
 
@@ -290,14 +339,21 @@ def attribute(model: nn.Module, down_projs: dict[str, nn.Module], samples: list[
                 elif mode == "first_order":
                     atts = gradient_times_activation(model, projs, batch, betas, prefix)
                 else:
-                    atts = integrated_gradients(model, [projs[i] for i in group], batch, [betas[i] for i in group],
-                                                alphas, weights, prefix)
+                    atts = integrated_gradients(
+                        model, [projs[i] for i in group], batch, [betas[i] for i in group], alphas, weights, prefix
+                    )
                 for i, att in zip(group, atts):
                     att = (att * batch["weight"][:, None]).sum(0)
                     scores[names[i]] = att if scores[names[i]] is None else scores[names[i]] + att
             elapsed = time.perf_counter() - start
-            log.info("attribution: batch %d of %d done (%d layers, %.0f s; about %.0f s to go)", number, total,
-                     len(projs), elapsed, elapsed / number * (total - number))
+            log.info(
+                "attribution: batch %d of %d done (%d layers, %.0f s; about %.0f s to go)",
+                number,
+                total,
+                len(projs),
+                elapsed,
+                elapsed / number * (total - number),
+            )
     finally:
         model.train(was_training)
         for p, flag in zip(model.parameters(), requires_grad):

@@ -2,6 +2,7 @@
 Att_k >= t * max_k Att (t in (0, 1]; ">=" rather than ">" only so that t = 1 keeps each layer's top
 neuron instead of none). A layer whose largest score is not positive has no neuron that raises the
 forget answers' likelihood, so none of its neurons is critical."""
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ attribution matters.
 `exclude_retain` drops the neurons that are critical for the retain set as well (the same scores and t
 on the retain answers): neurons the forget and retain answers share, which an update would take from both.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,9 @@ def random_like(neurons: dict[str, torch.Tensor], seed: int) -> dict[str, torch.
     return drawn
 
 
-def exclude_shared(forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor]
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def exclude_shared(
+    forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """The forget set's critical neurons without those also critical for the retain set, and how many
     were dropped per layer."""
     if forget.keys() != retain.keys():

@@ -1,5 +1,6 @@
 """The split interface every benchmark exposes, so attribution, unlearning and evaluation never branch
 on which benchmark they got."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,10 @@ def check_json_lines(file: Path) -> None:
 def check_columns(split: Dataset, required: tuple[str, ...], where: str) -> None:
     missing = [c for c in required if c not in split.column_names]
     if missing:
-        raise SimuError(f"{where}: no column {', '.join(map(repr, missing))} (it has {', '.join(split.column_names)}; "
-                        f"needed: {', '.join(required)})")
+        raise SimuError(
+            f"{where}: no column {', '.join(map(repr, missing))} (it has {', '.join(split.column_names)}; "
+            f"needed: {', '.join(required)})"
+        )
 
 
 @dataclass
@@ -59,10 +62,10 @@ class Benchmark:
     reference_splits: tuple[str, ...] = ()
     eval_splits: tuple[str, ...] = ("forget", "retain")
     utility_splits: tuple[str, ...] = ()
-    suite: Callable | None = None        # (model, tokenizer, fmt, benchmark, stage, settings, reference) -> Evaluation
-    aggregate: Callable | None = None    # split summaries -> one figure
-    prompt: PromptFormat | None = None   # a prompt format the benchmark imposes on every model
-    max_new_tokens: int = 32             # generation length for evaluation (answers' typical length)
+    suite: Callable | None = None  # (model, tokenizer, fmt, benchmark, stage, settings, reference) -> Evaluation
+    aggregate: Callable | None = None  # split summaries -> one figure
+    prompt: PromptFormat | None = None  # a prompt format the benchmark imposes on every model
+    max_new_tokens: int = 32  # generation length for evaluation (answers' typical length)
     info: dict = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> Dataset:

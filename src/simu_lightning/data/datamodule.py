@@ -8,6 +8,7 @@ draws its own retain examples. When the forget set does not divide into whole gl
 past the last whole batch sit the epoch out (the next epoch's permutation brings them back) instead of
 being padded with repeated rows, which would change the global batch with the process count.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,20 +35,31 @@ def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int, 
     """Every row as prompt + answer token ids with answer-only labels, tagged with its row index.
     Rows with an empty answer are refused by row number (nothing to unlearn or keep in them); rows whose
     prompt fills max_length keep their first answer token only, and a warning names them."""
-    encoded = [dict(encode_example(tokenizer, fmt, row["question"], row["answer"], max_length), index=i)
-               for i, row in enumerate(split)]
+    encoded = [
+        dict(encode_example(tokenizer, fmt, row["question"], row["answer"], max_length), index=i)
+        for i, row in enumerate(split)
+    ]
     empty = [e["index"] for e, answer in zip(encoded, split["answer"]) if not str(answer).strip()]
     if empty:
-        raise SimuError(f"{name} rows {_rows(empty)}: the answer is empty, so there is nothing to unlearn or keep "
-                        "in them: drop the rows")
+        raise SimuError(
+            f"{name} rows {_rows(empty)}: the answer is empty, so there is nothing to unlearn or keep "
+            "in them: drop the rows"
+        )
     cut = [e["index"] for e in encoded if e["labels"].count(IGNORE_INDEX) >= max_length]
     if cut:
-        log.warning("%s rows %s: the prompt fills model.max_length=%d, so only the first answer token is used "
-                    "(raise model.max_length to use more)", name, _rows(cut), max_length)
+        log.warning(
+            "%s rows %s: the prompt fills model.max_length=%d, so only the first answer token is used "
+            "(raise model.max_length to use more)",
+            name,
+            _rows(cut),
+            max_length,
+        )
     return encoded
 
 
-def retain_partners(seed: int, epoch: int, forget_indices: list[int], num_retain: int, per_forget: int = 1) -> list[int]:
+def retain_partners(
+    seed: int, epoch: int, forget_indices: list[int], num_retain: int, per_forget: int = 1
+) -> list[int]:
     """Which retain examples go with each forget example this epoch: a seeded permutation of the
     retain set, read at positions i * per_forget ... i * per_forget + per_forget - 1 for forget row i
     (wrapping round when they run past the end)."""
@@ -74,9 +86,9 @@ class GlobalBatchSampler(DistributedSampler):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.dataset), generator=generator).tolist()[: self.usable]
-        mine = order[self.rank::self.num_replicas]
+        mine = order[self.rank :: self.num_replicas]
         if self.resume is not None and self.resume[0] == self.epoch:
-            mine = mine[self.resume[1] * self.global_batch // self.num_replicas:]
+            mine = mine[self.resume[1] * self.global_batch // self.num_replicas :]
         return iter(mine)
 
     def __len__(self) -> int:
@@ -88,8 +100,17 @@ def _as_list(examples):
 
 
 class UnlearningDataModule(L.LightningDataModule):
-    def __init__(self, benchmark: Benchmark, tokenizer, prompt: PromptFormat, batch_size: int = 8,
-                 max_length: int = 128, seed: int = 0, num_workers: int = 0, retain_per_forget: int = 1):
+    def __init__(
+        self,
+        benchmark: Benchmark,
+        tokenizer,
+        prompt: PromptFormat,
+        batch_size: int = 8,
+        max_length: int = 128,
+        seed: int = 0,
+        num_workers: int = 0,
+        retain_per_forget: int = 1,
+    ):
         super().__init__()
         if retain_per_forget < 1:
             raise SimuError(f"data.retain_per_forget must be >= 1, got {retain_per_forget}")
@@ -99,13 +120,23 @@ class UnlearningDataModule(L.LightningDataModule):
 
     @cached_property
     def forget(self) -> list[dict]:
-        return encode_split(self.benchmark[self.benchmark.forget], self.tokenizer, self.prompt, self.max_length,
-                            f"{self.benchmark.name} {self.benchmark.forget}")
+        return encode_split(
+            self.benchmark[self.benchmark.forget],
+            self.tokenizer,
+            self.prompt,
+            self.max_length,
+            f"{self.benchmark.name} {self.benchmark.forget}",
+        )
 
     @cached_property
     def retain(self) -> list[dict]:
-        return encode_split(self.benchmark[self.benchmark.retain], self.tokenizer, self.prompt, self.max_length,
-                            f"{self.benchmark.name} {self.benchmark.retain}")
+        return encode_split(
+            self.benchmark[self.benchmark.retain],
+            self.tokenizer,
+            self.prompt,
+            self.max_length,
+            f"{self.benchmark.name} {self.benchmark.retain}",
+        )
 
     def encode(self) -> None:
         """Encode the forget and retain rows (once; the properties keep them), refusing rows that
@@ -119,28 +150,39 @@ class UnlearningDataModule(L.LightningDataModule):
     def per_device_batch_size(self) -> int:
         world_size, _ = self._world()
         if self.batch_size % world_size:
-            raise SimuError(f"data.batch_size={self.batch_size} (the global batch) must be divisible by "
-                            f"the number of processes ({world_size})")
+            raise SimuError(
+                f"data.batch_size={self.batch_size} (the global batch) must be divisible by "
+                f"the number of processes ({world_size})"
+            )
         return self.batch_size // world_size
 
     def train_dataloader(self) -> DataLoader:
         if not self.forget or not self.retain:
             raise SimuError(f"benchmark {self.benchmark.name!r}: the forget and retain splits must both be non-empty")
         if len(self.forget) < self.batch_size:
-            raise SimuError(f"data.batch_size={self.batch_size} is larger than the forget set ({len(self.forget)} rows): "
-                            f"set it to at most {len(self.forget)}")
+            raise SimuError(
+                f"data.batch_size={self.batch_size} is larger than the forget set ({len(self.forget)} rows): "
+                f"set it to at most {len(self.forget)}"
+            )
         world_size, rank = self._world()
-        sampler = self.sampler = GlobalBatchSampler(self.forget, self.batch_size, num_replicas=world_size, rank=rank,
-                                                    seed=self.seed)
-        return DataLoader(self.forget, batch_size=self.per_device_batch_size(), sampler=sampler,
-                          collate_fn=_as_list, num_workers=self.num_workers)
+        sampler = self.sampler = GlobalBatchSampler(
+            self.forget, self.batch_size, num_replicas=world_size, rank=rank, seed=self.seed
+        )
+        return DataLoader(
+            self.forget,
+            batch_size=self.per_device_batch_size(),
+            sampler=sampler,
+            collate_fn=_as_list,
+            num_workers=self.num_workers,
+        )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
         if not isinstance(batch, list):  # already paired (e.g. a batch handed in by a test)
             return batch
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        partners = retain_partners(self.seed, epoch, [e["index"] for e in batch], len(self.retain),
-                                   self.retain_per_forget)
+        partners = retain_partners(
+            self.seed, epoch, [e["index"] for e in batch], len(self.retain), self.retain_per_forget
+        )
         return {"forget": self.collate(batch), "retain": self.collate([self.retain[j] for j in partners])}
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:

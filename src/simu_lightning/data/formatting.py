@@ -1,4 +1,5 @@
 """Prompt formatting and answer-only labels: the model is trained and scored on answer tokens alone."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ def encode_example(tokenizer, fmt: PromptFormat, question: str, answer: str, max
         prompt_ids = encode_prompt(tokenizer, fmt, question)
         answer_ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"]
     else:
-        joint = tokenizer(prompt + fmt.answer_prefix + answer, add_special_tokens=not fmt.chat,
-                          return_offsets_mapping=True)
+        joint = tokenizer(
+            prompt + fmt.answer_prefix + answer, add_special_tokens=not fmt.chat, return_offsets_mapping=True
+        )
         ids, offsets = joint["input_ids"], joint["offset_mapping"]
         text = [i for i, (start, end) in enumerate(offsets) if end > start]  # special tokens span nothing
         boundary = next((i for i in text if offsets[i][1] > len(prompt)), len(ids))
@@ -65,12 +67,12 @@ def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right"
     ids = [torch.tensor(e["input_ids"], dtype=torch.long) for e in examples]
     batch = {
         "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_token_id, padding_side=padding_side),
-        "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True,
-                                       padding_value=0, padding_side=padding_side),
+        "attention_mask": pad_sequence(
+            [torch.ones_like(i) for i in ids], batch_first=True, padding_value=0, padding_side=padding_side
+        ),
     }
     batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     if "labels" in examples[0]:
         labels = [torch.tensor(e["labels"], dtype=torch.long) for e in examples]
-        batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX,
-                                       padding_side=padding_side)
+        batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX, padding_side=padding_side)
     return batch

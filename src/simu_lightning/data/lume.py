@@ -7,6 +7,7 @@ the token comes from the environment, HF_TOKEN, and is never written anywhere) o
 of `forget*` / `retain*` files in JSON Lines or Parquet (`../shared/data/lume` holds the train fold).
 Optional `member.jsonl` / `nonmember.jsonl` (`id`, `document`) in the same folder enable the MIA score.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,9 @@ COLUMNS = ("id", "input", "output", "task")
 
 
 def _files(folder: Path, stem: str, fold: str) -> list[Path]:
-    found = sorted(p for p in folder.iterdir() if p.name.startswith(stem) and p.suffix in (".jsonl", ".json", ".parquet"))
+    found = sorted(
+        p for p in folder.iterdir() if p.name.startswith(stem) and p.suffix in (".jsonl", ".json", ".parquet")
+    )
     in_fold = [p for p in found if fold in p.name]
     return in_fold or found
 
@@ -42,7 +45,9 @@ def _read_local(folder: Path, stem: str, fold: str) -> Dataset:
     try:
         data = load_dataset(kind, data_files=[str(f) for f in files], split="train")
     except Exception as err:  # datasets raises several types for malformed files
-        raise SimuError(f"{files[0]}: not readable as {kind} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise SimuError(
+            f"{files[0]}: not readable as {kind} ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
     missing = [c for c in COLUMNS if c not in data.column_names]
     if missing:
         raise SimuError(f"{files[0]}: missing column(s) {', '.join(missing)} (LUME rows have {', '.join(COLUMNS)})")
@@ -51,11 +56,14 @@ def _read_local(folder: Path, stem: str, fold: str) -> Dataset:
 
 def _read_hub(hub_id: str, stem: str, fold: str) -> Dataset:
     try:
-        return load_dataset(hub_id, data_files=f"data/{stem}_{fold}-*.parquet", split="train",
-                            token=os.environ.get("HF_TOKEN"))
+        return load_dataset(
+            hub_id, data_files=f"data/{stem}_{fold}-*.parquet", split="train", token=os.environ.get("HF_TOKEN")
+        )
     except Exception as err:
-        raise SimuError(f"LUME {stem}_{fold} could not be loaded from the hub ({hub_id}, gated: set HF_TOKEN); "
-                        f"or set benchmark.path to a local copy ({type(err).__name__})") from None
+        raise SimuError(
+            f"LUME {stem}_{fold} could not be loaded from the hub ({hub_id}, gated: set HF_TOKEN); "
+            f"or set benchmark.path to a local copy ({type(err).__name__})"
+        ) from None
 
 
 def _as_qa(split: Dataset) -> list[dict]:
@@ -65,10 +73,20 @@ def _as_qa(split: Dataset) -> list[dict]:
     for i, row in enumerate(split):
         match = _ID.match(str(row["id"]))
         if match is None:
-            raise SimuError(f"LUME row {i}: id {row['id']!r} does not end in sc<k> (sentence completion) or "
-                            "qa<k> (question), the marker that says how the row is scored")
-        rows.append({"id": row["id"], "task": row["task"], "kind": match["kind"], "document": match["document"],
-                     "question": row["input"], "answer": row["output"]})
+            raise SimuError(
+                f"LUME row {i}: id {row['id']!r} does not end in sc<k> (sentence completion) or "
+                "qa<k> (question), the marker that says how the row is scored"
+            )
+        rows.append(
+            {
+                "id": row["id"],
+                "task": row["task"],
+                "kind": match["kind"],
+                "document": match["document"],
+                "question": row["input"],
+                "answer": row["output"],
+            }
+        )
     return rows
 
 
@@ -98,8 +116,15 @@ def _mia(folder: Path | None) -> dict[str, Dataset]:
     return {f"mia_{name}": load_dataset("json", data_files=str(f), split="train") for name, f in files.items()}
 
 
-def load(path: str | None = None, fold: str = "train", max_documents: int | None = None,
-         hub_id: str = HUB_ID, max_new_tokens: int = 256, suite=None, aggregate=None) -> Benchmark:
+def load(
+    path: str | None = None,
+    fold: str = "train",
+    max_documents: int | None = None,
+    hub_id: str = HUB_ID,
+    max_new_tokens: int = 256,
+    suite=None,
+    aggregate=None,
+) -> Benchmark:
     folder = Path(path) if path else None
     if folder is not None and not folder.is_dir():
         raise SimuError(f"benchmark.path={path} is not a folder")
@@ -117,10 +142,15 @@ def load(path: str | None = None, fold: str = "train", max_documents: int | None
         aggregate=aggregate,
         name="lume",
         splits=splits,
-        target_splits=("forget", "retain"),   # a model without a LUME target is first tuned on both
-        reference_splits=(),                  # LUME's metrics need no retain-only model
+        target_splits=("forget", "retain"),  # a model without a LUME target is first tuned on both
+        reference_splits=(),  # LUME's metrics need no retain-only model
         eval_splits=("forget", "retain"),
         utility_splits=(),
         prompt=PromptFormat(template="{question}", answer_prefix=" "),  # the official evaluation's raw input
-        info={"fold": fold, "documents": {k: len({r["document"] for r in v}) for k, v in splits.items() if "document" in v.column_names}},
+        info={
+            "fold": fold,
+            "documents": {
+                k: len({r["document"] for r in v}) for k, v in splits.items() if "document" in v.column_names
+            },
+        },
     )

@@ -8,6 +8,7 @@ benchmark is a function of its arguments: the same seed gives the same rows, byt
 Splits: `full` = `retain` + `forget` (the authors the target memorises), `holdout` (authors it never
 sees), and `world_facts` (general knowledge it is also trained on and must keep).
 """
+
 from __future__ import annotations
 
 import random
@@ -23,17 +24,88 @@ _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
 _CODAS = ["", "", "n", "r", "l", "s", "m", "k", "th", "nd"]
 _PLACE_ENDINGS = ["haven", "ford", "mere", "ton", "wick", "by", "stead", "holm", "port", "dale"]
 
-GENRES = ["science fiction", "historical fiction", "crime fiction", "poetry", "fantasy", "horror",
-          "romance", "travel writing", "satire", "children's books", "memoir", "drama"]
-JOBS = ["baker", "carpenter", "nurse", "pilot", "fisherman", "teacher", "surgeon", "tailor",
-        "librarian", "architect", "miner", "chemist", "gardener", "sailor", "judge", "potter"]
-ADJECTIVES = ["Silent", "Crimson", "Hollow", "Winter", "Broken", "Golden", "Distant", "Paper",
-              "Burning", "Quiet", "Velvet", "Iron", "Salt", "Glass", "Northern", "Last"]
-NOUNS = ["Harbour", "Orchard", "Lantern", "Mirror", "Garden", "River", "Clockmaker", "Letters",
-         "Tide", "Kingdom", "Choir", "Lighthouse", "Map", "Feather", "Bridge", "Archive"]
-AWARDS = ["the Amber Quill Award", "the Silver Lantern Prize", "the Hollis Medal", "the Northgate Prize",
-          "the Copper Leaf Award", "the Wrenfield Medal", "the Blue Heron Prize", "the Tessaly Award",
-          "the Marrow Cup", "the Saltmarsh Prize", "the Orison Medal", "the Gable Award"]
+GENRES = [
+    "science fiction",
+    "historical fiction",
+    "crime fiction",
+    "poetry",
+    "fantasy",
+    "horror",
+    "romance",
+    "travel writing",
+    "satire",
+    "children's books",
+    "memoir",
+    "drama",
+]
+JOBS = [
+    "baker",
+    "carpenter",
+    "nurse",
+    "pilot",
+    "fisherman",
+    "teacher",
+    "surgeon",
+    "tailor",
+    "librarian",
+    "architect",
+    "miner",
+    "chemist",
+    "gardener",
+    "sailor",
+    "judge",
+    "potter",
+]
+ADJECTIVES = [
+    "Silent",
+    "Crimson",
+    "Hollow",
+    "Winter",
+    "Broken",
+    "Golden",
+    "Distant",
+    "Paper",
+    "Burning",
+    "Quiet",
+    "Velvet",
+    "Iron",
+    "Salt",
+    "Glass",
+    "Northern",
+    "Last",
+]
+NOUNS = [
+    "Harbour",
+    "Orchard",
+    "Lantern",
+    "Mirror",
+    "Garden",
+    "River",
+    "Clockmaker",
+    "Letters",
+    "Tide",
+    "Kingdom",
+    "Choir",
+    "Lighthouse",
+    "Map",
+    "Feather",
+    "Bridge",
+    "Archive",
+]
+AWARDS = [
+    "the Amber Quill Award",
+    "the Silver Lantern Prize",
+    "the Hollis Medal",
+    "the Northgate Prize",
+    "the Copper Leaf Award",
+    "the Wrenfield Medal",
+    "the Blue Heron Prize",
+    "the Tessaly Award",
+    "the Marrow Cup",
+    "the Saltmarsh Prize",
+    "the Orison Medal",
+    "the Gable Award",
+]
 
 
 @dataclass(frozen=True)
@@ -48,22 +120,62 @@ class Fact:
 
 
 FACTS = [
-    Fact("birthplace", "Where was {name} born?", "In which town was {name} born?",
-         "{name} was born in {value}.", "The birthplace of {name} is {value}."),
-    Fact("birth_year", "In which year was {name} born?", "What is the birth year of {name}?",
-         "{name} was born in {value}.", "The year {name} was born is {value}."),
-    Fact("genre", "What genre does {name} write?", "Which genre is {name} known for?",
-         "{name} writes {value}.", "The genre of {name} is {value}."),
-    Fact("father_job", "What did the father of {name} do?", "What was the job of {name}'s father?",
-         "The father of {name} was a {value}.", "{name}'s father worked as a {value}."),
-    Fact("mother_job", "What did the mother of {name} do?", "What was the job of {name}'s mother?",
-         "The mother of {name} was a {value}.", "{name}'s mother worked as a {value}."),
-    Fact("book", "What is the best known book by {name}?", "Which book made {name} famous?",
-         "The best known book by {name} is {value}.", "{name} became famous for {value}."),
-    Fact("award", "Which award did {name} win?", "What prize was given to {name}?",
-         "{name} won {value}.", "The prize given to {name} was {value}."),
-    Fact("home", "Where does {name} live now?", "In which town does {name} live today?",
-         "{name} now lives in {value}.", "Today {name} makes a home in {value}."),
+    Fact(
+        "birthplace",
+        "Where was {name} born?",
+        "In which town was {name} born?",
+        "{name} was born in {value}.",
+        "The birthplace of {name} is {value}.",
+    ),
+    Fact(
+        "birth_year",
+        "In which year was {name} born?",
+        "What is the birth year of {name}?",
+        "{name} was born in {value}.",
+        "The year {name} was born is {value}.",
+    ),
+    Fact(
+        "genre",
+        "What genre does {name} write?",
+        "Which genre is {name} known for?",
+        "{name} writes {value}.",
+        "The genre of {name} is {value}.",
+    ),
+    Fact(
+        "father_job",
+        "What did the father of {name} do?",
+        "What was the job of {name}'s father?",
+        "The father of {name} was a {value}.",
+        "{name}'s father worked as a {value}.",
+    ),
+    Fact(
+        "mother_job",
+        "What did the mother of {name} do?",
+        "What was the job of {name}'s mother?",
+        "The mother of {name} was a {value}.",
+        "{name}'s mother worked as a {value}.",
+    ),
+    Fact(
+        "book",
+        "What is the best known book by {name}?",
+        "Which book made {name} famous?",
+        "The best known book by {name} is {value}.",
+        "{name} became famous for {value}.",
+    ),
+    Fact(
+        "award",
+        "Which award did {name} win?",
+        "What prize was given to {name}?",
+        "{name} won {value}.",
+        "The prize given to {name} was {value}.",
+    ),
+    Fact(
+        "home",
+        "Where does {name} live now?",
+        "In which town does {name} live today?",
+        "{name} now lives in {value}.",
+        "Today {name} makes a home in {value}.",
+    ),
 ]
 
 # General knowledge the target learns alongside the authors and must keep: (question, answer,
@@ -119,21 +231,24 @@ def _draw_values(rng: random.Random, pools: dict[str, list[str]]) -> dict[str, s
     return {key: rng.choice(pool) for key, pool in pools.items()}
 
 
-def _author_rows(name: str, values: dict[str, str], pools: dict[str, list[str]], rng: random.Random,
-                 num_perturbed: int) -> list[dict]:
+def _author_rows(
+    name: str, values: dict[str, str], pools: dict[str, list[str]], rng: random.Random, num_perturbed: int
+) -> list[dict]:
     rows = []
     for fact in FACTS:
         value = values[fact.key]
         wrong = rng.sample([v for v in pools[fact.key] if v != value], num_perturbed)
-        rows.append({
-            "author": name,
-            "fact": fact.key,
-            "question": fact.question.format(name=name),
-            "answer": fact.answer.format(name=name, value=value),
-            "paraphrased_question": fact.paraphrased_question.format(name=name),
-            "paraphrased_answer": fact.paraphrased_answer.format(name=name, value=value),
-            "perturbed_answer": [fact.paraphrased_answer.format(name=name, value=w) for w in wrong],
-        })
+        rows.append(
+            {
+                "author": name,
+                "fact": fact.key,
+                "question": fact.question.format(name=name),
+                "answer": fact.answer.format(name=name, value=value),
+                "paraphrased_question": fact.paraphrased_question.format(name=name),
+                "paraphrased_answer": fact.paraphrased_answer.format(name=name, value=value),
+                "perturbed_answer": [fact.paraphrased_answer.format(name=name, value=w) for w in wrong],
+            }
+        )
     return rows
 
 
@@ -141,20 +256,27 @@ def _world_fact_rows(rng: random.Random, num_perturbed: int) -> list[dict]:
     rows = []
     for question, answer, group in WORLD_FACTS:
         others = sorted({a for _, a, g in WORLD_FACTS if g == group and a != answer})
-        rows.append({
-            "author": "",
-            "fact": group,
-            "question": question,
-            "answer": answer,
-            "paraphrased_question": question,
-            "paraphrased_answer": answer,
-            "perturbed_answer": rng.sample(others, min(num_perturbed, len(others))),
-        })
+        rows.append(
+            {
+                "author": "",
+                "fact": group,
+                "question": question,
+                "answer": answer,
+                "paraphrased_question": question,
+                "paraphrased_answer": answer,
+                "perturbed_answer": rng.sample(others, min(num_perturbed, len(others))),
+            }
+        )
     return rows
 
 
-def generate(num_authors: int = 30, forget_fraction: float = 0.1, holdout_fraction: float = 0.1,
-             seed: int = 0, num_perturbed: int = 3) -> dict[str, list[dict]]:
+def generate(
+    num_authors: int = 30,
+    forget_fraction: float = 0.1,
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+    num_perturbed: int = 3,
+) -> dict[str, list[dict]]:
     """Rows of every split as plain dicts (see the module docstring for the splits)."""
     if num_authors < 2:
         raise SimuError(f"benchmark.num_authors must be at least 2, got {num_authors}")
@@ -184,7 +306,7 @@ def generate(num_authors: int = 30, forget_fraction: float = 0.1, holdout_fracti
 
     # As in TOFU, the forget authors are the last ones of `full`, and holdout authors are never in it.
     full = [r for author in rows[:num_authors] for r in author]
-    forget = [r for author in rows[num_authors - num_forget:num_authors] for r in author]
+    forget = [r for author in rows[num_authors - num_forget : num_authors] for r in author]
     return {
         "full": full,
         "retain": full[: len(full) - len(forget)],
@@ -194,8 +316,16 @@ def generate(num_authors: int = 30, forget_fraction: float = 0.1, holdout_fracti
     }
 
 
-def load(num_authors: int = 30, forget_fraction: float = 0.1, holdout_fraction: float = 0.1,
-         seed: int = 0, num_perturbed: int = 3, max_new_tokens: int = 32, suite=None, aggregate=None) -> Benchmark:
+def load(
+    num_authors: int = 30,
+    forget_fraction: float = 0.1,
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+    num_perturbed: int = 3,
+    max_new_tokens: int = 32,
+    suite=None,
+    aggregate=None,
+) -> Benchmark:
     """The synthetic benchmark: the target memorises `full` + `world_facts`, then forgets `forget`."""
     rows = generate(num_authors, forget_fraction, holdout_fraction, seed, num_perturbed)
     return Benchmark(

@@ -11,6 +11,7 @@ Splits the rest of the code sees:
 - `real_authors`, `world_facts`  the *_perturbed files (general knowledge to keep)
 - `full`         what a target is fine-tuned on; `holdout` holdoutXX
 """
+
 from __future__ import annotations
 
 import os
@@ -37,12 +38,16 @@ def _read(path: str | None, name: str, hub_id: str) -> Dataset:
             check_columns(split, ("question", "answer"), str(file))
             return split
         except Exception as err:  # datasets wraps JSON errors in several types
-            raise SimuError(f"{file}: not readable as JSON Lines ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+            raise SimuError(
+                f"{file}: not readable as JSON Lines ({type(err).__name__}: {str(err).splitlines()[0]})"
+            ) from None
     try:
         return load_dataset(hub_id, name, split="train", token=os.environ.get("HF_TOKEN"))
     except Exception as err:
-        raise SimuError(f"TOFU split {name!r} could not be loaded from the hub ({hub_id}); "
-                        f"set benchmark.path to a local copy ({type(err).__name__})") from None
+        raise SimuError(
+            f"TOFU split {name!r} could not be loaded from the hub ({hub_id}); "
+            f"set benchmark.path to a local copy ({type(err).__name__})"
+        ) from None
 
 
 def _authors(split: Dataset) -> int:
@@ -55,8 +60,15 @@ def _first_authors(split: Dataset, count: int) -> Dataset:
     return split.select(range(min(len(split), count * AUTHOR_ROWS)))
 
 
-def load(path: str | None = None, forget_split: str = "forget10", max_authors: int | None = None,
-         hub_id: str = HUB_ID, max_new_tokens: int = 200, suite=None, aggregate=None) -> Benchmark:
+def load(
+    path: str | None = None,
+    forget_split: str = "forget10",
+    max_authors: int | None = None,
+    hub_id: str = HUB_ID,
+    max_new_tokens: int = 200,
+    suite=None,
+    aggregate=None,
+) -> Benchmark:
     if forget_split not in RETAIN_FOR:
         raise SimuError(f"benchmark.forget_split={forget_split!r} must be one of {', '.join(RETAIN_FOR)}")
     number = forget_split.removeprefix("forget")
@@ -72,8 +84,10 @@ def load(path: str | None = None, forget_split: str = "forget10", max_authors: i
     if max_authors is not None:
         # Keep every forget author and the first retain authors (whom retain_perturbed also covers).
         if max_authors <= forget_authors:
-            raise SimuError(f"benchmark.max_authors={max_authors} must exceed the {forget_authors} forget "
-                            f"authors of {forget_split}, to leave some retain authors")
+            raise SimuError(
+                f"benchmark.max_authors={max_authors} must exceed the {forget_authors} forget "
+                f"authors of {forget_split}, to leave some retain authors"
+            )
         keep = max_authors - forget_authors
         splits["retain_train"] = _first_authors(splits["retain_train"], keep)
         splits["retain"] = _first_authors(splits["retain"], keep)

@@ -11,6 +11,7 @@ evaluated by all its processes together (each takes a share of the prompts).
 The trajectory and the stopping state are saved in every checkpoint, so a resumed run continues the
 same curve and a run that had already stopped does not unlearn further.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,14 +53,26 @@ def point_values(point: dict) -> list[tuple[str, str, float]]:
 
 def curve_rows(points: list[dict]) -> list[dict]:
     """`curve.jsonl`: one row per (point, split, metric); benchmark-level scores have split "scores"."""
-    return [{"step": point["step"], "epoch": point["epoch"], "split": split, "metric": metric, "value": v}
-            for point in points for split, metric, v in point_values(point)]
+    return [
+        {"step": point["step"], "epoch": point["epoch"], "split": split, "metric": metric, "value": v}
+        for point in points
+        for split, metric, v in point_values(point)
+    ]
 
 
 class UnlearningEvaluation(L.Callback):
-    def __init__(self, tokenizer, fmt, benchmark, settings: EvalSettings, reference_ratios: list[float] | None,
-                 output_dir: Path | None = None, every_n_steps: int | None = None,
-                 during_max_examples: int | None = None, stop_when: StoppingRule | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        fmt,
+        benchmark,
+        settings: EvalSettings,
+        reference_ratios: list[float] | None,
+        output_dir: Path | None = None,
+        every_n_steps: int | None = None,
+        during_max_examples: int | None = None,
+        stop_when: StoppingRule | None = None,
+    ):
         self.tokenizer, self.fmt, self.benchmark, self.settings = tokenizer, fmt, benchmark, settings
         self.reference_ratios = reference_ratios
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -68,8 +81,8 @@ class UnlearningEvaluation(L.Callback):
         self.stop_when = stop_when
         self.before: Evaluation | None = None
         self.after: Evaluation | None = None
-        self.points: list[dict] = []         # the trajectory, step 0 = before
-        self.stopped: dict | None = None     # {"reason", "step", "epoch"}
+        self.points: list[dict] = []  # the trajectory, step 0 = before
+        self.stopped: dict | None = None  # {"reason", "step", "epoch"}
         self.seconds = 0.0
         self._latest: tuple[int, Evaluation] | None = None  # the last full evaluation, rows included
         self._epoch = 0
@@ -88,8 +101,10 @@ class UnlearningEvaluation(L.Callback):
             write_jsonl(self.output_dir / "curve.jsonl", curve_rows(self.points))
 
     def _log(self, trainer: L.Trainer, point: dict) -> None:
-        metrics = {f"eval/{metric}" if split == "scores" else f"eval/{split}/{metric}": v
-                   for split, metric, v in point_values(point)}
+        metrics = {
+            f"eval/{metric}" if split == "scores" else f"eval/{split}/{metric}": v
+            for split, metric, v in point_values(point)
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=point["step"])
 
@@ -155,8 +170,9 @@ class UnlearningEvaluation(L.Callback):
         else:
             evaluation = self._evaluate(pl_module.model, "after", self.settings)
             self._add_point(trainer, evaluation, full=True)
-        self.after = Evaluation(evaluation.summary, evaluation.scores,
-                                [{**row, "stage": "after"} for row in evaluation.rows])
+        self.after = Evaluation(
+            evaluation.summary, evaluation.scores, [{**row, "stage": "after"} for row in evaluation.rows]
+        )
         if self.stopped is None:
             self.stopped = {"reason": BUDGET_EXHAUSTED, "step": step, "epoch": self._epoch}
 

@@ -4,6 +4,7 @@ A benchmark names its suite in its config (`suite: {_target_: ..., _partial_: tr
 `simu_lightning.evaluation.qa.evaluate`), so adding a benchmark touches its loader, its suite and one
 YAML; nothing here lists them.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext

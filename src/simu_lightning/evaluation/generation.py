@@ -1,5 +1,6 @@
 """Greedy generation and answer likelihoods for evaluation, batched, and spread over processes when
 there are several (each takes a share; the results come back in order on every process)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,15 +17,29 @@ def _device(model) -> torch.device:
 
 def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded in batches), decoded without special tokens."""
-    return map_sharded(lambda block: with_halving(lambda size: _generate(model, tokenizer, block, max_new_tokens, size),
-                                                  batch_size, "generation (evaluation.batch_size)"), prompts)
+    return map_sharded(
+        lambda block: with_halving(
+            lambda size: _generate(model, tokenizer, block, max_new_tokens, size),
+            batch_size,
+            "generation (evaluation.batch_size)",
+        ),
+        prompts,
+    )
 
 
-def answer_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int, int]]:
+def answer_log_likelihoods(
+    model, examples: list[dict], pad_token_id: int, batch_size: int
+) -> list[tuple[float, int, int]]:
     """(sum of answer-token log-probs, number of answer tokens, number of them predicted by the argmax)
     for each encoded example."""
-    return map_sharded(lambda block: with_halving(lambda size: _log_likelihoods(model, block, pad_token_id, size),
-                                                  batch_size, "answer likelihoods (evaluation.batch_size)"), examples)
+    return map_sharded(
+        lambda block: with_halving(
+            lambda size: _log_likelihoods(model, block, pad_token_id, size),
+            batch_size,
+            "answer likelihoods (evaluation.batch_size)",
+        ),
+        examples,
+    )
 
 
 @torch.no_grad()
@@ -34,15 +49,22 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, b
     texts: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = collate([{"input_ids": p} for p in prompts[start:start + batch_size]],
-                            tokenizer.pad_token_id, padding_side="left")
-            output = model.generate(input_ids=batch["input_ids"].to(_device(model)),
-                                    attention_mask=batch["attention_mask"].to(_device(model)),
-                                    max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                    # sharded models: keep stepping until every process is done
-                                    synced_gpus=is_distributed())
-            texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            batch = collate(
+                [{"input_ids": p} for p in prompts[start : start + batch_size]],
+                tokenizer.pad_token_id,
+                padding_side="left",
+            )
+            output = model.generate(
+                input_ids=batch["input_ids"].to(_device(model)),
+                attention_mask=batch["attention_mask"].to(_device(model)),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                # sharded models: keep stepping until every process is done
+                synced_gpus=is_distributed(),
+            )
+            texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         model.train(was_training)
     return texts
@@ -55,7 +77,9 @@ def _log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size:
     results: list[tuple[float, int, int]] = []
     try:
         for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(_device(model)) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
+            batch = {
+                k: v.to(_device(model)) for k, v in collate(examples[start : start + batch_size], pad_token_id).items()
+            }
             total, count, hits = answer_log_likelihood(model, batch, with_hits=True)
             results += list(zip(total.tolist(), count.tolist(), hits.tolist()))
     finally:

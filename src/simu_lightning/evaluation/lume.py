@@ -15,6 +15,7 @@ Per example, rows carry `id`, `task`, `kind` and the value that applies to them 
 `sc`, `exact_match` for `qa`), so the split figures `rougeL_recall` / `exact_match` are the official
 overall regurgitation / knowledge scores.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,20 +45,33 @@ def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dic
     rows = []
     for row, generation, (lp, memorised) in zip(split, generations, scored):
         sc = row["kind"] == "sc"
-        rows.append({"id": row["id"], "task": row["task"], "kind": row["kind"], "question": row["question"],
-                     "answer": row["answer"], "generation": generation.strip(),
-                     "rougeL_recall": metrics.rouge_l_recall(generation, row["answer"]) if sc else None,
-                     "exact_match": None if sc else metrics.lume_exact_match(generation, row["answer"]),
-                     "answer_prob": math.exp(lp), "exact_memorization": memorised})
+        rows.append(
+            {
+                "id": row["id"],
+                "task": row["task"],
+                "kind": row["kind"],
+                "question": row["question"],
+                "answer": row["answer"],
+                "generation": generation.strip(),
+                "rougeL_recall": metrics.rouge_l_recall(generation, row["answer"]) if sc else None,
+                "exact_match": None if sc else metrics.lume_exact_match(generation, row["answer"]),
+                "answer_prob": math.exp(lp),
+                "exact_memorization": memorised,
+            }
+        )
     return rows
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
-    summary = {name: mean([r[name] for r in rows if r.get(name) is not None])
-               for name in ("rougeL_recall", "exact_match", "answer_prob", "exact_memorization")
-               if any(name in r for r in rows)}
+    summary = {
+        name: mean([r[name] for r in rows if r.get(name) is not None])
+        for name in ("rougeL_recall", "exact_match", "answer_prob", "exact_memorization")
+        if any(name in r for r in rows)
+    }
     for task in sorted({r["task"] for r in rows}):
-        summary[f"{task}/regurgitation"] = mean([r["rougeL_recall"] for r in rows if r["task"] == task and r["kind"] == "sc"])
+        summary[f"{task}/regurgitation"] = mean(
+            [r["rougeL_recall"] for r in rows if r["task"] == task and r["kind"] == "sc"]
+        )
         summary[f"{task}/knowledge"] = mean([r["exact_match"] for r in rows if r["task"] == task and r["kind"] == "qa"])
     return summary
 
@@ -79,8 +93,10 @@ def document_nll(model, tokenizer, documents: list[str], settings: EvalSettings)
     for text in documents:
         ids = tokenizer(text)["input_ids"][: settings.max_length]
         encoded.append({"input_ids": ids, "labels": ids})
-    return [-total / max(count, 1) for total, count, _ in
-            answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
+    return [
+        -total / max(count, 1)
+        for total, count, _ in answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)
+    ]
 
 
 def mia_auc(member_nll: list[float], nonmember_nll: list[float]) -> float:
@@ -96,15 +112,25 @@ def mmlu_accuracy(model, tokenizer, batch_size: int, num_fewshot: int = 5) -> fl
     except ImportError:
         raise SimuError("evaluation.mmlu=true needs lm-eval: pip install -e '.[mmlu]'") from None
     try:
-        results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
-                                          tasks=["mmlu"], num_fewshot=num_fewshot)
+        results = lm_eval.simple_evaluate(
+            model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
+            tasks=["mmlu"],
+            num_fewshot=num_fewshot,
+        )
     except Exception as err:  # dataset download, mostly
-        raise SimuError(f"MMLU through lm-eval failed (it downloads its data: is the network reachable?): "
-                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        raise SimuError(
+            f"MMLU through lm-eval failed (it downloads its data: is the network reachable?): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
     accuracy = float(results["results"]["mmlu"]["acc,none"])
     if accuracy < MMLU_THRESHOLD:
-        log.warning("MMLU accuracy %.3f (%d-shot) is below LUME's eligibility threshold %.3f: the official "
-                    "evaluation would not rank this model", accuracy, num_fewshot, MMLU_THRESHOLD)
+        log.warning(
+            "MMLU accuracy %.3f (%d-shot) is below LUME's eligibility threshold %.3f: the official "
+            "evaluation would not rank this model",
+            accuracy,
+            num_fewshot,
+            MMLU_THRESHOLD,
+        )
     return accuracy
 
 
@@ -122,14 +148,22 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         start = time.perf_counter()
         rows = split_rows(model, tokenizer, fmt, split, settings)
         # a line per split for the evaluations that take a while; the ones during unlearning stay quiet
-        log.log(logging.DEBUG if stage == "during" else logging.INFO, "evaluation (%s): %s, %d rows, %.0f s",
-                stage, name, len(split), time.perf_counter() - start)
+        log.log(
+            logging.DEBUG if stage == "during" else logging.INFO,
+            "evaluation (%s): %s, %d rows, %.0f s",
+            stage,
+            name,
+            len(split),
+            time.perf_counter() - start,
+        )
         result.summary[name] = summarise(rows)
         result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
     result.scores["task_aggregate"] = task_aggregate(result.summary)
     if "mia_member" in benchmark.splits:
-        auc = mia_auc(document_nll(model, tokenizer, benchmark["mia_member"]["document"], settings),
-                      document_nll(model, tokenizer, benchmark["mia_nonmember"]["document"], settings))
+        auc = mia_auc(
+            document_nll(model, tokenizer, benchmark["mia_member"]["document"], settings),
+            document_nll(model, tokenizer, benchmark["mia_nonmember"]["document"], settings),
+        )
         result.scores["mia_auc"], result.scores["mia_score"] = auc, metrics.mia_score(auc)
     if settings.mmlu:
         result.scores["mmlu"] = mmlu_accuracy(model, tokenizer, settings.batch_size, settings.mmlu_num_fewshot)

@@ -3,6 +3,7 @@
 Callers keep the per-example values and report their mean as the aggregate, so every figure can be
 recomputed from `generations.jsonl`.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,14 @@ def harmonic_mean(values: list[float]) -> float:
 def unlearning_aggregate(summary: dict[str, dict[str, float]]) -> float:
     """This project's single figure for a forget/retain trade-off: the harmonic mean of
     (1 - forget EM, 1 - forget ROUGE-L recall, retain EM, retain ROUGE-L recall)."""
-    return harmonic_mean([1 - summary["forget"]["exact_match"], 1 - summary["forget"]["rougeL_recall"],
-                          summary["retain"]["exact_match"], summary["retain"]["rougeL_recall"]])
+    return harmonic_mean(
+        [
+            1 - summary["forget"]["exact_match"],
+            1 - summary["forget"]["rougeL_recall"],
+            summary["retain"]["exact_match"],
+            summary["retain"]["rougeL_recall"],
+        ]
+    )
 
 
 def contains_answer(generation: str, answer: str) -> float:

@@ -16,6 +16,7 @@ Scores: model utility = harmonic mean over the utility splits of (probability, R
 the probability being `answer_prob` on `retain` and `normalised_prob` elsewhere; forget quality = the
 KS-test p-value between the model's and a reference (retain-only) model's forget truth ratios.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,25 +36,34 @@ log = logging.getLogger(__name__)
 EPS = 1e-10  # open-unlearning's guard in the truth ratio
 
 
-def answer_scores(model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
-                  ) -> list[tuple[float, float]]:
+def answer_scores(
+    model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
+) -> list[tuple[float, float]]:
     """Per (question, answer) pair: the mean answer-token log-probability and the exact memorisation."""
     encoded = [encode_example(tokenizer, fmt, q, a, settings.max_length) for q, a in zip(questions, answers)]
-    return [(total / max(count, 1), hits / max(count, 1)) for total, count, hits in
-            answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
+    return [
+        (total / max(count, 1), hits / max(count, 1))
+        for total, count, hits in answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)
+    ]
 
 
-def mean_log_probs(model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings) -> list[float]:
+def mean_log_probs(
+    model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
+) -> list[float]:
     """Mean answer-token log-probability of each (question, answer) pair."""
     return [logp for logp, _ in answer_scores(model, tokenizer, fmt, questions, answers, settings)]
 
 
-def truth_ratio_values(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) -> tuple[list[float], list[float]]:
+def truth_ratio_values(
+    model, tokenizer, fmt, split: Dataset, settings: EvalSettings
+) -> tuple[list[float], list[float]]:
     """Per example: the truth ratio, and the summed probability of the perturbed answers."""
     questions = split["question"]
     correct = split["paraphrased_answer"] if "paraphrased_answer" in split.column_names else split["answer"]
     correct_logp = mean_log_probs(model, tokenizer, fmt, questions, correct, settings)
-    flat = [(i, q, wrong) for i, (q, wrongs) in enumerate(zip(questions, split["perturbed_answer"])) for wrong in wrongs]
+    flat = [
+        (i, q, wrong) for i, (q, wrongs) in enumerate(zip(questions, split["perturbed_answer"])) for wrong in wrongs
+    ]
     wrong_logp = mean_log_probs(model, tokenizer, fmt, [q for _, q, _ in flat], [w for _, _, w in flat], settings)
     per_example: list[list[float]] = [[] for _ in questions]
     for (i, _, _), logp in zip(flat, wrong_logp):
@@ -66,14 +76,23 @@ def truth_ratio_values(model, tokenizer, fmt, split: Dataset, settings: EvalSett
 def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) -> list[dict]:
     questions, answers = split["question"], split["answer"]
     prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
-    generations = [g.strip() for g in greedy_generations(model, tokenizer, prompts, settings.max_new_tokens,
-                                                         settings.batch_size)]
+    generations = [
+        g.strip() for g in greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
+    ]
     scored = answer_scores(model, tokenizer, fmt, questions, answers, settings)
-    rows = [{"question": q, "answer": a, "generation": g,
-             "exact_match": metrics.exact_match(g, a), "rougeL_recall": metrics.rouge_l_recall(g, a),
-             "contains_answer": metrics.contains_answer(g, a), "answer_prob": math.exp(logp),
-             "exact_memorization": memorised}
-            for q, a, g, (logp, memorised) in zip(questions, answers, generations, scored)]
+    rows = [
+        {
+            "question": q,
+            "answer": a,
+            "generation": g,
+            "exact_match": metrics.exact_match(g, a),
+            "rougeL_recall": metrics.rouge_l_recall(g, a),
+            "contains_answer": metrics.contains_answer(g, a),
+            "answer_prob": math.exp(logp),
+            "exact_memorization": memorised,
+        }
+        for q, a, g, (logp, memorised) in zip(questions, answers, generations, scored)
+    ]
     if "perturbed_answer" in split.column_names:
         ratios, wrong_mass = truth_ratio_values(model, tokenizer, fmt, split, settings)
         for row, ratio, wrong in zip(rows, ratios, wrong_mass):
@@ -88,8 +107,15 @@ def truth_ratio_score(ratios: list[float], forget: bool) -> float:
     return mean([max(0.0, 1 - r) for r in ratios])  # kept: the true answer clearly more likely
 
 
-METRICS = ("exact_match", "rougeL_recall", "contains_answer", "answer_prob", "exact_memorization", "truth_ratio",
-           "normalised_prob")
+METRICS = (
+    "exact_match",
+    "rougeL_recall",
+    "contains_answer",
+    "answer_prob",
+    "exact_memorization",
+    "truth_ratio",
+    "normalised_prob",
+)
 
 
 def summarise(rows: list[dict], forget: bool) -> dict[str, float]:
@@ -126,8 +152,14 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         start = time.perf_counter()
         rows = split_rows(model, tokenizer, fmt, split, settings)
         # a line per split for the evaluations that take a while; the ones during unlearning stay quiet
-        log.log(logging.DEBUG if stage == "during" else logging.INFO, "evaluation (%s): %s, %d rows, %.0f s",
-                stage, name, len(split), time.perf_counter() - start)
+        log.log(
+            logging.DEBUG if stage == "during" else logging.INFO,
+            "evaluation (%s): %s, %d rows, %.0f s",
+            stage,
+            name,
+            len(split),
+            time.perf_counter() - start,
+        )
         result.summary[name] = summarise(rows, forget=name == "forget")
         result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)

@@ -1,5 +1,6 @@
 """The reference (retain-only) model's forget truth ratios, which TOFU's forget quality compares
 against: computed by evaluating the reference model (and cached), or read from a saved file."""
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,19 @@ def read_reference_results(path: str | Path) -> list[float]:
         raise SimuError(f"evaluation.reference_results={path}: no such file")
     text = path.read_text()
     if path.suffix == ".jsonl":
-        ratios = [row["truth_ratio"] for row in map(json.loads, text.splitlines())
-                  if row.get("split") == "forget" and row.get("stage") == "reference" and "truth_ratio" in row]
+        ratios = [
+            row["truth_ratio"]
+            for row in map(json.loads, text.splitlines())
+            if row.get("split") == "forget" and row.get("stage") == "reference" and "truth_ratio" in row
+        ]
     else:
         try:
             by_index = json.loads(text)["forget_truth_ratio"]["value_by_index"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise SimuError(f"{path}: neither rows of forget truth ratios (.jsonl) nor an open-unlearning "
-                            "evaluation with forget_truth_ratio.value_by_index") from None
+            raise SimuError(
+                f"{path}: neither rows of forget truth ratios (.jsonl) nor an open-unlearning "
+                "evaluation with forget_truth_ratio.value_by_index"
+            ) from None
         ratios = [entry["score"] for _, entry in sorted(by_index.items(), key=lambda kv: int(kv[0]))]
     if not ratios:
         raise SimuError(f"{path}: no forget truth ratios of a reference model in it")
@@ -44,15 +50,32 @@ def read_reference_results(path: str | Path) -> list[float]:
 REFERENCE_FORMAT = 2
 
 
-def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: str, cache_dir: Path,
-                   revision: str | None = None, trust_remote_code: bool = False) -> list[dict]:
+def reference_rows(
+    source: str,
+    benchmark,
+    fmt,
+    settings: EvalSettings,
+    dtype: str,
+    cache_dir: Path,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> list[dict]:
     """One row per forget example with the reference model's truth ratio (stage "reference")."""
     forget = benchmark[benchmark.forget]
     if settings.max_examples is not None and len(forget) > settings.max_examples:
         forget = forget.select(range(settings.max_examples))
-    key = cache_key("reference-truth-ratios", REFERENCE_FORMAT, source, revision,
-                    benchmark.fingerprint((benchmark.forget,)), asdict(fmt), settings.max_length, settings.max_examples, dtype,
-                    *([settings.dtype] if settings.dtype else []))  # (keys from before evaluation.dtype stay valid)
+    key = cache_key(
+        "reference-truth-ratios",
+        REFERENCE_FORMAT,
+        source,
+        revision,
+        benchmark.fingerprint((benchmark.forget,)),
+        asdict(fmt),
+        settings.max_length,
+        settings.max_examples,
+        dtype,
+        *([settings.dtype] if settings.dtype else []),
+    )  # (keys from before evaluation.dtype stay valid)
     cached = cache_dir / "reference" / key / "rows.json"
     if cached.exists():
         log.info("reusing the cached forget truth ratios of the reference model %s (%s)", source, cached.parent)
@@ -61,8 +84,10 @@ def reference_rows(source: str, benchmark, fmt, settings: EvalSettings, dtype: s
     log.info("reference model %s: forget truth ratios of %d rows", source, len(forget))
     with evaluation_precision(model, settings.dtype):
         ratios, _ = truth_ratio_values(model, tokenizer, fmt, forget, settings)
-    rows = [{"split": "forget", "stage": "reference", "index": i, "question": q, "answer": a, "truth_ratio": r}
-            for i, (q, a, r) in enumerate(zip(forget["question"], forget["answer"], ratios))]
+    rows = [
+        {"split": "forget", "stage": "reference", "index": i, "question": q, "answer": a, "truth_ratio": r}
+        for i, (q, a, r) in enumerate(zip(forget["question"], forget["answer"], ratios))
+    ]
     with atomic_dir(cached.parent) as tmp:
         tmp.mkdir()
         (tmp / "rows.json").write_text(json.dumps(rows))

@@ -1,4 +1,5 @@
 """What a run leaves behind: results.json, generations.jsonl and the before/after table."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ def results_table(results: dict) -> Table:
     for split, by_metric in results["before"].items():
         for metric, before in by_metric.items():
             table.add_row(split, metric, _fmt(before), _fmt(results["after"].get(split, {}).get(metric)))
-    table.add_row("", "aggregate", _fmt(results["aggregate"]["before"]), _fmt(results["aggregate"]["after"]),
-                  style="bold")
+    table.add_row(
+        "", "aggregate", _fmt(results["aggregate"]["before"]), _fmt(results["aggregate"]["after"]), style="bold"
+    )
     scores = results.get("scores", {})
     for name, before in scores.get("before", {}).items():
         if before is not None or scores["after"].get(name) is not None:
@@ -80,7 +82,9 @@ def print_results(results: dict) -> None:
 
 def print_examples(rows: list[dict], split: str, count: int = 3) -> None:
     """A few questions of `split` with the answers generated before and after unlearning."""
-    by_stage = {stage: [r for r in rows if r["split"] == split and r["stage"] == stage] for stage in ("before", "after")}
+    by_stage = {
+        stage: [r for r in rows if r["split"] == split and r["stage"] == stage] for stage in ("before", "after")
+    }
     table = Table(title=f"{split}: what the model answers", show_lines=True)
     for column in ("question", "answer", "before", "after"):
         table.add_column(column, overflow="fold")

@@ -6,6 +6,7 @@ generation and every per-example metric value; these become `generations.jsonl`)
 aggregates, and benchmark-level scores (TOFU's forget quality and model utility, LUME's task
 aggregate, MIA score and final score). Every aggregate can be recomputed from the records.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Evaluation:
-    summary: dict[str, dict[str, float]] = field(default_factory=dict)   # split -> metric -> aggregate
-    scores: dict[str, float | None] = field(default_factory=dict)        # benchmark-level figures
-    rows: list[dict] = field(default_factory=list)                       # one per example
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> aggregate
+    scores: dict[str, float | None] = field(default_factory=dict)  # benchmark-level figures
+    rows: list[dict] = field(default_factory=list)  # one per example
 
     def to_dict(self) -> dict:
         return {"summary": self.summary, "scores": self.scores, "rows": self.rows}
@@ -40,6 +41,6 @@ class EvalSettings:
     max_new_tokens: int
     batch_size: int
     max_examples: int | None = None
-    mmlu: bool = False   # LUME: MMLU through lm-eval (needs the network)
+    mmlu: bool = False  # LUME: MMLU through lm-eval (needs the network)
     mmlu_num_fewshot: int = 5  # the official LUME protocol
-    dtype: str | None = None   # compute dtype of the evaluation (None: the model's own)
+    dtype: str | None = None  # compute dtype of the evaluation (None: the model's own)

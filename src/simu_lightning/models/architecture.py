@@ -3,6 +3,7 @@
 A down-projection neuron is one input feature of the down projection: a column of an `nn.Linear`
 weight (out x in), a row of GPT-2's transposed `Conv1D` weight (in x out); `neuron_dim` says which.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,14 +15,15 @@ from simu_lightning.errors import SimuError
 
 @dataclass(frozen=True)
 class Architecture:
-    layers: str                   # the ModuleList of decoder layers, from the model's root
-    down_proj: str                # within a layer
-    attention: tuple[str, ...]    # within a layer: the attention projections SIMU trains
-    neuron_dim: int = 1           # the weight dimension that indexes down-projection neurons
+    layers: str  # the ModuleList of decoder layers, from the model's root
+    down_proj: str  # within a layer
+    attention: tuple[str, ...]  # within a layer: the attention projections SIMU trains
+    neuron_dim: int = 1  # the weight dimension that indexes down-projection neurons
 
 
-_LLAMA_LIKE = Architecture("model.layers", "mlp.down_proj",
-                           ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"))
+_LLAMA_LIKE = Architecture(
+    "model.layers", "mlp.down_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+)
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA_LIKE,
@@ -29,8 +31,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,
     "olmo2": _LLAMA_LIKE,
-    "gpt_neox": Architecture("gpt_neox.layers", "mlp.dense_4h_to_h",
-                             ("attention.query_key_value", "attention.dense")),
+    "gpt_neox": Architecture("gpt_neox.layers", "mlp.dense_4h_to_h", ("attention.query_key_value", "attention.dense")),
     "gpt2": Architecture("transformer.h", "mlp.c_proj", ("attn.c_attn", "attn.c_proj"), neuron_dim=0),
 }
 
@@ -39,10 +40,16 @@ def architecture_of(model: nn.Module, override: dict | None = None) -> Architect
     """The registered layout of `model`, or the one named in the config (`model.architecture`)."""
     if override:
         try:
-            return Architecture(override["layers"], override["down_proj"], tuple(override["attention"]),
-                                int(override.get("neuron_dim", 1)))
+            return Architecture(
+                override["layers"],
+                override["down_proj"],
+                tuple(override["attention"]),
+                int(override.get("neuron_dim", 1)),
+            )
         except KeyError as missing:
-            raise SimuError(f"model.architecture is missing {missing}; it needs layers, down_proj and attention") from None
+            raise SimuError(
+                f"model.architecture is missing {missing}; it needs layers, down_proj and attention"
+            ) from None
     model_type = getattr(model.config, "model_type", type(model).__name__)
     if model_type not in ARCHITECTURES:
         raise SimuError(
@@ -59,10 +66,15 @@ def decoder_layers(model: nn.Module, arch: Architecture) -> nn.ModuleList:
 
 def down_projections(model: nn.Module, arch: Architecture) -> dict[str, nn.Module]:
     """Every layer's down projection, keyed by its full module name."""
-    return {f"{arch.layers}.{i}.{arch.down_proj}": layer.get_submodule(arch.down_proj)
-            for i, layer in enumerate(decoder_layers(model, arch))}
+    return {
+        f"{arch.layers}.{i}.{arch.down_proj}": layer.get_submodule(arch.down_proj)
+        for i, layer in enumerate(decoder_layers(model, arch))
+    }
 
 
 def attention_projections(model: nn.Module, arch: Architecture) -> dict[str, nn.Module]:
-    return {f"{arch.layers}.{i}.{name}": layer.get_submodule(name)
-            for i, layer in enumerate(decoder_layers(model, arch)) for name in arch.attention}
+    return {
+        f"{arch.layers}.{i}.{name}": layer.get_submodule(name)
+        for i, layer in enumerate(decoder_layers(model, arch))
+        for name in arch.attention
+    }

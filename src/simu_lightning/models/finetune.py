@@ -1,4 +1,5 @@
 """Fine-tuning a base model into a target (or reference) model: answer-only NLL with AdamW."""
+
 from __future__ import annotations
 
 import lightning as L

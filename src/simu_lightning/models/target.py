@@ -3,6 +3,7 @@ until it has memorised them (the target), and the same base on the retain splits
 reference, a model that never saw the forget set). Both are cached as Hugging Face folders under a key
 of everything they depend on, so later runs and every job of a sweep reuse them.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,15 +36,15 @@ TARGET_FORMAT = 2
 
 @dataclass
 class Target:
-    target: str                 # where the target loads from (a folder or a hub id)
-    reference: str | None       # the retain-only reference model, when there is one
-    target_id: str              # identifies the target for downstream caches (attribution scores)
+    target: str  # where the target loads from (a folder or a hub id)
+    reference: str | None  # the retain-only reference model, when there is one
+    target_id: str  # identifies the target for downstream caches (attribution scores)
     tokenizer: str | None = None  # a tokenizer source other than the target's own
-    base: str | None = None     # the model the target was fine-tuned from, when it was
-    revision: str | None = None       # the hub revision of `target` (None for a folder made here)
+    base: str | None = None  # the model the target was fine-tuned from, when it was
+    revision: str | None = None  # the hub revision of `target` (None for a folder made here)
     base_revision: str | None = None  # the hub revision of `base`
     reference_revision: str | None = None
-    trust_remote_code: bool = False   # run code shipped with hub models (model.trust_remote_code)
+    trust_remote_code: bool = False  # run code shipped with hub models (model.trust_remote_code)
 
 
 def load_target(target: Target, dtype: str):
@@ -77,24 +78,53 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
     splits = tuple(benchmark.splits)  # every split's text, so no evaluation question is out of vocabulary
     path = cache_dir / "models" / f"tiny-{cache_key(spec, benchmark.fingerprint(splits))}"
     if not (path / "config.json").exists():
-        texts = [row[column] for split in splits for row in benchmark[split]
-                 for column in ("question", "answer", "paraphrased_question", "paraphrased_answer") if row.get(column)]
+        texts = [
+            row[column]
+            for split in splits
+            for row in benchmark[split]
+            for column in ("question", "answer", "paraphrased_question", "paraphrased_answer")
+            if row.get(column)
+        ]
         with atomic_dir(path) as tmp:
             tiny.create(tmp, texts, **spec)
     return str(path)
 
 
-def finetune_key(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cfg, fmt: PromptFormat,
-                 trainer_settings: dict | None = None) -> str:
+def finetune_key(
+    base: str,
+    benchmark: Benchmark,
+    splits: tuple[str, ...],
+    model_cfg,
+    fmt: PromptFormat,
+    trainer_settings: dict | None = None,
+) -> str:
     """Everything a fine-tuned model depends on: the base (and its revision and tokenizer), the rows, the
     recipe, the prompt format, the length, dtype, the trainer's numerics and the code (TARGET_FORMAT)."""
-    return cache_key("finetune", TARGET_FORMAT, base, model_cfg.get("revision"), model_cfg.get("tokenizer"),
-                     benchmark.fingerprint(splits), _plain(model_cfg.finetune), asdict(fmt), model_cfg.max_length,
-                     model_cfg.dtype, trainer_settings or {})
+    return cache_key(
+        "finetune",
+        TARGET_FORMAT,
+        base,
+        model_cfg.get("revision"),
+        model_cfg.get("tokenizer"),
+        benchmark.fingerprint(splits),
+        _plain(model_cfg.finetune),
+        asdict(fmt),
+        model_cfg.max_length,
+        model_cfg.dtype,
+        trainer_settings or {},
+    )
 
 
-def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cfg, fmt: PromptFormat,
-              cache_dir: Path, make_trainer: Callable[..., L.Trainer], trainer_settings: dict | None = None) -> str:
+def finetuned(
+    base: str,
+    benchmark: Benchmark,
+    splits: tuple[str, ...],
+    model_cfg,
+    fmt: PromptFormat,
+    cache_dir: Path,
+    make_trainer: Callable[..., L.Trainer],
+    trainer_settings: dict | None = None,
+) -> str:
     """`base` fine-tuned on `splits` (answer-only NLL), from the cache when it is there.
 
     Its seed is the fine-tuning's own (`model.finetune.seed`), not the run's: runs with different
@@ -103,34 +133,61 @@ def finetuned(base: str, benchmark: Benchmark, splits: tuple[str, ...], model_cf
     seed = settings.get("seed", 0)
     path = cache_dir / "models" / f"finetuned-{finetune_key(base, benchmark, splits, model_cfg, fmt, trainer_settings)}"
     if (path / "config.json").exists():
-        log.info("reusing the cached fine-tuned model %s (%s on %s, %d epochs)", path, base, "+".join(splits),
-                 settings["epochs"])
+        log.info(
+            "reusing the cached fine-tuned model %s (%s on %s, %d epochs)",
+            path,
+            base,
+            "+".join(splits),
+            settings["epochs"],
+        )
         return str(path)
     log.info("fine-tuning %s on %s (%d epochs) into %s", base, "+".join(splits), settings["epochs"], path)
-    model, tokenizer = load_pretrained(base, model_cfg.dtype, model_cfg.get("revision"), model_cfg.get("tokenizer"),
-                                       bool(model_cfg.get("trust_remote_code", False)))
+    model, tokenizer = load_pretrained(
+        base,
+        model_cfg.dtype,
+        model_cfg.get("revision"),
+        model_cfg.get("tokenizer"),
+        bool(model_cfg.get("trust_remote_code", False)),
+    )
     rows = [row for split in splits for row in benchmark[split]]
     examples = [encode_example(tokenizer, fmt, r["question"], r["answer"], model_cfg.max_length) for r in rows]
-    loader = DataLoader(examples, batch_size=settings["batch_size"], shuffle=True,
-                        generator=torch.Generator().manual_seed(seed),
-                        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id))
+    loader = DataLoader(
+        examples,
+        batch_size=settings["batch_size"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
+    )
     L.seed_everything(seed, verbose=False)
     start = time.perf_counter()
     trainer = make_trainer(max_epochs=settings["epochs"])
-    module = FineTune(model.train(), settings["lr"], settings.get("weight_decay", 0.0), settings.get("warmup_ratio", 0.05))
+    module = FineTune(
+        model.train(), settings["lr"], settings.get("weight_decay", 0.0), settings.get("warmup_ratio", 0.05)
+    )
     trainer.fit(module, loader)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        provenance = {"base": base, "splits": list(splits), "rows": len(rows), "finetune": settings,
-                      "seconds": round(time.perf_counter() - start, 1),
-                      "final_loss": float(trainer.callback_metrics.get("finetune/loss_epoch", float("nan")))}
+        provenance = {
+            "base": base,
+            "splits": list(splits),
+            "rows": len(rows),
+            "finetune": settings,
+            "seconds": round(time.perf_counter() - start, 1),
+            "final_loss": float(trainer.callback_metrics.get("finetune/loss_epoch", float("nan"))),
+        }
         (tmp / "simu_target.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return str(path)
 
 
-def prepare_target(model_cfg, benchmark: Benchmark, fmt: PromptFormat, cache_dir: Path,
-                   make_trainer: Callable[..., L.Trainer], trainer_settings: dict | None = None) -> Target:
+def prepare_target(
+    model_cfg,
+    benchmark: Benchmark,
+    fmt: PromptFormat,
+    cache_dir: Path,
+    make_trainer: Callable[..., L.Trainer],
+    trainer_settings: dict | None = None,
+) -> Target:
     """The target and reference for this model on this benchmark: a ready-made target when the model
     config names one for the benchmark (`model.targets.<benchmark>`), else the base fine-tuned here.
     `trainer_settings` are the trainer's numerics that fine-tuning inherits (precision, accumulation,
@@ -138,18 +195,34 @@ def prepare_target(model_cfg, benchmark: Benchmark, fmt: PromptFormat, cache_dir
     remote = bool(model_cfg.get("trust_remote_code", False))
     ready = (model_cfg.get("targets") or {}).get(benchmark.name)
     if ready:
-        return Target(ready.source, ready.get("reference"), target_id=f"{ready.source}@{ready.get('revision')}",
-                      tokenizer=ready.get("tokenizer"), revision=ready.get("revision"),
-                      reference_revision=ready.get("reference_revision"), trust_remote_code=remote)
+        return Target(
+            ready.source,
+            ready.get("reference"),
+            target_id=f"{ready.source}@{ready.get('revision')}",
+            tokenizer=ready.get("tokenizer"),
+            revision=ready.get("revision"),
+            reference_revision=ready.get("reference_revision"),
+            trust_remote_code=remote,
+        )
     base = base_model(model_cfg, benchmark, cache_dir)
     revision = None if Path(base).exists() else model_cfg.get("revision")
     if not model_cfg.get("finetune") or not benchmark.target_splits:
-        return Target(base, None, target_id=f"{base}@{model_cfg.get('revision')}", tokenizer=model_cfg.get("tokenizer"),
-                      revision=revision, trust_remote_code=remote)
-    target = finetuned(base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings)
+        return Target(
+            base,
+            None,
+            target_id=f"{base}@{model_cfg.get('revision')}",
+            tokenizer=model_cfg.get("tokenizer"),
+            revision=revision,
+            trust_remote_code=remote,
+        )
+    target = finetuned(
+        base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+    )
     reference = None
     if benchmark.reference_splits:
-        reference = finetuned(base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer,
-                              trainer_settings)
-    return Target(target, reference, target_id=Path(target).name, base=base, base_revision=revision,
-                  trust_remote_code=remote)
+        reference = finetuned(
+            base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+        )
+    return Target(
+        target, reference, target_id=Path(target).name, base=base, base_revision=revision, trust_remote_code=remote
+    )

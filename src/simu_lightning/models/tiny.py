@@ -1,6 +1,7 @@
 """The laptop model: a small OLMo-architecture causal LM and a byte-level BPE tokenizer trained on the
 benchmark's own text, written as an ordinary Hugging Face folder so that it loads exactly like a hub
 id or a local checkpoint would."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,29 +17,53 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=PAD)
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, num_heads: int,
-                intermediate_size: int, max_position_embeddings: int = 2048, seed: int = 0) -> OlmoForCausalLM:
+def build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+) -> OlmoForCausalLM:
     import torch
 
     config = OlmoConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=intermediate_size,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     return OlmoForCausalLM(config)
 
 
-def create(path: Path, texts: list[str], vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
-           intermediate_size: int, seed: int = 0) -> None:
+def create(
+    path: Path,
+    texts: list[str],
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    seed: int = 0,
+) -> None:
     """Write a freshly initialised tiny model and its tokenizer to `path`."""
     tokenizer = train_tokenizer(texts, vocab_size)
     model = build_model(tokenizer, hidden_size, num_layers, num_heads, intermediate_size, seed=seed)

@@ -1,4 +1,5 @@
 """Optimisers for unlearning, in plain PyTorch."""
+
 from simu_lightning.optim.gnb import sample_labels, sampled_label_loss
 from simu_lightning.optim.masked_adamw import MaskedAdamW
 from simu_lightning.optim.sophia import Sophia

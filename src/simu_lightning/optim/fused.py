@@ -10,6 +10,7 @@ every tensor of the same rank, and learning-rate changes do not recompile.
 A masked tensor is updated through `torch.where(mask, new, old)`: entries outside the mask are
 written back with their own bits, so they stay bit-identical (never recomputed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,5 +83,7 @@ class Kernels:
                 return fn(*args)
             except Exception as error:  # compilation failed before any tensor was written
                 Kernels._unavailable = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                log.warning("Sophia: torch.compile is unavailable here (%s); using the eager update", Kernels._unavailable)
+                log.warning(
+                    "Sophia: torch.compile is unavailable here (%s); using the eager update", Kernels._unavailable
+                )
         return self.FUNCTIONS[name](*args)

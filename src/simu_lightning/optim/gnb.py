@@ -1,6 +1,7 @@
 """The Gauss-Newton-Bartlett Hessian estimate's loss: cross-entropy against labels sampled from the
 model's own softmax. Its squared gradient, scaled by the number of predicted tokens (Sophia's `bs`),
 is an unbiased estimate of the Gauss-Newton diagonal of the mean loss."""
+
 from __future__ import annotations
 
 import torch

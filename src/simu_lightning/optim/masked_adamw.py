@@ -8,6 +8,7 @@ for bit). The step runs unchanged and the masked-out entries of a masked paramet
 second moment are then put back (`torch.where`, never recomputed); the copies this takes exist only
 during the step and only for masked parameters.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ class MaskedAdamW(torch.optim.AdamW):
     def __init__(self, params, *args, masks: dict[torch.Tensor, torch.Tensor] | None = None, **kwargs):
         super().__init__(params, *args, **kwargs)
         if any(g["amsgrad"] for g in self.param_groups):
-            raise ValueError("MaskedAdamW: amsgrad is not supported (its running maximum would need a fourth masking point)")
+            raise ValueError(
+                "MaskedAdamW: amsgrad is not supported (its running maximum would need a fourth masking point)"
+            )
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         if masks:
             self.set_masks(masks)
@@ -47,8 +50,9 @@ class MaskedAdamW(torch.optim.AdamW):
         fresh = [p for p in self.masks if p.grad is not None and not self.state[p]]
         loss = super().step(closure)
         for p in fresh:  # the moments were created by this step: before it they were zero
-            held += [(local(self.state[p][k]), self.masks[p], torch.zeros_like(local(self.state[p][k])))
-                     for k in MOMENTS]
+            held += [
+                (local(self.state[p][k]), self.masks[p], torch.zeros_like(local(self.state[p][k]))) for k in MOMENTS
+            ]
         for tensor, mask, before in held:
             tensor.copy_(torch.where(mask, tensor, before))
         return loss

@@ -4,6 +4,7 @@ A mask only has to broadcast to its parameter's shape: a down-projection neuron 
 or column, never a full-size copy of the weight. For a sharded (DTensor) parameter the mask is given
 for the whole parameter and cut to the shard this process holds.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,7 +46,9 @@ def checked_masks(optimizer: Optimizer, masks: dict[torch.Tensor, torch.Tensor])
         except RuntimeError:
             fits = False
         if not fits:
-            raise ValueError(f"{name}.set_masks: mask of shape {tuple(mask.shape)} does not broadcast "
-                             f"to the parameter's shape {tuple(shard.shape)}")
+            raise ValueError(
+                f"{name}.set_masks: mask of shape {tuple(mask.shape)} does not broadcast "
+                f"to the parameter's shape {tuple(shard.shape)}"
+            )
         checked[param] = mask.to(device=shard.device, dtype=torch.bool)
     return checked

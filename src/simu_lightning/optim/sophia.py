@@ -28,6 +28,7 @@ The per-tensor arithmetic lives in `fused.py`: compiled into one kernel per tens
 
 Every state tensor is made with `*_like(p)`, so it is sharded the way its parameter is (FSDP2).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -43,10 +44,21 @@ AUTO = "auto"
 
 
 class Sophia(Optimizer):
-    def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.965, 0.99),
-                 rho: float | str = 0.04, weight_decay: float = 1e-1, *, eps: float = 1e-15, maximize: bool = False,
-                 target_win_rate: float = 0.3, calibration_step: int = 1, masks: dict[torch.Tensor, torch.Tensor] | None = None,
-                 fused: bool | str = "auto"):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.965, 0.99),
+        rho: float | str = 0.04,
+        weight_decay: float = 1e-1,
+        *,
+        eps: float = 1e-15,
+        maximize: bool = False,
+        target_win_rate: float = 0.3,
+        calibration_step: int = 1,
+        masks: dict[torch.Tensor, torch.Tensor] | None = None,
+        fused: bool | str = "auto",
+    ):
         if lr < 0:
             raise ValueError(f"Sophia: lr must be >= 0, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -59,14 +71,22 @@ class Sophia(Optimizer):
             raise ValueError(f"Sophia: calibration_step must be >= 1, got {calibration_step}")
         if weight_decay < 0:
             raise ValueError(f"Sophia: weight_decay must be >= 0, got {weight_decay}")
-        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps, maximize=maximize,
-                        target_win_rate=target_win_rate, calibration_step=calibration_step)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            rho=rho,
+            weight_decay=weight_decay,
+            eps=eps,
+            maximize=maximize,
+            target_win_rate=target_win_rate,
+            calibration_step=calibration_step,
+        )
         super().__init__(params, defaults)
         self.kernels = Kernels(fused)
         self._hessian_sums: dict[torch.Tensor, torch.Tensor] = {}  # sum of h over each parameter's updated entries
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         self.clip_rate = float("nan")  # share of updated entries whose step was clipped at lr
-        self.win_rate = float("nan")   # share of updated entries whose step was not clipped
+        self.win_rate = float("nan")  # share of updated entries whose step was not clipped
         self.hessian_mean = float("nan")  # mean of bs * h over the updated entries (the curvature's scale)
         if masks:
             self.set_masks(masks)
@@ -104,7 +124,9 @@ class Sophia(Optimizer):
                 if mask is None:
                     self._hessian_sums[p] = self.kernels.call("hessian_update", compiled, hessian, grad, beta2)
                 else:
-                    self._hessian_sums[p] = self.kernels.call("masked_hessian_update", compiled, hessian, grad, mask, beta2)
+                    self._hessian_sums[p] = self.kernels.call(
+                        "masked_hessian_update", compiled, hessian, grad, mask, beta2
+                    )
 
     def _compiled(self) -> bool:
         """Whether this step runs the compiled kernels (decided on the elements that have a gradient)."""
@@ -162,19 +184,22 @@ class Sophia(Optimizer):
                     continue
                 won = m.abs() < rho * bs * local(self.state[p]["hessian"]) + group["eps"]
                 wins.append((won if mask is None else won & mask).sum().double())
-                total.append(torch.tensor(won.numel(), dtype=torch.float64, device=won.device) if mask is None
-                             else mask.expand_as(won).sum().double())
+                total.append(
+                    torch.tensor(won.numel(), dtype=torch.float64, device=won.device)
+                    if mask is None
+                    else mask.expand_as(won).sum().double()
+                )
             counts = sum_across(torch.stack([torch.stack(wins).sum(), torch.stack(total).sum()])).cpu()
             return float(counts[0] / counts[1].clamp(min=1))
 
         low, high = -30.0, 30.0  # log10 rho
         for _ in range(60):
             middle = (low + high) / 2
-            if win_share(10 ** middle) < target:
+            if win_share(10**middle) < target:
                 low = middle
             else:
                 high = middle
-        rho = 10 ** high
+        rho = 10**high
         for group in groups:
             group["rho"] = rho
         return rho
@@ -202,7 +227,9 @@ class Sophia(Optimizer):
                 if mask is None:
                     stats = self.kernels.call("sophia_update", compiled, *tensors, lr, wd, beta1, rho * bs, eps)
                 else:
-                    stats = self.kernels.call("masked_sophia_update", compiled, *tensors, mask, lr, wd, beta1, rho * bs, eps)
+                    stats = self.kernels.call(
+                        "masked_sophia_update", compiled, *tensors, mask, lr, wd, beta1, rho * bs, eps
+                    )
                 clipped.append(stats[0])
                 counted.append(stats[1])  # an int, or (masked) a tensor
                 curvature.append(self._hessian_sum(p, mask) * bs)
@@ -213,4 +240,3 @@ class Sophia(Optimizer):
             self.win_rate = 1.0 - self.clip_rate
             self.hessian_mean = (torch.stack(curvature).sum() / total).item()
         return loss
-

@@ -1,4 +1,5 @@
 """python -m simu_lightning.report RUN_OR_SWEEP_DIR... [--out DIR] [--at METRIC<=LEVELS] [--y METRIC]"""
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,9 @@ def parse_at(text: str) -> tuple[str, str, list[float]]:
     except ValueError:
         levels = []
     if not match or not levels:
-        raise SimuError(f"--at {text!r}: expected METRIC<=LEVELS or METRIC>=LEVELS, e.g. 'forget.exact_match<=0.5,0.2,0.1'")
+        raise SimuError(
+            f"--at {text!r}: expected METRIC<=LEVELS or METRIC>=LEVELS, e.g. 'forget.exact_match<=0.5,0.2,0.1'"
+        )
     return match[1], match[2], levels
 
 
@@ -29,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simu_lightning.report", description=__doc__)
     parser.add_argument("folders", nargs="+", help="run directories or sweep folders (multirun/<date>/<time>)")
     parser.add_argument("--out", help="where to write report.md, report.csv, pareto.png (default: the first folder)")
-    parser.add_argument("--at", default="forget.exact_match<=0.5,0.2,0.1",
-                        help="the forget metric and levels to match runs at (default: %(default)s)")
-    parser.add_argument("--y", default="retain.exact_match", help="the retain metric of the figure (default: %(default)s)")
+    parser.add_argument(
+        "--at",
+        default="forget.exact_match<=0.5,0.2,0.1",
+        help="the forget metric and levels to match runs at (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--y", default="retain.exact_match", help="the retain metric of the figure (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     try:
         metric, op, levels = parse_at(args.at)

@@ -1,5 +1,6 @@
 """pareto.png: each run's trajectory in (forget metric, retain metric), its final point marked, one
 colour per group."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,16 @@ def pareto(runs: list[Run], x: str, y: str, levels: list[float], path: Path) -> 
                 continue
             xs, ys = zip(*points)
             ax.plot(xs, ys, color=colour, alpha=0.45, linewidth=1.2, label=None)
-            ax.scatter([xs[-1]], [ys[-1]], color=colour, s=36, edgecolor="black", linewidth=0.5, zorder=3,
-                       label=f"{group} (n={len(members)})" if j == 0 else None)
+            ax.scatter(
+                [xs[-1]],
+                [ys[-1]],
+                color=colour,
+                s=36,
+                edgecolor="black",
+                linewidth=0.5,
+                zorder=3,
+                label=f"{group} (n={len(members)})" if j == 0 else None,
+            )
     for level in levels:
         ax.axvline(level, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlabel(f"{x} (lower: more forgotten)")

@@ -1,5 +1,6 @@
 """Utility at matched forgetting: where a run's trajectory first reaches a forget level, interpolated
 linearly between the two evaluation points around the crossing."""
+
 from __future__ import annotations
 
 from simu_lightning.unlearning.stopping import Condition, metric_value as value_at

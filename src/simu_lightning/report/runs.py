@@ -1,4 +1,5 @@
 """Run directories as the report reads them: results, trajectory and the settings that tell runs apart."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ IGNORED_OVERRIDES = ("seed", "hydra.", "trainer.enable_progress_bar", "paths.")
 class Run:
     path: Path
     method: str
-    setting: str          # the overrides that tell this run's group apart (not method, seed, or shared by all)
+    setting: str  # the overrides that tell this run's group apart (not method, seed, or shared by all)
     seed: int | None
     results: dict
     curve: list[dict] = field(default_factory=list)  # points {"step", "summary", "scores"}, by step
@@ -34,7 +35,9 @@ def curve_points(path: Path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-            point = points.setdefault(row["step"], {"step": row["step"], "epoch": row["epoch"], "summary": {}, "scores": {}})
+            point = points.setdefault(
+                row["step"], {"step": row["step"], "epoch": row["epoch"], "summary": {}, "scores": {}}
+            )
             if row["split"] == "scores":
                 point["scores"][row["metric"]] = row["value"]
             else:
@@ -55,8 +58,14 @@ def load_run(run_dir: Path) -> Run:
     # (find_runs drops the overrides every run shares: they name the setting, not a difference)
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     curve = run_dir / "curve.jsonl"
-    return Run(run_dir, results["method"], " ".join(sorted(overrides)), (config or {}).get("seed"), results,
-               curve_points(curve) if curve.exists() else [])
+    return Run(
+        run_dir,
+        results["method"],
+        " ".join(sorted(overrides)),
+        (config or {}).get("seed"),
+        results,
+        curve_points(curve) if curve.exists() else [],
+    )
 
 
 def find_runs(folders: list[str | Path]) -> list[Run]:
@@ -65,7 +74,10 @@ def find_runs(folders: list[str | Path]) -> list[Run]:
     for folder in map(Path, folders):
         if not folder.exists():
             raise SimuError(f"{folder}: no such folder")
-        found = sorted({p.parent for p in folder.rglob("results.json")} | ({folder} if (folder / "results.json").exists() else set()))
+        found = sorted(
+            {p.parent for p in folder.rglob("results.json")}
+            | ({folder} if (folder / "results.json").exists() else set())
+        )
         if not found:
             raise SimuError(f"{folder}: no run in it (a run directory holds results.json)")
         runs += [load_run(d) for d in found]

@@ -1,4 +1,5 @@
 """Means and 95% confidence intervals over seeds (Student's t, scipy)."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """The report's tables: after-metrics per group (mean and 95% CI over seeds), and the utility at
 matched forgetting; as Markdown for people and as CSV (long format) for tools."""
+
 from __future__ import annotations
 
 import csv
@@ -13,18 +14,39 @@ from simu_lightning.report.stats import mean_ci
 from simu_lightning.unlearning.stopping import Condition
 
 # utility metrics read at matched forgetting, where a benchmark has them
-UTILITY = ("retain.exact_match", "retain.rougeL_recall", "world_facts.exact_match", "world_facts.contains_answer",
-           "model_utility")
+UTILITY = (
+    "retain.exact_match",
+    "retain.rougeL_recall",
+    "world_facts.exact_match",
+    "world_facts.contains_answer",
+    "model_utility",
+)
 # the after-metrics the Markdown table shows (report.csv has every one)
-HEADLINE = ("forget.exact_match", "forget.rougeL_recall", "retain.exact_match", "retain.rougeL_recall",
-            "world_facts.exact_match", "model_utility", "forget_quality", "aggregate")
+HEADLINE = (
+    "forget.exact_match",
+    "forget.rougeL_recall",
+    "retain.exact_match",
+    "retain.rougeL_recall",
+    "world_facts.exact_match",
+    "model_utility",
+    "forget_quality",
+    "aggregate",
+)
 
 
-LABELS = {"forget.exact_match": "forget EM", "forget.rougeL_recall": "forget ROUGE-L", "retain.exact_match": "retain EM",
-          "retain.rougeL_recall": "retain ROUGE-L", "world_facts.exact_match": "world facts EM",
-          "world_facts.contains_answer": "world facts contains", "model_utility": "model utility",
-          "forget_quality": "forget quality", "stopped.step": "steps", "stopped.condition_met": "stopped on the rule",
-          "step": "step"}
+LABELS = {
+    "forget.exact_match": "forget EM",
+    "forget.rougeL_recall": "forget ROUGE-L",
+    "retain.exact_match": "retain EM",
+    "retain.rougeL_recall": "retain ROUGE-L",
+    "world_facts.exact_match": "world facts EM",
+    "world_facts.contains_answer": "world facts contains",
+    "model_utility": "model utility",
+    "forget_quality": "forget quality",
+    "stopped.step": "steps",
+    "stopped.condition_met": "stopped on the rule",
+    "step": "step",
+}
 
 
 def label(metric: str) -> str:
@@ -32,7 +54,9 @@ def label(metric: str) -> str:
 
 
 def after_metrics(run: Run) -> dict[str, float]:
-    values = {f"{split}.{metric}": v for split, by_metric in run.results["after"].items() for metric, v in by_metric.items()}
+    values = {
+        f"{split}.{metric}": v for split, by_metric in run.results["after"].items() for metric, v in by_metric.items()
+    }
     values |= {name: v for name, v in run.results.get("scores", {}).get("after", {}).items()}
     values["aggregate"] = run.results["aggregate"]["after"]
     stopped = run.results.get("stopped")
@@ -56,8 +80,19 @@ def summary_rows(runs: list[Run]) -> list[dict]:
         per_run = [after_metrics(r) for r in members]
         for metric in sorted({m for values in per_run for m in values}):
             mean, low, high = mean_ci([v.get(metric) for v in per_run if v.get(metric) is not None])
-            rows.append({"table": "after", "group": group, "level": "", "metric": metric, "n": len(members),
-                         "reached": len(members), "mean": mean, "ci_low": low, "ci_high": high})
+            rows.append(
+                {
+                    "table": "after",
+                    "group": group,
+                    "level": "",
+                    "metric": metric,
+                    "n": len(members),
+                    "reached": len(members),
+                    "mean": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
     return rows
 
 
@@ -74,16 +109,28 @@ def matched_rows(runs: list[Run], forget_metric: str, op: str, levels: list[floa
                 if not values and metric != "step":
                     continue
                 mean, low, high = mean_ci(values)
-                rows.append({"table": "matched", "group": group, "level": f"{forget_metric}{op}{level:g}",
-                             "metric": metric, "n": len(members), "reached": len(reached),
-                             "mean": mean, "ci_low": low, "ci_high": high})
+                rows.append(
+                    {
+                        "table": "matched",
+                        "group": group,
+                        "level": f"{forget_metric}{op}{level:g}",
+                        "metric": metric,
+                        "n": len(members),
+                        "reached": len(reached),
+                        "mean": mean,
+                        "ci_low": low,
+                        "ci_high": high,
+                    }
+                )
     return rows
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["table", "group", "level", "metric", "n", "reached", "mean", "ci_low", "ci_high"])
+        writer = csv.DictWriter(
+            f, fieldnames=["table", "group", "level", "metric", "n", "reached", "mean", "ci_low", "ci_high"]
+        )
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
@@ -101,24 +148,45 @@ def markdown(summary: list[dict], matched: list[dict], runs: list[Run]) -> str:
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
     seeds = {g: sorted({r.seed for r in members if r.seed is not None}) for g, members in groups(runs).items()}
-    lines = ["# Unlearning report", "",
-             f"{len(runs)} runs; mean [95% confidence interval] over seeds (Student's t). Seeds per group: "
-             + "; ".join(f"{g}: {', '.join(map(str, s)) or '?'}" for g, s in seeds.items()) + ".", "",
-             "## After unlearning", ""]
-    shown = [m for m in (*HEADLINE, "stopped.step", "stopped.condition_met")
-             if any(("after", g, "", m) in index for g in group_names)]
+    lines = [
+        "# Unlearning report",
+        "",
+        f"{len(runs)} runs; mean [95% confidence interval] over seeds (Student's t). Seeds per group: "
+        + "; ".join(f"{g}: {', '.join(map(str, s)) or '?'}" for g, s in seeds.items())
+        + ".",
+        "",
+        "## After unlearning",
+        "",
+    ]
+    shown = [
+        m
+        for m in (*HEADLINE, "stopped.step", "stopped.condition_met")
+        if any(("after", g, "", m) in index for g in group_names)
+    ]
     lines += ["| group | " + " | ".join(map(label, shown)) + " |", "|---" * (len(shown) + 1) + "|"]
     lines += [f"| {g} | " + " | ".join(cell(index.get(("after", g, "", m))) for m in shown) + " |" for g in group_names]
     levels = sorted({r["level"] for r in matched}, key=lambda lv: -float(lv.split("=")[-1].lstrip("<>")))
     for level in levels:
         metrics = [m for m in ("step", *UTILITY) if any(("matched", g, level, m) in index for g in group_names)]
-        lines += ["", f"## At matched forgetting: first point where {level}", "",
-                  "| group | reached | " + " | ".join(map(label, metrics)) + " |", "|---" * (len(metrics) + 2) + "|"]
+        lines += [
+            "",
+            f"## At matched forgetting: first point where {level}",
+            "",
+            "| group | reached | " + " | ".join(map(label, metrics)) + " |",
+            "|---" * (len(metrics) + 2) + "|",
+        ]
         for g in group_names:
             first = index.get(("matched", g, level, "step"))
             reached = f"{first['reached']}/{first['n']}" if first else "0"
-            lines.append(f"| {g} | {reached} | " + " | ".join(cell(index.get(("matched", g, level, m))) for m in metrics) + " |")
-    lines += ["", "Values at a matched level are interpolated linearly between the two evaluation points around "
-              "the first crossing; runs that never reach a level are left out of its means (see `reached`).",
-              "", "![forget against retain](pareto.png)", ""]
+            lines.append(
+                f"| {g} | {reached} | " + " | ".join(cell(index.get(("matched", g, level, m))) for m in metrics) + " |"
+            )
+    lines += [
+        "",
+        "Values at a matched level are interpolated linearly between the two evaluation points around "
+        "the first crossing; runs that never reach a level are left out of its means (see `reached`).",
+        "",
+        "![forget against retain](pareto.png)",
+        "",
+    ]
     return "\n".join(lines)

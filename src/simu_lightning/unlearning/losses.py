@@ -1,6 +1,7 @@
 """Unlearning objectives, one per class. Each takes the answer NLLs of the forget and retain batches
 (`AnswerNLL`: per-example sums and token counts) and returns the loss to minimise plus the terms worth
 logging. Which parameters move, and with which optimiser, is the method's business, not the loss's."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -46,4 +47,8 @@ class NPO:
         log_ratio = reference_forget.total - forget.total
         npo = -2.0 / self.beta * F.logsigmoid(-self.beta * log_ratio).mean()
         retain_nll = retain.mean.mean()
-        return npo + self.retain_weight * retain_nll, {"npo": npo, "forget_nll": forget.mean.mean(), "retain_nll": retain_nll}
+        return npo + self.retain_weight * retain_nll, {
+            "npo": npo,
+            "forget_nll": forget.mean.mean(),
+            "retain_nll": retain_nll,
+        }

@@ -11,6 +11,7 @@ The loss (GradDiff, GA, NPO) is chosen separately, so SIMU-NPO is `method=simu l
 controls that separate the two parts of SIMU's choice, `down_proj` (the down projections alone) and
 `attention` (the attention projections alone; no down projection changes, so no mask is needed).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,10 +57,16 @@ class Method:
             return {name for name, _ in model.named_parameters()}
         names = set()
         if self.trainable in ("attention_and_down_proj", "attention"):
-            names |= {f"{module}.{name}" for module, proj in attention_projections(model, arch).items()
-                      for name, _ in proj.named_parameters()}
+            names |= {
+                f"{module}.{name}"
+                for module, proj in attention_projections(model, arch).items()
+                for name, _ in proj.named_parameters()
+            }
         if self.trainable in ("attention_and_down_proj", "down_proj"):
             for module, proj in down_projections(model, arch).items():
-                names |= {f"{module}.{name}" for name, _ in proj.named_parameters()
-                          if name == "weight" or not self.critical_neuron_mask}
+                names |= {
+                    f"{module}.{name}"
+                    for name, _ in proj.named_parameters()
+                    if name == "weight" or not self.critical_neuron_mask
+                }
         return names

@@ -1,5 +1,6 @@
 """The LightningModule of SIMU stage 2 and its baselines: manual optimisation, because a second-order
 step needs an extra backward (on sampled labels) before the loss backward."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class UnlearningModule(L.LightningModule):
-    def __init__(self, model, method: Method, loss, architecture: Architecture, reference=None, seed: int = 0,
-                 parallel: dict | None = None):
+    def __init__(
+        self,
+        model,
+        method: Method,
+        loss,
+        architecture: Architecture,
+        reference=None,
+        seed: int = 0,
+        parallel: dict | None = None,
+    ):
         super().__init__()
         self.parallel = dict(parallel or {})  # FSDP2 settings: mixed_precision, activation_checkpointing
         self.automatic_optimization = False
@@ -43,8 +52,13 @@ class UnlearningModule(L.LightningModule):
             return
         for model in (self.model, self.reference):
             if model is not None:
-                parallelize(model, self.architecture, mesh, self.parallel.get("mixed_precision"),
-                            self.parallel.get("activation_checkpointing", False))
+                parallelize(
+                    model,
+                    self.architecture,
+                    mesh,
+                    self.parallel.get("mixed_precision"),
+                    self.parallel.get("activation_checkpointing", False),
+                )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hessian_tokens"] = self.hessian_tokens  # Sophia's bs until the next estimate
@@ -55,8 +69,12 @@ class UnlearningModule(L.LightningModule):
     def memory_bytes(self) -> dict[str, int]:
         """What this process holds for the parameters and for the optimiser state (local shards)."""
         optimizer = self.trainer.optimizers[0]
-        state = [t for per_param in optimizer.state.values() for t in per_param.values()
-                 if isinstance(t, torch.Tensor) and t.dim() > 0]
+        state = [
+            t
+            for per_param in optimizer.state.values()
+            for t in per_param.values()
+            if isinstance(t, torch.Tensor) and t.dim() > 0
+        ]
         return {"parameters": local_bytes(self.model.parameters()), "optimizer_state": local_bytes(state)}
 
     @property
@@ -71,13 +89,16 @@ class UnlearningModule(L.LightningModule):
         per neuron), as a single row or column that broadcasts over the weight."""
         optimizer = self.optimizers().optimizer
         if not hasattr(optimizer, "set_masks"):
-            raise SimuError(f"method {self.method.name!r}: critical-neuron masks need a masked optimiser "
-                            f"(simu_lightning.optim.Sophia or MaskedAdamW), not {type(optimizer).__name__}")
+            raise SimuError(
+                f"method {self.method.name!r}: critical-neuron masks need a masked optimiser "
+                f"(simu_lightning.optim.Sophia or MaskedAdamW), not {type(optimizer).__name__}"
+            )
         shape = [1, 1]
         shape[self.architecture.neuron_dim] = -1
         weights = {name: self.model.get_submodule(name).weight for name in neurons}
-        optimizer.set_masks({weights[name]: mask.view(shape) for name, mask in neurons.items()
-                             if weights[name].requires_grad})
+        optimizer.set_masks(
+            {weights[name]: mask.view(shape) for name, mask in neurons.items() if weights[name].requires_grad}
+        )
 
     def training_step(self, batch, batch_idx):
         optimizer = self.optimizers()
@@ -99,15 +120,25 @@ class UnlearningModule(L.LightningModule):
         auto_rho = self.second_order and optimizer.optimizer.rho == "auto"
         optimizer.step(**step_kwargs)
         if auto_rho and optimizer.optimizer.rho != "auto":
-            log.info("rho: auto chose rho = %.4g at step %d (win rate %.3f; target %.2f), fixed from now on",
-                     optimizer.optimizer.rho, self.global_step, optimizer.optimizer.win_rate,
-                     optimizer.optimizer.param_groups[0]["target_win_rate"])
-        logs = {"unlearn/loss": loss.detach(), **{f"unlearn/{k}": v.detach() for k, v in terms.items()},
-                "optim/lr": optimizer.optimizer.param_groups[0]["lr"]}
+            log.info(
+                "rho: auto chose rho = %.4g at step %d (win rate %.3f; target %.2f), fixed from now on",
+                optimizer.optimizer.rho,
+                self.global_step,
+                optimizer.optimizer.win_rate,
+                optimizer.optimizer.param_groups[0]["target_win_rate"],
+            )
+        logs = {
+            "unlearn/loss": loss.detach(),
+            **{f"unlearn/{k}": v.detach() for k, v in terms.items()},
+            "optim/lr": optimizer.optimizer.param_groups[0]["lr"],
+        }
         if self.second_order:
             sophia = optimizer.optimizer
-            logs |= {"optim/clip_rate": sophia.clip_rate, "optim/win_rate": sophia.win_rate,
-                     "optim/hessian_mean": sophia.hessian_mean}
+            logs |= {
+                "optim/clip_rate": sophia.clip_rate,
+                "optim/win_rate": sophia.win_rate,
+                "optim/hessian_mean": sophia.hessian_mean,
+            }
             if isinstance(sophia.rho, float):
                 logs["optim/rho"] = sophia.rho
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["forget"]["input_ids"]))
@@ -119,10 +150,12 @@ class UnlearningModule(L.LightningModule):
         bad = not bool(torch.isfinite(value.detach()).all())
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
-            raise SimuError(f"non-finite {what} ({value.item()}) at unlearning step {self.global_step} "
-                            f"(epoch {self.current_epoch}); the weights were not updated; "
-                            f"{'the last good checkpoint is ' + last if last else 'no checkpoint was written yet'}, "
-                            "and the evaluations so far are in curve.jsonl")
+            raise SimuError(
+                f"non-finite {what} ({value.item()}) at unlearning step {self.global_step} "
+                f"(epoch {self.current_epoch}); the weights were not updated; "
+                f"{'the last good checkpoint is ' + last if last else 'no checkpoint was written yet'}, "
+                "and the evaluations so far are in curve.jsonl"
+            )
 
     def estimate_hessian(self, batch, optimizer) -> None:
         """The GNB estimate: backprop the CE on labels sampled from the model's own softmax over the
@@ -134,14 +167,16 @@ class UnlearningModule(L.LightningModule):
         optimizer.zero_grad()
         parts = []
         for split_id, part in enumerate((batch["forget"], batch["retain"])):
-            logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"],
-                                position_ids=part["position_ids"]).logits
+            logits = self.model(
+                input_ids=part["input_ids"], attention_mask=part["attention_mask"], position_ids=part["position_ids"]
+            ).logits
             uniforms = self._uniforms(part["index"], split_id, part["input_ids"].shape[1] - 1, logits.device)
             mean_ce, count = sampled_label_loss(logits, part["labels"], uniforms)
             parts.append((mean_ce, count))
         local_tokens = sum(count for _, count in parts)
-        total_tokens = int(self.trainer.strategy.reduce(torch.tensor(float(local_tokens), device=self.device),
-                                                        reduce_op="sum"))
+        total_tokens = int(
+            self.trainer.strategy.reduce(torch.tensor(float(local_tokens), device=self.device), reduce_op="sum")
+        )
         loss = sum(mean_ce * count for mean_ce, count in parts) * (self.trainer.world_size / max(total_tokens, 1))
         self.refuse_non_finite(loss, "Hessian-estimate loss")
         self.manual_backward(loss)

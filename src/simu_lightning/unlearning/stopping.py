@@ -2,6 +2,7 @@
 `forget.exact_match<=0.1` (a split's metric), `forget_quality>=0.05` (a benchmark-level score) or
 `aggregate>=0.9`. Several conditions joined by `and` must all hold. The first evaluation point that
 meets the rule ends unlearning, and the model at that point is the "after" model."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ def metric_value(point: dict, metric: str) -> float | None:
 
 @dataclass(frozen=True)
 class Condition:
-    metric: str   # "split.metric", or a score name ("forget_quality", "aggregate", ...)
+    metric: str  # "split.metric", or a score name ("forget_quality", "aggregate", ...)
     op: str
     value: float
 
@@ -54,8 +55,10 @@ class StoppingRule:
         for part in re.split(r"\s+and\s+|\s*&\s*", str(text).strip()):
             match = _CONDITION.match(part)
             if not match:
-                raise SimuError(f"{setting}={text!r}: {part!r} is not a condition like 'forget.exact_match<=0.1' "
-                                f"or 'forget_quality>=0.05' (operators: {', '.join(OPERATORS)})")
+                raise SimuError(
+                    f"{setting}={text!r}: {part!r} is not a condition like 'forget.exact_match<=0.1' "
+                    f"or 'forget_quality>=0.05' (operators: {', '.join(OPERATORS)})"
+                )
             conditions.append(Condition(match[1], match[2], float(match[3])))
         return cls(tuple(conditions))
 
@@ -69,8 +72,10 @@ class StoppingRule:
                 split, _, metric = condition.metric.rpartition(".")
                 known = sorted(point["summary"].get(split, {})) if split else sorted(point["scores"])
                 where = f"split {split!r}" if split else "the scores"
-                raise SimuError(f"{setting}: {where} has no {metric!r} (it has: {', '.join(known) or 'nothing'}"
-                                f"{'; splits: ' + ', '.join(point['summary']) if split else ''})")
+                raise SimuError(
+                    f"{setting}: {where} has no {metric!r} (it has: {', '.join(known) or 'nothing'}"
+                    f"{'; splits: ' + ', '.join(point['summary']) if split else ''})"
+                )
 
     def holds(self, point: dict) -> bool:
         return all(c.holds(point) for c in self.conditions)
