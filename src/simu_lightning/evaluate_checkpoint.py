@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import EvalSettings, evaluate
-from simu_lightning.evaluation.reference import read_reference_results, reference_rows
+from simu_lightning.evaluation.reference import forget_reference_rows
 from simu_lightning.evaluation.report import print_evaluation, write_json, write_jsonl
 from simu_lightning.files import atomic_file
 from simu_lightning.manifest import manifest
@@ -43,30 +44,14 @@ def checkpoint_source(model_cfg) -> str:
     return source
 
 
-def reference_ratios(cfg: DictConfig, benchmark, fmt, settings: EvalSettings, cache_dir: Path) -> list[dict]:
-    if not benchmark.has_truth_ratios:
-        return []
-    if cfg.evaluation.get("reference_results"):
-        return [
-            {"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
-            for i, r in enumerate(read_reference_results(cfg.evaluation.reference_results))
-        ]
+def named_reference(cfg: DictConfig, benchmark) -> SimpleNamespace:
+    """The reference model the model config names for this benchmark, if any."""
     ready = (cfg.model.get("targets") or {}).get(benchmark.name) or {}
-    if ready.get("reference"):
-        return reference_rows(
-            ready.reference,
-            benchmark,
-            fmt,
-            settings,
-            cfg.model.dtype,
-            cache_dir,
-            ready.get("reference_revision"),
-            bool(cfg.model.get("trust_remote_code", False)),
-        )
-    log.info(
-        "no evaluation.reference_results and no reference model for %s: forget quality is not computed", benchmark.name
+    return SimpleNamespace(
+        reference=ready.get("reference"),
+        reference_revision=ready.get("reference_revision"),
+        trust_remote_code=bool(cfg.model.get("trust_remote_code", False)),
     )
-    return []
 
 
 def evaluate_checkpoint(cfg: DictConfig, benchmark, settings: EvalSettings, out: Path, cache_dir: Path) -> dict:
@@ -81,7 +66,15 @@ def evaluate_checkpoint(cfg: DictConfig, benchmark, settings: EvalSettings, out:
     )
     if torch.cuda.is_available():
         model = model.cuda()
-    reference = reference_ratios(cfg, benchmark, fmt, settings, cache_dir)
+    reference = forget_reference_rows(
+        benchmark,
+        named_reference(cfg, benchmark),
+        fmt,
+        settings,
+        cfg.model.dtype,
+        cache_dir,
+        cfg.evaluation.get("reference_results"),
+    )
     log.info(
         "evaluating %s on %s (%s)",
         source,

@@ -35,7 +35,7 @@ from simu_lightning.files import atomic_file, replaced_dir
 from simu_lightning.manifest import manifest
 from simu_lightning.evaluation import EvalSettings, evaluate
 from simu_lightning.evaluation.callback import UnlearningEvaluation
-from simu_lightning.evaluation.reference import read_reference_results, reference_rows
+from simu_lightning.evaluation.reference import forget_reference_rows
 from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.objective import matched_utility
@@ -90,31 +90,6 @@ def quiet_libraries() -> None:
     logging.getLogger("lightning.pytorch").propagate = False
     logging.getLogger("absl").setLevel(logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
-
-
-def reference_forget_rows(benchmark, target, fmt, settings, dtype, cache_dir, results_file) -> list[dict]:
-    """The reference model's forget truth ratios (rows of stage "reference"), when the benchmark has
-    perturbed answers and a reference is known: a results file named in the config, or a model."""
-    if not benchmark.has_truth_ratios:
-        return []
-    if results_file:
-        return [
-            {"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
-            for i, r in enumerate(read_reference_results(results_file))
-        ]
-    if target.reference is None:
-        log.info("no reference model or evaluation.reference_results: forget quality is not computed")
-        return []
-    return reference_rows(
-        target.reference,
-        benchmark,
-        fmt,
-        settings,
-        dtype,
-        cache_dir,
-        target.reference_revision,
-        target.trust_remote_code,
-    )
 
 
 def evaluate_base_model(target, benchmark, fmt, settings, dtype):
@@ -205,7 +180,7 @@ def run(cfg: DictConfig) -> dict | None:
             finetune_trainer_settings(cfg.trainer),
         )
         if cfg.get("prepare_only"):
-            reference_forget_rows(benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results)
+            forget_reference_rows(benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results)
             log.info("prepare_only: target %s and reference %s are ready", target.target, target.reference)
             return None
         model, tokenizer = load_target(target, cfg.model.dtype)
@@ -219,7 +194,7 @@ def run(cfg: DictConfig) -> dict | None:
     # 3. what the evaluation compares with: the reference model, and (optionally) the base model
     with timed(timings, "evaluation"):
         base = evaluate_base_model(target, benchmark, fmt, settings, cfg.model.dtype) if evaluate_base else None
-        reference = reference_forget_rows(
+        reference = forget_reference_rows(
             benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results
         )
 

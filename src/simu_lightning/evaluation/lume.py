@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
@@ -28,6 +27,7 @@ from torchmetrics.functional.classification import binary_auroc
 from simu_lightning.data.formatting import encode_prompt
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import metrics
+from simu_lightning.evaluation.splits import evaluate_splits
 from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
 from simu_lightning.evaluation.qa import answer_scores
@@ -140,24 +140,13 @@ def final_score(scores: dict[str, float | None]) -> float | None:
 
 
 def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
-    result = Evaluation()
-    for name in benchmark.eval_splits:
-        split = benchmark[name]
-        if settings.max_examples is not None and len(split) > settings.max_examples:
-            split = split.select(range(settings.max_examples))
-        start = time.perf_counter()
-        rows = split_rows(model, tokenizer, fmt, split, settings)
-        # a line per split for the evaluations that take a while; the ones during unlearning stay quiet
-        log.log(
-            logging.DEBUG if stage == "during" else logging.INFO,
-            "evaluation (%s): %s, %d rows, %.0f s",
-            stage,
-            name,
-            len(split),
-            time.perf_counter() - start,
-        )
-        result.summary[name] = summarise(rows)
-        result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
+    result = evaluate_splits(
+        benchmark,
+        stage,
+        settings,
+        lambda split: split_rows(model, tokenizer, fmt, split, settings),
+        lambda name, rows: summarise(rows),
+    )
     result.scores["task_aggregate"] = task_aggregate(result.summary)
     if "mia_member" in benchmark.splits:
         auc = mia_auc(

@@ -19,19 +19,16 @@ KS-test p-value between the model's and a reference (retain-only) model's forget
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 
 from datasets import Dataset
 from scipy.stats import ks_2samp
 
 from simu_lightning.data.formatting import encode_example, encode_prompt
 from simu_lightning.evaluation import metrics
+from simu_lightning.evaluation.splits import evaluate_splits
 from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
-
-log = logging.getLogger(__name__)
 
 EPS = 1e-10  # open-unlearning's guard in the truth ratio
 
@@ -144,24 +141,13 @@ def forget_quality(ratios: list[float], reference_ratios: list[float] | None) ->
 
 
 def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
-    result = Evaluation()
-    for name in benchmark.eval_splits:
-        split = benchmark[name]
-        if settings.max_examples is not None and len(split) > settings.max_examples:
-            split = split.select(range(settings.max_examples))
-        start = time.perf_counter()
-        rows = split_rows(model, tokenizer, fmt, split, settings)
-        # a line per split for the evaluations that take a while; the ones during unlearning stay quiet
-        log.log(
-            logging.DEBUG if stage == "during" else logging.INFO,
-            "evaluation (%s): %s, %d rows, %.0f s",
-            stage,
-            name,
-            len(split),
-            time.perf_counter() - start,
-        )
-        result.summary[name] = summarise(rows, forget=name == "forget")
-        result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
+    result = evaluate_splits(
+        benchmark,
+        stage,
+        settings,
+        lambda split: split_rows(model, tokenizer, fmt, split, settings),
+        lambda name, rows: summarise(rows, forget=name == "forget"),
+    )
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)
     result.scores["forget_quality"] = forget_quality(result.values("forget", "truth_ratio"), reference)
     return result

@@ -92,3 +92,31 @@ def reference_rows(
         tmp.mkdir()
         (tmp / "rows.json").write_text(json.dumps(rows))
     return rows
+
+
+def forget_reference_rows(
+    benchmark, target, fmt, settings: EvalSettings, dtype: str, cache_dir: Path, results_file: str | None
+) -> list[dict]:
+    """The reference model's forget truth ratios (rows of stage "reference"), when the benchmark has
+    perturbed answers and a reference is known: a results file named in the config, or a model
+    (`target.reference`, with its `reference_revision` and `trust_remote_code`)."""
+    if not benchmark.has_truth_ratios:
+        return []
+    if results_file:
+        return [
+            {"split": "forget", "stage": "reference", "index": i, "truth_ratio": r}
+            for i, r in enumerate(read_reference_results(results_file))
+        ]
+    if target.reference is None:
+        log.info("no reference model or evaluation.reference_results: forget quality is not computed")
+        return []
+    return reference_rows(
+        target.reference,
+        benchmark,
+        fmt,
+        settings,
+        dtype,
+        cache_dir,
+        target.reference_revision,
+        target.trust_remote_code,
+    )

@@ -1,0 +1,36 @@
+"""The loop every suite shares: each evaluation split (at most `evaluation.max_examples` rows), its
+per-example rows and its summary, with a line per split for the evaluations that take a while."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from datasets import Dataset
+
+from simu_lightning.evaluation.types import EvalSettings, Evaluation
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_splits(
+    benchmark,
+    stage: str,
+    settings: EvalSettings,
+    split_rows: Callable[[Dataset], list[dict]],
+    summarise: Callable[[str, list[dict]], dict[str, float]],
+) -> Evaluation:
+    result = Evaluation()
+    for name in benchmark.eval_splits:
+        split = benchmark[name]
+        if settings.max_examples is not None and len(split) > settings.max_examples:
+            split = split.select(range(settings.max_examples))
+        start = time.perf_counter()
+        rows = split_rows(split)
+        # the evaluations during unlearning stay quiet: there are many of them
+        level = logging.DEBUG if stage == "during" else logging.INFO
+        log.log(level, "evaluation (%s): %s, %d rows, %.0f s", stage, name, len(split), time.perf_counter() - start)
+        result.summary[name] = summarise(name, rows)
+        result.rows += [{"split": name, "stage": stage, "index": i, **row} for i, row in enumerate(rows)]
+    return result
