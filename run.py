@@ -49,8 +49,15 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
     ]
     if subprocess.run(command).returncode != 0:
         raise SimuError(f"the job's processes failed (command: {' '.join(command)}); see {job_dir}")
-    results = json.loads((Path(job_dir) / "results.json").read_text())
-    return results["objective"]["value"] if "objective" in results else results["aggregate"]["after"]
+    return search_value(json.loads((Path(job_dir) / "results.json").read_text()))
+
+
+def search_value(results: dict) -> float | None:
+    """What an Optuna sweep maximises: the utility at matched forgetting when an `objective` is configured
+    (hparams_search=optuna), else the aggregate (after unlearning, or of an evaluation-only run)."""
+    if "objective" in results:
+        return results["objective"]["value"]
+    return results["aggregate"].get("after", results["aggregate"].get("evaluated"))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -73,13 +80,7 @@ def main(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(143)
-    # what an Optuna sweep maximises (only rank 0 of a multi-process run has the results): the utility at
-    # matched forgetting when an `objective` is configured (hparams_search=optuna), else the aggregate
-    if not results:
-        return None
-    if "objective" in results:
-        return results["objective"]["value"]
-    return results["aggregate"].get("after", results["aggregate"].get("evaluated"))
+    return search_value(results) if results else None  # (only rank 0 of a multi-process run has the results)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from simu_lightning.evaluation.report import result_rows  # noqa: E402
+
 GENERATION_ROWS = 50  # per split in the generations table: enough to read, small enough to upload
 
 
@@ -83,19 +85,6 @@ def log_attribution(loggers: list, scores: dict[str, torch.Tensor], neurons: dic
     plt.close(fig)
 
 
-def results_table(results: dict) -> tuple[list[str], list[list]]:
-    columns = ["split", "metric", "before", "after"]
-    data = [
-        [split, metric, value, results["after"].get(split, {}).get(metric)]
-        for split, by_metric in results["before"].items()
-        for metric, value in by_metric.items()
-    ]
-    data += [
-        ["", name, value, results["scores"]["after"].get(name)] for name, value in results["scores"]["before"].items()
-    ]
-    return columns, data
-
-
 def generations_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     """Question, answer, and the generations before and after unlearning, per evaluation split."""
     after = {(r["split"], r["index"]): r["generation"] for r in rows if r["stage"] == "after"}
@@ -121,5 +110,5 @@ def generations_table(rows: list[dict]) -> tuple[list[str], list[list]]:
 def log_results(loggers: list, results: dict, rows: list[dict]) -> None:
     for logger in loggers:
         if hasattr(logger, "log_table"):
-            logger.log_table(key="results", columns=(table := results_table(results))[0], data=table[1])
+            logger.log_table(key="results", columns=["split", "metric", "before", "after"], data=result_rows(results))
             logger.log_table(key="generations", columns=(table := generations_table(rows))[0], data=table[1])

@@ -28,38 +28,43 @@ def _fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def results_table(results: dict) -> Table:
-    table = Table(title=f"{results['method']} on {results['benchmark']} ({results['model']})")
+def result_rows(results: dict, stages: tuple[str, ...] = ("before", "after")) -> list[list]:
+    """[split, metric, value per stage] for every split metric, then the aggregate and the benchmark
+    scores (split ""; a score missing at every stage is left out): the rows of every results table."""
+    rows = [
+        [split, metric, *(results[stage].get(split, {}).get(metric) for stage in stages)]
+        for split, by_metric in results[stages[0]].items()
+        for metric in by_metric
+    ]
+    rows.append(["", "aggregate", *(results["aggregate"][stage] for stage in stages)])
+    scores = results.get("scores", {})
+    for name in scores.get(stages[0], {}):
+        values = [scores[stage].get(name) for stage in stages]
+        if any(value is not None for value in values):
+            rows.append(["", name, *values])
+    return rows
+
+
+def _table(title: str, results: dict, stages: tuple[str, ...]) -> Table:
+    table = Table(title=title)
     table.add_column("split")
     table.add_column("metric")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    for split, by_metric in results["before"].items():
-        for metric, before in by_metric.items():
-            table.add_row(split, metric, _fmt(before), _fmt(results["after"].get(split, {}).get(metric)))
-    table.add_row(
-        "", "aggregate", _fmt(results["aggregate"]["before"]), _fmt(results["aggregate"]["after"]), style="bold"
-    )
-    scores = results.get("scores", {})
-    for name, before in scores.get("before", {}).items():
-        if before is not None or scores["after"].get(name) is not None:
-            table.add_row("", name, _fmt(before), _fmt(scores["after"].get(name)), style="bold")
+    for stage in stages:
+        table.add_column(stage, justify="right")
+    for split, metric, *values in result_rows(results, stages):
+        table.add_row(split, metric, *map(_fmt, values), style="bold" if not split else None)
     return table
+
+
+def results_table(results: dict) -> Table:
+    return _table(f"{results['method']} on {results['benchmark']} ({results['model']})", results, ("before", "after"))
 
 
 def print_evaluation(results: dict, stage: str = "evaluated") -> None:
     """The table of an evaluation-only run: one column of values."""
-    table = Table(title=f"{results['source']} on {results['benchmark']} ({results['model']} config)")
-    for column in ("split", "metric", stage):
-        table.add_column(column, justify="right" if column == stage else "left")
-    for split, by_metric in results[stage].items():
-        for metric, value in by_metric.items():
-            table.add_row(split, metric, _fmt(value))
-    table.add_row("", "aggregate", _fmt(results["aggregate"][stage]), style="bold")
-    for name, value in results["scores"][stage].items():
-        if value is not None:
-            table.add_row("", name, _fmt(value), style="bold")
-    Console().print(table)
+    Console().print(
+        _table(f"{results['source']} on {results['benchmark']} ({results['model']} config)", results, (stage,))
+    )
 
 
 def stopping_sentence(stopped: dict | None) -> str:
