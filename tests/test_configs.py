@@ -14,6 +14,7 @@ from conftest import ROOT, SHARED_DATA
 from simu_lightning import config
 from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.robustness import Robustness
 from simu_lightning.unlearning.methods import Method
 
 CONF = ROOT / "conf"
@@ -81,6 +82,10 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
     assert callable(loss)
     NeuronAttribution(**cfg.attribution, output_dir=tmp_path, cache_dir=tmp_path / "cache")
     PromptFormat(**cfg.model.prompt)
+    if cfg.get("robustness"):
+        robustness = instantiate(cfg.robustness)
+        assert isinstance(robustness, Robustness)
+        assert robustness.relearning.lr == cfg.model.relearn_lr and list(robustness.quantization.schemes)
     for logger in (cfg.get("logger") or {}).values():
         assert logger is None or "_target_" in logger
     trainer = (

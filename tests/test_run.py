@@ -15,6 +15,7 @@ from scipy.stats import ks_2samp
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT
+from simu_lightning.config import ONE_PROCESS
 
 SMALL = [
     "benchmark.num_authors=4",
@@ -160,6 +161,40 @@ def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(si
     assert [r["generation"] for r in rows if r["stage"] == "evaluated"] == after
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["command"][:2] == ["run.py", SMALL[0]] and manifest["versions"]["torch"] == torch.__version__
+
+
+ATTACKS = {"mia_target", "mia", "paraphrase", "prefixes", "rtn8", "rtn4", "nf4", "relearn_forget", "relearn_benign"}
+
+
+@pytest.mark.slow
+def test_the_attack_stage_reports_every_attack_and_changes_nothing_of_the_run(simu_run, cache_dir, tmp_path):
+    run_py(
+        [
+            *SMALL,
+            "method=simu",
+            "evaluation.every_n_steps=1",
+            "robustness=standard",
+            "robustness.relearning.steps=2",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
+    attacked, plain = (json.loads((d / "results.json").read_text()) for d in (tmp_path, simu_run))
+    # the same unlearning as without the stage: the same "after" figures and the same saved weights
+    assert attacked["after"] == plain["after"]
+    weights = [AutoModelForCausalLM.from_pretrained(d / "unlearned_model").state_dict() for d in (tmp_path, simu_run)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    robustness = attacked["robustness"]
+    assert set(robustness) == ATTACKS and attacked["timings_s"]["robustness"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} >= ATTACKS | {"before", "after"}
+    for attack in ATTACKS - {"mia_target", "mia"}:  # each attack's summary is the mean of its rows
+        forget = [r["exact_match"] for r in rows if r["stage"] == attack and r["split"] == "forget"]
+        assert robustness[attack]["forget"]["exact_match"] == pytest.approx(sum(forget) / len(forget)), attack
+    for model in ("mia_target", "mia"):
+        scored = [r for r in rows if r["stage"] == model]
+        assert {r["split"] for r in scored} == {"forget", "holdout"}
+        assert set(robustness[model]["forget_vs_holdout"]) == {"loss_auc", "zlib_auc", "min_k_auc", "min_k++_auc"}
 
 
 def test_evaluate_mode_refuses_a_source_that_is_not_a_checkpoint(tmp_path):
@@ -373,6 +408,15 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
         (
             "benchmark=tofu benchmark.forget_split=forget03",
             "error: benchmark.forget_split='forget03' must be one of forget01, forget05, forget10",
+        ),
+        ("robustness=standard trainer=fsdp", f"error: {ONE_PROCESS}"),
+        (
+            "robustness=standard robustness.quantization.schemes=[rtn8,int3]",
+            "error: robustness.quantization.schemes: unknown 'int3' (known: rtn8, rtn4, nf4)",
+        ),
+        (
+            "robustness=standard robustness.relearning.forget_fraction=1",
+            "error: robustness.relearning.forget_fraction=1 must lie in (0, 1)",
         ),
     ],
 )

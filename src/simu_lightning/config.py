@@ -9,11 +9,16 @@ from omegaconf import DictConfig
 from simu_lightning.attribution.callback import check_method, check_steps
 from simu_lightning.attribution.neurons import check_threshold
 from simu_lightning.attribution.selection import check_selection
+from simu_lightning.distributed import is_launched_externally
 from simu_lightning.errors import SimuError
 from simu_lightning.unlearning.methods import check_trainable
 from simu_lightning.unlearning.stopping import StoppingRule
 
 MODES = ("unlearn", "evaluate")
+ONE_PROCESS = (
+    "robustness: the attack stage runs in one process; unlearn with several, then attack the saved model: "
+    "python run.py mode=evaluate model.source=<run>/unlearned_model robustness=standard"
+)
 
 
 def _positive(name: str, value, integer: bool = False) -> None:
@@ -58,3 +63,12 @@ def check(cfg: DictConfig) -> None:
     if optim.get("fused", "auto") not in (True, False, "auto"):
         raise SimuError(f"optim.fused must be true, false or auto, got {optim.get('fused')!r}")
     StoppingRule.parse((cfg.get("unlearning") or {}).get("stop_when"))
+    if cfg.get("robustness") and several_processes(cfg):
+        raise SimuError(ONE_PROCESS)
+
+
+def several_processes(cfg: DictConfig) -> bool:
+    """Whether the run uses several processes (a sharded or multi-device trainer, or torchrun / srun)."""
+    trainer = cfg.trainer
+    several = str(trainer.get("devices", 1)) not in ("1", "auto") or int(trainer.get("num_nodes", 1) or 1) > 1
+    return several or is_launched_externally()

@@ -27,6 +27,7 @@ from simu_lightning.evaluation.report import print_evaluation, write_json, write
 from simu_lightning.files import atomic_file
 from simu_lightning.manifest import manifest
 from simu_lightning.models.loading import load_pretrained
+from simu_lightning.robustness import Attack
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,10 @@ def named_reference(cfg: DictConfig, benchmark) -> SimpleNamespace:
     )
 
 
-def evaluate_checkpoint(cfg: DictConfig, benchmark, settings: EvalSettings, out: Path, cache_dir: Path) -> dict:
+def evaluate_checkpoint(
+    cfg: DictConfig, benchmark, settings: EvalSettings, out: Path, cache_dir: Path, robustness=None, make_trainer=None
+) -> dict:
+    """The suite on `model.source`, then (with `robustness`) the attacks on it."""
     source = checkpoint_source(cfg.model)
     fmt = benchmark.prompt or PromptFormat(**cfg.model.prompt)
     model, tokenizer = load_pretrained(
@@ -82,6 +86,9 @@ def evaluate_checkpoint(cfg: DictConfig, benchmark, settings: EvalSettings, out:
         ", ".join(f"{name} {len(benchmark[name])}" for name in benchmark.eval_splits),
     )
     result = evaluate(model, tokenizer, fmt, benchmark, STAGE, settings, [r["truth_ratio"] for r in reference] or None)
+    attack = Attack(model, tokenizer, fmt, benchmark, settings, make_trainer)
+    if robustness:
+        robustness.after(attack)
     results = {
         "mode": "evaluate",
         "source": source,
@@ -90,12 +97,13 @@ def evaluate_checkpoint(cfg: DictConfig, benchmark, settings: EvalSettings, out:
         STAGE: result.summary,
         "scores": {STAGE: result.scores},
         "aggregate": {STAGE: benchmark.aggregate_of(result.summary)},
+        **({"robustness": attack.results} if robustness else {}),
     }
-    write_jsonl(out / "generations.jsonl", reference + result.rows)
+    write_jsonl(out / "generations.jsonl", reference + result.rows + attack.rows)
     write_json(out / "manifest.json", manifest(cfg, 1, {"evaluated": source}))
     write_json(out / "results.json", results)
     with atomic_file(out / "config.yaml") as tmp:
         OmegaConf.save(cfg, tmp, resolve=True)
-    print_evaluation(results)
+    print_evaluation(results, STAGE)
     log.info("outputs in %s", out)
     return results

@@ -39,6 +39,7 @@ from simu_lightning.evaluation.reference import forget_reference_rows
 from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.objective import matched_utility
+from simu_lightning.robustness import Attack
 from simu_lightning.models.target import load_base, load_target, prepare_target
 from simu_lightning.unlearning.module import UnlearningModule
 from simu_lightning.unlearning.stopping import StoppingRule
@@ -135,6 +136,7 @@ def finetune_trainer_settings(trainer_cfg: DictConfig) -> dict:
 def run(cfg: DictConfig) -> dict | None:
     """The whole run; with several processes every one runs it, and rank 0 writes the outputs."""
     config.check(cfg)
+    robustness = build(cfg.robustness) if cfg.get("robustness") else None  # the attack stage's settings, checked now
     quiet_libraries()
     out = Path(cfg.paths.output_dir)
     if (out / "results.json").exists() and not cfg.get("rerun", False):
@@ -169,7 +171,9 @@ def run(cfg: DictConfig) -> dict | None:
     evaluation["max_new_tokens"] = evaluation["max_new_tokens"] or benchmark.max_new_tokens
     settings = EvalSettings(max_length=cfg.model.max_length, **evaluation)
     if cfg.get("mode", "unlearn") == "evaluate":
-        return evaluate_checkpoint(cfg, benchmark, settings, out, cache_dir)
+        return evaluate_checkpoint(
+            cfg, benchmark, settings, out, cache_dir, robustness, finetune_trainer_factory(cfg, out)
+        )
     with timed(timings, "prepare_target"):
         target = prepare_target(
             cfg.model,
@@ -197,6 +201,11 @@ def run(cfg: DictConfig) -> dict | None:
         reference = forget_reference_rows(
             benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results
         )
+
+    if robustness:  # the membership-inference baseline, on the target
+        with timed(timings, "robustness"):
+            attack = Attack(model, tokenizer, fmt, benchmark, settings, finetune_trainer_factory(cfg, out))
+            robustness.before(attack)
 
     # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every
     #    stage runs on the (possibly sharded) model in every process
@@ -241,6 +250,8 @@ def run(cfg: DictConfig) -> dict | None:
         logger=loggers(cfg) or False,
         enable_checkpointing=bool(checkpoint),
     )
+    if robustness and trainer.world_size > 1:
+        raise SimuError(config.ONE_PROCESS)
     if trainer.is_global_zero:
         log_config(trainer.loggers, cfg)
     log.info(
@@ -255,13 +266,17 @@ def run(cfg: DictConfig) -> dict | None:
     timings["evaluation"] = round(timings["evaluation"] + evaluations.seconds, 2)
     timings["unlearning"] = round(time.perf_counter() - start - attribution.seconds - evaluations.seconds, 2)
 
-    # 5. what the run leaves behind (rank 0 writes; the model export gathers the shards first)
+    # 6. what the run leaves behind (rank 0 writes; the model export gathers the shards first)
     weights = full_state_dict(module.model)
     memory = module.memory_bytes()
     try:
         if not trainer.is_global_zero:
             return None
         before, after = evaluations.before, evaluations.after
+        if robustness:  # 5. the attacks, on copies of the unlearned model
+            with timed(timings, "robustness"):
+                attack.model = module.model
+                robustness.after(attack)
         results = {
             "method": cfg.method.name,
             "benchmark": benchmark.name,
@@ -283,6 +298,7 @@ def run(cfg: DictConfig) -> dict | None:
             "processes": trainer.world_size,
             "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},
             **({"base": base.summary} if base else {}),
+            **({"robustness": attack.results} if robustness else {}),
         }
         if cfg.get("objective"):
             results["objective"] = matched_utility(evaluations.points, **cfg.objective)
@@ -293,7 +309,10 @@ def run(cfg: DictConfig) -> dict | None:
         with replaced_dir(out / "unlearned_model") as tmp:
             module.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
-        write_jsonl(out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows)
+        attack_rows = attack.rows if robustness else []
+        write_jsonl(
+            out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows + attack_rows
+        )
         keys = {
             "target": target.target_id,
             "reference": target.reference,

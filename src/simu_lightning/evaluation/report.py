@@ -62,9 +62,12 @@ def results_table(results: dict) -> Table:
 
 def print_evaluation(results: dict, stage: str = "evaluated") -> None:
     """The table of an evaluation-only run: one column of values."""
-    Console().print(
+    console = Console()
+    console.print(
         _table(f"{results['source']} on {results['benchmark']} ({results['model']} config)", results, (stage,))
     )
+    for table in robustness_tables(results, stage):
+        console.print(table)
 
 
 def stopping_sentence(stopped: dict | None) -> str:
@@ -78,11 +81,65 @@ def stopping_sentence(stopped: dict | None) -> str:
     return f"Ran the whole budget ({stopped.get('max_epochs')} epochs, to {where}){rule}."
 
 
+ATTACK_METRICS = {
+    "exact_match": "EM",
+    "rougeL_recall": "ROUGE-L",
+    "exact_memorization": "memorised",
+    "answer_prob": "P(answer)",
+}
+
+
+def robustness_rows(results: dict, stage: str = "after") -> list[list]:
+    """[attack, split, value per metric of ATTACK_METRICS]: the unattacked model's splits first (the
+    `stage` column), then every attack's splits; membership inference has its own table."""
+    attacks = {stage: results[stage], **results.get("robustness", {})}
+    return [
+        [attack, split, *(by_metric.get(m) for m in ATTACK_METRICS)]
+        for attack, by_split in attacks.items()
+        for split, by_metric in by_split.items()
+        if split != "scores" and any(m in by_metric for m in ATTACK_METRICS)
+    ]
+
+
+def mia_rows(results: dict) -> list[list]:
+    """[model, AUC per attack] for each membership-inference result."""
+    return [
+        [attack, *by_split["forget_vs_holdout"].values()]
+        for attack, by_split in results.get("robustness", {}).items()
+        if "forget_vs_holdout" in by_split
+    ]
+
+
+def robustness_tables(results: dict, stage: str = "after") -> list[Table]:
+    if not results.get("robustness"):
+        return []
+    attacks = Table(title="Robustness: the metrics after each attack (forget: lower is more forgotten)")
+    attacks.add_column("attack", no_wrap=True)
+    attacks.add_column("split", no_wrap=True)
+    for header in ATTACK_METRICS.values():
+        attacks.add_column(header, justify="right")
+    for attack, split, *values in robustness_rows(results, stage):
+        attacks.add_row(attack, split, *map(_fmt, values), style="bold" if attack == stage else None)
+    tables = [attacks]
+    if rows := mia_rows(results):
+        mia = Table(title="Membership inference AUC, forget vs held-out rows (1: still memorised)")
+        mia.add_column("model", no_wrap=True)
+        names = next(v["forget_vs_holdout"] for v in results["robustness"].values() if "forget_vs_holdout" in v)
+        for name in names:
+            mia.add_column(name.removesuffix("_auc"), justify="right")
+        for model, *values in rows:
+            mia.add_row(model, *map(_fmt, values))
+        tables.append(mia)
+    return tables
+
+
 def print_results(results: dict) -> None:
     console = Console()
     console.print(results_table(results))
     if sentence := stopping_sentence(results.get("stopped")):
         console.print(sentence)
+    for table in robustness_tables(results):
+        console.print(table)
 
 
 def print_examples(rows: list[dict], split: str, count: int = 3) -> None:

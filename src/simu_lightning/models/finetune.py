@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
+from simu_lightning.data.formatting import collate, encode_example
 from simu_lightning.likelihood import answer_nll
+
+
+def answer_loader(tokenizer, fmt, rows: list[dict], max_length: int, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled (seeded) batches of `rows`' (question, answer) pairs, labelled on the answer tokens."""
+    examples = [encode_example(tokenizer, fmt, r["question"], r["answer"], max_length) for r in rows]
+    return DataLoader(
+        examples,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
+    )
 
 
 class FineTune(L.LightningModule):

@@ -11,19 +11,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from simu_lightning.cache import atomic_dir, cache_key
 from simu_lightning.data.benchmark import Benchmark
-from simu_lightning.data.formatting import PromptFormat, collate, encode_example
+from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models import tiny
-from simu_lightning.models.finetune import FineTune
+from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
 
 log = logging.getLogger(__name__)
@@ -150,14 +147,7 @@ def finetuned(
         bool(model_cfg.get("trust_remote_code", False)),
     )
     rows = [row for split in splits for row in benchmark[split]]
-    examples = [encode_example(tokenizer, fmt, r["question"], r["answer"], model_cfg.max_length) for r in rows]
-    loader = DataLoader(
-        examples,
-        batch_size=settings["batch_size"],
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
-    )
+    loader = answer_loader(tokenizer, fmt, rows, model_cfg.max_length, settings["batch_size"], seed)
     L.seed_everything(seed, verbose=False)
     start = time.perf_counter()
     trainer = make_trainer(max_epochs=settings["epochs"])

@@ -1,0 +1,47 @@
+"""Is it really forgotten? The attack stage (`robustness=standard`), run after unlearning on copies of
+the unlearned model, which it never changes:
+
+- relearning (relearning.py): a few fine-tuning steps on part of the forget set, or on benign text;
+- quantisation (quantization.py): 8- and 4-bit round-to-nearest, and NF4;
+- probes (probes.py): paraphrased questions, and questions behind recall prefixes;
+- membership inference (mia.py): loss, zlib, min-k% and min-k%++ AUCs of the forget set against
+  held-out rows, on the target (`mia_target`, before unlearning) and on the unlearned model (`mia`).
+
+Each family is one config node (conf/robustness/standard.yaml); setting it to null leaves it out.
+Results land in results.json under `robustness: {attack: {split: {metric: value}}}`, per-example
+rows in generations.jsonl with `stage` = the attack's name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from simu_lightning.robustness.attack import Attack
+from simu_lightning.robustness.mia import MembershipInference
+from simu_lightning.robustness.probes import Probes
+from simu_lightning.robustness.quantization import Quantization
+from simu_lightning.robustness.relearning import Relearning
+
+__all__ = ["Attack", "MembershipInference", "Probes", "Quantization", "Relearning", "Robustness"]
+
+
+@dataclass
+class Robustness:
+    relearning: Relearning | None = None
+    quantization: Quantization | None = None
+    probes: Probes | None = None
+    mia: MembershipInference | None = None
+
+    def before(self, attack: Attack) -> None:
+        """On the target, before unlearning: the membership-inference baseline."""
+        if self.mia is not None:
+            self.mia.run(attack, name="mia_target")
+
+    def after(self, attack: Attack) -> None:
+        """On the unlearned model (`attack.model`), every family in turn."""
+        start = time.perf_counter()
+        for family in (self.mia, self.probes, self.quantization, self.relearning):
+            if family is not None:
+                family.run(attack)
+        attack.seconds["total"] = round(time.perf_counter() - start, 2)

@@ -1,0 +1,77 @@
+"""The attack stage's shared state: the unlearned model the attacks start from (never changed: every
+attack works on a copy), what they evaluate with, and what they found.
+
+`results[attack][split][metric]` (the suite's split summaries; benchmark-level scores under the split
+"scores"), and `rows`, the per-example rows with `stage` = the attack's name, for generations.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+
+from simu_lightning.evaluation import EvalSettings, evaluate
+
+log = logging.getLogger(__name__)
+
+
+def limited(split: Dataset, max_examples: int | None) -> Dataset:
+    """The rows an evaluation reads (`evaluation.max_examples`)."""
+    return split if max_examples is None or len(split) <= max_examples else split.select(range(max_examples))
+
+
+def view(benchmark, **splits: Dataset):
+    """The benchmark with these splits (replacing its own of the same name) as its only evaluation splits."""
+    return dataclasses.replace(benchmark, splits={**benchmark.splits, **splits}, eval_splits=tuple(splits))
+
+
+@dataclass
+class Attack:
+    model: object  # the unlearned model
+    tokenizer: object
+    fmt: object
+    benchmark: object
+    settings: EvalSettings
+    make_trainer: Callable | None = None  # a single-process Lightning trainer (relearning)
+    results: dict[str, dict] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def forget_split(self) -> Dataset:
+        return limited(self.benchmark[self.benchmark.forget], self.settings.max_examples)
+
+    def record(self, name: str, summary: dict, rows: list[dict]) -> None:
+        self.results[name] = summary
+        self.rows += rows
+
+    def evaluate(self, name: str, model, benchmark, rename: dict[str, str] | None = None):
+        """`model` through the benchmark's suite on `benchmark`'s evaluation splits, recorded as attack
+        `name` (splits renamed by `rename`, e.g. to tell two evaluations of one attack apart)."""
+        start = time.perf_counter()
+        settings = (
+            self.settings if benchmark is self.benchmark else dataclasses.replace(self.settings, max_examples=None)
+        )
+        result = evaluate(model, self.tokenizer, self.fmt, benchmark, name, settings)
+        rename = rename or {}
+        summary = {rename.get(split, split): values for split, values in result.summary.items()}
+        scores = {k: v for k, v in result.scores.items() if v is not None}
+        if scores:
+            summary.setdefault("scores", {}).update(scores)
+        rows = [{**row, "split": rename.get(row["split"], row["split"])} for row in result.rows]
+        self.results.setdefault(name, {}).update(summary)
+        self.rows += rows
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+        forget = summary.get(self.benchmark.forget, {})
+        log.info(
+            "robustness: %s: %s (%.0f s)",
+            name,
+            ", ".join(f"forget {m} {forget[m]:.3f}" for m in ("exact_match", "rougeL_recall") if m in forget)
+            or ", ".join(summary),
+            self.seconds[name],
+        )
+        return result

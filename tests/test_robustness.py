@@ -1,0 +1,175 @@
+"""The attack stage: quantisation, relearning, probes and membership inference, each against values
+worked out by hand, and the unlearned model left exactly as it was."""
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+from simu_lightning.evaluation import EvalSettings, qa
+from simu_lightning.robustness import Attack, MembershipInference, Probes, Quantization, Relearning
+from simu_lightning.robustness import mia
+from simu_lightning.robustness.quantization import nf4, quantized_copy, rtn_per_channel
+from simu_lightning.robustness.relearning import relearning_rows
+from simu_lightning.errors import SimuError
+
+
+def test_round_to_nearest_gives_each_output_channel_its_own_scale():
+    weight = torch.tensor([[1.0, -0.4, 0.26, 0.0], [0.1, 0.02, -0.06, 0.07]])
+    # 4 bits: 7 levels a side. Row 0: scale 1/7, w/s = 7, -2.8, 1.82, 0 -> 7, -3, 2, 0.
+    # Row 1: scale 0.1/7, w/s = 7, 1.4, -4.2, 4.9 -> 7, 1, -4, 5.
+    expected4 = torch.tensor([[7, -3, 2, 0], [0.7, 0.1, -0.4, 0.5]]) / 7 * torch.tensor([[1.0], [1.0]])
+    expected4[1] = torch.tensor([7, 1, -4, 5]) * (0.1 / 7)
+    assert torch.allclose(rtn_per_channel(weight, 4), expected4, atol=1e-7)
+    # 8 bits: 127 levels. Row 0: -0.4 * 127 = -50.8 -> -51, 0.26 * 127 = 33.02 -> 33.
+    assert torch.allclose(rtn_per_channel(weight, 8)[0], torch.tensor([127, -51, 33, 0]) / 127, atol=1e-7)
+    # an all-zero row stays zero (no division by a zero scale)
+    assert torch.equal(rtn_per_channel(torch.zeros(2, 3), 4), torch.zeros(2, 3))
+
+
+def test_nf4_rounds_to_the_normal_float_levels_of_each_block():
+    pytest.importorskip("bitsandbytes")
+    weight = torch.zeros(1, 64)
+    weight[0, :4] = torch.tensor([1.0, 0.5, -0.3, 0.07])
+    # absmax 1; nearest NF4 levels (QLoRA, appendix E): 0.5 -> 0.4407 (not 0.5626), -0.3 -> -0.2844,
+    # 0.07 -> 0.0796 (not 0)
+    expected = torch.tensor([1.0, 0.44070982933044434, -0.28444138169288635, 0.07958029955625534])
+    assert torch.allclose(nf4(weight)[0, :4], expected, atol=1e-6)
+    assert torch.equal(nf4(weight)[0, 4:], torch.zeros(60))
+
+
+def test_a_quantised_copy_leaves_the_model_and_its_output_head_alone(tiny_model):
+    model, _ = tiny_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quantized = quantized_copy(model, "rtn4")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    after = quantized.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("proj.weight") for k in changed)  # the linear layers only
+    down = after["model.layers.0.mlp.down_proj.weight"]
+    assert all(len(row.unique()) <= 16 for row in down)  # 4 bits: at most 16 values per output channel
+
+
+def test_membership_scores_match_their_definitions_on_a_worked_example():
+    # five answer tokens, the last the EOS prediction that min-k and min-k++ leave out
+    stats = mia.TokenStats(
+        log_probs=torch.tensor([-0.1, -2.0, -0.5, -3.0, -0.2]),
+        mu=torch.full((5,), -1.0),
+        sigma2=torch.full((5,), 4.0),
+    )
+    assert mia.loss_score(stats) == pytest.approx((0.1 + 2.0 + 0.5 + 3.0 + 0.2) / 5)
+    assert mia.zlib_score(stats, "aaaa") == pytest.approx(1.16 / 12)  # zlib.compress(b"aaaa") is 12 bytes
+    # lowest 50% of the first four: -3.0, -2.0
+    assert mia.min_k_score(stats, 0.5) == pytest.approx(2.5)
+    # k = 0.4 of four tokens keeps int(1.6) = 1: the lowest alone
+    assert mia.min_k_score(stats, 0.4) == pytest.approx(3.0)
+    # z = (lp + 1) / 2 = 0.45, -0.5, 0.25, -1.0 -> lowest two -1.0, -0.5
+    assert mia.min_k_plus_plus_score(stats, 0.5) == pytest.approx(0.75)
+    flat = mia.TokenStats(torch.tensor([-1.0, -1.0]), torch.tensor([-1.0, -1.0]), torch.zeros(2))
+    assert mia.min_k_plus_plus_score(flat, 0.5) == 0.0  # variance floored, no division by zero
+    # members labelled 0: of the four (member, non-member) pairs, three rank the non-member higher
+    assert mia.auc([0.1, 0.2], [0.3, 0.15]) == pytest.approx(0.75)
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token distribution is p = (1/4, 1/2, 1/4) at every position."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        logits = torch.log(torch.tensor([1.0, 2.0, 1.0])).expand(*input_ids.shape, 3)
+        return SimpleNamespace(logits=logits)
+
+
+def test_token_statistics_are_the_answer_tokens_log_probs_and_the_distributions_mean_and_variance():
+    batch = {
+        "input_ids": torch.tensor([[0, 1, 2]]),
+        "attention_mask": torch.ones(1, 3, dtype=torch.long),
+        "labels": torch.tensor([[-100, 1, 2]]),
+    }
+    (stats,) = mia.batch_token_stats(FixedLogits(), batch)
+    assert torch.allclose(stats.log_probs, torch.tensor([math.log(0.5), math.log(0.25)]))
+    mu = 0.5 * math.log(0.25) + 0.5 * math.log(0.5)
+    sigma2 = 0.5 * math.log(0.25) ** 2 + 0.5 * math.log(0.5) ** 2 - mu**2
+    assert torch.allclose(stats.mu, torch.tensor([mu, mu])) and torch.allclose(stats.sigma2, torch.tensor([sigma2] * 2))
+
+
+def cpu_trainer(**overrides) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **overrides,
+    )
+
+
+@pytest.fixture()
+def attack(tiny_model, small_benchmark, prompt_format):
+    model, tokenizer = tiny_model
+    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=16)
+    benchmark = dataclasses.replace(small_benchmark, suite=qa.evaluate)  # as conf/benchmark/synthetic.yaml names it
+    return Attack(model, tokenizer, prompt_format, benchmark, settings, cpu_trainer)
+
+
+def test_relearning_trains_copies_and_leaves_the_unlearned_model_bit_identical(attack):
+    model = attack.model
+    model.model.layers[0].self_attn.q_proj.weight.requires_grad_(False)  # as an unlearning method may leave it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    relearning = Relearning(steps=3, lr=1e-2, batch_size=4)
+    relearning.run(attack)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert flags == {k: p.requires_grad for k, p in model.named_parameters()}
+    # the copy did learn, every parameter of it (the frozen one too)
+    relearned = relearning.relearned(attack, "check", attack.benchmark["forget"].to_list()).state_dict()
+    assert all(not torch.equal(before[k], relearned[k]) for k in before if k.endswith("proj.weight"))
+    forget = attack.benchmark["forget"]
+    train, held = relearning_rows(len(forget), 0.25)
+    assert set(train).isdisjoint(held) and len(train) + len(held) == len(forget)
+    assert relearning_rows(len(forget), 0.25) == (train, held)  # the same rows in every run
+    results = attack.results
+    assert set(results) == {"relearn_forget", "relearn_benign"}
+    assert set(results["relearn_forget"]) >= {"forget", "forget_unattacked"}
+    stages = [(r["stage"], r["split"]) for r in attack.rows]
+    assert (
+        stages.count(("relearn_forget", "forget")) == len(held) == stages.count(("relearn_forget", "forget_unattacked"))
+    )
+    assert stages.count(("relearn_benign", "forget")) == len(forget)
+
+
+def test_probes_reword_the_questions_and_put_each_prefix_in_front(attack):
+    prefixes = ("Recall: ", "Answer truthfully. ")
+    Probes(paraphrase=True, prefixes=prefixes).run(attack)
+    forget = attack.benchmark["forget"]
+    paraphrased = [r for r in attack.rows if r["stage"] == "paraphrase"]
+    assert [r["question"] for r in paraphrased] == forget["paraphrased_question"]
+    assert [r["answer"] for r in paraphrased] == forget["answer"]
+    prefixed = [r for r in attack.rows if r["stage"] == "prefixes"]
+    assert len(prefixed) == len(prefixes) * len(forget)
+    assert all(r["question"] == r["prefix"] + forget[r["index"] % len(forget)]["question"] for r in prefixed)
+    assert attack.results["prefixes"]["forget"]["exact_match"] == pytest.approx(
+        sum(r["exact_match"] for r in prefixed) / len(prefixed)
+    )
+
+
+def test_membership_inference_on_the_target_scores_every_forget_and_holdout_row(attack):
+    MembershipInference(k=0.4).run(attack, name="mia_target")
+    aucs = attack.results["mia_target"]["forget_vs_holdout"]
+    rows = attack.rows
+    forget, holdout = ([r for r in rows if r["split"] == s] for s in ("forget", "holdout"))
+    assert len(forget) == len(attack.benchmark["forget"]) and len(holdout) == len(attack.benchmark["holdout"])
+    for name in mia.ATTACKS:
+        assert aucs[f"{name}_auc"] == pytest.approx(mia.auc([r[name] for r in forget], [r[name] for r in holdout]))
+
+
+def test_an_unknown_quantisation_scheme_is_refused_by_name():
+    with pytest.raises(SimuError, match=r"robustness.quantization.schemes: unknown 'int3'"):
+        Quantization(schemes=("rtn8", "int3"))
