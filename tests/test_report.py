@@ -1,6 +1,7 @@
 """The cross-run report: matched-forgetting interpolation and intervals against hand-computed values,
 and the files it writes from run directories laid out as run.py leaves them."""
 
+import csv
 import json
 import math
 
@@ -119,3 +120,30 @@ def test_overrides_every_run_shares_do_not_split_groups(tmp_path):
         "simu attribution.t=0.1",
         "simu attribution.t=0.2",
     ]
+
+
+def test_the_robustness_table_gives_each_attack_its_mean_and_interval_over_seeds(tmp_path):
+    for seed, (recovered, auc) in enumerate(((0.4, 0.9), (0.6, 0.7), (0.5, 0.8))):
+        run = tmp_path / f"{seed}_simu"
+        fake_run(run, "simu", seed, FORGET, RETAIN)
+        results = json.loads((run / "results.json").read_text())
+        results["robustness"] = {
+            "rtn4": {"forget": {"exact_match": recovered}, "retain": {"exact_match": 0.9}},
+            "mia": {"forget_vs_holdout": {"loss_auc": auc, "zlib_auc": 0.5}},
+        }
+        (run / "results.json").write_text(json.dumps(results))
+    fake_run(tmp_path / "3_fo", "fo", 0, FORGET, RETAIN)  # ran without the attack stage: no robustness rows
+    assert main([str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    rtn4 = next(
+        r for r in rows if r["table"] == "robustness" and r["level"] == "rtn4" and r["metric"] == "forget.exact_match"
+    )
+    mean, low, high = mean_ci([0.4, 0.6, 0.5])
+    assert (rtn4["group"], int(rtn4["n"])) == ("simu", 3)
+    assert float(rtn4["mean"]) == pytest.approx(mean) and float(rtn4["ci_low"]) == pytest.approx(low)
+    assert not any(r["table"] == "robustness" and r["group"] == "fo" for r in rows)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Robustness: simu (3 runs)" in report and "## Robustness: fo" not in report
+    assert f"| rtn4 | forget | {mean:.3f} [{low:.3f}, {high:.3f}] |" in report
+    auc_mean, auc_low, auc_high = mean_ci([0.9, 0.7, 0.8])
+    assert f"| mia | {auc_mean:.3f} [{auc_low:.3f}, {auc_high:.3f}] | 0.500 [0.500, 0.500] |" in report

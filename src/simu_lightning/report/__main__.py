@@ -10,7 +10,7 @@ from pathlib import Path
 from simu_lightning.errors import SimuError
 from simu_lightning.report.figure import pareto
 from simu_lightning.report.runs import find_runs
-from simu_lightning.report.tables import markdown, matched_rows, summary_rows, write_csv
+from simu_lightning.report.tables import markdown, matched_rows, robustness_rows, summary_rows, write_csv
 
 _AT = re.compile(r"^\s*([\w./]+)\s*(<=|>=)\s*([-+\d.eE,\s]+)$")
 
@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or args.folders[0])
         out.mkdir(parents=True, exist_ok=True)
         summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)
-        write_csv(out / "report.csv", summary + matched)
+        robustness = robustness_rows(runs)
+        write_csv(out / "report.csv", summary + matched + robustness)
         pareto(runs, metric, args.y, levels, out / "pareto.png")
-        (out / "report.md.tmp").write_text(markdown(summary, matched, runs))
+        (out / "report.md.tmp").write_text(markdown(summary, matched, runs, robustness))
         (out / "report.md.tmp").replace(out / "report.md")
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -125,6 +125,96 @@ def matched_rows(runs: list[Run], forget_metric: str, op: str, levels: list[floa
     return rows
 
 
+# the forget metrics the robustness table shows for every attack (report.csv has every split and metric)
+ROBUSTNESS = ("exact_match", "rougeL_recall", "exact_memorization", "answer_prob")
+ROBUSTNESS_LABELS = {
+    "exact_match": "EM",
+    "rougeL_recall": "ROUGE-L",
+    "exact_memorization": "memorised",
+    "answer_prob": "P(answer)",
+}
+
+
+def attack_metrics(run: Run) -> dict[tuple[str, str], float]:
+    """{(attack, "split.metric"): value} of a run's attack stage, with its unattacked "after" figures
+    under the attack "after"."""
+    values = {
+        ("after", f"{split}.{metric}"): v
+        for split, by_metric in run.results["after"].items()
+        for metric, v in by_metric.items()
+    }
+    for attack, by_split in run.results.get("robustness", {}).items():
+        values |= {
+            (attack, f"{split}.{metric}"): v for split, by_metric in by_split.items() for metric, v in by_metric.items()
+        }
+    return {k: v for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def robustness_rows(runs: list[Run]) -> list[dict]:
+    """One row per (group, attack, split.metric) over the runs that ran the attack stage: n, mean, CI."""
+    rows = []
+    for group, members in groups(runs).items():
+        per_run = [attack_metrics(r) for r in members if r.results.get("robustness")]
+        for attack, metric in dict.fromkeys(k for values in per_run for k in values):
+            mean, low, high = mean_ci([v[(attack, metric)] for v in per_run if (attack, metric) in v])
+            rows.append(
+                {
+                    "table": "robustness",
+                    "group": group,
+                    "level": attack,
+                    "metric": metric,
+                    "n": len(per_run),
+                    "reached": len(per_run),
+                    "mean": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    return rows
+
+
+def robustness_markdown(rows: list[dict], forget: str = "forget") -> list[str]:
+    """Per group: the forget metrics after each attack, and the membership-inference AUCs."""
+    index = {(r["group"], r["level"], r["metric"]): r for r in rows}
+    lines = []
+    for group in dict.fromkeys(r["group"] for r in rows):
+        attacks = dict.fromkeys(r["level"] for r in rows if r["group"] == group)
+        splits = [
+            (attack, split)
+            for attack in attacks
+            for split in dict.fromkeys(
+                r["metric"].split(".")[0] for r in rows if r["group"] == group and r["level"] == attack
+            )
+            if split.startswith(forget)
+        ]
+        n = next(r["n"] for r in rows if r["group"] == group)
+        lines += [
+            "",
+            f"## Robustness: {group} ({n} runs)",
+            "",
+            "| attack | split | " + " | ".join(ROBUSTNESS_LABELS[m] for m in ROBUSTNESS) + " |",
+            "|---" * (len(ROBUSTNESS) + 2) + "|",
+        ]
+        lines += [
+            f"| {attack} | {split} | "
+            + " | ".join(cell(index.get((group, attack, f"{split}.{m}"))) for m in ROBUSTNESS)
+            + " |"
+            for attack, split in splits
+        ]
+        mia = [a for a in attacks if (group, a, "forget_vs_holdout.loss_auc") in index]
+        if mia:
+            names = [r["metric"] for r in rows if r["group"] == group and r["level"] == mia[0]]
+            lines += [
+                "",
+                "| membership inference AUC (forget vs held out) | "
+                + " | ".join(m.split(".")[1].removesuffix("_auc") for m in names)
+                + " |",
+                "|---" * (len(names) + 1) + "|",
+            ]
+            lines += [f"| {a} | " + " | ".join(cell(index.get((group, a, m))) for m in names) + " |" for a in mia]
+    return lines
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
@@ -144,7 +234,7 @@ def cell(row: dict | None) -> str:
     return f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
 
 
-def markdown(summary: list[dict], matched: list[dict], runs: list[Run]) -> str:
+def markdown(summary: list[dict], matched: list[dict], runs: list[Run], robustness: list[dict] | None = None) -> str:
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
     seeds = {g: sorted({r.seed for r in members if r.seed is not None}) for g, members in groups(runs).items()}
@@ -185,8 +275,14 @@ def markdown(summary: list[dict], matched: list[dict], runs: list[Run]) -> str:
         "",
         "Values at a matched level are interpolated linearly between the two evaluation points around "
         "the first crossing; runs that never reach a level are left out of its means (see `reached`).",
-        "",
-        "![forget against retain](pareto.png)",
-        "",
     ]
+    if robustness:
+        lines += robustness_markdown(robustness)
+        lines += [
+            "",
+            "Robustness: each attack runs on a copy of the run's unlearned model (README \"Is it really "
+            'forgotten?"); `after` is that model unattacked, `relearn_forget` is evaluated on the forget rows '
+            "it did not relearn on (`forget_unattacked`: the unlearned model on the same rows).",
+        ]
+    lines += ["", "![forget against retain](pareto.png)", ""]
     return "\n".join(lines)
