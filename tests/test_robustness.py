@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from simu_lightning.evaluation import EvalSettings, qa
+from simu_lightning.evaluation.report import mia_rows, robustness_rows, robustness_tables
 from simu_lightning.robustness import Attack, MembershipInference, Probes, Quantization, Relearning
 from simu_lightning.robustness import mia
 from simu_lightning.robustness.quantization import nf4, quantized_copy, rtn_per_channel
@@ -173,3 +174,20 @@ def test_membership_inference_on_the_target_scores_every_forget_and_holdout_row(
 def test_an_unknown_quantisation_scheme_is_refused_by_name():
     with pytest.raises(SimuError, match=r"robustness.quantization.schemes: unknown 'int3'"):
         Quantization(schemes=("rtn8", "int3"))
+
+
+def test_the_run_tables_put_each_attack_beside_the_unattacked_model():
+    results = {
+        "after": {"forget": {"exact_match": 0.1, "rougeL_recall": 0.5}, "retain": {"exact_match": 0.9}},
+        "robustness": {
+            "rtn4": {"forget": {"exact_match": 0.3, "answer_prob": 0.4}, "scores": {"model_utility": 0.6}},
+            "mia": {"forget_vs_holdout": {"loss_auc": 0.9, "zlib_auc": 0.8}},
+        },
+    }
+    assert robustness_rows(results) == [
+        ["after", "forget", 0.1, 0.5, None, None],
+        ["after", "retain", 0.9, None, None, None],
+        ["rtn4", "forget", 0.3, None, None, 0.4],
+    ]
+    assert mia_rows(results) == [["mia", 0.9, 0.8]]
+    assert robustness_tables({"after": results["after"]}) == []  # a run without the stage shows no table

@@ -1,6 +1,6 @@
 """What a run shows on its loggers beyond the scalars Lightning logs: the whole resolved config as
 hyperparameters (every logger; CSV writes it to hparams.yaml), and, on loggers that take media (wandb),
-the critical neurons as an image and the before/after and generations tables.
+the critical neurons as an image and the before/after, generations and robustness tables.
 
 The scalars themselves (unlearn/*, optim/* with Sophia's win and clip rates and Hessian scale,
 eval/<split>/<metric> at every evaluation point, attribution/kept/*) are logged where they arise.
@@ -17,7 +17,7 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from simu_lightning.evaluation.report import result_rows  # noqa: E402
+from simu_lightning.evaluation.report import ATTACK_METRICS, result_rows, robustness_rows  # noqa: E402
 
 GENERATION_ROWS = 50  # per split in the generations table: enough to read, small enough to upload
 
@@ -112,3 +112,7 @@ def log_results(loggers: list, results: dict, rows: list[dict]) -> None:
         if hasattr(logger, "log_table"):
             logger.log_table(key="results", columns=["split", "metric", "before", "after"], data=result_rows(results))
             logger.log_table(key="generations", columns=(table := generations_table(rows))[0], data=table[1])
+            if results.get("robustness"):
+                logger.log_table(
+                    key="robustness", columns=["attack", "split", *ATTACK_METRICS], data=robustness_rows(results)
+                )
