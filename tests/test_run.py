@@ -186,6 +186,8 @@ def test_the_attack_stage_reports_every_attack_and_changes_nothing_of_the_run(si
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
     robustness = attacked["robustness"]
     assert set(robustness) == ATTACKS and attacked["timings_s"]["robustness"] > 0
+    # quantisation keeps the whole benchmark, so TOFU-style forget quality (against the reference) is there
+    assert 0 <= robustness["rtn4"]["scores"]["forget_quality"] <= 1 and "scores" not in robustness["paraphrase"]
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in rows} >= ATTACKS | {"before", "after"}
     for attack in ATTACKS - {"mia_target", "mia"}:  # each attack's summary is the mean of its rows

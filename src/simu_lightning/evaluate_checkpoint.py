@@ -85,8 +85,9 @@ def evaluate_checkpoint(
         benchmark.name,
         ", ".join(f"{name} {len(benchmark[name])}" for name in benchmark.eval_splits),
     )
-    result = evaluate(model, tokenizer, fmt, benchmark, STAGE, settings, [r["truth_ratio"] for r in reference] or None)
-    attack = Attack(model, tokenizer, fmt, benchmark, settings, make_trainer)
+    reference_ratios = [r["truth_ratio"] for r in reference] or None
+    result = evaluate(model, tokenizer, fmt, benchmark, STAGE, settings, reference_ratios)
+    attack = Attack(model, tokenizer, fmt, benchmark, settings, make_trainer, reference_ratios)
     if robustness:
         robustness.after(attack)
     results = {

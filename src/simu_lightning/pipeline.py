@@ -204,7 +204,15 @@ def run(cfg: DictConfig) -> dict | None:
 
     if robustness:  # the membership-inference baseline, on the target
         with timed(timings, "robustness"):
-            attack = Attack(model, tokenizer, fmt, benchmark, settings, finetune_trainer_factory(cfg, out))
+            attack = Attack(
+                model,
+                tokenizer,
+                fmt,
+                benchmark,
+                settings,
+                finetune_trainer_factory(cfg, out),
+                [r["truth_ratio"] for r in reference] or None,
+            )
             robustness.before(attack)
 
     # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every

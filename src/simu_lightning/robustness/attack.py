@@ -38,6 +38,7 @@ class Attack:
     benchmark: object
     settings: EvalSettings
     make_trainer: Callable | None = None  # a single-process Lightning trainer (relearning)
+    reference: list[float] | None = None  # the reference model's forget truth ratios (TOFU's forget quality)
     results: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
