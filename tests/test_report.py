@@ -145,5 +145,6 @@ def test_the_robustness_table_gives_each_attack_its_mean_and_interval_over_seeds
     report = (tmp_path / "report.md").read_text()
     assert "## Robustness: simu (3 runs)" in report and "## Robustness: fo" not in report
     assert f"| rtn4 | forget | {mean:.3f} [{low:.3f}, {high:.3f}] |" in report
+    assert "| mia | forget_vs_holdout |" not in report  # the AUCs have their own table
     auc_mean, auc_low, auc_high = mean_ci([0.9, 0.7, 0.8])
     assert f"| mia | {auc_mean:.3f} [{auc_low:.3f}, {auc_high:.3f}] | 0.500 [0.500, 0.500] |" in report

@@ -9,7 +9,9 @@ import lightning as L
 import pytest
 import torch
 
-from simu_lightning.evaluation import EvalSettings, qa
+from datasets import Dataset
+
+from simu_lightning.evaluation import EvalSettings, lume, qa
 from simu_lightning.evaluation.report import mia_rows, robustness_rows, robustness_tables
 from simu_lightning.robustness import Attack, MembershipInference, Probes, Quantization, Relearning
 from simu_lightning.robustness import mia
@@ -191,3 +193,21 @@ def test_the_run_tables_put_each_attack_beside_the_unattacked_model():
     ]
     assert mia_rows(results) == [["mia", 0.9, 0.8]]
     assert robustness_tables({"after": results["after"]}) == []  # a run without the stage shows no table
+
+
+def test_on_lume_membership_inference_scores_whole_documents_as_the_official_attack_does(attack):
+    documents = {
+        "mia_member": ["Alpha was born in Brill.", "Beta writes poetry."],
+        "mia_nonmember": ["Gamma lives in Trask.", "Delta won a prize.", "Epsilon is a tailor."],
+    }
+    splits = {
+        "forget": attack.benchmark["forget"],
+        **{k: Dataset.from_dict({"document": v}) for k, v in documents.items()},
+    }
+    attack.benchmark = dataclasses.replace(attack.benchmark, splits=splits)  # LUME-like: no holdout split
+    MembershipInference().run(attack)
+    rows = [r for r in attack.rows if r["stage"] == "mia"]
+    assert [r["answer"] for r in rows] == documents["mia_member"] + documents["mia_nonmember"]
+    # the loss score is the mean NLL of the document's tokens, what LUME's official MIA thresholds
+    official = lume.document_nll(attack.model, attack.tokenizer, [r["answer"] for r in rows], attack.settings)
+    assert [r["loss"] for r in rows] == pytest.approx(official, rel=1e-5)

@@ -164,6 +164,7 @@ def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(si
 
 
 ATTACKS = {"mia_target", "mia", "paraphrase", "prefixes", "rtn8", "rtn4", "nf4", "relearn_forget", "relearn_benign"}
+ATTACKS |= {"paraphrase_target", "prefixes_target"}  # the probes on the target, before unlearning
 
 
 @pytest.mark.slow

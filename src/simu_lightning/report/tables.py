@@ -185,7 +185,7 @@ def robustness_markdown(rows: list[dict], forget: str = "forget") -> list[str]:
             for split in dict.fromkeys(
                 r["metric"].split(".")[0] for r in rows if r["group"] == group and r["level"] == attack
             )
-            if split.startswith(forget)
+            if split.startswith(forget) and any((group, attack, f"{split}.{m}") in index for m in ROBUSTNESS)
         ]
         n = next(r["n"] for r in rows if r["group"] == group)
         lines += [

@@ -3,7 +3,8 @@ the unlearned model, which it never changes:
 
 - relearning (relearning.py): a few fine-tuning steps on part of the forget set, or on benign text;
 - quantisation (quantization.py): 8- and 4-bit round-to-nearest, and NF4;
-- probes (probes.py): paraphrased questions, and questions behind recall prefixes;
+- probes (probes.py): paraphrased questions, and questions behind recall prefixes (also on the target,
+  `paraphrase_target`, `prefixes_target`, before unlearning);
 - membership inference (mia.py): loss, zlib, min-k% and min-k%++ AUCs of the forget set against
   held-out rows, on the target (`mia_target`, before unlearning) and on the unlearned model (`mia`).
 
@@ -34,9 +35,11 @@ class Robustness:
     mia: MembershipInference | None = None
 
     def before(self, attack: Attack) -> None:
-        """On the target, before unlearning: the membership-inference baseline."""
+        """On the target, before unlearning: the baselines of membership inference and the probes."""
         if self.mia is not None:
             self.mia.run(attack, name="mia_target")
+        if self.probes is not None:
+            self.probes.run(attack, suffix="_target")
 
     def after(self, attack: Attack) -> None:
         """On the unlearned model (`attack.model`), every family in turn."""

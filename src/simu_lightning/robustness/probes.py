@@ -6,6 +6,8 @@ questions behind a prefix that asks the model to recall.
 - `prefixes`: the forget split once per prefix, each question preceded by it; the summary is the mean
   over prefixes, and every row carries the `prefix` it was asked with. The default list is fixed
   (conf/robustness/standard.yaml), so runs are comparable.
+Both also run on the target before unlearning (`paraphrase_target`, `prefixes_target`): a probe only
+says something where the target itself answered it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ class Probes:
     paraphrase: bool = True
     prefixes: tuple[str, ...] = ()
 
-    def run(self, attack) -> None:
+    def run(self, attack, suffix: str = "") -> None:
+        """The probes on `attack.model`, recorded as `paraphrase{suffix}` and `prefixes{suffix}`."""
         forget_name = attack.benchmark.forget
         forget = attack.forget_split()
         if self.paraphrase:
             if "paraphrased_question" in forget.column_names:
                 reworded = forget.map(lambda r: {"question": r["paraphrased_question"]})
-                attack.evaluate("paraphrase", attack.model, view(attack.benchmark, **{forget_name: reworded}))
+                attack.evaluate(f"paraphrase{suffix}", attack.model, view(attack.benchmark, **{forget_name: reworded}))
             else:
                 log.warning(
                     "robustness: paraphrase probe skipped, the %s split of %s has no paraphrased_question column",
@@ -43,6 +46,6 @@ class Probes:
                 [forget.map(lambda r, p=prefix: {"question": p + r["question"]}) for prefix in self.prefixes]
             )
             first = len(attack.rows)
-            attack.evaluate("prefixes", attack.model, view(attack.benchmark, **{forget_name: prefixed}))
+            attack.evaluate(f"prefixes{suffix}", attack.model, view(attack.benchmark, **{forget_name: prefixed}))
             for row in attack.rows[first:]:
                 row["prefix"] = self.prefixes[row["index"] // len(forget)]
