@@ -2,6 +2,7 @@
 
 benchmark -> target (fine-tuned, cached) -> reference truth ratios
 -> trainer.fit: evaluate before | attribution | unlearning | evaluate after
+-> robustness=standard: the attacks, on copies of the unlearned model (their baselines on the target)
 -> results.json, generations.jsonl, the unlearned model, the table
 """
 
@@ -202,7 +203,7 @@ def run(cfg: DictConfig) -> dict | None:
             benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results
         )
 
-    if robustness:  # the membership-inference baseline, on the target
+    if robustness:  # the attacks' baselines on the target: membership inference, the probes
         with timed(timings, "robustness"):
             attack = Attack(
                 model,
