@@ -1,6 +1,7 @@
 """The attack stage: quantisation, relearning, probes and membership inference, each against values
 worked out by hand, and the unlearned model left exactly as it was."""
 
+import copy
 import dataclasses
 import math
 from types import SimpleNamespace
@@ -138,8 +139,18 @@ def test_relearning_trains_copies_and_leaves_the_unlearned_model_bit_identical(a
     train, held = relearning_rows(len(forget), 0.25)
     assert set(train).isdisjoint(held) and len(train) + len(held) == len(forget)
     assert relearning_rows(len(forget), 0.25) == (train, held)  # the same rows in every run
+    # the control: the reference model relearned on the same rows, evaluated on the same held-out rows
+    reference = copy.deepcopy(model)
+    reference_before = {k: v.clone() for k, v in reference.state_dict().items()}
+    relearning.control(attack, reference)
+    assert all(torch.equal(reference_before[k], v) for k, v in reference.state_dict().items())
+    questions = {
+        stage: [r["question"] for r in attack.rows if r["stage"] == stage and r["split"] == "forget"]
+        for stage in ("relearn_forget", "relearn_forget_reference")
+    }
+    assert questions["relearn_forget"] == questions["relearn_forget_reference"] == forget.select(held)["question"]
     results = attack.results
-    assert set(results) == {"relearn_forget", "relearn_benign"}
+    assert set(results) == {"relearn_forget", "relearn_benign", "relearn_forget_reference"}
     assert set(results["relearn_forget"]) >= {"forget", "forget_unattacked"}
     stages = [(r["stage"], r["split"]) for r in attack.rows]
     assert (

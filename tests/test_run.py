@@ -164,7 +164,8 @@ def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(si
 
 
 ATTACKS = {"mia_target", "mia", "paraphrase", "prefixes", "rtn8", "rtn4", "nf4", "relearn_forget", "relearn_benign"}
-ATTACKS |= {"paraphrase_target", "prefixes_target"}  # the probes on the target, before unlearning
+# the baselines: the probes on the target before unlearning, the relearning of the reference model
+ATTACKS |= {"paraphrase_target", "prefixes_target", "relearn_forget_reference"}
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 import transformers
 from hydra.errors import InstantiationException
@@ -41,7 +42,7 @@ from simu_lightning.evaluation.report import print_examples, print_results, writ
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.objective import matched_utility
 from simu_lightning.robustness import Attack
-from simu_lightning.models.target import load_base, load_target, prepare_target
+from simu_lightning.models.target import load_base, load_reference, load_target, prepare_target
 from simu_lightning.unlearning.module import UnlearningModule
 from simu_lightning.unlearning.stopping import StoppingRule
 
@@ -101,6 +102,14 @@ def evaluate_base_model(target, benchmark, fmt, settings, dtype):
         return None
     model, tokenizer = load_base(target, dtype)
     return evaluate(model, tokenizer, fmt, benchmark, "base", settings)
+
+
+def reference_model(robustness, target, dtype):
+    """The retain-only reference model, for the relearning attack's control (None without one)."""
+    if robustness.relearning is None or target.reference is None:
+        return None
+    model, _ = load_reference(target, dtype)
+    return model.cuda() if torch.cuda.is_available() else model
 
 
 def finetune_trainer_factory(cfg: DictConfig, out: Path):
@@ -214,7 +223,7 @@ def run(cfg: DictConfig) -> dict | None:
                 finetune_trainer_factory(cfg, out),
                 [r["truth_ratio"] for r in reference] or None,
             )
-            robustness.before(attack)
+            robustness.before(attack, reference_model(robustness, target, cfg.model.dtype))
 
     # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every
     #    stage runs on the (possibly sharded) model in every process

@@ -49,6 +49,13 @@ def load_target(target: Target, dtype: str):
     return load_pretrained(target.target, dtype, target.revision, target.tokenizer, target.trust_remote_code)
 
 
+def load_reference(target: Target, dtype: str):
+    """(model, tokenizer) of the retain-only reference model, at its pinned revision."""
+    return load_pretrained(
+        target.reference, dtype, target.reference_revision, target.tokenizer, target.trust_remote_code
+    )
+
+
 def load_base(target: Target, dtype: str):
     """(model, tokenizer) of the model the target was fine-tuned from, at its pinned revision."""
     return load_pretrained(target.base, dtype, target.base_revision, target.tokenizer, target.trust_remote_code)

@@ -1,7 +1,8 @@
 """Is it really forgotten? The attack stage (`robustness=standard`), run after unlearning on copies of
 the unlearned model, which it never changes:
 
-- relearning (relearning.py): a few fine-tuning steps on part of the forget set, or on benign text;
+- relearning (relearning.py): a few fine-tuning steps on part of the forget set, or on benign text
+  (and, as the control, the same on the reference model that never saw the forget set);
 - quantisation (quantization.py): 8- and 4-bit round-to-nearest, and NF4;
 - probes (probes.py): paraphrased questions, and questions behind recall prefixes (also on the target,
   `paraphrase_target`, `prefixes_target`, before unlearning);
@@ -34,12 +35,15 @@ class Robustness:
     probes: Probes | None = None
     mia: MembershipInference | None = None
 
-    def before(self, attack: Attack) -> None:
-        """On the target, before unlearning: the baselines of membership inference and the probes."""
+    def before(self, attack: Attack, reference=None) -> None:
+        """Before unlearning, the baselines: membership inference and the probes on the target
+        (`attack.model`), and the forget relearning of the reference model, when there is one."""
         if self.mia is not None:
             self.mia.run(attack, name="mia_target")
         if self.probes is not None:
             self.probes.run(attack, suffix="_target")
+        if self.relearning is not None and reference is not None:
+            self.relearning.control(attack, reference)
 
     def after(self, attack: Attack) -> None:
         """On the unlearned model (`attack.model`), every family in turn."""

@@ -54,10 +54,10 @@ class Attack:
         """`model` through the benchmark's suite on `benchmark`'s evaluation splits, recorded as attack
         `name` (splits renamed by `rename`, e.g. to tell two evaluations of one attack apart)."""
         start = time.perf_counter()
-        settings = (
-            self.settings if benchmark is self.benchmark else dataclasses.replace(self.settings, max_examples=None)
-        )
-        result = evaluate(model, self.tokenizer, self.fmt, benchmark, name, settings)
+        whole = benchmark is self.benchmark  # the splits "after" was evaluated on (a view is cut already)
+        settings = self.settings if whole else dataclasses.replace(self.settings, max_examples=None)
+        reference = self.reference if whole else None  # forget quality compares whole forget splits
+        result = evaluate(model, self.tokenizer, self.fmt, benchmark, name, settings, reference)
         rename = rename or {}
         summary = {rename.get(split, split): values for split, values in result.summary.items()}
         scores = {k: v for k, v in result.scores.items() if v is not None}
@@ -67,11 +67,12 @@ class Attack:
         self.results.setdefault(name, {}).update(summary)
         self.rows += rows
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
-        forget = summary.get(self.benchmark.forget, {})
+        split = next((split for split in summary if split.startswith(self.benchmark.forget)), None)
+        figures = summary.get(split, {})
         log.info(
             "robustness: %s: %s (%.0f s)",
             name,
-            ", ".join(f"forget {m} {forget[m]:.3f}" for m in ("exact_match", "rougeL_recall") if m in forget)
+            ", ".join(f"{split} {m} {figures[m]:.3f}" for m in ("exact_match", "rougeL_recall") if m in figures)
             or ", ".join(summary),
             self.seconds[name],
         )

@@ -7,6 +7,10 @@ even unrelated text. Two attacks, each on its own copy (the unlearned model is n
   `forget_unattacked` holds the unlearned model's figures on those same rows, for comparison.
 - `relearn_benign`: fine-tune on benign text (`benign_split`, default the benchmark's retain split),
   evaluate on the whole forget split.
+- `relearn_forget_reference`, the control: the same relearning of the reference model, which never saw
+  the forget set. Answers share their wording ("X was born in ..."), so relearning a quarter of the rows
+  teaches the template to any model; what the unlearned model recalls beyond the reference is what
+  unlearning hid rather than removed.
 The fine-tuning is the target's recipe (answer-only NLL, AdamW, cosine schedule, no warm-up) run for
 `steps` optimiser steps in one process through Lightning.
 """
@@ -56,11 +60,11 @@ class Relearning:
         if not 0 < self.forget_fraction < 1:
             raise SimuError(f"robustness.relearning.forget_fraction={self.forget_fraction} must lie in (0, 1)")
 
-    def relearned(self, attack, name: str, rows: list[dict]):
-        """A copy of the unlearned model fine-tuned for `steps` steps on `rows`, every parameter trainable
-        (the unlearning may have frozen some: the attacker has not)."""
+    def relearned(self, attack, name: str, rows: list[dict], model=None):
+        """A copy of the unlearned model (or of `model`) fine-tuned for `steps` steps on `rows`, every
+        parameter trainable (the unlearning may have frozen some: the attacker has not)."""
         start = time.perf_counter()
-        model = copy.deepcopy(attack.model).requires_grad_(True)
+        model = copy.deepcopy(attack.model if model is None else model).requires_grad_(True)
         loader = answer_loader(
             attack.tokenizer, attack.fmt, rows, attack.settings.max_length, self.batch_size, seed=ROWS_SEED
         )
@@ -70,20 +74,27 @@ class Relearning:
         attack.seconds[f"{name}_training"] = round(time.perf_counter() - start, 2)
         return model.eval()
 
+    def relearn_forget(self, attack, name: str, model) -> None:
+        """`model` on the held-out forget rows (as `forget_unattacked`), and a copy of it relearned on the
+        others (as `forget`), recorded as attack `name`."""
+        forget_name = attack.benchmark.forget
+        forget = attack.forget_split()
+        train, held = relearning_rows(len(forget), self.forget_fraction)
+        held_view = view(attack.benchmark, **{forget_name: forget.select(held)})
+        attack.evaluate(name, model, held_view, rename={forget_name: f"{forget_name}_unattacked"})
+        relearned = self.relearned(attack, name, forget.select(train).to_list(), model)
+        attack.evaluate(name, relearned, held_view)
+
+    def control(self, attack, reference) -> None:
+        """The forget relearning of the reference model (never saw the forget set)."""
+        if self.forget:
+            self.relearn_forget(attack, "relearn_forget_reference", reference)
+
     def run(self, attack) -> None:
         forget_name = attack.benchmark.forget
         forget = attack.forget_split()
         if self.forget:
-            train, held = relearning_rows(len(forget), self.forget_fraction)
-            held_rows = forget.select(held)
-            attack.evaluate(
-                "relearn_forget",
-                attack.model,
-                view(attack.benchmark, **{forget_name: held_rows}),
-                rename={forget_name: f"{forget_name}_unattacked"},
-            )
-            model = self.relearned(attack, "relearn_forget", forget.select(train).to_list())
-            attack.evaluate("relearn_forget", model, view(attack.benchmark, **{forget_name: held_rows}))
+            self.relearn_forget(attack, "relearn_forget", attack.model)
         if self.benign:
             split = self.benign_split or attack.benchmark.retain
             model = self.relearned(attack, "relearn_benign", attack.benchmark[split].to_list())
