@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -93,6 +94,7 @@ def quiet_libraries() -> None:
     logging.getLogger("lightning.pytorch").propagate = False
     logging.getLogger("absl").setLevel(logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()  # the probes' rewording of a split is instant
 
 
 def evaluate_base_model(target, benchmark, fmt, settings, dtype):
