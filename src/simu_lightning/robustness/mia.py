@@ -120,6 +120,10 @@ def token_stats(model, examples: list[dict], pad_token_id: int, batch_size: int)
         model.train(was_training)
 
 
+def qa_rows(split) -> list[dict]:
+    return [{"question": r["question"], "answer": r["answer"]} for r in split]
+
+
 def encode_documents(tokenizer, documents: list[str], max_length: int) -> list[dict]:
     encoded = []
     for text in documents:
@@ -134,15 +138,17 @@ class MembershipInference:
 
     k: float = 0.4
 
-    def sets(self, attack) -> dict[str, list[dict]] | None:
-        """{"forget": rows, "holdout": rows}, each row {question, answer}; None when there is no held-out set."""
+    def sets(self, attack) -> tuple[dict[str, list[dict]], bool] | None:
+        """({"forget": rows, "holdout": rows}, whether the rows are whole documents), each row a
+        {question, answer}; None when the benchmark has no held-out rows."""
         benchmark = attack.benchmark
         if "holdout" in benchmark.splits:
-            pick = lambda split: [{"question": r["question"], "answer": r["answer"]} for r in benchmark[split]]  # noqa: E731
-            return {"forget": pick(benchmark.forget), "holdout": pick("holdout")}
+            return {"forget": qa_rows(benchmark[benchmark.forget]), "holdout": qa_rows(benchmark["holdout"])}, False
         if "mia_member" in benchmark.splits:
-            pick = lambda split: [{"question": "", "answer": d} for d in benchmark[split]["document"]]  # noqa: E731
-            return {"forget": pick("mia_member"), "holdout": pick("mia_nonmember")}
+            documents = {"forget": benchmark["mia_member"], "holdout": benchmark["mia_nonmember"]}
+            return {
+                name: [{"question": "", "answer": d} for d in split["document"]] for name, split in documents.items()
+            }, True
         return None
 
     def per_example(self, attack, model, rows: list[dict], documents: bool) -> list[dict]:
@@ -159,18 +165,17 @@ class MembershipInference:
         ]
         return [{**row, **scores(s, text, self.k)} for row, s, text in zip(rows, stats, texts)]
 
-    def run(self, attack, name: str = "mia", model=None) -> None:
-        sets = self.sets(attack)
-        if sets is None:
+    def run(self, attack, name: str = "mia") -> None:
+        found = self.sets(attack)
+        if found is None:
             log.warning(
                 "robustness: membership inference skipped, benchmark %s has no held-out rows "
                 "(a holdout split, or LUME's member.jsonl / nonmember.jsonl)",
                 attack.benchmark.name,
             )
             return
-        documents = "holdout" not in attack.benchmark.splits
-        model = attack.model if model is None else model
-        scored = {split: self.per_example(attack, model, rows, documents) for split, rows in sets.items()}
+        sets, documents = found
+        scored = {split: self.per_example(attack, attack.model, rows, documents) for split, rows in sets.items()}
         aucs = {f"{a}_auc": auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in ATTACKS}
         attack.record(
             name,

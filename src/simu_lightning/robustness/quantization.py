@@ -10,8 +10,8 @@ Schemes:
 - `rtn8`, `rtn4`: symmetric round-to-nearest per output channel (one scale per weight row, absmax /
   (2^(b-1) - 1)), through torch's own fake-quantisation op; runs on every device.
 - `nf4`: bitsandbytes' 4-bit NormalFloat (QLoRA's format: blocks of 64 values, absmax-scaled, rounded
-  to the 16 NF4 levels); bitsandbytes >= 0.46 quantises on the CPU as well as on CUDA. Without
-  bitsandbytes the scheme is skipped with a line saying so.
+  to the 16 NF4 levels); recent bitsandbytes (0.50 here) quantises on the CPU as well as on CUDA.
+  Without bitsandbytes the scheme is skipped with a line saying so.
 """
 
 from __future__ import annotations
