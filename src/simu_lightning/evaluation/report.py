@@ -114,10 +114,11 @@ def robustness_tables(results: dict, stage: str = "after") -> list[Table]:
     if not results.get("robustness"):
         return []
     attacks = Table(title="Robustness: the metrics after each attack (forget: lower is more forgotten)")
-    attacks.add_column("attack", no_wrap=True)
-    attacks.add_column("split", no_wrap=True)
+    # on a narrow console the names fold, the figures and their headers stay whole
+    attacks.add_column("attack", overflow="fold")
+    attacks.add_column("split", overflow="fold")
     for header in ATTACK_METRICS.values():
-        attacks.add_column(header, justify="right")
+        attacks.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for attack, split, *values in robustness_rows(results, stage):
         attacks.add_row(attack, split, *map(_fmt, values), style="bold" if attack == stage else None)
     tables = [attacks]
