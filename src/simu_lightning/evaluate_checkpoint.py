@@ -87,9 +87,6 @@ def evaluate_checkpoint(
     )
     reference_ratios = [r["truth_ratio"] for r in reference] or None
     result = evaluate(model, tokenizer, fmt, benchmark, STAGE, settings, reference_ratios)
-    attack = Attack(model, tokenizer, fmt, benchmark, settings, make_trainer, reference_ratios)
-    if robustness:
-        robustness.after(attack)
     results = {
         "mode": "evaluate",
         "source": source,
@@ -98,9 +95,13 @@ def evaluate_checkpoint(
         STAGE: result.summary,
         "scores": {STAGE: result.scores},
         "aggregate": {STAGE: benchmark.aggregate_of(result.summary)},
-        **({"robustness": attack.results} if robustness else {}),
     }
-    write_jsonl(out / "generations.jsonl", reference + result.rows + attack.rows)
+    rows = reference + result.rows
+    if robustness:  # the attacks on the checkpoint
+        attack = Attack(model, tokenizer, fmt, benchmark, settings, make_trainer, reference_ratios)
+        robustness.after(attack)
+        results["robustness"], rows = attack.results, rows + attack.rows
+    write_jsonl(out / "generations.jsonl", rows)
     write_json(out / "manifest.json", manifest(cfg, 1, {"evaluated": source}))
     write_json(out / "results.json", results)
     with atomic_file(out / "config.yaml") as tmp:

@@ -61,6 +61,12 @@ def encode_example(tokenizer, fmt: PromptFormat, question: str, answer: str, max
     }
 
 
+def encode_document(tokenizer, text: str, max_length: int) -> dict:
+    """A whole document, every token labelled (LUME's membership documents)."""
+    ids = tokenizer(text)["input_ids"][:max_length]
+    return {"input_ids": ids, "labels": ids}
+
+
 def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad `input_ids` (and `labels`, if present) into a batch with an attention mask and explicit
     position ids, so left- and right-padded batches give every real token the same position."""

@@ -21,12 +21,11 @@ from __future__ import annotations
 import logging
 import math
 
-import torch
-from torchmetrics.functional.classification import binary_auroc
 
-from simu_lightning.data.formatting import encode_prompt
+from simu_lightning.data.formatting import encode_document, encode_prompt
 from simu_lightning.errors import SimuError
 from simu_lightning.evaluation import metrics
+from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.splits import evaluate_splits
 from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
@@ -89,20 +88,11 @@ def task_aggregate(summary: dict[str, dict[str, float]]) -> float | None:
 
 def document_nll(model, tokenizer, documents: list[str], settings: EvalSettings) -> list[float]:
     """Mean NLL of every document's tokens (the loss the official attack thresholds)."""
-    encoded = []
-    for text in documents:
-        ids = tokenizer(text)["input_ids"][: settings.max_length]
-        encoded.append({"input_ids": ids, "labels": ids})
+    encoded = [encode_document(tokenizer, text, settings.max_length) for text in documents]
     return [
         -total / max(count, 1)
         for total, count, _ in answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)
     ]
-
-
-def mia_auc(member_nll: list[float], nonmember_nll: list[float]) -> float:
-    scores = torch.tensor([-x for x in member_nll + nonmember_nll])
-    labels = torch.tensor([1] * len(member_nll) + [0] * len(nonmember_nll))
-    return float(binary_auroc(scores, labels))
 
 
 def mmlu_accuracy(model, tokenizer, batch_size: int, num_fewshot: int = 5) -> float:

@@ -11,7 +11,9 @@ import string
 from functools import lru_cache
 
 from rouge_score import rouge_scorer
+import torch
 from scipy.stats import hmean
+from torchmetrics.functional.classification import binary_auroc
 
 
 def normalise(text: str) -> str:
@@ -68,6 +70,15 @@ def lume_exact_match(generation: str, answer: str) -> float:
     """LUME's knowledge score, as the official SemEval evaluation computes it: equality after
     `strip().lower()` (no punctuation is ignored)."""
     return float(str(answer).strip().lower() == str(generation).strip().lower())
+
+
+def mia_auc(member_scores: list[float], nonmember_scores: list[float]) -> float:
+    """AUC of a membership attack whose score is higher for non-members (a loss): the chance that a
+    non-member scores above a member. LUME's official attack (members positive, score -NLL) and
+    open-unlearning's (forget rows labelled 0, score the loss) are both this number."""
+    values = torch.tensor(member_scores + nonmember_scores, dtype=torch.float64)
+    labels = torch.tensor([0] * len(member_scores) + [1] * len(nonmember_scores))
+    return float(binary_auroc(values, labels))
 
 
 def mia_score(auc: float) -> float:

@@ -14,6 +14,11 @@ from simu_lightning.evaluation.types import EvalSettings, Evaluation
 log = logging.getLogger(__name__)
 
 
+def limited(split: Dataset, max_examples: int | None) -> Dataset:
+    """The rows an evaluation reads: the first `evaluation.max_examples` (all when null)."""
+    return split if max_examples is None or len(split) <= max_examples else split.select(range(max_examples))
+
+
 def evaluate_splits(
     benchmark,
     stage: str,
@@ -23,9 +28,7 @@ def evaluate_splits(
 ) -> Evaluation:
     result = Evaluation()
     for name in benchmark.eval_splits:
-        split = benchmark[name]
-        if settings.max_examples is not None and len(split) > settings.max_examples:
-            split = split.select(range(settings.max_examples))
+        split = limited(benchmark[name], settings.max_examples)
         start = time.perf_counter()
         rows = split_rows(split)
         # the evaluations during unlearning stay quiet: there are many of them

@@ -16,7 +16,6 @@ rows in generations.jsonl with `stage` = the attack's name.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from simu_lightning.robustness.attack import Attack
@@ -47,8 +46,6 @@ class Robustness:
 
     def after(self, attack: Attack) -> None:
         """On the unlearned model (`attack.model`), every family in turn."""
-        start = time.perf_counter()
         for family in (self.mia, self.probes, self.quantization, self.relearning):
             if family is not None:
                 family.run(attack)
-        attack.seconds["total"] = round(time.perf_counter() - start, 2)

@@ -16,13 +16,9 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 
 from simu_lightning.evaluation import EvalSettings, evaluate
+from simu_lightning.evaluation.splits import limited
 
 log = logging.getLogger(__name__)
-
-
-def limited(split: Dataset, max_examples: int | None) -> Dataset:
-    """The rows an evaluation reads (`evaluation.max_examples`)."""
-    return split if max_examples is None or len(split) <= max_examples else split.select(range(max_examples))
 
 
 def view(benchmark, **splits: Dataset):
@@ -41,7 +37,6 @@ class Attack:
     reference: list[float] | None = None  # the reference model's forget truth ratios (TOFU's forget quality)
     results: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
 
     def forget_split(self) -> Dataset:
         return limited(self.benchmark[self.benchmark.forget], self.settings.max_examples)
@@ -66,7 +61,6 @@ class Attack:
         rows = [{**row, "split": rename.get(row["split"], row["split"])} for row in result.rows]
         self.results.setdefault(name, {}).update(summary)
         self.rows += rows
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
         split = next((split for split in summary if split.startswith(self.benchmark.forget)), None)
         figures = summary.get(split, {})
         log.info(
@@ -74,6 +68,6 @@ class Attack:
             name,
             ", ".join(f"{split} {m} {figures[m]:.3f}" for m in ("exact_match", "rougeL_recall") if m in figures)
             or ", ".join(summary),
-            self.seconds[name],
+            time.perf_counter() - start,
         )
         return result

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import binary_auroc
 
-from simu_lightning.data.formatting import IGNORE_INDEX, collate, encode_example
+from simu_lightning.data.formatting import IGNORE_INDEX, collate, encode_document, encode_example
+from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.memory import with_halving
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,6 @@ def scores(stats: TokenStats, text: str, k: float) -> dict[str, float]:
     }
 
 
-def auc(member_scores: list[float], nonmember_scores: list[float]) -> float:
-    """AUC with members labelled 0 and non-members 1 (open-unlearning's convention)."""
-    values = torch.tensor(member_scores + nonmember_scores, dtype=torch.float64)
-    labels = torch.tensor([0] * len(member_scores) + [1] * len(nonmember_scores))
-    return float(binary_auroc(values, labels))
-
-
 @torch.no_grad()
 def batch_token_stats(model, batch: dict[str, torch.Tensor]) -> list[TokenStats]:
     logits = model(
@@ -124,14 +117,6 @@ def qa_rows(split) -> list[dict]:
     return [{"question": r["question"], "answer": r["answer"]} for r in split]
 
 
-def encode_documents(tokenizer, documents: list[str], max_length: int) -> list[dict]:
-    encoded = []
-    for text in documents:
-        ids = tokenizer(text)["input_ids"][:max_length]
-        encoded.append({"input_ids": ids, "labels": ids})
-    return encoded
-
-
 @dataclass
 class MembershipInference:
     """The four attacks' AUCs, forget against held out (`robustness.mia`)."""
@@ -154,7 +139,7 @@ class MembershipInference:
     def per_example(self, attack, model, rows: list[dict], documents: bool) -> list[dict]:
         tokenizer, settings = attack.tokenizer, attack.settings
         if documents:
-            encoded = encode_documents(tokenizer, [r["answer"] for r in rows], settings.max_length)
+            encoded = [encode_document(tokenizer, r["answer"], settings.max_length) for r in rows]
         else:
             encoded = [
                 encode_example(tokenizer, attack.fmt, r["question"], r["answer"], settings.max_length) for r in rows
@@ -176,7 +161,9 @@ class MembershipInference:
             return
         sets, documents = found
         scored = {split: self.per_example(attack, attack.model, rows, documents) for split, rows in sets.items()}
-        aucs = {f"{a}_auc": auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in ATTACKS}
+        aucs = {
+            f"{a}_auc": mia_auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in ATTACKS
+        }
         attack.record(
             name,
             {"forget_vs_holdout": aucs},

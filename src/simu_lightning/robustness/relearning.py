@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -60,10 +59,9 @@ class Relearning:
         if not 0 < self.forget_fraction < 1:
             raise SimuError(f"robustness.relearning.forget_fraction={self.forget_fraction} must lie in (0, 1)")
 
-    def relearned(self, attack, name: str, rows: list[dict], model=None):
+    def relearned(self, attack, rows: list[dict], model=None):
         """A copy of the unlearned model (or of `model`) fine-tuned for `steps` steps on `rows`, every
         parameter trainable (the unlearning may have frozen some: the attacker has not)."""
-        start = time.perf_counter()
         model = copy.deepcopy(attack.model if model is None else model).requires_grad_(True)
         loader = answer_loader(
             attack.tokenizer, attack.fmt, rows, attack.settings.max_length, self.batch_size, seed=ROWS_SEED
@@ -71,7 +69,6 @@ class Relearning:
         L.seed_everything(ROWS_SEED, verbose=False)
         trainer = attack.make_trainer(max_steps=self.steps, max_epochs=-1)
         trainer.fit(FineTune(model.train(), self.lr, warmup_ratio=0.0), loader)
-        attack.seconds[f"{name}_training"] = round(time.perf_counter() - start, 2)
         return model.eval()
 
     def relearn_forget(self, attack, name: str, model) -> None:
@@ -82,7 +79,7 @@ class Relearning:
         train, held = relearning_rows(len(forget), self.forget_fraction)
         held_view = view(attack.benchmark, **{forget_name: forget.select(held)})
         attack.evaluate(name, model, held_view, rename={forget_name: f"{forget_name}_unattacked"})
-        relearned = self.relearned(attack, name, forget.select(train).to_list(), model)
+        relearned = self.relearned(attack, forget.select(train).to_list(), model)
         attack.evaluate(name, relearned, held_view)
 
     def control(self, attack, reference) -> None:
@@ -97,5 +94,5 @@ class Relearning:
             self.relearn_forget(attack, "relearn_forget", attack.model)
         if self.benign:
             split = self.benign_split or attack.benchmark.retain
-            model = self.relearned(attack, "relearn_benign", attack.benchmark[split].to_list())
+            model = self.relearned(attack, attack.benchmark[split].to_list())
             attack.evaluate("relearn_benign", model, view(attack.benchmark, **{forget_name: forget}))
