@@ -1,6 +1,9 @@
 """TOFU's and LUME's formulas against values worked out by hand."""
 
+import math
+
 import pytest
+import torch
 
 from simu_lightning.evaluation import lume, metrics, qa
 
@@ -48,6 +51,38 @@ def test_mia_auc_and_score():
     assert auc == pytest.approx(0.75)
     assert metrics.mia_score(auc) == pytest.approx(0.5)
     assert metrics.mia_score(0.5) == 1.0
+
+
+@pytest.mark.parametrize(
+    "members, nonmembers, expected",
+    [
+        ([40, 41, 42], [45, 46, 47], 1.0),  # scores above ~37: a sigmoid first would tie them all (0.5)
+        ([30, 35, 38], [39, 45, 60], 1.0),  # straddling it (0.833 through a sigmoid)
+        ([300.0, 200.0], [250.0, 400.0], 3 / 4),  # pairs (m, n) with n > m: (300, 400) (200, 250) (200, 400)
+        ([1.0, 2.0, 2.0], [2.0, 3.0], (1 + 1 + 0.5 + 1 + 0.5 + 1) / 6),  # member 1 loses both; each 2 ties one
+        ([-5.0, -1.0], [-3.0, -0.5], 3 / 4),  # negative scores: (-5, -3) (-5, -0.5) (-1, -0.5)
+        ([7.0, 7.0], [7.0], 0.5),
+    ],
+)
+def test_mia_auc_is_the_share_of_member_nonmember_pairs_the_nonmember_wins(members, nonmembers, expected):
+    assert metrics.mia_auc(members, nonmembers) == pytest.approx(expected)
+
+
+def test_mia_auc_equals_scipys_mann_whitney_u_on_large_tied_and_negative_scores():
+    from scipy.stats import mannwhitneyu
+
+    generator = torch.Generator().manual_seed(0)
+    # above the sigmoid's saturation, in the hundreds, negative (rounded: many ties), inside [0, 1]
+    for scale, offset, decimals in ((10.0, 40.0, 1), (100.0, 0.0, 0), (5.0, -50.0, 0), (1e-3, 0.5, 4)):
+        members = (torch.randn(23, generator=generator) * scale + offset).round(decimals=decimals).tolist()
+        nonmembers = (torch.randn(31, generator=generator) * scale + offset + scale / 2).round(decimals=decimals)
+        nonmembers = nonmembers.tolist()
+        u = mannwhitneyu(nonmembers, members, alternative="two-sided").statistic
+        assert metrics.mia_auc(members, nonmembers) == pytest.approx(u / (23 * 31), abs=1e-12)
+
+
+def test_mia_auc_of_an_empty_set_is_nan():
+    assert math.isnan(metrics.mia_auc([], [1.0]))
 
 
 def test_lume_summary_task_aggregate_and_final_score():

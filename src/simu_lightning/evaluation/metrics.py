@@ -11,9 +11,7 @@ import string
 from functools import lru_cache
 
 from rouge_score import rouge_scorer
-import torch
-from scipy.stats import hmean
-from torchmetrics.functional.classification import binary_auroc
+from scipy.stats import hmean, rankdata
 
 
 def normalise(text: str) -> str:
@@ -72,13 +70,23 @@ def lume_exact_match(generation: str, answer: str) -> float:
     return float(str(answer).strip().lower() == str(generation).strip().lower())
 
 
+def rank_auc(negatives: list[float], positives: list[float]) -> float:
+    """The chance that a positive scores above a negative, ties counting one half: the Mann-Whitney U
+    of the positives over n_negatives * n_positives, from average ranks (scipy's rankdata). Exact on
+    any real scores (a classifier AUC that first squashes scores outside [0, 1] through a sigmoid, as
+    torchmetrics' binary_auroc does, ties every score above ~37 in float64). NaN when a side is empty."""
+    if not negatives or not positives:
+        return math.nan
+    ranks = rankdata([*negatives, *positives], method="average")
+    u = float(ranks[len(negatives) :].sum()) - len(positives) * (len(positives) + 1) / 2
+    return u / (len(negatives) * len(positives))
+
+
 def mia_auc(member_scores: list[float], nonmember_scores: list[float]) -> float:
     """AUC of a membership attack whose score is higher for non-members (a loss): the chance that a
-    non-member scores above a member. LUME's official attack (members positive, score -NLL) and
-    open-unlearning's (forget rows labelled 0, score the loss) are both this number."""
-    values = torch.tensor(member_scores + nonmember_scores, dtype=torch.float64)
-    labels = torch.tensor([0] * len(member_scores) + [1] * len(nonmember_scores))
-    return float(binary_auroc(values, labels))
+    non-member scores above a member (`rank_auc`). LUME's official attack (members positive, score
+    -NLL) and open-unlearning's (forget rows labelled 0, score the loss) are both this number."""
+    return rank_auc(member_scores, nonmember_scores)
 
 
 def mia_score(auc: float) -> float:
