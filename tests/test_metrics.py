@@ -4,8 +4,10 @@ import pytest
 import torch
 from types import SimpleNamespace
 
-from simu_lightning.data.formatting import IGNORE_INDEX
+from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat
 from simu_lightning.evaluation import metrics
+from simu_lightning.evaluation.qa import summarise
+from simu_lightning.evaluation.types import EvalSettings
 from simu_lightning.likelihood import answer_log_likelihood
 
 
@@ -46,8 +48,6 @@ def test_harmonic_mean_and_aggregate():
 
 
 def test_split_summary_keeps_every_metric_even_when_the_first_value_is_zero():
-    from simu_lightning.evaluation.qa import summarise
-
     rows = [
         {"exact_match": 0.0, "rougeL_recall": metrics.rouge_l_recall("", "Paris"), "answer_prob": 0.5},
         {"exact_match": 1.0, "rougeL_recall": 1.0, "answer_prob": 0.7},
@@ -61,26 +61,47 @@ class FixedLogits(torch.nn.Module):
     def __init__(self, logits):
         super().__init__()
         self.logits = logits
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, so the evaluation finds a device
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
-        return SimpleNamespace(logits=self.logits)
+        return SimpleNamespace(logits=self.logits[:, : input_ids.shape[1]].expand(len(input_ids), -1, -1))
 
 
-def test_exact_memorization_is_the_share_of_answer_tokens_the_argmax_predicts():
-    """Sequence [prompt 5, answer 1 2 3, pad]: the labels scored are 1, 2, 3 (positions 1-3), predicted by
-    the logits at positions 0-2, whose argmaxes are 1, 7, 3: two of three answer tokens -> 2/3. The
-    prompt position and the padding are never counted, whatever the argmax there."""
-    vocab = 8
-    argmax = torch.tensor([[1, 7, 3, 4, 0]])  # position 3 predicts the pad (ignored), 4 predicts nothing
+def test_exact_memorization_is_the_share_of_answer_tokens_the_argmax_predicts_eos_left_out():
+    """Sequence [prompt 5, answer 1 2 3, EOS 9, pad]: the labels are 1, 2, 3, 9 (positions 1-4), predicted
+    by the logits at positions 0-3, whose argmaxes are 1, 7, 3, 9. open-unlearning drops the last
+    labelled token (the EOS) from exact memorisation: two hits of three -> 2/3 (counting the EOS would
+    give 3/4). The probability keeps every labelled token, the EOS included. The prompt position and
+    the padding are never counted, whatever the argmax there."""
+    vocab = 10
+    argmax = torch.tensor([[1, 7, 3, 9, 4, 0]])  # position 4 predicts the pad (ignored), 5 predicts nothing
     logits = torch.nn.functional.one_hot(argmax, vocab).float()
     batch = {
-        "input_ids": torch.tensor([[5, 1, 2, 3, 0]]),
-        "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
-        "labels": torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX]]),
+        "input_ids": torch.tensor([[5, 1, 2, 3, 9, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]]),
+        "labels": torch.tensor([[IGNORE_INDEX, 1, 2, 3, 9, IGNORE_INDEX]]),
     }
-    total, count, hits = answer_log_likelihood(FixedLogits(logits), batch, with_hits=True)
-    assert count.tolist() == [3] and hits.tolist() == [2]
-    assert hits.item() / count.item() == pytest.approx(2 / 3)
-    # log-probabilities of the one-hot logits: exp(1) / (exp(1) + 7) where the argmax is the label, else 1 / (e + 7)
-    hit, miss = math.log(math.e / (math.e + 7)), math.log(1 / (math.e + 7))
-    assert total.item() == pytest.approx(2 * hit + miss)
+    total, count, hits, counted = answer_log_likelihood(FixedLogits(logits), batch, with_hits=True)
+    assert count.tolist() == [4] and hits.tolist() == [2] and counted.tolist() == [3]
+    # log-probabilities of the one-hot logits: e / (e + 9) where the argmax is the label, else 1 / (e + 9)
+    hit, miss = math.log(math.e / (math.e + 9)), math.log(1 / (math.e + 9))
+    assert total.item() == pytest.approx(3 * hit + miss)
+
+
+def test_exact_memorization_of_an_answer_that_is_only_its_eos_is_left_out_of_the_split_mean():
+    from simu_lightning.evaluation.qa import answer_scores
+
+    class Tokenizer:  # one token per character; "" encodes to nothing, so the answer is the EOS alone
+        is_fast, eos_token_id, pad_token_id = False, 9, 0
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [1 + ord(c) % 7 for c in text]}
+
+    fmt = PromptFormat(template="{question}", answer_prefix="")
+    logits = torch.zeros(1, 8, 10)
+    settings = EvalSettings(max_length=32, max_new_tokens=1, batch_size=4)
+    scored = answer_scores(FixedLogits(logits), Tokenizer(), fmt, ["ab"], [""], settings)
+    assert scored[0][1] is None
+    assert summarise([{"exact_memorization": None}, {"exact_memorization": 0.5}], forget=True) == {
+        "exact_memorization": 0.5
+    }

@@ -22,21 +22,28 @@ def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logp * scored, scored
 
 
-def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per example: the answer tokens whose teacher-forced argmax prediction equals the label."""
+def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: (answer tokens whose teacher-forced argmax prediction equals the label, answer
+    tokens counted). As open-unlearning's `tokenwise_vocab_logprobs` ("ignore eos prediction"), the
+    last labelled token (the EOS) is not counted: a model that has the answer predicts its end too, and
+    counting it would lift a short answer's score by up to 1 / (n + 1)."""
     logits, labels = logits[:, :-1], labels[:, 1:]
-    return ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum(-1)
+    scored = labels != IGNORE_INDEX
+    last = scored & (scored.cumsum(-1) == scored.sum(-1, keepdim=True))
+    counted = scored & ~last
+    return ((logits.argmax(-1) == labels) & counted).sum(-1), counted.sum(-1)
 
 
 def answer_log_likelihood(model, batch: dict[str, torch.Tensor], with_hits: bool = False) -> tuple[torch.Tensor, ...]:
-    """Per example: the sum of answer-token log-probabilities and the number of answer tokens (and, with
-    `with_hits`, the number of them the model's argmax predicts: see `argmax_hits`)."""
+    """Per example: the sum of answer-token log-probabilities and the number of answer tokens, the EOS
+    included (open-unlearning's probability and loss attack take every labelled token); with
+    `with_hits`, also the argmax hits and the tokens they are counted over (see `argmax_hits`)."""
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
     ).logits
     logp, scored = token_log_probs(logits, batch["labels"])
     if with_hits:
-        return logp.sum(-1), scored.sum(-1), argmax_hits(logits, batch["labels"])
+        return logp.sum(-1), scored.sum(-1), *argmax_hits(logits, batch["labels"])
     return logp.sum(-1), scored.sum(-1)
 
 

@@ -29,9 +29,9 @@ def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_token
 
 def answer_log_likelihoods(
     model, examples: list[dict], pad_token_id: int, batch_size: int
-) -> list[tuple[float, int, int]]:
-    """(sum of answer-token log-probs, number of answer tokens, number of them predicted by the argmax)
-    for each encoded example."""
+) -> list[tuple[float, int, int, int]]:
+    """(sum of answer-token log-probs, number of answer tokens, argmax hits, tokens the hits are counted
+    over: all but the EOS) for each encoded example."""
     return map_sharded(
         lambda block: with_halving(
             lambda size: _log_likelihoods(model, block, pad_token_id, size),
@@ -71,17 +71,19 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, b
 
 
 @torch.no_grad()
-def _log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple[float, int, int]]:
+def _log_likelihoods(
+    model, examples: list[dict], pad_token_id: int, batch_size: int
+) -> list[tuple[float, int, int, int]]:
     was_training = model.training
     model.eval()
-    results: list[tuple[float, int, int]] = []
+    results: list[tuple[float, int, int, int]] = []
     try:
         for start in range(0, len(examples), batch_size):
             batch = {
                 k: v.to(_device(model)) for k, v in collate(examples[start : start + batch_size], pad_token_id).items()
             }
-            total, count, hits = answer_log_likelihood(model, batch, with_hits=True)
-            results += list(zip(total.tolist(), count.tolist(), hits.tolist()))
+            total, count, hits, counted = answer_log_likelihood(model, batch, with_hits=True)
+            results += list(zip(total.tolist(), count.tolist(), hits.tolist(), counted.tolist()))
     finally:
         model.train(was_training)
     return results

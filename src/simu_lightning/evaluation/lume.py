@@ -91,7 +91,7 @@ def document_nll(model, tokenizer, documents: list[str], settings: EvalSettings)
     encoded = [encode_document(tokenizer, text, settings.max_length) for text in documents]
     return [
         -total / max(count, 1)
-        for total, count, _ in answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)
+        for total, count, *_ in answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)
     ]
 
 

@@ -4,7 +4,8 @@ Per example, on every evaluation split:
 - `exact_match`, `rougeL_recall`, `contains_answer` of the greedy generation against `answer`;
 - `answer_prob` = exp(mean answer-token log-probability of `answer`);
 - `exact_memorization` (open-unlearning's "exact memorisation"): the share of `answer`'s tokens whose
-  teacher-forced argmax prediction equals the token. `exact_match` is a different, stricter score:
+  teacher-forced argmax prediction equals the token, the EOS left out as open-unlearning leaves it out
+  (`answer_prob` keeps it, as open-unlearning's probability does). `exact_match` is a different, stricter score:
   the whole greedy generation equals the answer after normalisation;
 - where the split has `perturbed_answer`: `truth_ratio` = P(perturbed) / P(correct), each P the
   length-normalised probability exp(-mean NLL) (perturbed: of the mean NLL over the wrong answers;
@@ -36,11 +37,14 @@ EPS = 1e-10  # open-unlearning's guard in the truth ratio
 def answer_scores(
     model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
 ) -> list[tuple[float, float]]:
-    """Per (question, answer) pair: the mean answer-token log-probability and the exact memorisation."""
+    """Per (question, answer) pair: the mean answer-token log-probability (EOS included) and the exact
+    memorisation (EOS left out; None for an answer of the EOS alone, as open-unlearning leaves it out)."""
     encoded = [encode_example(tokenizer, fmt, q, a, settings.max_length) for q, a in zip(questions, answers)]
     return [
-        (total / max(count, 1), hits / max(count, 1))
-        for total, count, hits in answer_log_likelihoods(model, encoded, tokenizer.pad_token_id, settings.batch_size)
+        (total / max(count, 1), hits / counted if counted else None)
+        for total, count, hits, counted in answer_log_likelihoods(
+            model, encoded, tokenizer.pad_token_id, settings.batch_size
+        )
     ]
 
 
@@ -116,7 +120,9 @@ METRICS = (
 
 
 def summarise(rows: list[dict], forget: bool) -> dict[str, float]:
-    summary = {name: mean([r[name] for r in rows]) for name in METRICS if rows and name in rows[0]}
+    summary = {
+        name: mean([r[name] for r in rows if r[name] is not None]) for name in METRICS if rows and name in rows[0]
+    }
     if "truth_ratio" in summary:
         summary["truth_ratio"] = truth_ratio_score([r["truth_ratio"] for r in rows], forget)
     return summary
