@@ -3,6 +3,7 @@ and a neuron mask that holds on its down projection."""
 
 import pytest
 import torch
+from transformers.pytorch_utils import Conv1D
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -18,6 +19,7 @@ from simu_lightning.attribution.integrated_gradients import attribute
 from simu_lightning.errors import SimuError
 from simu_lightning.models.architecture import ARCHITECTURES, architecture_of, attention_projections, down_projections
 from simu_lightning.optim import Sophia
+from simu_lightning.robustness.quantization import SCHEMES, projections, quantized_copy
 
 D_FF, LAYERS = 48, 2
 COMMON = dict(
@@ -140,3 +142,24 @@ def test_the_shared_prefix_gives_the_plain_attribution(model_type):
             rtol=1e-4,
             atol=1e-6,
         )
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_quantisation_rounds_every_projection_weight_per_output_channel(model_type, scheme):
+    """Every nn.Linear and Conv1D weight but the output head changes; 4-bit per-row rounding leaves at
+    most 16 values per output channel, which for GPT-2's Conv1D (in x out) is a column."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[model_type])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quantized = quantized_copy(model, scheme)
+    names = [name for name, _ in projections(model)]
+    assert names and not any(name.endswith("lm_head") for name in names)
+    for name in names:
+        weight = quantized.get_submodule(name).weight
+        assert not torch.equal(weight, before[f"{name}.weight"]), f"{scheme} left {name} as it was"
+        if scheme == "rtn4":
+            channels = weight.t() if isinstance(quantized.get_submodule(name), Conv1D) else weight
+            assert all(len(channel.unique()) <= 16 for channel in channels), name
+    assert model_type != "gpt2" or any(isinstance(m, Conv1D) for _, m in projections(model))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself untouched
