@@ -66,7 +66,27 @@ def test_mean_and_student_t_interval():
     assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5, 0.5])[1:] == (0.5, 0.5)
 
 
-def fake_run(folder, method, seed, forget, retain):
+def config_of(method, seed, **settings):
+    """A resolved configuration as run.py saves it (config.yaml), in miniature."""
+    config = {
+        "seed": seed,
+        "method": {"name": method, "trainable": "all" if method == "fo" else "attention_and_down_proj"},
+        "benchmark": {"_target_": "simu_lightning.data.synthetic.load", "num_authors": 20},
+        "optim": {"rho": 20.0},
+        "robustness": None,
+        "paths": {"output_dir": f"/runs/{method}/{seed}"},
+        "logger": {"csv": {"save_dir": f"/runs/{method}/{seed}"}},
+    }
+    for key, value in settings.items():
+        node = config
+        *parents, last = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[last] = value
+    return config
+
+
+def fake_run(folder, method, seed, forget, retain, commit="c0ffee", **settings):
     folder.mkdir(parents=True)
     points = curve(forget, retain)
     after = points[-1]
@@ -80,7 +100,8 @@ def fake_run(folder, method, seed, forget, retain):
     }
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "curve.jsonl").write_text("\n".join(json.dumps(r) for r in curve_rows(points)) + "\n")
-    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (folder / "config.yaml").write_text(yaml.safe_dump(config_of(method, seed, **settings)))
+    (folder / "manifest.json").write_text(json.dumps({"git": {"commit": commit, "dirty": False}}))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}"]))
 
@@ -107,19 +128,59 @@ def test_a_folder_without_runs_is_refused_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {tmp_path}: no run in it (a run directory holds results.json)"
 
 
-def test_overrides_every_run_shares_do_not_split_groups(tmp_path):
+def test_runs_are_grouped_by_their_resolved_configuration_and_named_by_what_differs(tmp_path):
     from simu_lightning.report.runs import find_runs
 
-    for i, (method, t) in enumerate((("simu", "0.1"), ("simu", "0.2"), ("fo", "0.1"))):
-        fake_run(tmp_path / f"{i}_{method}", method, 0, FORGET, RETAIN)
-        (tmp_path / f"{i}_{method}" / ".hydra" / "overrides.yaml").write_text(
-            yaml.safe_dump([f"method={method}", "benchmark=tofu", f"attribution.t={t}", "seed=0"])
-        )
+    fake_run(tmp_path / "a" / "0_simu", "simu", 0, FORGET, RETAIN)
+    fake_run(tmp_path / "a" / "1_fo", "fo", 0, FORGET, RETAIN)
+    # a second sweep whose config file tuned another rho, and one with the attack stage: never pooled
+    fake_run(tmp_path / "b" / "0_simu", "simu", 0, FORGET, RETAIN, **{"optim.rho": 1.2})
+    fake_run(tmp_path / "c" / "0_simu", "simu", 0, FORGET, RETAIN, robustness={"mia": {"k": 0.4}})
+    # the method's own settings show only where they differ within a method
+    fake_run(tmp_path / "d" / "0_simu", "simu", 0, FORGET, RETAIN, **{"method.trainable": "down_proj"})
     assert sorted(r.group for r in find_runs([tmp_path])) == [
-        "fo attribution.t=0.1",
-        "simu attribution.t=0.1",
-        "simu attribution.t=0.2",
+        "fo method.trainable=all optim.rho=20.0 robustness=null",
+        "simu method.trainable=attention_and_down_proj optim.rho=1.2 robustness=null",
+        "simu method.trainable=attention_and_down_proj optim.rho=20.0 robustness=null",
+        "simu method.trainable=attention_and_down_proj optim.rho=20.0 robustness=on",
+        "simu method.trainable=down_proj optim.rho=20.0 robustness=null",
     ]
+    # seeds, paths and loggers differ between the seeds of one experiment: one group
+    for seed in (1, 2):
+        fake_run(tmp_path / "a" / f"{seed + 1}_simu", "simu", seed, FORGET, RETAIN)
+    assert main([str(tmp_path / "a")]) == 0
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "Seeds per group: fo: 0; simu: 0, 1, 2." in report
+    assert "they differ in: `method.name`, `method.trainable`." in report
+
+
+def test_a_run_given_twice_counts_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in range(3):
+        fake_run(sweep / f"{seed}_simu", "simu", seed, FORGET, [1.0, 0.9, 0.8, 0.5 + seed / 10])
+    assert main([str(sweep), str(sweep / "0_simu"), str(tmp_path / "sweep" / ".." / "sweep" / "1_simu")]) == 0
+    row = next(r for r in csv.DictReader((sweep / "report.csv").open()) if r["metric"] == "retain.exact_match")
+    mean, low, high = mean_ci([0.5, 0.6, 0.7])
+    assert int(row["n"]) == 3 and float(row["ci_low"]) == pytest.approx(low)
+
+
+def test_a_seed_repeated_in_one_group_is_refused_in_one_line(tmp_path, capsys):
+    fake_run(tmp_path / "monday" / "0_simu", "simu", 0, FORGET, RETAIN)
+    fake_run(tmp_path / "tuesday" / "0_simu", "simu", 0, FORGET, RETAIN)
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: group 'simu': seed 0 twice, in {tmp_path / 'monday' / '0_simu'} and {tmp_path / 'tuesday' / '0_simu'} "
+        "(the same settings run twice: give the report one of them)"
+    )
+
+
+def test_a_group_that_mixes_commits_is_pointed_out(tmp_path, capsys):
+    fake_run(tmp_path / "0_simu", "simu", 0, FORGET, RETAIN, commit="aaa")
+    fake_run(tmp_path / "1_simu", "simu", 1, FORGET, RETAIN, commit="bbb")
+    assert main([str(tmp_path)]) == 0
+    assert "warning: group 'simu' mixes git commits aaa, bbb (manifest.json)" in capsys.readouterr().err
+    assert "Warning: group simu mixes git commits aaa, bbb." in (tmp_path / "report.md").read_text()
 
 
 def test_the_robustness_table_gives_each_attack_its_mean_and_interval_over_seeds(tmp_path):

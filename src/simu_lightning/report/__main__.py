@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simu_lightning.errors import SimuError
 from simu_lightning.report.figure import pareto
-from simu_lightning.report.runs import find_runs
+from simu_lightning.report.runs import find_runs, mixed_commits
 from simu_lightning.report.tables import markdown, matched_rows, robustness_rows, summary_rows, write_csv
 
 _AT = re.compile(r"^\s*([\w./]+)\s*(<=|>=)\s*([-+\d.eE,\s]+)$")
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metric, op, levels = parse_at(args.at)
         runs = find_runs(args.folders)
+        for group, commits in mixed_commits(runs).items():
+            print(f"warning: group {group!r} mixes git commits {', '.join(commits)} (manifest.json)", file=sys.stderr)
         out = Path(args.out or args.folders[0])
         out.mkdir(parents=True, exist_ok=True)
         summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)

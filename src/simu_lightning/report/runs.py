@@ -1,4 +1,11 @@
-"""Run directories as the report reads them: results, trajectory and the settings that tell runs apart."""
+"""Run directories as the report reads them: results, trajectory, and the settings that tell runs apart.
+
+Runs are grouped by their resolved configuration (`config.yaml`, as run.py saved it), less what may
+differ between the seeds of one experiment: the seed, the paths and the logging. Two sweeps made
+with different config files, benchmarks, models or tuned values are therefore never pooled, and a
+group is named by its method and every setting in which it differs from the others. A run given
+twice (a sweep and one of its run folders) counts once; a seed that repeats inside a group is refused.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +17,30 @@ import yaml
 
 from simu_lightning.errors import SimuError
 
-IGNORED_OVERRIDES = ("seed", "hydra.", "trainer.enable_progress_bar", "paths.")
+# what the seeds of one experiment may differ in: the seed itself, where files go, how it is logged
+IGNORED = (
+    "seed",
+    "paths",
+    "logger",
+    "rerun",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+)
+MISSING = "<absent>"
 
 
 @dataclass
 class Run:
     path: Path
     method: str
-    setting: str  # the overrides that tell this run's group apart (not method, seed, or shared by all)
     seed: int | None
     results: dict
+    settings: dict[str, object]  # the flattened resolved configuration, less IGNORED
+    commit: str | None = None  # manifest.json's git commit ("+dirty" when the checkout had changes)
     curve: list[dict] = field(default_factory=list)  # points {"step", "summary", "scores"}, by step
-
-    @property
-    def group(self) -> str:
-        return f"{self.method} {self.setting}".strip()
+    group: str = ""  # the method and the settings that tell this run's group from the others (find_runs)
 
 
 def curve_points(path: Path) -> list[dict]:
@@ -47,41 +63,136 @@ def curve_points(path: Path) -> list[dict]:
     return [points[step] for step in sorted(points)]
 
 
-def _overrides(run_dir: Path) -> list[str]:
-    file = run_dir / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(file.read_text()) or []) if file.exists() else []
+def flatten(node, prefix: str = "") -> dict[str, object]:
+    """{"a.b.c": value} of a nested config; an empty or null node is one entry, lists are values."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: json.dumps(node) if isinstance(node, list) else node}
+    flat = {}
+    for key, value in node.items():
+        flat |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return flat
+
+
+def ignored(key: str) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in IGNORED)
+
+
+def commit_of(run_dir: Path) -> str | None:
+    file = run_dir / "manifest.json"
+    if not file.exists():
+        return None
+    git = json.loads(file.read_text()).get("git") or {}
+    return f"{git['commit']}{'+dirty' if git.get('dirty') else ''}" if git.get("commit") else None
 
 
 def load_run(run_dir: Path) -> Run:
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise SimuError(f"{run_dir}: no config.yaml (the report groups runs by the resolved configuration in it)")
+    config = yaml.safe_load(config_file.read_text()) or {}
     results = json.loads((run_dir / "results.json").read_text())
-    overrides = [o for o in _overrides(run_dir) if not o.startswith(IGNORED_OVERRIDES) and not o.startswith("method=")]
-    # (find_runs drops the overrides every run shares: they name the setting, not a difference)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     curve = run_dir / "curve.jsonl"
     return Run(
         run_dir,
         results["method"],
-        " ".join(sorted(overrides)),
-        (config or {}).get("seed"),
+        config.get("seed"),
         results,
+        {k: v for k, v in flatten(config).items() if not ignored(k)},
+        commit_of(run_dir),
         curve_points(curve) if curve.exists() else [],
     )
 
 
-def find_runs(folders: list[str | Path]) -> list[Run]:
-    """Every run below the given folders (each a run directory, a sweep folder, or a folder of either)."""
-    runs = []
-    for folder in map(Path, folders):
-        if not folder.exists():
-            raise SimuError(f"{folder}: no such folder")
-        found = sorted(
-            {p.parent for p in folder.rglob("results.json")}
-            | ({folder} if (folder / "results.json").exists() else set())
-        )
-        if not found:
-            raise SimuError(f"{folder}: no run in it (a run directory holds results.json)")
-        runs += [load_run(d) for d in found]
-    shared = set.intersection(*(set(r.setting.split()) for r in runs)) if runs else set()
+def run_dirs(folder: Path) -> list[Path]:
+    if not folder.exists():
+        raise SimuError(f"{folder}: no such folder")
+    found = {p.parent for p in folder.rglob("results.json")}
+    if not found:
+        raise SimuError(f"{folder}: no run in it (a run directory holds results.json)")
+    return sorted(found)
+
+
+def differing(settings: list[dict[str, object]]) -> list[str]:
+    """The settings whose values are not the same in every one of `settings`, a node that some lack
+    altogether (robustness: null) named once rather than by each of its entries."""
+    keys = sorted({k for s in settings for k in s})
+    changed = [k for k in keys if len({json.dumps(s.get(k, MISSING), sort_keys=True) for s in settings}) > 1]
+    nodes = [k for k in changed if any(s.get(k, MISSING) is None for s in settings)]
+    return [k for k in changed if not any(k.startswith(node + ".") for node in nodes)]
+
+
+def shown(value) -> str:
+    if isinstance(value, str) and value.count(".") >= 2 and " " not in value:  # a _target_: its last name
+        return value.rsplit(".", 1)[-1]
+    return "null" if value is None else str(value)
+
+
+def setting_of(run: Run, key: str) -> str:
+    if key in run.settings:
+        return f"{key}={shown(run.settings[key])}"
+    inside = any(k.startswith(key + ".") for k in run.settings)  # the node is set (robustness=standard)
+    return f"{key}={'on' if inside else 'absent'}"
+
+
+def group_label(run: Run, keys: list[str], method_keys: set[str]) -> str:
+    """The method, then each differing setting (the method's own settings only where they differ
+    between runs of the same method: the rest come with its name)."""
+    parts = [
+        setting_of(run, k) for k in keys if k != "method.name" and (not k.startswith("method.") or k in method_keys)
+    ]
+    return " ".join([run.method, *parts])
+
+
+def differing_settings(runs: list[Run]) -> list[str]:
+    """The settings in which the groups' configurations differ (the report names each)."""
+    configs = {json.dumps(run.settings, sort_keys=True, default=str): run.settings for run in runs}
+    return differing(list(configs.values()))
+
+
+def name_groups(runs: list[Run]) -> None:
+    """Give every run its group label."""
+    keys = differing_settings(runs)
+    methods = {r.method for r in runs}
+    method_keys = {
+        k
+        for k in keys
+        if k.startswith("method.") and any(len({setting_of(r, k) for r in runs if r.method == m}) > 1 for m in methods)
+    }
     for run in runs:
-        run.setting = " ".join(o for o in run.setting.split() if o not in shared)
+        run.group = group_label(run, keys, method_keys)
+
+
+def by_group(runs: list[Run]) -> dict[str, list[Run]]:
+    grouped: dict[str, list[Run]] = {}
+    for run in runs:
+        grouped.setdefault(run.group, []).append(run)
+    return dict(sorted(grouped.items()))
+
+
+def check_seeds(runs: list[Run]) -> None:
+    """A seed twice in one group is refused: one run given twice, or two sweeps with the same settings."""
+    for group, members in by_group(runs).items():
+        seen: dict[object, Path] = {}
+        for run in members:
+            if run.seed in seen:
+                raise SimuError(
+                    f"group {group!r}: seed {run.seed} twice, in {seen[run.seed]} and {run.path} (the same "
+                    "settings run twice: give the report one of them)"
+                )
+            seen[run.seed] = run.path
+
+
+def mixed_commits(runs: list[Run]) -> dict[str, list[str]]:
+    """The groups whose runs come from more than one git commit (manifest.json), with the commits."""
+    commits = {g: sorted({r.commit or "unknown" for r in members}) for g, members in by_group(runs).items()}
+    return {g: c for g, c in commits.items() if len(c) > 1}
+
+
+def find_runs(folders: list[str | Path]) -> list[Run]:
+    """Every run below the given folders (each a run directory, a sweep folder, or a folder of either),
+    each once, labelled with its group."""
+    paths = sorted({d.resolve() for folder in map(Path, folders) for d in run_dirs(folder)})
+    runs = [load_run(d) for d in paths]
+    name_groups(runs)
+    check_seeds(runs)
     return runs

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
 from pathlib import Path
 
 from simu_lightning.report.matched import at_forget_level
-from simu_lightning.report.runs import Run
+from simu_lightning.report.runs import Run, by_group, differing_settings, mixed_commits
 from simu_lightning.report.stats import mean_ci
 from simu_lightning.unlearning.stopping import Condition
 
@@ -67,10 +66,7 @@ def after_metrics(run: Run) -> dict[str, float]:
 
 
 def groups(runs: list[Run]) -> dict[str, list[Run]]:
-    by_group: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        by_group[run.group].append(run)
-    return dict(sorted(by_group.items()))
+    return by_group(runs)
 
 
 def summary_rows(runs: list[Run]) -> list[dict]:
@@ -234,6 +230,20 @@ def cell(row: dict | None) -> str:
     return f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
 
 
+def settings_lines(runs: list[Run]) -> list[str]:
+    """Which settings tell the groups apart (each group's name carries its values), and the groups
+    whose runs come from several commits."""
+    keys = differing_settings(runs)
+    lines = [
+        "Groups are runs with the same resolved configuration but for the seed, the paths and the logging; "
+        + (f"they differ in: {', '.join(f'`{k}`' for k in keys)}." if keys else "there is one configuration."),
+        "",
+    ]
+    for group, commits in mixed_commits(runs).items():
+        lines += [f"Warning: group {group} mixes git commits {', '.join(commits)}.", ""]
+    return lines
+
+
 def markdown(summary: list[dict], matched: list[dict], runs: list[Run], robustness: list[dict] | None = None) -> str:
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
@@ -245,6 +255,7 @@ def markdown(summary: list[dict], matched: list[dict], runs: list[Run], robustne
         + "; ".join(f"{g}: {', '.join(map(str, s)) or '?'}" for g, s in seeds.items())
         + ".",
         "",
+        *settings_lines(runs),
         "## After unlearning",
         "",
     ]
