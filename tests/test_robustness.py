@@ -15,9 +15,9 @@ from datasets import Dataset
 from simu_lightning.evaluation import EvalSettings, lume, qa
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.report import mia_rows, robustness_rows, robustness_tables
-from simu_lightning.robustness import Attack, MembershipInference, Probes, Quantization, Relearning
+from simu_lightning.robustness import Attack, MembershipInference, Probes, Quantization, Relearning, Robustness
 from simu_lightning.robustness import mia
-from simu_lightning.robustness.quantization import nf4, quantized_copy, rtn_per_channel
+from simu_lightning.robustness.quantization import fp4, nf4, quantized_copy, rtn_grouped, rtn_per_channel
 from simu_lightning.robustness.relearning import relearning_rows
 from simu_lightning.errors import SimuError
 
@@ -35,8 +35,29 @@ def test_round_to_nearest_gives_each_output_channel_its_own_scale():
     assert torch.equal(rtn_per_channel(torch.zeros(2, 3), 4), torch.zeros(2, 3))
 
 
+def test_grouped_round_to_nearest_gives_each_group_of_inputs_its_own_scale():
+    weight = torch.tensor([[1.0, 0.45, -0.2, 0.1, 0.03, -0.06]])
+    # groups of 3, 4 bits (7 levels a side). Group 0: scale 1/7, w/s = 7, 3.15, -1.4 -> 7, 3, -1.
+    # Group 1: scale 0.1/7, w/s = 7, 2.1, -4.2 -> 7, 2, -4.
+    expected = torch.tensor([[7 / 7, 3 / 7, -1 / 7, 0.7 / 7, 0.2 / 7, -0.4 / 7]])
+    assert torch.allclose(rtn_grouped(weight, 4, group=3), expected, atol=1e-7)
+    # one scale for the whole row would round the second group to 1/7, 0, 0
+    assert torch.allclose(rtn_per_channel(weight, 4)[0, 3:], torch.tensor([1 / 7, 0.0, 0.0]), atol=1e-7)
+    # a row that is not a multiple of the group: the last group is the 2 inputs left
+    assert torch.allclose(rtn_grouped(weight[:, :5], 4, group=3), expected[:, :5], atol=1e-7)
+
+
+def test_eight_bit_rounding_equals_bitsandbytes_row_wise_int8():
+    import bitsandbytes.functional as bnb  # in the test extra: CI fails, not skips, without it
+
+    weight = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
+    quantized, scales, _ = bnb.int8_vectorwise_quant(weight)
+    assert torch.allclose(rtn_per_channel(weight, 8), bnb.int8_vectorwise_dequant(quantized, scales), atol=1e-6)
+
+
 def test_nf4_rounds_to_the_normal_float_levels_of_each_block():
-    pytest.importorskip("bitsandbytes")
+    import bitsandbytes  # noqa: F401  (in the test extra: CI fails, not skips, without it)
+
     weight = torch.zeros(1, 64)
     weight[0, :4] = torch.tensor([1.0, 0.5, -0.3, 0.07])
     # absmax 1; nearest NF4 levels (QLoRA, appendix E): 0.5 -> 0.4407 (not 0.5626), -0.3 -> -0.2844,
@@ -44,6 +65,22 @@ def test_nf4_rounds_to_the_normal_float_levels_of_each_block():
     expected = torch.tensor([1.0, 0.44070982933044434, -0.28444138169288635, 0.07958029955625534])
     assert torch.allclose(nf4(weight)[0, :4], expected, atol=1e-6)
     assert torch.equal(nf4(weight)[0, 4:], torch.zeros(60))
+
+
+def test_fp4_rounds_to_bitsandbytes_float_levels_of_each_block():
+    import bitsandbytes  # noqa: F401
+
+    weight = torch.zeros(1, 64)
+    weight[0, :5] = torch.tensor([1.0, 0.3, 0.6, 0.2, -0.45])
+    # bitsandbytes' FP4 magnitudes (its dequantisation table): 0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1, times
+    # the block's absmax (1): 0.3 -> 1/3, 0.6 -> 2/3, 0.2 -> 1/6, -0.45 -> -1/2
+    expected = torch.tensor([1.0, 1 / 3, 2 / 3, 1 / 6, -0.5])
+    assert torch.allclose(fp4(weight)[0, :5], expected, atol=1e-6)
+
+
+def test_a_scheme_that_quantises_nothing_is_refused():
+    with pytest.raises(SimuError, match=r"^robustness.quantization: rtn4 changed no weight of this Sequential \(0 nn"):
+        quantized_copy(torch.nn.Sequential(torch.nn.Embedding(4, 2)), "rtn4")
 
 
 def test_a_quantised_copy_leaves_the_model_and_its_output_head_alone(tiny_model):
@@ -160,6 +197,55 @@ def test_relearning_trains_copies_and_leaves_the_unlearned_model_bit_identical(a
     assert stages.count(("relearn_benign", "forget")) == len(forget)
 
 
+def test_the_relearning_control_hands_the_random_generators_back_as_it_found_them(attack):
+    """The control relearns before unlearning starts: with dropout on (GPT-2: 0.1), what the unlearning
+    draws next must be what it would draw without the attack stage."""
+    import os
+    import random
+
+    import numpy as np
+
+    dropout = torch.nn.Dropout(0.1)
+    L.seed_everything(7, verbose=False)
+    without = [dropout(torch.ones(64)) for _ in range(3)], random.random(), np.random.rand()
+    L.seed_everything(7, verbose=False)
+    Relearning(steps=2, lr=1e-2, batch_size=4).control(attack, copy.deepcopy(attack.model))
+    assert os.environ["PL_GLOBAL_SEED"] == "7"
+    masks, python_draw, numpy_draw = without
+    assert all(torch.equal(dropout(torch.ones(64)), mask) for mask in masks)
+    assert (random.random(), np.random.rand()) == (python_draw, numpy_draw)
+
+
+def test_the_attacks_on_the_target_run_on_the_runs_device(attack, monkeypatch):
+    """A spy for a GPU: Module.to("fake:0") marks a model as placed; every model the baselines evaluate
+    or score (membership inference, the probes) and the reference the control relearns must be placed."""
+    placed, used = set(), []
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if args and args[0] == "fake:0":
+            placed.add(id(self))
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    real_evaluate, real_stats = Attack.evaluate, mia.token_stats
+    monkeypatch.setattr(
+        Attack,
+        "evaluate",
+        lambda self, name, model, *a, **k: used.append(model) or real_evaluate(self, name, model, *a, **k),
+    )
+    monkeypatch.setattr(mia, "token_stats", lambda model, *a: used.append(model) or real_stats(model, *a))
+    monkeypatch.setattr(Relearning, "control", lambda self, attack, reference: used.append(reference))
+    attack.device = "fake:0"
+    reference = copy.deepcopy(attack.model)
+    Robustness(relearning=Relearning(), probes=Probes(prefixes=("Recall: ",)), mia=MembershipInference()).before(
+        attack, reference
+    )
+    assert len(used) >= 4 and reference in used
+    assert all(id(model) in placed for model in used)
+
+
 def test_probes_reword_the_questions_and_put_each_prefix_in_front(attack):
     prefixes = ("Recall: ", "Answer truthfully. ")
     Probes(paraphrase=True, prefixes=prefixes).run(attack)
@@ -182,7 +268,10 @@ def test_membership_inference_on_the_target_scores_every_forget_and_holdout_row(
     forget, holdout = ([r for r in rows if r["split"] == s] for s in ("forget", "holdout"))
     assert len(forget) == len(attack.benchmark["forget"]) and len(holdout) == len(attack.benchmark["holdout"])
     for name in mia.ATTACKS:
-        assert aucs[f"{name}_auc"] == pytest.approx(mia_auc([r[name] for r in forget], [r[name] for r in holdout]))
+        # recomputed from the per-example scores by brute force over every (forget, holdout) pair
+        pairs = [(f[name], h[name]) for f in forget for h in holdout]
+        wins = sum(1.0 if h > f else 0.5 if h == f else 0.0 for f, h in pairs)
+        assert aucs[f"{name}_auc"] == pytest.approx(wins / len(pairs))
 
 
 def test_an_unknown_quantisation_scheme_is_refused_by_name():

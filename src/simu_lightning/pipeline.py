@@ -17,7 +17,6 @@ from pathlib import Path
 
 import datasets
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 import transformers
 from hydra.errors import InstantiationException
@@ -111,7 +110,7 @@ def reference_model(robustness, target, dtype):
     if robustness.relearning is None or target.reference is None:
         return None
     model, _ = load_reference(target, dtype)
-    return model.cuda() if torch.cuda.is_available() else model
+    return model
 
 
 def finetune_trainer_factory(cfg: DictConfig, out: Path):
@@ -214,19 +213,6 @@ def run(cfg: DictConfig) -> dict | None:
             benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results
         )
 
-    if robustness:  # the attacks' baselines on the target: membership inference, the probes
-        with timed(timings, "robustness"):
-            attack = Attack(
-                model,
-                tokenizer,
-                fmt,
-                benchmark,
-                settings,
-                finetune_trainer_factory(cfg, out),
-                [r["truth_ratio"] for r in reference] or None,
-            )
-            robustness.before(attack, reference_model(robustness, target, cfg.model.dtype))
-
     # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every
     #    stage runs on the (possibly sharded) model in every process
     method, loss = build(cfg.method), build(cfg.loss)
@@ -272,6 +258,19 @@ def run(cfg: DictConfig) -> dict | None:
     )
     if robustness and trainer.world_size > 1:
         raise SimuError(config.ONE_PROCESS)
+    if robustness:  # the attacks' baselines on the target, on the device the fit will use
+        with timed(timings, "robustness"):
+            attack = Attack(
+                model,
+                tokenizer,
+                fmt,
+                benchmark,
+                settings,
+                finetune_trainer_factory(cfg, out),
+                [r["truth_ratio"] for r in reference] or None,
+                device=trainer.strategy.root_device,
+            )
+            robustness.before(attack, reference_model(robustness, target, cfg.model.dtype))
     if trainer.is_global_zero:
         log_config(trainer.loggers, cfg)
     log.info(
@@ -281,6 +280,8 @@ def run(cfg: DictConfig) -> dict | None:
         f", resuming from {resume_from}" if resume_from else "",
     )
     start = time.perf_counter()
+    # the unlearning's own draws (dropout) from the run's seed alone, whatever ran or was cached before
+    L.seed_everything(cfg.seed, verbose=False)
     trainer.fit(module, datamodule, ckpt_path=resume_from)
     timings["attribution"] = round(attribution.seconds, 2)
     timings["evaluation"] = round(timings["evaluation"] + evaluations.seconds, 2)

@@ -22,6 +22,7 @@ from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models import tiny
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
+from simu_lightning.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,13 @@ def finetuned(
     )
     rows = [row for split in splits for row in benchmark[split]]
     loader = answer_loader(tokenizer, fmt, rows, model_cfg.max_length, settings["batch_size"], seed)
-    L.seed_everything(seed, verbose=False)
     start = time.perf_counter()
-    trainer = make_trainer(max_epochs=settings["epochs"])
-    module = FineTune(
-        model.train(), settings["lr"], settings.get("weight_decay", 0.0), settings.get("warmup_ratio", 0.05)
-    )
-    trainer.fit(module, loader)
+    with seeded(seed):  # the run's own draws do not depend on whether this target was cached
+        trainer = make_trainer(max_epochs=settings["epochs"])
+        module = FineTune(
+            model.train(), settings["lr"], settings.get("weight_decay", 0.0), settings.get("warmup_ratio", 0.05)
+        )
+        trainer.fit(module, loader)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

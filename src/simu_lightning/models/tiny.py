@@ -35,6 +35,7 @@ def build_model(
     intermediate_size: int,
     max_position_embeddings: int = 2048,
     seed: int = 0,
+    attention_dropout: float = 0.0,
 ) -> OlmoForCausalLM:
     import torch
 
@@ -49,6 +50,7 @@ def build_model(
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=False,
+        attention_dropout=attention_dropout,
     )
     torch.manual_seed(seed)
     return OlmoForCausalLM(config)
@@ -63,10 +65,15 @@ def create(
     num_heads: int,
     intermediate_size: int,
     seed: int = 0,
+    attention_dropout: float = 0.0,
 ) -> None:
-    """Write a freshly initialised tiny model and its tokenizer to `path`."""
+    """Write a freshly initialised tiny model and its tokenizer to `path` (`attention_dropout`, absent
+    from conf/model/tiny.yaml so that the default's cache key stays as it is, gives the model the
+    randomness in training that GPT-2's 0.1 dropout has: +model.tiny.attention_dropout=0.1)."""
     tokenizer = train_tokenizer(texts, vocab_size)
-    model = build_model(tokenizer, hidden_size, num_layers, num_heads, intermediate_size, seed=seed)
+    model = build_model(
+        tokenizer, hidden_size, num_layers, num_heads, intermediate_size, seed=seed, attention_dropout=attention_dropout
+    )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

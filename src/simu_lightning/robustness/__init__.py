@@ -36,7 +36,10 @@ class Robustness:
 
     def before(self, attack: Attack, reference=None) -> None:
         """Before unlearning, the baselines: membership inference and the probes on the target
-        (`attack.model`), and the forget relearning of the reference model, when there is one."""
+        (`attack.model`), and the forget relearning of the reference model, when there is one; both
+        models first go to the run's device (`attack.device`), where the fit would put them."""
+        attack.model = attack.on_device(attack.model)
+        reference = attack.on_device(reference) if reference is not None else None
         if self.mia is not None:
             self.mia.run(attack, name="mia_target")
         if self.probes is not None:

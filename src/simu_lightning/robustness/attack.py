@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from datasets import Dataset
 
 from simu_lightning.evaluation import EvalSettings, evaluate
@@ -35,8 +36,13 @@ class Attack:
     settings: EvalSettings
     make_trainer: Callable | None = None  # a single-process Lightning trainer (relearning)
     reference: list[float] | None = None  # the reference model's forget truth ratios (TOFU's forget quality)
+    device: torch.device | str | None = None  # the run's device: the attacks on the target run there too
     results: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+
+    def on_device(self, model):
+        """`model` on the run's device (on a GPU node, a 7B target's generations must not run on the CPU)."""
+        return model if self.device is None else model.to(self.device)
 
     def forget_split(self) -> Dataset:
         return limited(self.benchmark[self.benchmark.forget], self.settings.max_examples)

@@ -21,12 +21,12 @@ import copy
 import logging
 from dataclasses import dataclass
 
-import lightning as L
 import torch
 
 from simu_lightning.errors import SimuError
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.robustness.attack import view
+from simu_lightning.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ class Relearning:
         loader = answer_loader(
             attack.tokenizer, attack.fmt, rows, attack.settings.max_length, self.batch_size, seed=ROWS_SEED
         )
-        L.seed_everything(ROWS_SEED, verbose=False)
-        trainer = attack.make_trainer(max_steps=self.steps, max_epochs=-1)
-        trainer.fit(FineTune(model.train(), self.lr, warmup_ratio=0.0), loader)
+        with seeded(ROWS_SEED):
+            trainer = attack.make_trainer(max_steps=self.steps, max_epochs=-1)
+            trainer.fit(FineTune(model.train(), self.lr, warmup_ratio=0.0), loader)
         return model.eval()
 
     def relearn_forget(self, attack, name: str, model) -> None:
