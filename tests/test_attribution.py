@@ -114,8 +114,8 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
 
     forget = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
     llama, gpt2 = (
-        SimpleNamespace(architecture=ARCHITECTURES["llama"]),
-        SimpleNamespace(architecture=ARCHITECTURES["gpt2"]),
+        SimpleNamespace(architecture=ARCHITECTURES["llama"], compute_dtype=None),
+        SimpleNamespace(architecture=ARCHITECTURES["gpt2"], compute_dtype=None),
     )
     key = callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget)
     assert callback.NeuronAttribution(t=0.5, m=4, target_id="x").cache_key(llama, forget) == key  # t is applied after
@@ -126,8 +126,31 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
     )
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", mode="joint").cache_key(llama, forget) != key
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(gpt2, forget) != key
+    # FSDP2 mixed precision computes in bf16 although the weights are float32: not the float32 scores
+    bf16_compute = SimpleNamespace(architecture=ARCHITECTURES["llama"], compute_dtype="bfloat16")
+    bf16_key = callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(bf16_compute, forget)
+    assert bf16_key != key
+    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", dtype="bfloat16").cache_key(llama, forget) == bf16_key
     monkeypatch.setattr(callback, "ATTRIBUTION_FORMAT", callback.ATTRIBUTION_FORMAT + 1)
     assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget) != key
+
+
+def test_the_module_reports_bf16_compute_only_for_a_model_sharded_with_mixed_precision(tiny_model):
+    from simu_lightning.unlearning.losses import GradDiff
+    from simu_lightning.unlearning.methods import Method
+    from simu_lightning.unlearning.module import UnlearningModule
+
+    model, _ = tiny_model
+    method = Method(name="fo", trainable="all", optimizer=torch.optim.AdamW)
+    arch = architecture_of(model)
+    plain = UnlearningModule(model, method, GradDiff(), arch, parallel={"mixed_precision": "bf16"})
+    assert plain.compute_dtype is None  # not sharded (trainer=default): FSDP's policy never applies
+    for p in model.parameters():
+        p.device_mesh = "mesh"  # as fully_shard leaves them: DTensors on the strategy's device mesh
+    assert UnlearningModule(model, method, GradDiff(), arch, parallel={"mixed_precision": "bf16"}).compute_dtype == (
+        "bfloat16"
+    )
+    assert UnlearningModule(model, method, GradDiff(), arch, parallel={"mixed_precision": None}).compute_dtype is None
 
 
 def plain_integrated_gradients(model, projs, input_ids, target, alphas, weights):

@@ -1,7 +1,8 @@
 """The pre-fit callback that runs SIMU stage 1 when the method needs critical-neuron masks.
 
 Scores depend only on the target, the attributed examples (the forget set; with exclude_retain also
-the retain set), the score (selection.py), m, the quadrature rule, the mode, the dtype, the
+the retain set), the score (selection.py), m, the quadrature rule, the mode, the dtype they were
+computed in (the model's, or bf16 when FSDP2 all-gathers it in bf16), the
 architecture's module names and the attribution code (ATTRIBUTION_FORMAT), so they are cached under
 exactly that key; the threshold t, the random draw and the retain exclusion are applied after the
 cache, which makes a sweep over t (or over seeds of `selection=random`) cost one attribution. The masks travel in every
@@ -188,7 +189,7 @@ class NeuronAttribution(L.Callback):
             [(e["input_ids"], e["labels"]) for e in examples],
             score,
             *how,
-            self.dtype,
+            pl_module.compute_dtype or self.dtype,  # what attribution ran in: bf16 under FSDP mixed precision
             asdict(pl_module.architecture),
         )
 

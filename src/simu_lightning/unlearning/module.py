@@ -60,6 +60,13 @@ class UnlearningModule(L.LightningModule):
                     self.parallel.get("activation_checkpointing", False),
                 )
 
+    @property
+    def compute_dtype(self) -> str | None:
+        """The dtype the forward passes compute in when it is not the weights' own: bfloat16 on a model
+        sharded with parallel.mixed_precision=bf16 (FSDP2 all-gathers the parameters in bf16)."""
+        sharded = any(hasattr(p, "device_mesh") for p in self.model.parameters())
+        return "bfloat16" if sharded and self.parallel.get("mixed_precision") == "bf16" else None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hessian_tokens"] = self.hessian_tokens  # Sophia's bs until the next estimate
 
