@@ -1,9 +1,12 @@
 """Sophia against steps worked out by hand (see the numbers in the comments)."""
 
+import functools
+
 import pytest
 import torch
 
 from simu_lightning.optim import Sophia, sample_labels, sampled_label_loss
+from simu_lightning.optim import fused as fused_kernels
 from simu_lightning.data.formatting import IGNORE_INDEX
 
 LR, BETAS, RHO, WD, BS = 0.1, (0.9, 0.99), 0.5, 0.1, 2
@@ -11,6 +14,38 @@ LR, BETAS, RHO, WD, BS = 0.1, (0.9, 0.99), 0.5, 0.1, 2
 
 # every hand-computed step runs on both paths: eager, and compiled into one kernel per tensor
 FUSED = pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+
+
+@functools.cache
+def compile_unavailable() -> str | None:
+    """Why torch.compile cannot run here (no C++ compiler, say), or None."""
+    try:
+        torch.compile(lambda x: x * 2, fullgraph=True)(torch.ones(2))
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def compiled_path_ran(request, monkeypatch):
+    """A compiled case must run the compiled kernels: where compilation is unavailable it is skipped
+    with the reason, not run eagerly a second time (Sophia would fall back silently but for a warning)."""
+    callspec = getattr(request.node, "callspec", None)
+    if not (callspec and callspec.params.get("fused") is True):
+        yield
+        return
+    if compile_unavailable():
+        pytest.skip(f"torch.compile is unavailable here ({compile_unavailable()})")
+    calls = []
+    real = fused_kernels.Kernels.call
+    monkeypatch.setattr(
+        fused_kernels.Kernels,
+        "call",
+        lambda self, name, compiled, *a: calls.append(compiled) or real(self, name, compiled, *a),
+    )
+    yield
+    assert calls and all(calls), "the compiled case called the eager kernels"
+    assert fused_kernels.Kernels._unavailable is None, fused_kernels.Kernels._unavailable
 
 
 def one_step(masks=None, fused=False):
@@ -78,6 +113,8 @@ def test_a_column_mask_broadcasts_over_a_weight(fused):
 def test_the_compiled_step_equals_the_eager_step_on_random_tensors():
     """Several steps with masks of both kinds and a sign-flipping gradient; compiled and eager agree to
     rounding, and their clip rates and Hessian scales too."""
+    if compile_unavailable():
+        pytest.skip(f"torch.compile is unavailable here ({compile_unavailable()})")
     torch.manual_seed(0)
     shapes, runs = [(64, 32), (32,), (16, 64)], {}
     for fused in (False, True):
@@ -98,6 +135,7 @@ def test_the_compiled_step_equals_the_eager_step_on_random_tensors():
             [p.detach() for p in params] + [opt.state[p][k] for p in params for k in ("exp_avg", "hessian")],
             stats,
         )
+    assert fused_kernels.Kernels._unavailable is None and fused_kernels.Kernels._compiled  # the kernels did compile
     for eager, compiled in zip(runs[False][0], runs[True][0]):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-5)
