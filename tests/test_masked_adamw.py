@@ -59,3 +59,24 @@ def test_a_mask_that_does_not_broadcast_names_its_shape():
         MaskedAdamW(net.parameters(), masks={net.weight: torch.ones(1, 5, dtype=torch.bool)})
     with pytest.raises(ValueError, match="does not update"):
         MaskedAdamW([net.bias], masks={net.weight: torch.ones(1, 4, dtype=torch.bool)})
+
+
+def test_a_step_with_a_closure_holds_the_mask_too():
+    """Lightning's automatic optimisation steps with a closure that computes the gradients: the mask
+    must hold although no gradient exists when the step begins (set_to_none zeroing)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    mask = torch.tensor([True, False, True, False]).view(1, 4)
+    optimizer = MaskedAdamW([net.weight], lr=0.1, masks={net.weight: mask})
+    start = net.weight.detach().clone()
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+
+        def closure():
+            loss = net(torch.randn(8, 4)).square().mean()
+            loss.backward()
+            return loss
+
+        assert optimizer.step(closure) is not None
+    kept = mask.expand(3, 4)
+    assert torch.equal(net.weight.detach()[~kept], start[~kept]) and not torch.equal(net.weight[kept], start[kept])

@@ -46,9 +46,13 @@ class MaskedAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:  # first, so that the gradients it computes are there to be held
+            with torch.enable_grad():  # (Lightning's automatic optimisation steps with a closure)
+                loss = closure()
         held = self._held()
         fresh = [p for p in self.masks if p.grad is not None and not self.state[p]]
-        loss = super().step(closure)
+        super().step()
         for p in fresh:  # the moments were created by this step: before it they were zero
             held += [
                 (local(self.state[p][k]), self.masks[p], torch.zeros_like(local(self.state[p][k]))) for k in MOMENTS
