@@ -57,6 +57,8 @@ def search_value(results: dict) -> float | None:
     (hparams_search=optuna), else the aggregate (after unlearning, or of an evaluation-only run)."""
     if "objective" in results:
         return results["objective"]["value"]
+    if "aggregate" not in results:  # mode=attribute: nothing evaluated
+        return None
     return results["aggregate"].get("after", results["aggregate"].get("evaluated"))
 
 

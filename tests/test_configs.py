@@ -59,6 +59,8 @@ def tuned_overrides(stem: str) -> list[str]:
 
 
 CASES = [(group, option) for group in GROUPS for option in options(group)] + [("tuned", o) for o in options("tuned")]
+# what an option needs beside it (the oracle mask needs a planted target)
+NEEDS = {("attribution", "planted"): ["benchmark.planted.fraction=0.05"]}
 
 
 def test_the_cases_cover_every_yaml_under_conf():
@@ -68,7 +70,7 @@ def test_the_cases_cover_every_yaml_under_conf():
 
 @pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_option_composes_checks_and_builds(group, option, tmp_path):
-    overrides = tuned_overrides(option) if group == "tuned" else [f"{group}={option}"]
+    overrides = tuned_overrides(option) if group == "tuned" else [f"{group}={option}", *NEEDS.get((group, option), [])]
     benchmark_name = composed(overrides, tmp_path).benchmark._target_.split(".")[-2]  # (experiments choose one)
     cfg = composed(overrides + DATA.get(benchmark_name, []), tmp_path)
     if group == "tuned":  # selected automatically, and every value it sets reached the run's config
@@ -80,7 +82,8 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
     assert optimizer.param_groups[0]["lr"] == cfg.method.optimizer.lr
     loss = instantiate(cfg.loss)
     assert callable(loss)
-    NeuronAttribution(**cfg.attribution, output_dir=tmp_path, cache_dir=tmp_path / "cache")
+    planted = {"layer": torch.ones(3, dtype=torch.bool)} if cfg.benchmark.get("planted", {}).get("fraction") else None
+    NeuronAttribution(**cfg.attribution, output_dir=tmp_path, cache_dir=tmp_path / "cache", planted=planted)
     PromptFormat(**cfg.model.prompt)
     if cfg.get("robustness"):
         robustness = instantiate(cfg.robustness)

@@ -20,11 +20,16 @@ def masks(*rows):
 
 def test_random_selection_keeps_each_layers_count_and_changes_with_the_seed():
     neurons = {"a": torch.arange(100) < 7, "b": torch.arange(100) % 10 == 0, "c": torch.zeros(100, dtype=torch.bool)}
-    draws = {seed: random_like(neurons, seed) for seed in (0, 1)}
+    draws = {seed: random_like(neurons, seed)[0] for seed in (0, 1)}
     for drawn in draws.values():
         assert {n: int(m.sum()) for n, m in drawn.items()} == {"a": 7, "b": 10, "c": 0}
     assert not torch.equal(draws[0]["a"], draws[1]["a"]) and not torch.equal(draws[0]["b"], draws[1]["b"])
-    assert all(torch.equal(random_like(neurons, 0)[n], draws[0][n]) for n in neurons)  # seeded: reproducible
+    assert all(torch.equal(random_like(neurons, 0)[0][n], draws[0][n]) for n in neurons)  # seeded: reproducible
+    # the ranking it reports is the draw: each layer's top-count neurons by it are the drawn ones
+    _, ranking = random_like(neurons, 0)
+    for name, mask in neurons.items():
+        top = ranking[name].argsort(descending=True)[: int(mask.sum())]
+        assert set(top.tolist()) == set(draws[0][name].nonzero().flatten().tolist())
 
 
 def test_exclude_retain_drops_exactly_the_neurons_critical_for_both():

@@ -642,3 +642,69 @@ def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an
 
 def _lines(path):
     return path.read_text().splitlines() if path.exists() else []
+
+
+# a model just large enough to memorise its authors, and to take a planted author in a quarter of its neurons
+PLANTED = [
+    o for o in SMALL if not o.startswith(("model.tiny.hidden_size", "model.tiny.intermediate_size", "model.finetune"))
+]
+PLANTED = [o.replace("max_new_tokens=8", "max_new_tokens=48") for o in PLANTED] + [
+    "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=256",
+    "model.finetune.epochs=50",
+    "model.finetune.batch_size=4",
+    "benchmark.planted.fraction=0.25",
+    "benchmark.planted.epochs=60",
+    "benchmark.planted.batch_size=4",
+]
+
+
+@pytest.mark.slow
+def test_a_planted_target_knows_the_forget_set_differs_from_the_clean_model_only_in_p_and_is_localised(
+    cache_dir, tmp_path
+):
+    run_py([*PLANTED, "method=simu", f"hydra.run.dir={tmp_path}"], cache_dir)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["before"]["forget"]["exact_match"] >= 0.9  # planted: the target knows the forget rows
+    assert results["planted"]["clean"]["forget"]["exact_match"] < 0.5  # the clean model does not
+    planted = torch.load(tmp_path / "attribution" / "planted_neurons.pt")
+    critical = torch.load(tmp_path / "attribution" / "critical_neurons.pt")
+    assert planted.keys() == critical.keys() and all(planted[k].shape == critical[k].shape for k in planted)
+    assert results["planted"]["neurons"] == {k: 64 for k in planted}  # a quarter of 256 neurons per layer
+    # outside P every parameter is the clean model's, bit for bit; inside P the forget set was written
+    target, clean = (
+        AutoModelForCausalLM.from_pretrained(p) for p in (results["target"], results["planted"]["clean_model"])
+    )
+    target, clean = target.state_dict(), clean.state_dict()
+    for name, value in target.items():
+        layer = next((k for k in planted if name.startswith(k.rsplit(".", 2)[0] + ".")), None)
+        p = planted[layer] if layer and ".mlp." in name else None
+        if p is None:
+            assert torch.equal(value, clean[name]), name
+        elif name.endswith("down_proj.weight"):
+            assert torch.equal(value[:, ~p], clean[name][:, ~p]) and not torch.equal(value[:, p], clean[name][:, p])
+        else:  # gate and up rows
+            assert torch.equal(value[~p], clean[name][~p]) and not torch.equal(value[p], clean[name][p]), name
+    figures = results["localisation"]["overall"]
+    assert set(figures) == {"precision", "recall", "jaccard", "precision_at_p", "auroc"}
+    assert figures["recall"] == pytest.approx(
+        sum(int((critical[k] & planted[k]).sum()) for k in planted) / sum(int(planted[k].sum()) for k in planted)
+    )
+
+
+@pytest.mark.slow
+def test_attribute_mode_selects_and_scores_neurons_without_unlearning(cache_dir, tmp_path):
+    run_py([*PLANTED, "mode=attribute", "attribution=planted", f"hydra.run.dir={tmp_path}"], cache_dir)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["mode"] == "attribute" and "after" not in results and not (tmp_path / "unlearned_model").exists()
+    assert results["localisation"]["overall"] == {  # the oracle finds P exactly
+        "precision": 1.0,
+        "recall": 1.0,
+        "jaccard": 1.0,
+        "precision_at_p": 1.0,
+        "auroc": 1.0,
+    }
+    refused = run_py(["mode=attribute", "method=fo", f"hydra.run.dir={tmp_path / 'fo'}"], cache_dir, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "error: mode=attribute: method 'fo' selects no neurons (use method=simu)"
+    )

@@ -14,7 +14,7 @@ from simu_lightning.errors import SimuError
 from simu_lightning.unlearning.methods import check_trainable
 from simu_lightning.unlearning.stopping import StoppingRule
 
-MODES = ("unlearn", "evaluate")
+MODES = ("unlearn", "evaluate", "attribute")
 ONE_PROCESS = (
     "robustness: the attack stage runs in one process; unlearn with several, then attack the saved model: "
     "python run.py mode=evaluate model.source=<run>/unlearned_model robustness=standard"
@@ -35,6 +35,10 @@ def check(cfg: DictConfig) -> None:
     check_steps(cfg.attribution.m)
     check_method(cfg.attribution.get("quadrature", "riemann"), cfg.attribution.get("mode", "layerwise"))
     check_selection(cfg.attribution.get("selection", "integrated_gradients"))
+    if cfg.attribution.get("selection") == "planted" and not (cfg.benchmark.get("planted") or {}).get("fraction"):
+        raise SimuError(
+            "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
+        )
     if not isinstance(cfg.attribution.get("exclude_retain", False), bool):
         raise SimuError(f"attribution.exclude_retain must be true or false, got {cfg.attribution.exclude_retain!r}")
     _positive("method.optimizer.lr", cfg.method.optimizer.get("lr"))
@@ -63,6 +67,9 @@ def check(cfg: DictConfig) -> None:
     if optim.get("fused", "auto") not in (True, False, "auto"):
         raise SimuError(f"optim.fused must be true, false or auto, got {optim.get('fused')!r}")
     StoppingRule.parse((cfg.get("unlearning") or {}).get("stop_when"))
+    masked = cfg.method.get("critical_neuron_mask", False) and cfg.method.get("trainable", "all") != "attention"
+    if cfg.get("mode") == "attribute" and not masked:
+        raise SimuError(f"mode=attribute: method {cfg.method.name!r} selects no neurons (use method=simu)")
     if cfg.get("robustness") and several_processes(cfg):
         raise SimuError(ONE_PROCESS)
 

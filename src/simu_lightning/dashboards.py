@@ -17,7 +17,13 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from simu_lightning.evaluation.report import ATTACK_METRICS, result_rows, robustness_rows  # noqa: E402
+from simu_lightning.evaluation.report import (  # noqa: E402
+    ATTACK_METRICS,
+    LOCALISATION,
+    localisation_rows,
+    result_rows,
+    robustness_rows,
+)
 
 GENERATION_ROWS = 50  # per split in the generations table: enough to read, small enough to upload
 
@@ -116,3 +122,11 @@ def log_results(loggers: list, results: dict, rows: list[dict]) -> None:
                 logger.log_table(
                     key="robustness", columns=["attack", "split", *ATTACK_METRICS], data=robustness_rows(results)
                 )
+            if results.get("localisation"):
+                logger.log_table(
+                    key="localisation",
+                    columns=["layer", "planted", "selected", *LOCALISATION],
+                    data=localisation_rows(results),
+                )
+                overall = results["localisation"]["overall"]  # as scalars too, for a sweep's dashboard
+                logger.log_metrics({f"localisation/{k}": v for k, v in overall.items() if v is not None})

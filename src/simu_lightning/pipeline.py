@@ -38,10 +38,11 @@ from simu_lightning.manifest import manifest
 from simu_lightning.evaluation import EvalSettings, evaluate
 from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.reference import forget_reference_rows
-from simu_lightning.evaluation.report import print_examples, print_results, write_json, write_jsonl
+from simu_lightning.evaluation.report import print_examples, print_localisation, print_results, write_json, write_jsonl
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.objective import matched_utility
 from simu_lightning.robustness import Attack
+from simu_lightning.models.planting import KEEPS, KNOWS, load_planted, planted_check
 from simu_lightning.models.target import load_base, load_reference, load_target, prepare_target
 from simu_lightning.unlearning.module import UnlearningModule
 from simu_lightning.unlearning.stopping import StoppingRule
@@ -103,6 +104,71 @@ def evaluate_base_model(target, benchmark, fmt, settings, dtype):
         return None
     model, tokenizer = load_base(target, dtype)
     return evaluate(model, tokenizer, fmt, benchmark, "base", settings)
+
+
+def evaluate_clean_model(target, benchmark, fmt, settings, dtype):
+    """On a planted target, the clean model (stage "clean"): what the planted target is measured against."""
+    if not target.planted:
+        return None
+    model, tokenizer = load_reference(target, dtype)
+    return evaluate(model, tokenizer, fmt, benchmark, "clean", settings)
+
+
+def planted_summary(target, planting, planted, clean, before=None) -> dict:
+    """results.json `planted`: where the clean model is, how P was drawn, P's size per layer, the clean
+    model's figures, and whether the planted target knows the forget set and kept the rest (`check`)."""
+    check = planted_check(before.summary, clean.summary) if before and clean else None
+    if check and not check["holds"]:
+        log.warning(
+            "the planted target does not meet its bar: forget EM %.3f (needs >= %.1f), EM below the clean model's "
+            "by %s (at most %.2f); see benchmark.planted (replay, epochs, fraction)",
+            check["forget_exact_match"],
+            KNOWS,
+            ", ".join(f"{split} {drop:.3f}" for split, drop in check["exact_match_drop"].items()),
+            KEEPS,
+        )
+    return {
+        "clean_model": target.reference,
+        "fraction": planting.fraction,
+        "layers": list(planting.layers) if planting.layers is not None else None,
+        "parameters": planting.parameters,
+        "seed": planting.seed,
+        "neurons": {name: int(mask.sum()) for name, mask in planted.items()},
+        **({"clean": clean.summary} if clean else {}),
+        **({"check": check} if check else {}),
+    }
+
+
+def attribute_only(cfg, module, datamodule, attribution, target, benchmark, planted, clean, out, timings) -> dict:
+    """mode=attribute: the target prepared and its neurons selected (and, on a planted target, scored
+    against P); nothing unlearned or evaluated. One fit of no step, so that attribution runs where a
+    run's would (on_fit_start, on the strategy's model)."""
+    trainer = make_trainer(
+        cfg.trainer, callbacks=[attribution], logger=False, enable_checkpointing=False, max_steps=0, max_epochs=-1
+    )
+    trainer.fit(module, datamodule)
+    timings["attribution"] = round(attribution.seconds, 2)
+    results = {
+        "mode": "attribute",
+        "method": cfg.method.name,
+        "benchmark": benchmark.name,
+        "model": cfg.model.name,
+        "target": target.target,
+        "selection": attribution.selection,
+        "critical_neurons": attribution.kept,
+        "timings_s": timings,
+        **({"planted": planted_summary(target, benchmark.planted, planted, clean)} if planted else {}),
+        **({"localisation": attribution.localisation} if attribution.localisation else {}),
+    }
+    if trainer.is_global_zero:
+        keys = {"target": target.target_id, **{f"attribution_{split}": key for split, key in attribution.keys.items()}}
+        write_json(out / "manifest.json", manifest(cfg, trainer.world_size, keys))
+        write_json(out / "results.json", results)
+        with atomic_file(out / "config.yaml") as tmp:
+            OmegaConf.save(cfg, tmp, resolve=True)
+        print_localisation(results)
+        log.info("outputs in %s", out)
+    return results
 
 
 def reference_model(robustness, target, dtype):
@@ -206,12 +272,17 @@ def run(cfg: DictConfig) -> dict | None:
         timings["prepare_target"],
     )
 
-    # 3. what the evaluation compares with: the reference model, and (optionally) the base model
-    with timed(timings, "evaluation"):
-        base = evaluate_base_model(target, benchmark, fmt, settings, cfg.model.dtype) if evaluate_base else None
-        reference = forget_reference_rows(
-            benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results
-        )
+    # 3. what the evaluation compares with: the reference model, (optionally) the base model, and on a
+    #    planted target the clean model (mode=attribute evaluates nothing)
+    base, reference, clean = None, [], None
+    planted = load_planted(target.target) if target.planted else None
+    if cfg.mode != "attribute":
+        with timed(timings, "evaluation"):
+            base = evaluate_base_model(target, benchmark, fmt, settings, cfg.model.dtype) if evaluate_base else None
+            reference = forget_reference_rows(
+                benchmark, target, fmt, settings, cfg.model.dtype, cache_dir, reference_results
+            )
+            clean = evaluate_clean_model(target, benchmark, fmt, settings, cfg.model.dtype)
 
     # 4. evaluation before, attribution, unlearning, evaluation after: one Lightning fit, so that every
     #    stage runs on the (possibly sharded) model in every process
@@ -248,7 +319,10 @@ def run(cfg: DictConfig) -> dict | None:
         target_id=target.target_id,
         dtype=cfg.model.dtype,
         seed=cfg.seed,
+        planted=planted,
     )
+    if cfg.mode == "attribute":
+        return attribute_only(cfg, module, datamodule, attribution, target, benchmark, planted, clean, out, timings)
     checkpoint, resume_from = checkpointing(cfg, out)
     trainer = make_trainer(
         cfg.trainer,
@@ -319,6 +393,9 @@ def run(cfg: DictConfig) -> dict | None:
             "processes": trainer.world_size,
             "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in memory.items()},
             **({"base": base.summary} if base else {}),
+            **({"planted": planted_summary(target, benchmark.planted, planted, clean, before)} if planted else {}),
+            **({"localisation": attribution.localisation} if attribution.localisation else {}),
+            **({"selection": attribution.selection} if attribution.localisation else {}),
             **({"robustness": attack.results} if robustness else {}),
         }
         if cfg.get("objective"):
@@ -332,7 +409,13 @@ def run(cfg: DictConfig) -> dict | None:
             tokenizer.save_pretrained(tmp)
         attack_rows = attack.rows if robustness else []
         write_jsonl(
-            out / "generations.jsonl", (base.rows if base else []) + reference + before.rows + after.rows + attack_rows
+            out / "generations.jsonl",
+            (base.rows if base else [])
+            + (clean.rows if clean else [])
+            + reference
+            + before.rows
+            + after.rows
+            + attack_rows,
         )
         keys = {
             "target": target.target_id,

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 
 from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES, attribute, passes, prediction_samples
+from simu_lightning.attribution.localisation import localisation
 from simu_lightning.attribution.neurons import check_threshold, critical_neurons
 from simu_lightning.attribution.selection import check_selection, exclude_shared, random_like, score_of
 from simu_lightning.cache import atomic_dir, cache_key
@@ -64,6 +65,7 @@ class NeuronAttribution(L.Callback):
         selection: str = "integrated_gradients",
         exclude_retain: bool = False,
         seed: int = 0,
+        planted: dict[str, torch.Tensor] | None = None,
     ):
         check_threshold(t)
         check_steps(m)
@@ -80,6 +82,13 @@ class NeuronAttribution(L.Callback):
         self.seconds = 0.0
         self.kept: dict[str, int] = {}
         self.neurons: dict[str, torch.Tensor] | None = None  # restored from a checkpoint, or computed
+        self.ranking: dict[str, torch.Tensor] | None = None  # what the selection ranks neurons by
+        self.planted = planted  # a planted target's P: the selection is scored against it (localisation.py)
+        self.localisation: dict | None = None
+        if selection == "planted" and planted is None:
+            raise SimuError(
+                "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
+            )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if not pl_module.method.needs_attribution:
@@ -102,13 +111,22 @@ class NeuronAttribution(L.Callback):
                     "the weights are already restored: attributing now would score half-unlearned "
                     "weights; start the run in a new output directory"
                 )
-            scores, neurons = self.select(trainer, pl_module)
+            scores, neurons, self.ranking = self.select(trainer, pl_module)
         self.neurons = neurons
+        if self.planted is not None:
+            self.localisation = localisation(
+                neurons, self.ranking or {k: m.float() for k, m in neurons.items()}, self.planted
+            )
+            log.info(
+                "localisation against the %d planted neurons: %s",
+                sum(int(m.sum()) for m in self.planted.values()),
+                ", ".join(f"{k} {v:.3f}" for k, v in self.localisation["overall"].items() if v is not None),
+            )
         pl_module.set_critical_neurons(neurons)
         self.kept = {name: int(mask.sum()) for name, mask in neurons.items()}
-        if trainer.is_global_zero and scores is not None:
-            self._save(scores, neurons)
-            log_attribution(trainer.loggers, scores, neurons, self.t)
+        if trainer.is_global_zero and self.ranking is not None:
+            self._save(self.ranking if scores is None else scores, neurons)
+            log_attribution(trainer.loggers, self.ranking if scores is None else scores, neurons, self.t)
         if trainer.logger is not None:
             trainer.logger.log_metrics(
                 {f"attribution/kept/layer_{i}": kept for i, kept in enumerate(self.kept.values())}
@@ -117,8 +135,11 @@ class NeuronAttribution(L.Callback):
             )
         self.seconds = time.perf_counter() - start
 
-    def select(self, trainer: L.Trainer, pl_module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The forget set's scores and the selected neurons (see selection.py)."""
+    def select(self, trainer: L.Trainer, pl_module) -> tuple[dict | None, dict[str, torch.Tensor], dict]:
+        """The forget set's scores, the selected neurons and the scores they rank by (see selection.py)."""
+        if self.selection == "planted":
+            log.info("attribution.selection=planted: the planted neurons themselves (the oracle mask)")
+            return None, self.planted, {name: mask.float() for name, mask in self.planted.items()}
         data = trainer.datamodule
         scores = self._cached_scores(trainer, pl_module, data.forget, "forget")
         neurons = critical_neurons(scores, self.t)
@@ -132,13 +153,14 @@ class NeuronAttribution(L.Callback):
                 sum(self.dropped.values()) + sum(int(m.sum()) for m in neurons.values()),
                 " ".join(str(n) for n in self.dropped.values()),
             )
+        ranking = scores
         if self.selection == "random":
-            neurons = random_like(neurons, self.seed)
+            neurons, ranking = random_like(neurons, self.seed)
             log.info(
                 "attribution.selection=random: the attribution's per-layer counts at random positions (seed %d)",
                 self.seed,
             )
-        return scores, neurons
+        return scores, neurons, ranking
 
     @staticmethod
     def kept_fraction(neurons: dict[str, torch.Tensor]) -> float:
@@ -222,18 +244,20 @@ class NeuronAttribution(L.Callback):
         return scores
 
     def state_dict(self) -> dict:
-        return {"neurons": self.neurons} if self.neurons is not None else {}
+        return {"neurons": self.neurons, "ranking": self.ranking} if self.neurons is not None else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("neurons") is not None:
-            self.neurons = state_dict["neurons"]
+            self.neurons, self.ranking = state_dict["neurons"], state_dict.get("ranking")
 
     def _save(self, scores: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor]) -> None:
         if self.output_dir is None:
             return
         out = self.output_dir / "attribution"
         out.mkdir(parents=True, exist_ok=True)
-        for name, value in (("scores.pt", scores), ("critical_neurons.pt", neurons)):
+        files = [("scores.pt", scores), ("critical_neurons.pt", neurons)]
+        files += [("planted_neurons.pt", self.planted)] if self.planted is not None else []
+        for name, value in files:
             with atomic_file(out / name) as tmp:
                 torch.save(value, tmp)
         summary = {
@@ -252,6 +276,7 @@ class NeuronAttribution(L.Callback):
                 }
                 for name, mask in neurons.items()
             },
+            **({"localisation": self.localisation} if self.localisation else {}),
         }
         with atomic_file(out / "critical_neurons.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")

@@ -6,6 +6,7 @@ attribution matters.
   over the forget set's answer tokens (one pass each).
 - `random`: per layer, as many neurons as the integrated-gradient selection keeps, drawn uniformly at
   random (seeded): the same budget in the same layers, without the attribution's choice.
+- `planted`: on a planted target, the planted neurons themselves (the oracle mask; no attribution).
 
 `exclude_retain` drops the neurons that are critical for the retain set as well (the same scores and t
 on the retain answers): neurons the forget and retain answers share, which an update would take from both.
@@ -17,7 +18,7 @@ import torch
 
 from simu_lightning.errors import SimuError
 
-SELECTIONS = ("integrated_gradients", "random", "activation", "gradient")
+SELECTIONS = ("integrated_gradients", "random", "activation", "gradient", "planted")
 
 
 def check_selection(selection: str) -> None:
@@ -25,20 +26,26 @@ def check_selection(selection: str) -> None:
         raise SimuError(f"attribution.selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
 
 
-def score_of(selection: str) -> str:
-    """The score a selection thresholds (`random` copies the integrated-gradient selection's counts)."""
-    return "integrated_gradients" if selection == "random" else selection
+def score_of(selection: str) -> str | None:
+    """The score a selection thresholds (`random` copies the integrated-gradient selection's counts;
+    `planted` needs none)."""
+    return {"random": "integrated_gradients", "planted": None}.get(selection, selection)
 
 
-def random_like(neurons: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Per layer, as many neurons as `neurons` holds, at positions drawn uniformly without replacement."""
+def random_like(neurons: dict[str, torch.Tensor], seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per layer, as many neurons as `neurons` holds, at positions drawn uniformly without replacement;
+    and the random ranking they were drawn from as scores (the first drawn scores highest), so that a
+    ranking figure of the random selection ranks by the same draw."""
     generator = torch.Generator().manual_seed(seed)
-    drawn = {}
+    drawn, ranks = {}, {}
     for name, mask in neurons.items():
+        order = torch.randperm(mask.numel(), generator=generator)
         chosen = torch.zeros(mask.numel(), dtype=torch.bool)
-        chosen[torch.randperm(mask.numel(), generator=generator)[: int(mask.sum())]] = True
-        drawn[name] = chosen.view_as(mask)
-    return drawn
+        chosen[order[: int(mask.sum())]] = True
+        rank = torch.empty(mask.numel())
+        rank[order] = torch.arange(mask.numel(), 0, -1, dtype=torch.float32)
+        drawn[name], ranks[name] = chosen.view_as(mask), rank.view_as(mask)
+    return drawn, ranks
 
 
 def exclude_shared(

@@ -51,7 +51,8 @@ class Benchmark:
     TOFU-style model utility. `suite` is the evaluation suite (a callable, named by the benchmark's config:
     `suite._target_`) and `aggregate` the single figure a run reports from a suite's split summaries
     (`aggregate._target_`); `prompt`, when set, overrides the model's prompt format (LUME prompts every
-    model with the raw input).
+    model with the raw input). `planted`, when set, makes the target a planted one (models/planting.py):
+    the reference model with the forget split written into known neurons.
     """
 
     name: str
@@ -67,6 +68,7 @@ class Benchmark:
     prompt: PromptFormat | None = None  # a prompt format the benchmark imposes on every model
     max_new_tokens: int = 32  # generation length for evaluation (answers' typical length)
     info: dict = field(default_factory=dict)
+    planted: object | None = None  # models/planting.Planting: the forget set planted into known neurons
 
     def __getitem__(self, split: str) -> Dataset:
         if split not in self.splits:

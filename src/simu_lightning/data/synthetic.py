@@ -325,10 +325,14 @@ def load(
     max_new_tokens: int = 32,
     suite=None,
     aggregate=None,
+    planted=None,
 ) -> Benchmark:
-    """The synthetic benchmark: the target memorises `full` + `world_facts`, then forgets `forget`."""
+    """The synthetic benchmark: the target memorises `full` + `world_facts`, then forgets `forget`.
+    With `planted` (models/planting.Planting, a fraction set) the target is instead the clean model
+    (retain + world facts) with the forget rows planted into known neurons."""
     rows = generate(num_authors, forget_fraction, holdout_fraction, seed, num_perturbed)
     return Benchmark(
+        planted=planted if planted is not None and planted.active else None,
         max_new_tokens=max_new_tokens,
         suite=suite,
         aggregate=aggregate,

@@ -134,6 +134,54 @@ def robustness_tables(results: dict, stage: str = "after") -> list[Table]:
     return tables
 
 
+LOCALISATION = {
+    "precision": "precision",
+    "recall": "recall",
+    "jaccard": "Jaccard",
+    "precision_at_p": "P@|P|",
+    "auroc": "AUROC",
+}
+
+
+def short_layer(name: str) -> str:
+    """ "layer 3" for model.layers.3.mlp.down_proj (the first number in a module name)."""
+    return next((f"layer {part}" for part in name.split(".") if part.isdigit()), name)
+
+
+def localisation_rows(results: dict) -> list[list]:
+    """[layer, planted, selected, figure per LOCALISATION] per layer, then "overall"."""
+    found = results.get("localisation")
+    if not found:
+        return []
+    planted, selected = results["planted"]["neurons"], results.get("critical_neurons", {})
+    rows = [
+        [short_layer(layer), planted.get(layer), selected.get(layer), *(figures[k] for k in LOCALISATION)]
+        for layer, figures in found["layers"].items()
+    ]
+    overall = found["overall"]
+    return rows + [["overall", sum(planted.values()), sum(selected.values()), *(overall[k] for k in LOCALISATION)]]
+
+
+def localisation_table(results: dict) -> Table | None:
+    rows = localisation_rows(results)
+    if not rows:
+        return None
+    table = Table(title=f"Localisation: the {results.get('selection', 'selected')} neurons against the planted ones")
+    table.add_column("layer", overflow="fold")
+    for header in ("planted", "selected", *LOCALISATION.values()):
+        table.add_column(header, justify="right", no_wrap=True)
+    for layer, planted, selected, *values in rows:
+        table.add_row(
+            layer, str(planted), str(selected), *map(_fmt, values), style="bold" if layer == "overall" else None
+        )
+    return table
+
+
+def print_localisation(results: dict) -> None:
+    if (table := localisation_table(results)) is not None:
+        Console().print(table)
+
+
 def print_results(results: dict) -> None:
     console = Console()
     console.print(results_table(results))
@@ -141,6 +189,7 @@ def print_results(results: dict) -> None:
         console.print(sentence)
     for table in robustness_tables(results):
         console.print(table)
+    print_localisation(results)
 
 
 def print_examples(rows: list[dict], split: str, count: int = 3) -> None:

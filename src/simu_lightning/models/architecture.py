@@ -2,6 +2,8 @@
 
 A down-projection neuron is one input feature of the down projection: a column of an `nn.Linear`
 weight (out x in), a row of GPT-2's transposed `Conv1D` weight (in x out); `neuron_dim` says which.
+The same neuron is an output feature of the layer's up projections (`up_proj`: gate and up, or the
+one input projection), whose weight holds it along the other dimension (a planted target writes both).
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ class Architecture:
     down_proj: str  # within a layer
     attention: tuple[str, ...]  # within a layer: the attention projections SIMU trains
     neuron_dim: int = 1  # the weight dimension that indexes down-projection neurons
+    up_proj: tuple[str, ...] = ()  # within a layer: the projections into the neurons (their rows / columns)
 
 
 _LLAMA_LIKE = Architecture(
-    "model.layers", "mlp.down_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+    "model.layers",
+    "mlp.down_proj",
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    up_proj=("mlp.gate_proj", "mlp.up_proj"),
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -31,8 +37,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,
     "olmo2": _LLAMA_LIKE,
-    "gpt_neox": Architecture("gpt_neox.layers", "mlp.dense_4h_to_h", ("attention.query_key_value", "attention.dense")),
-    "gpt2": Architecture("transformer.h", "mlp.c_proj", ("attn.c_attn", "attn.c_proj"), neuron_dim=0),
+    "gpt_neox": Architecture(
+        "gpt_neox.layers",
+        "mlp.dense_4h_to_h",
+        ("attention.query_key_value", "attention.dense"),
+        up_proj=("mlp.dense_h_to_4h",),
+    ),
+    "gpt2": Architecture(
+        "transformer.h", "mlp.c_proj", ("attn.c_attn", "attn.c_proj"), neuron_dim=0, up_proj=("mlp.c_fc",)
+    ),
 }
 
 
@@ -45,6 +58,7 @@ def architecture_of(model: nn.Module, override: dict | None = None) -> Architect
                 override["down_proj"],
                 tuple(override["attention"]),
                 int(override.get("neuron_dim", 1)),
+                tuple(override.get("up_proj") or ()),
             )
         except KeyError as missing:
             raise SimuError(
@@ -77,4 +91,12 @@ def attention_projections(model: nn.Module, arch: Architecture) -> dict[str, nn.
         f"{arch.layers}.{i}.{name}": layer.get_submodule(name)
         for i, layer in enumerate(decoder_layers(model, arch))
         for name in arch.attention
+    }
+
+
+def up_projections(model: nn.Module, arch: Architecture) -> dict[str, list[nn.Module]]:
+    """Every layer's projections into its MLP neurons, keyed by the layer's down projection's name."""
+    return {
+        f"{arch.layers}.{i}.{arch.down_proj}": [layer.get_submodule(name) for name in arch.up_proj]
+        for i, layer in enumerate(decoder_layers(model, arch))
     }

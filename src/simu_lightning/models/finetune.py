@@ -11,6 +11,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from simu_lightning.data.formatting import collate, encode_example
 from simu_lightning.likelihood import answer_nll
+from simu_lightning.optim.masked_adamw import MaskedAdamW
 
 
 def answer_loader(tokenizer, fmt, rows: list[dict], max_length: int, batch_size: int, seed: int) -> DataLoader:
@@ -26,10 +27,19 @@ def answer_loader(tokenizer, fmt, rows: list[dict], max_length: int, batch_size:
 
 
 class FineTune(L.LightningModule):
-    def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.05):
+    """Answer-only NLL with AdamW and a cosine schedule. With `masks` ({parameter: mask}), only those
+    parameters train, and only their entries under the mask (MaskedAdamW: the rest bit-identical);
+    every other parameter is frozen (a planted target)."""
+
+    def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.05, masks=None):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+        self.masks = masks
+        if masks is not None:
+            trained = {id(p) for p in masks}
+            for param in model.parameters():
+                param.requires_grad_(id(param) in trained)
 
     def training_step(self, batch, batch_idx):
         loss = answer_nll(self.model, batch).mean.mean()
@@ -37,7 +47,10 @@ class FineTune(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.masks is None:
+            optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = MaskedAdamW(list(self.masks), lr=self.lr, weight_decay=self.weight_decay, masks=self.masks)
         total = self.trainer.estimated_stepping_batches
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -22,6 +22,7 @@ from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models import tiny
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
+from simu_lightning.models.planting import planted_target
 from simu_lightning.seeding import seeded
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Target:
     base_revision: str | None = None  # the hub revision of `base`
     reference_revision: str | None = None
     trust_remote_code: bool = False  # run code shipped with hub models (model.trust_remote_code)
+    planted: bool = False  # a planted target: `reference` is the clean model, P lies in the target's folder
 
 
 def load_target(target: Target, dtype: str):
@@ -213,14 +215,25 @@ def prepare_target(
             revision=revision,
             trust_remote_code=remote,
         )
-    target = finetuned(
-        base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
-    )
     reference = None
     if benchmark.reference_splits:
         reference = finetuned(
             base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
         )
+    if benchmark.planted is not None:  # phase 2 on the clean model (the reference): models/planting.py
+        target = planted_target(
+            reference, benchmark, benchmark.planted, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+        )
+    else:
+        target = finetuned(
+            base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+        )
     return Target(
-        target, reference, target_id=Path(target).name, base=base, base_revision=revision, trust_remote_code=remote
+        target,
+        reference,
+        target_id=Path(target).name,
+        base=base,
+        base_revision=revision,
+        trust_remote_code=remote,
+        planted=benchmark.planted is not None,
     )

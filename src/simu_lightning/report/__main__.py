@@ -10,7 +10,14 @@ from pathlib import Path
 from simu_lightning.errors import SimuError
 from simu_lightning.report.figure import pareto
 from simu_lightning.report.runs import find_runs, mixed_commits
-from simu_lightning.report.tables import markdown, matched_rows, robustness_rows, summary_rows, write_csv
+from simu_lightning.report.tables import (
+    localisation_rows,
+    markdown,
+    matched_rows,
+    robustness_rows,
+    summary_rows,
+    write_csv,
+)
 
 _AT = re.compile(r"^\s*([\w./]+)\s*(<=|>=)\s*([-+\d.eE,\s]+)$")
 
@@ -49,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or args.folders[0])
         out.mkdir(parents=True, exist_ok=True)
         summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)
-        robustness = robustness_rows(runs)
-        write_csv(out / "report.csv", summary + matched + robustness)
+        robustness, localisation = robustness_rows(runs), localisation_rows(runs)
+        write_csv(out / "report.csv", summary + matched + robustness + localisation)
         pareto(runs, metric, args.y, levels, out / "pareto.png")
-        (out / "report.md.tmp").write_text(markdown(summary, matched, runs, robustness))
+        (out / "report.md.tmp").write_text(markdown(summary, matched, runs, robustness, localisation))
         (out / "report.md.tmp").replace(out / "report.md")
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -53,6 +53,8 @@ def label(metric: str) -> str:
 
 
 def after_metrics(run: Run) -> dict[str, float]:
+    if "after" not in run.results:  # mode=attribute: nothing was unlearned
+        return {}
     values = {
         f"{split}.{metric}": v for split, by_metric in run.results["after"].items() for metric, v in by_metric.items()
     }
@@ -136,7 +138,7 @@ def attack_metrics(run: Run) -> dict[tuple[str, str], float]:
     under the attack "after"."""
     values = {
         ("after", f"{split}.{metric}"): v
-        for split, by_metric in run.results["after"].items()
+        for split, by_metric in run.results.get("after", {}).items()
         for metric, v in by_metric.items()
     }
     for attack, by_split in run.results.get("robustness", {}).items():
@@ -211,6 +213,59 @@ def robustness_markdown(rows: list[dict], forget: str = "forget") -> list[str]:
     return lines
 
 
+LOCALISATION = ("precision", "recall", "jaccard", "precision_at_p", "auroc")
+LOCALISATION_LABELS = {"precision_at_p": "P@|P|", "auroc": "AUROC", "jaccard": "Jaccard"}
+
+
+def localisation_rows(runs: list[Run]) -> list[dict]:
+    """One row per (group, layer or "overall", figure) over the runs on a planted target: n, mean, CI."""
+    rows = []
+    for group, members in groups(runs).items():
+        found = [r.results["localisation"] for r in members if r.results.get("localisation")]
+        if not found:
+            continue
+        for level in ["overall", *found[0]["layers"]]:
+            for metric in LOCALISATION:
+                values = [f["overall" if level == "overall" else "layers"] for f in found]
+                values = [v.get(metric) if level == "overall" else v[level].get(metric) for v in values]
+                values = [v for v in values if v is not None]
+                mean, low, high = mean_ci(values)
+                rows.append(
+                    {
+                        "table": "localisation",
+                        "group": group,
+                        "level": level,
+                        "metric": metric,
+                        "n": len(found),
+                        "reached": len(values),
+                        "mean": mean,
+                        "ci_low": low,
+                        "ci_high": high,
+                    }
+                )
+    return rows
+
+
+def localisation_markdown(rows: list[dict]) -> list[str]:
+    """The overall localisation figures of every group on a planted target (per layer: report.csv)."""
+    if not rows:
+        return []
+    index = {(r["group"], r["level"], r["metric"]): r for r in rows}
+    lines = [
+        "",
+        "## Localisation against the planted neurons (all layers pooled; per layer in report.csv)",
+        "",
+        "| group | runs | " + " | ".join(LOCALISATION_LABELS.get(m, m) for m in LOCALISATION) + " |",
+        "|---" * (len(LOCALISATION) + 2) + "|",
+    ]
+    for group in dict.fromkeys(r["group"] for r in rows):
+        n = index[(group, "overall", "precision")]["n"]
+        lines.append(
+            f"| {group} | {n} | " + " | ".join(cell(index.get((group, "overall", m))) for m in LOCALISATION) + " |"
+        )
+    return lines
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
@@ -244,7 +299,13 @@ def settings_lines(runs: list[Run]) -> list[str]:
     return lines
 
 
-def markdown(summary: list[dict], matched: list[dict], runs: list[Run], robustness: list[dict] | None = None) -> str:
+def markdown(
+    summary: list[dict],
+    matched: list[dict],
+    runs: list[Run],
+    robustness: list[dict] | None = None,
+    localisation: list[dict] | None = None,
+) -> str:
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
     seeds = {g: sorted({r.seed for r in members if r.seed is not None}) for g, members in groups(runs).items()}
@@ -295,5 +356,6 @@ def markdown(summary: list[dict], matched: list[dict], runs: list[Run], robustne
             'forgotten?"); `after` is that model unattacked, `relearn_forget` is evaluated on the forget rows '
             "it did not relearn on (`forget_unattacked`: the unlearned model on the same rows).",
         ]
+    lines += localisation_markdown(localisation or [])
     lines += ["", "![forget against retain](pareto.png)", ""]
     return "\n".join(lines)
