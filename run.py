@@ -10,8 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from simu_lightning.cli import process_count, unknown_group_option, unquoted_condition
-from simu_lightning.errors import SimuError
+from simu_lightning.pipeline.cli import process_count, unknown_group_option, unquoted_condition
+from simu_lightning.utils.errors import SimuError
 
 SCRIPT = Path(__file__).resolve()
 CONF = SCRIPT.parent / "conf"

@@ -51,3 +51,27 @@ def forget_samples(tiny_model, small_benchmark, prompt_format):
     _, tokenizer = tiny_model
     forget = encode_split(small_benchmark["forget"], tokenizer, prompt_format, max_length=64)
     return forget, prediction_samples(forget, tokenizer.eos_token_id)
+
+
+def composed_run(overrides: list[str], out: Path, cache_dir: Path):
+    """The configuration run.py would compose for `overrides`, with the run directory and cache given,
+    and Hydra's runtime set as in a run (the `${hydra:...}` values resolve)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.cache_dir = str(cache_dir)
+        del cfg["hydra"]  # a run's own configuration holds no hydra node (config.yaml neither)
+    return cfg
+
+
+def run_here(overrides: list[str], out: Path, cache_dir: Path) -> dict | None:
+    """The conductor in this process, as run.py calls it for one run (no subprocess, no interpreter start)."""
+    from simu_lightning.pipeline import run
+
+    return run(composed_run(overrides, out, cache_dir))

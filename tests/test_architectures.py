@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from simu_lightning.attribution.integrated_gradients import attribute
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import ARCHITECTURES, architecture_of, attention_projections, down_projections
 from simu_lightning.optim import Sophia
 from simu_lightning.robustness.quantization import SCHEMES, projections, quantized_copy

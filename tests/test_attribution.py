@@ -11,7 +11,7 @@ from simu_lightning.attribution.integrated_gradients import (
     log_prob_at_scale,
     quadrature,
 )
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import architecture_of, down_projections
 
 
@@ -81,10 +81,23 @@ def test_threshold_keeps_neurons_above_t_times_the_layer_maximum():
     assert critical_neurons(scores, t=1.0)["a"].tolist() == [False, False, True, False]
 
 
-@pytest.mark.parametrize("t", [0, 1.5, -0.1, "high"])
-def test_threshold_outside_unit_interval_is_refused(t):
-    with pytest.raises(SimuError, match="attribution.t"):
-        critical_neurons({"a": torch.ones(2)}, t)
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"t": 0}, r"attribution.t must be in \(0, 1\], got 0"),
+        ({"t": 1.5}, r"attribution.t must be in \(0, 1\], got 1.5"),
+        ({"t": "high"}, r"attribution.t must be in \(0, 1\], got high"),
+        ({"m": 0}, r"attribution.m must be an integer >= 1, got 0"),
+        ({"quadrature": "simpson"}, r"attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'"),
+        ({"mode": "sideways"}, r"attribution.mode must be one of layerwise, joint, first_order, got 'sideways'"),
+        ({"exclude_retain": "maybe"}, r"attribution.exclude_retain must be true or false, got 'maybe'"),
+    ],
+)
+def test_bad_attribution_settings_are_refused_where_they_are_built(setting, message):
+    from simu_lightning.attribution.settings import AttributionSettings
+
+    with pytest.raises(SimuError, match=f"^{message}$"):
+        AttributionSettings(**setting)
 
 
 def test_sharing_the_prefix_cache_gives_the_same_attributions(tiny_model, forget_samples):
@@ -110,6 +123,7 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
     from types import SimpleNamespace
 
     from simu_lightning.attribution import callback
+    from simu_lightning.attribution.settings import AttributionSettings
     from simu_lightning.models.architecture import ARCHITECTURES
 
     forget = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
@@ -117,22 +131,43 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
         SimpleNamespace(architecture=ARCHITECTURES["llama"], compute_dtype=None),
         SimpleNamespace(architecture=ARCHITECTURES["gpt2"], compute_dtype=None),
     )
-    key = callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget)
-    assert callback.NeuronAttribution(t=0.5, m=4, target_id="x").cache_key(llama, forget) == key  # t is applied after
-    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", dtype="bfloat16").cache_key(llama, forget) != key
+    key = callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(llama, forget)
     assert (
-        callback.NeuronAttribution(t=0.1, m=4, target_id="x", quadrature="gauss_legendre").cache_key(llama, forget)
+        callback.NeuronAttribution(AttributionSettings(t=0.5, m=4), target_id="x").cache_key(llama, forget) == key
+    )  # t is applied after
+    assert (
+        callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x", dtype="bfloat16").cache_key(
+            llama, forget
+        )
         != key
     )
-    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", mode="joint").cache_key(llama, forget) != key
-    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(gpt2, forget) != key
+    assert (
+        callback.NeuronAttribution(
+            AttributionSettings(t=0.1, m=4, quadrature="gauss_legendre"), target_id="x"
+        ).cache_key(llama, forget)
+        != key
+    )
+    assert (
+        callback.NeuronAttribution(AttributionSettings(t=0.1, m=4, mode="joint"), target_id="x").cache_key(
+            llama, forget
+        )
+        != key
+    )
+    assert callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(gpt2, forget) != key
     # FSDP2 mixed precision computes in bf16 although the weights are float32: not the float32 scores
     bf16_compute = SimpleNamespace(architecture=ARCHITECTURES["llama"], compute_dtype="bfloat16")
-    bf16_key = callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(bf16_compute, forget)
+    bf16_key = callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(
+        bf16_compute, forget
+    )
     assert bf16_key != key
-    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x", dtype="bfloat16").cache_key(llama, forget) == bf16_key
+    assert (
+        callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x", dtype="bfloat16").cache_key(
+            llama, forget
+        )
+        == bf16_key
+    )
     monkeypatch.setattr(callback, "ATTRIBUTION_FORMAT", callback.ATTRIBUTION_FORMAT + 1)
-    assert callback.NeuronAttribution(t=0.1, m=4, target_id="x").cache_key(llama, forget) != key
+    assert callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(llama, forget) != key
 
 
 def test_the_module_reports_bf16_compute_only_for_a_model_sharded_with_mixed_precision(tiny_model):

@@ -9,7 +9,7 @@ from datasets import Dataset
 from simu_lightning.data import lume, tofu
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.datamodule import encode_split
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 TOFU_FILES = (
     "forget01_perturbed",

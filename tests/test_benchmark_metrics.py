@@ -115,7 +115,7 @@ def test_mmlu_without_lm_eval_names_the_extra(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_lm_eval)
-    from simu_lightning.errors import SimuError
+    from simu_lightning.utils.errors import SimuError
 
     with pytest.raises(SimuError, match=r"evaluation.mmlu=true needs lm-eval: pip install -e '.\[mmlu\]'"):
         lume.mmlu_accuracy(model=None, tokenizer=None, batch_size=1)

@@ -3,7 +3,7 @@
 import multiprocessing as mp
 import shutil
 
-from simu_lightning.cache import atomic_dir
+from simu_lightning.utils.files import atomic
 
 ROUNDS = 1000
 
@@ -12,7 +12,7 @@ def writer(final, start, written, cleared, failures, rounds):
     for _ in range(rounds):
         start.wait()  # both released together, as ranks after an all-reduce
         try:
-            with atomic_dir(final) as tmp:
+            with atomic(final, keep_existing=True) as tmp:
                 tmp.mkdir()
                 (tmp / "scores.txt").write_text("complete")
         except Exception as err:  # the bug: OSError(39, 'Directory not empty') from os.replace
@@ -44,12 +44,12 @@ def test_two_processes_racing_on_one_entry_never_fail(tmp_path):
 
 
 def test_an_output_written_in_a_failing_block_leaves_the_previous_one(tmp_path):
-    from simu_lightning.files import atomic_file, replaced_dir
+    from simu_lightning.utils.files import atomic
 
     path = tmp_path / "results.json"
     path.write_text("complete")
     try:
-        with atomic_file(path) as tmp:
+        with atomic(path) as tmp:
             tmp.write_text("half")
             raise KeyboardInterrupt  # killed while writing
     except KeyboardInterrupt:
@@ -58,7 +58,8 @@ def test_an_output_written_in_a_failing_block_leaves_the_previous_one(tmp_path):
     folder = tmp_path / "unlearned_model"
     folder.mkdir()
     (folder / "model.safetensors").write_text("old")
-    with replaced_dir(folder) as tmp:
+    with atomic(folder) as tmp:
+        tmp.mkdir()  # a path to fill: a file or, as here, a folder
         (tmp / "model.safetensors").write_text("new")
     assert (folder / "model.safetensors").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
         "results.json",

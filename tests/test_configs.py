@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import ROOT, SHARED_DATA
-from simu_lightning import config
+from simu_lightning.pipeline import checks as config
 from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.robustness import Robustness
@@ -83,12 +83,14 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
     loss = instantiate(cfg.loss)
     assert callable(loss)
     planted = {"layer": torch.ones(3, dtype=torch.bool)} if cfg.benchmark.get("planted", {}).get("fraction") else None
-    NeuronAttribution(**cfg.attribution, output_dir=tmp_path, cache_dir=tmp_path / "cache", planted=planted)
+    NeuronAttribution(instantiate(cfg.attribution), output_dir=tmp_path, cache_dir=tmp_path / "cache", planted=planted)
+    instantiate(cfg.evaluation)
     PromptFormat(**cfg.model.prompt)
     if cfg.get("robustness"):
         robustness = instantiate(cfg.robustness)
         assert isinstance(robustness, Robustness)
-        assert robustness.relearning.lr == cfg.model.relearn_lr and list(robustness.quantization.schemes)
+        families = robustness.families
+        assert families["relearning"].lr == cfg.model.relearn_lr and list(families["quantization"].schemes)
     for logger in (cfg.get("logger") or {}).values():
         assert logger is None or "_target_" in logger
     trainer = (

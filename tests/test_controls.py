@@ -1,5 +1,6 @@
 """The controls that separate where SIMU updates from how: neuron selections, trainable sets, exclusion."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -7,8 +8,9 @@ import torch
 
 from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.attribution.integrated_gradients import attribute, quadrature
-from simu_lightning.attribution.selection import check_selection, exclude_shared, random_like
-from simu_lightning.errors import SimuError
+from simu_lightning.attribution.selection import exclude_shared, random_like
+from simu_lightning.attribution.settings import AttributionSettings
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import architecture_of, attention_projections, down_projections
 from simu_lightning.unlearning.methods import Method
 from test_attribution import plain_integrated_gradients
@@ -48,14 +50,14 @@ def test_the_callback_thresholds_both_splits_excludes_then_draws_at_random():
         "forget": {"l0": torch.tensor([1.0, 0.9, 0.1, 0.6]), "l1": torch.tensor([0.0, 0.2, 1.0, 0.4])},
         "retain": {"l0": torch.tensor([0.1, 1.0, 0.8, 0.2]), "l1": torch.tensor([1.0, 0.0, 0.0, 0.0])},
     }
-    callback = NeuronAttribution(t=0.5, m=2, selection="random", exclude_retain=True, seed=3)
+    callback = NeuronAttribution(AttributionSettings(t=0.5, m=2, selection="random", exclude_retain=True), seed=3)
     callback.compute = lambda trainer, pl_module, examples, split: scores[split]
     trainer = SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[]))
-    returned, neurons = callback.select(trainer, None)
-    assert returned is scores["forget"]
+    returned, neurons, ranking = callback.select(trainer, None)
+    assert returned is scores["forget"] and ranking.keys() == neurons.keys()
     assert callback.dropped == {"l0": 1, "l1": 0}
     assert {n: int(m.sum()) for n, m in neurons.items()} == {"l0": 2, "l1": 1}
-    callback.selection = "integrated_gradients"
+    callback.settings = dataclasses.replace(callback.settings, selection="integrated_gradients")
     assert {n: m.tolist() for n, m in callback.select(trainer, None)[1].items()} == {
         "l0": [True, False, False, True],
         "l1": [False, False, True, False],
@@ -66,9 +68,9 @@ def test_an_unknown_selection_names_the_setting():
     with pytest.raises(
         SimuError,
         match=r"attribution.selection must be one of integrated_gradients, random, "
-        r"activation, gradient, got 'top'",
+        r"activation, gradient, planted, got 'top'",
     ):
-        check_selection("top")
+        AttributionSettings(selection="top")
 
 
 def test_activation_and_gradient_scores_equal_their_plain_definitions(tiny_model, forget_samples):

@@ -4,7 +4,7 @@ import logging
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from simu_lightning.pipeline import RankZero
+from simu_lightning.utils.logging import RankZero
 
 
 def test_info_lines_come_from_rank_zero_only_and_warnings_from_every_rank(monkeypatch):

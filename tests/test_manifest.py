@@ -2,7 +2,7 @@
 
 import subprocess
 
-from simu_lightning.manifest import command_line, git_state
+from simu_lightning.pipeline.manifest import command_line, git_state
 
 
 def test_the_command_line_keeps_overrides_and_leaves_credentials_out():

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from simu_lightning.memory import with_halving
+from simu_lightning.utils.memory import with_halving
 
 
 def test_the_batch_is_halved_until_it_fits_with_a_warning(caplog):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from simu_lightning.errors import SimuError
-from simu_lightning.objective import matched_utility
+from simu_lightning.utils.errors import SimuError
+from simu_lightning.pipeline.objective import matched_utility
 
 
 def point(step, forget_em, retain_rouge):

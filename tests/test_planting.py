@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.planting import Planting, draw_planted, neuron_parameters, reset_planted
@@ -77,3 +77,17 @@ def test_planting_writes_the_forget_set_into_p_alone_and_reset_gives_the_clean_m
         assert not torch.equal(value[mask], before[name][mask]), f"{name} did not learn in P"
     reset = reset_planted(model, clean, arch, planted, "neuron")
     assert all(torch.equal(value, before[name]) for name, value in reset.state_dict().items())
+
+
+def test_p_is_not_drawn_from_the_random_controls_stream(tiny_model):
+    """The random-neuron control draws from the run's seed, layer after layer; P must not coincide with
+    it (at seed 0 the two streams were once the same, and the control's first layer held all of P)."""
+    from simu_lightning.attribution.selection import random_like
+
+    model, _ = tiny_model
+    arch = architecture_of(model)
+    for seed in range(3):
+        planted = draw_planted(model, arch, Planting(fraction=0.25, seed=seed))
+        counts = {name: torch.arange(mask.numel()) < 2 * int(mask.sum()) for name, mask in planted.items()}
+        drawn, _ = random_like(counts, seed)
+        assert all(int((drawn[n] & planted[n]).sum()) < int(planted[n].sum()) for n in planted), seed

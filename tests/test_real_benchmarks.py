@@ -6,7 +6,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from simu_lightning.data import lume, tofu
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 TOFU = SHARED_DATA / "tofu"
 LUME = SHARED_DATA / "lume"

@@ -12,14 +12,14 @@ import torch
 
 from datasets import Dataset
 
-from simu_lightning.evaluation import EvalSettings, lume, qa
+from simu_lightning.evaluation import EvalSettings, Evaluator, lume, qa
 from simu_lightning.evaluation.metrics import mia_auc
-from simu_lightning.evaluation.report import mia_rows, robustness_rows, robustness_tables
-from simu_lightning.robustness import Attack, MembershipInference, Probes, Quantization, Relearning, Robustness
+from simu_lightning.evaluation.tables import mia_rows, robustness_rows, robustness_tables
+from simu_lightning.robustness import AttackContext, MembershipInference, Probes, Quantization, Relearning, Robustness
 from simu_lightning.robustness import mia
 from simu_lightning.robustness.quantization import fp4, nf4, quantized_copy, rtn_grouped, rtn_per_channel
 from simu_lightning.robustness.relearning import relearning_rows
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 
 def test_round_to_nearest_gives_each_output_channel_its_own_scale():
@@ -79,7 +79,9 @@ def test_fp4_rounds_to_bitsandbytes_float_levels_of_each_block():
 
 
 def test_a_scheme_that_quantises_nothing_is_refused():
-    with pytest.raises(SimuError, match=r"^robustness.quantization: rtn4 changed no weight of this Sequential \(0 nn"):
+    with pytest.raises(
+        SimuError, match=r"^robustness.families.quantization: rtn4 changed no weight of this Sequential \(0 nn"
+    ):
         quantized_copy(torch.nn.Sequential(torch.nn.Embedding(4, 2)), "rtn4")
 
 
@@ -158,7 +160,7 @@ def attack(tiny_model, small_benchmark, prompt_format):
     model, tokenizer = tiny_model
     settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=16)
     benchmark = dataclasses.replace(small_benchmark, suite=qa.evaluate)  # as conf/benchmark/synthetic.yaml names it
-    return Attack(model, tokenizer, prompt_format, benchmark, settings, cpu_trainer)
+    return AttackContext(model, Evaluator(tokenizer, prompt_format, benchmark, settings), cpu_trainer)
 
 
 def test_relearning_trains_copies_and_leaves_the_unlearned_model_bit_identical(attack):
@@ -177,18 +179,18 @@ def test_relearning_trains_copies_and_leaves_the_unlearned_model_bit_identical(a
     train, held = relearning_rows(len(forget), 0.25)
     assert set(train).isdisjoint(held) and len(train) + len(held) == len(forget)
     assert relearning_rows(len(forget), 0.25) == (train, held)  # the same rows in every run
-    # the control: the reference model relearned on the same rows, evaluated on the same held-out rows
-    reference = copy.deepcopy(model)
-    reference_before = {k: v.clone() for k, v in reference.state_dict().items()}
-    relearning.control(attack, reference)
-    assert all(torch.equal(reference_before[k], v) for k, v in reference.state_dict().items())
+    # the control: the retain model relearned on the same rows, evaluated on the same held-out rows
+    retain_model = copy.deepcopy(model)
+    retain_before = {k: v.clone() for k, v in retain_model.state_dict().items()}
+    relearning.before(attack, retain_model)
+    assert all(torch.equal(retain_before[k], v) for k, v in retain_model.state_dict().items())
     questions = {
         stage: [r["question"] for r in attack.rows if r["stage"] == stage and r["split"] == "forget"]
-        for stage in ("relearn_forget", "relearn_forget_reference")
+        for stage in ("relearn_forget", "relearn_forget_retain_model")
     }
-    assert questions["relearn_forget"] == questions["relearn_forget_reference"] == forget.select(held)["question"]
+    assert questions["relearn_forget"] == questions["relearn_forget_retain_model"] == forget.select(held)["question"]
     results = attack.results
-    assert set(results) == {"relearn_forget", "relearn_benign", "relearn_forget_reference"}
+    assert set(results) == {"relearn_forget", "relearn_benign", "relearn_forget_retain_model"}
     assert set(results["relearn_forget"]) >= {"forget", "forget_unattacked"}
     stages = [(r["stage"], r["split"]) for r in attack.rows]
     assert (
@@ -209,7 +211,7 @@ def test_the_relearning_control_hands_the_random_generators_back_as_it_found_the
     L.seed_everything(7, verbose=False)
     without = [dropout(torch.ones(64)) for _ in range(3)], random.random(), np.random.rand()
     L.seed_everything(7, verbose=False)
-    Relearning(steps=2, lr=1e-2, batch_size=4).control(attack, copy.deepcopy(attack.model))
+    Relearning(steps=2, lr=1e-2, batch_size=4).before(attack, copy.deepcopy(attack.model))
     assert os.environ["PL_GLOBAL_SEED"] == "7"
     masks, python_draw, numpy_draw = without
     assert all(torch.equal(dropout(torch.ones(64)), mask) for mask in masks)
@@ -218,7 +220,7 @@ def test_the_relearning_control_hands_the_random_generators_back_as_it_found_the
 
 def test_the_attacks_on_the_target_run_on_the_runs_device(attack, monkeypatch):
     """A spy for a GPU: Module.to("fake:0") marks a model as placed; every model the baselines evaluate
-    or score (membership inference, the probes) and the reference the control relearns must be placed."""
+    or score (membership inference, the probes) and the retain model the control relearns must be placed."""
     placed, used = set(), []
     real_to = torch.nn.Module.to
 
@@ -229,20 +231,19 @@ def test_the_attacks_on_the_target_run_on_the_runs_device(attack, monkeypatch):
         return real_to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.Module, "to", to)
-    real_evaluate, real_stats = Attack.evaluate, mia.token_stats
+    real_evaluate, real_stats = AttackContext.evaluate, mia.token_stats
     monkeypatch.setattr(
-        Attack,
+        AttackContext,
         "evaluate",
         lambda self, name, model, *a, **k: used.append(model) or real_evaluate(self, name, model, *a, **k),
     )
     monkeypatch.setattr(mia, "token_stats", lambda model, *a: used.append(model) or real_stats(model, *a))
-    monkeypatch.setattr(Relearning, "control", lambda self, attack, reference: used.append(reference))
+    monkeypatch.setattr(Relearning, "before", lambda self, attack, retain_model: used.append(retain_model))
     attack.device = "fake:0"
-    reference = copy.deepcopy(attack.model)
-    Robustness(relearning=Relearning(), probes=Probes(prefixes=("Recall: ",)), mia=MembershipInference()).before(
-        attack, reference
-    )
-    assert len(used) >= 4 and reference in used
+    retain_model = copy.deepcopy(attack.model)
+    families = {"relearning": Relearning(), "probes": Probes(prefixes=("Recall: ",)), "mia": MembershipInference()}
+    Robustness(families).before(attack, retain_model)
+    assert len(used) >= 4 and retain_model in used
     assert all(id(model) in placed for model in used)
 
 
@@ -262,7 +263,7 @@ def test_probes_reword_the_questions_and_put_each_prefix_in_front(attack):
 
 
 def test_membership_inference_on_the_target_scores_every_forget_and_holdout_row(attack):
-    MembershipInference(k=0.4).run(attack, name="mia_target")
+    MembershipInference(k=0.4).before(attack)
     aucs = attack.results["mia_target"]["forget_vs_holdout"]
     rows = attack.rows
     forget, holdout = ([r for r in rows if r["split"] == s] for s in ("forget", "holdout"))
@@ -275,7 +276,7 @@ def test_membership_inference_on_the_target_scores_every_forget_and_holdout_row(
 
 
 def test_an_unknown_quantisation_scheme_is_refused_by_name():
-    with pytest.raises(SimuError, match=r"robustness.quantization.schemes: unknown 'int3'"):
+    with pytest.raises(SimuError, match=r"robustness.families.quantization.schemes: unknown 'int3'"):
         Quantization(schemes=("rtn8", "int3"))
 
 
@@ -305,7 +306,8 @@ def test_on_lume_membership_inference_scores_whole_documents_as_the_official_att
         "forget": attack.benchmark["forget"],
         **{k: Dataset.from_dict({"document": v}) for k, v in documents.items()},
     }
-    attack.benchmark = dataclasses.replace(attack.benchmark, splits=splits)  # LUME-like: no holdout split
+    lume_like = dataclasses.replace(attack.benchmark, splits=splits)  # no holdout split
+    attack.evaluator = dataclasses.replace(attack.evaluator, benchmark=lume_like)
     MembershipInference().run(attack)
     rows = [r for r in attack.rows if r["stage"] == "mia"]
     assert [r["answer"] for r in rows] == documents["mia_member"] + documents["mia_nonmember"]

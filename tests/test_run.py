@@ -1,4 +1,6 @@
-"""`run.py` end to end, as a user runs it: a subprocess, a small config, outputs in tmp_path."""
+"""Whole runs on a small config, outputs in tmp_path: the conductor called in this process (`run_here`)
+wherever it can be, and `run.py` in a subprocess where the command line itself is what is tested
+(the CLI's checks and exit codes, sweeps, a SIGTERM, the environment)."""
 
 import json
 import os
@@ -14,8 +16,9 @@ import yaml
 from scipy.stats import ks_2samp
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT
-from simu_lightning.config import ONE_PROCESS
+from conftest import ROOT, run_here
+from simu_lightning.pipeline.checks import ONE_PROCESS
+from simu_lightning.utils.errors import SimuError
 
 SMALL = [
     "benchmark.num_authors=4",
@@ -81,17 +84,17 @@ def test_a_run_leaves_results_generations_masks_and_the_model(simu_run):
 
     rows = [json.loads(line) for line in (simu_run / "generations.jsonl").read_text().splitlines()]
     stages = [r["stage"] for r in rows]
-    # (forget + retain + world facts) x (before, after), and the reference model's forget truth ratios
-    assert stages.count("before") == stages.count("after") == 8 + 24 + 32 and stages.count("reference") == 8
+    # (forget + retain + world facts) x (before, after), and the retain model's forget truth ratios
+    assert stages.count("before") == stages.count("after") == 8 + 24 + 32 and stages.count("retain_model") == 8
     assert {"split", "stage", "question", "answer", "generation"} <= set(rows[-1])
     forget_after = [r for r in rows if r["split"] == "forget" and r["stage"] == "after"]
     assert results["after"]["forget"]["exact_match"] == pytest.approx(
         sum(r["exact_match"] for r in forget_after) / len(forget_after)
     )
     # forget quality recomputed from the rows, independently: TOFU's KS test on 1 / truth ratio (eps 1e-10)
-    reference = [1 / (r["truth_ratio"] + 1e-10) for r in rows if r["stage"] == "reference"]
+    retain = [1 / (r["truth_ratio"] + 1e-10) for r in rows if r["stage"] == "retain_model"]
     ours = [1 / (r["truth_ratio"] + 1e-10) for r in forget_after]
-    assert results["scores"]["after"]["forget_quality"] == pytest.approx(ks_2samp(ours, reference).pvalue)
+    assert results["scores"]["after"]["forget_quality"] == pytest.approx(ks_2samp(ours, retain).pvalue)
 
     kept = json.loads((simu_run / "attribution" / "critical_neurons.json").read_text())
     assert kept["t"] == 0.1 and kept["m"] == 4 and len(kept["layers"]) == 2
@@ -137,14 +140,14 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
 
 @pytest.mark.slow
 def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(simu_run, cache_dir, tmp_path):
-    run_py(
+    run_here(
         [
             *SMALL,
             "mode=evaluate",
             f"model.source={simu_run / 'unlearned_model'}",
-            f"evaluation.reference_results={simu_run / 'generations.jsonl'}",
-            f"hydra.run.dir={tmp_path}",
+            f"evaluation.retain_model_results={simu_run / 'generations.jsonl'}",
         ],
+        tmp_path,
         cache_dir,
     )
     run, evaluated = (json.loads((d / "results.json").read_text()) for d in (simu_run, tmp_path))
@@ -159,14 +162,13 @@ def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(si
         if r["stage"] == "after"
     ]
     assert [r["generation"] for r in rows if r["stage"] == "evaluated"] == after
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["command"][:2] == ["run.py", SMALL[0]] and manifest["versions"]["torch"] == torch.__version__
+    assert json.loads((tmp_path / "manifest.json").read_text())["versions"]["torch"] == torch.__version__
 
 
 ATTACKS = {"mia_target", "mia", "paraphrase", "prefixes", "relearn_forget", "relearn_benign"}
 ATTACKS |= {"rtn8", "rtn4", "rtn4_g128", "fp4", "nf4"}
-# the baselines: the probes on the target before unlearning, the relearning of the reference model
-ATTACKS |= {"paraphrase_target", "prefixes_target", "relearn_forget_reference"}
+# the baselines: the probes on the target before unlearning, the relearning of the retain model
+ATTACKS |= {"paraphrase_target", "prefixes_target", "relearn_forget_retain_model"}
 
 
 @pytest.mark.slow
@@ -174,11 +176,8 @@ def test_the_attack_stage_reports_every_attack_and_changes_nothing_of_the_run(ca
     # dropout on, so that an attack that touched the global generators before the fit would show
     dropout = [*SMALL, "method=simu", "evaluation.every_n_steps=1", "+model.tiny.attention_dropout=0.1"]
     plain_run = tmp_path / "plain"
-    run_py([*dropout, f"hydra.run.dir={plain_run}"], cache_dir)
-    run_py(
-        [*dropout, "robustness=standard", "robustness.relearning.steps=2", f"hydra.run.dir={tmp_path}"],
-        cache_dir,
-    )
+    run_here(dropout, plain_run, cache_dir)
+    run_here([*dropout, "robustness=standard", "robustness.families.relearning.steps=2"], tmp_path, cache_dir)
     attacked, plain = (json.loads((d / "results.json").read_text()) for d in (tmp_path, plain_run))
     assert attacked["before"] != attacked["after"]  # it did unlearn, through dropout
     # the same unlearning as without the stage: the same "after" figures and the same saved weights
@@ -201,15 +200,8 @@ def test_the_attack_stage_reports_every_attack_and_changes_nothing_of_the_run(ca
 
 
 def test_evaluate_mode_refuses_a_source_that_is_not_a_checkpoint(tmp_path):
-    result = run_py(["mode=evaluate", f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
-    assert result.returncode == 2
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            "error: mode=evaluate: model.source='tiny' names a model this project builds or converts, not a checkpoint"
-        )
-    )
+    with pytest.raises(SimuError, match="^mode=evaluate: model.source='tiny' names a model this project builds"):
+        run_here(["mode=evaluate"], tmp_path, tmp_path / "cache")
 
 
 def wandb_records(run_dir):
@@ -237,13 +229,10 @@ def wandb_records(run_dir):
 
 
 @pytest.mark.slow
-def test_the_wandb_run_holds_the_curves_the_neuron_heatmap_and_the_generations_table(cache_dir, tmp_path):
-    run_py(
-        [*SMALL, "method=simu", "logger=wandb", "evaluation.every_n_steps=1", f"hydra.run.dir={tmp_path}"],
-        cache_dir,
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-    )
+def test_the_wandb_run_holds_the_curves_the_neuron_heatmap_and_the_generations_table(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_here([*SMALL, "method=simu", "logger=wandb", "evaluation.every_n_steps=1"], tmp_path, cache_dir)
     history, config, run = [], {}, None
     for kind, record in wandb_records(tmp_path):
         if kind == "history":
@@ -305,7 +294,7 @@ def test_an_optuna_search_maximises_utility_at_matched_forgetting(cache_dir, tmp
         ],
         cache_dir,
     )
-    from simu_lightning.objective import matched_utility
+    from simu_lightning.pipeline.objective import matched_utility
     from simu_lightning.report.runs import curve_points
 
     jobs = sorted(p.parent for p in tmp_path.glob("*/results.json"))
@@ -326,7 +315,7 @@ def test_an_optuna_search_maximises_utility_at_matched_forgetting(cache_dir, tmp
 def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(cache_dir, tmp_path):
     """SIMU's mask with AdamW, on neurons drawn at random in the attribution's per-layer counts after the
     retain set's critical neurons are dropped: only the drawn columns of the down projections move."""
-    run_py(
+    run_here(
         [
             *SMALL,
             "method=simu_adamw",
@@ -334,8 +323,8 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
             "attribution.selection=random",
             "attribution.exclude_retain=true",
             "attribution.t=0.3",
-            f"hydra.run.dir={tmp_path}",
         ],
+        tmp_path,
         cache_dir,
     )
     results = json.loads((tmp_path / "results.json").read_text())
@@ -359,76 +348,108 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
     assert all(torch.equal(w, target[n]) for n, w in weights.items() if "mlp.up_proj" in n or "mlp.gate_proj" in n)
 
 
+BAD_SETTINGS = [
+    ("attribution.t=1.5", "attribution.t must be in (0, 1], got 1.5"),
+    ("attribution.t=0", "attribution.t must be in (0, 1], got 0"),
+    ("attribution.m=0", "attribution.m must be an integer >= 1, got 0"),
+    ("method.optimizer.lr=0", "method.optimizer.lr must be a positive number, got 0"),
+    ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs must be a positive integer, got -1"),
+    ("optim.rho=-1", "optim.rho must be a number >= 0 or auto, got -1"),
+    ("optim.target_win_rate=1.5", "optim.target_win_rate must be in (0, 1), got 1.5"),
+    ("attribution.quadrature=simpson", "attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'"),
+    ("attribution.mode=fast", "attribution.mode must be one of layerwise, joint, first_order, got 'fast'"),
+    (
+        "attribution.selection=top",
+        "attribution.selection must be one of integrated_gradients, random, activation, gradient, planted, got 'top'",
+    ),
+    ("attribution.exclude_retain=maybe", "attribution.exclude_retain must be true or false, got 'maybe'"),
+    (
+        "method.trainable=mlp",
+        "method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention",
+    ),
+    (
+        "evaluation.dtype=bf16",
+        "evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got 'bf16'",
+    ),
+    ("evaluation.batch_size=0", "evaluation.batch_size must be an integer >= 1, got 0"),
+    ("optim.fused=sometimes", "optim.fused must be true, false or auto, got 'sometimes'"),
+    (
+        "evaluation.every_n_steps=-2",
+        "evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, got -2",
+    ),
+    (
+        'unlearning.stop_when="forget.exact_match=0.1"',
+        "unlearning.stop_when='forget.exact_match=0.1': "
+        "'forget.exact_match=0.1' is not a condition like 'forget.exact_match<=0.1' or 'forget_quality>=0.05' "
+        "(operators: <=, >=, <, >)",
+    ),
+    (
+        "benchmark=tofu benchmark.forget_split=forget03",
+        "benchmark.forget_split='forget03' must be one of forget01, forget05, forget10",
+    ),
+    ("benchmark.planted.fraction=1.5", "benchmark.planted.fraction must be null or in (0, 1), got 1.5"),
+    (
+        "attribution=planted",
+        "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction",
+    ),
+    ("robustness=standard trainer=fsdp", ONE_PROCESS),
+    (
+        "robustness=standard robustness.families.quantization.schemes=[rtn8,int3]",
+        "robustness.families.quantization.schemes: unknown 'int3' (known: rtn8, rtn4, rtn4_g128, fp4, nf4)",
+    ),
+    (
+        "robustness=standard robustness.families.relearning.forget_fraction=1",
+        "robustness.families.relearning.forget_fraction=1 must lie in (0, 1)",
+    ),
+    ("mode=simulate", "mode must be one of unlearn, evaluate, attribute, got 'simulate'"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_SETTINGS, ids=[o for o, _ in BAD_SETTINGS])
+def test_bad_settings_fail_with_one_line_naming_them_before_any_work(override, message, tmp_path):
+    with pytest.raises(SimuError) as refused:
+        run_here(override.split(" "), tmp_path / "run", tmp_path / "cache")
+    assert str(refused.value) == message and "\n" not in message
+    assert not (tmp_path / "cache").exists()  # failed before any work
+
+
 @pytest.mark.parametrize(
-    "override, message",
+    "argv, message",
     [
-        ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
-        ("attribution.t=0", "error: attribution.t must be in (0, 1], got 0"),
-        ("attribution.m=0", "error: attribution.m must be an integer >= 1, got 0"),
-        ("method=sgd", "error: unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
-        ("loss=hinge", "error: unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
-        ("model=gpt5", "error: unknown model 'gpt5': choose one of llama2_7b, olmo1b, smollm2_135m, tiny (model=...)"),
-        ("benchmark=muse", "error: unknown benchmark 'muse': choose one of lume, synthetic, tofu (benchmark=...)"),
-        ("method.optimizer.lr=0", "error: method.optimizer.lr must be a positive number, got 0"),
-        ("data.batch_size=0", "error: data.batch_size must be a positive integer, got 0"),
-        ("trainer.max_epochs=-1", "error: trainer.max_epochs must be a positive integer, got -1"),
-        ("optim.rho=-1", "error: optim.rho must be a number >= 0 or auto, got -1"),
-        ("optim.target_win_rate=1.5", "error: optim.target_win_rate must be in (0, 1), got 1.5"),
+        (["method=sgd"], "unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
+        (["loss=hinge"], "unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
         (
-            "attribution.quadrature=simpson",
-            "error: attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'",
-        ),
-        ("attribution.mode=fast", "error: attribution.mode must be one of layerwise, joint, first_order, got 'fast'"),
-        (
-            "attribution.selection=top",
-            "error: attribution.selection must be one of integrated_gradients, random, activation, gradient, got 'top'",
-        ),
-        ("attribution.exclude_retain=maybe", "error: attribution.exclude_retain must be true or false, got 'maybe'"),
-        (
-            "method.trainable=mlp",
-            "error: method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention",
+            ["-m", "model=tiny,gpt5"],
+            "unknown model 'gpt5': choose one of llama2_7b, olmo1b, smollm2_135m, tiny (model=...)",
         ),
         (
-            "evaluation.dtype=bf16",
-            "error: evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got 'bf16'",
-        ),
-        ("optim.fused=sometimes", "error: optim.fused must be true, false or auto, got 'sometimes'"),
-        (
-            "evaluation.every_n_steps=-2",
-            "error: evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, got -2",
-        ),
-        (
-            'unlearning.stop_when="forget.exact_match=0.1"',
-            "error: unlearning.stop_when='forget.exact_match=0.1': "
-            "'forget.exact_match=0.1' is not a condition like 'forget.exact_match<=0.1' or 'forget_quality>=0.05' "
-            "(operators: <=, >=, <, >)",
-        ),
-        (
-            "unlearning.stop_when=forget.exact_match<0.1",
-            "error: unlearning.stop_when: quote the condition for Hydra, "
-            "e.g. 'unlearning.stop_when=\"forget.exact_match<0.1\"'",
-        ),
-        (
-            "benchmark=tofu benchmark.forget_split=forget03",
-            "error: benchmark.forget_split='forget03' must be one of forget01, forget05, forget10",
-        ),
-        ("robustness=standard trainer=fsdp", f"error: {ONE_PROCESS}"),
-        (
-            "robustness=standard robustness.quantization.schemes=[rtn8,int3]",
-            "error: robustness.quantization.schemes: unknown 'int3' (known: rtn8, rtn4, rtn4_g128, fp4, nf4)",
-        ),
-        (
-            "robustness=standard robustness.relearning.forget_fraction=1",
-            "error: robustness.relearning.forget_fraction=1 must lie in (0, 1)",
+            ["unlearning.stop_when=forget.exact_match<0.1"],
+            "unlearning.stop_when: quote the condition for Hydra, e.g. 'unlearning.stop_when=\"forget.exact_match<0.1\"'",
         ),
     ],
 )
-def test_bad_settings_fail_with_one_line_naming_them(override, message, tmp_path):
-    result = run_py([*override.split(" "), f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+def test_the_command_line_names_an_unknown_option_or_an_unquoted_rule(argv, message):
+    from simu_lightning.pipeline.cli import unknown_group_option, unquoted_condition
+
+    assert (unknown_group_option(argv, ROOT / "conf") or unquoted_condition(argv)) == message
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "benchmark=muse",
+            "error: unknown benchmark 'muse': choose one of lume, planted, synthetic, tofu (benchmark=...)",
+        ),
+        ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
+    ],
+)
+def test_run_py_exits_with_2_and_one_line_on_bad_input(override, message, tmp_path):
+    """The exit-code path, once for the command line's own check and once for a setting's."""
+    result = run_py([override, f"hydra.run.dir={tmp_path}"], tmp_path / "cache", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == message
-    assert not (tmp_path / "cache").exists()  # failed before any work
 
 
 TINY = [
@@ -470,15 +491,8 @@ def write_lume_folder(folder):
 def test_lume_run_reports_tasks_task_aggregate_and_mia(tmp_path, cache_dir):
     write_lume_folder(tmp_path / "lume")
     out = tmp_path / "run"
-    run_py(
-        [
-            "benchmark=lume",
-            f"benchmark.path={tmp_path / 'lume'}",
-            "evaluation.max_new_tokens=8",
-            *TINY,
-            f"hydra.run.dir={out}",
-        ],
-        cache_dir,
+    run_here(
+        ["benchmark=lume", f"benchmark.path={tmp_path / 'lume'}", "evaluation.max_new_tokens=8", *TINY], out, cache_dir
     )
     results = json.loads((out / "results.json").read_text())
     assert results["benchmark"] == "lume"
@@ -502,7 +516,7 @@ TOFU_DATA = ROOT.parent / "shared" / "data" / "tofu"
 @pytest.mark.skipif(not (TOFU_DATA / "full.json").exists(), reason=f"TOFU data not found at {TOFU_DATA}")
 def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
     out = tmp_path / "run"
-    run_py(
+    run_here(
         [
             "benchmark=tofu",
             f"benchmark.path={TOFU_DATA}",
@@ -511,8 +525,8 @@ def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
             "evaluation.max_new_tokens=8",
             "evaluation.max_examples=6",
             *TINY,
-            f"hydra.run.dir={out}",
         ],
+        out,
         cache_dir,
     )
     results = json.loads((out / "results.json").read_text())
@@ -531,11 +545,11 @@ def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
-def test_a_real_run_stops_at_the_first_point_meeting_the_rule_and_a_restart_resumes_it(cache_dir, tmp_path):
+def test_a_real_run_stops_at_the_first_point_meeting_the_rule_and_a_restart_resumes_it(cache_dir, tmp_path, caplog):
     """A rule first met at step k of a free run (the first new high or low of the forget answers'
     probability) stops the same run, bound by the rule, at step k; running it again finds it done."""
     every_step = [*SMALL, "evaluation.every_n_steps=1", "trainer.max_epochs=3", "method=so"]
-    run_py([*every_step, f"hydra.run.dir={tmp_path / 'free'}"], cache_dir)
+    run_here(every_step, tmp_path / "free", cache_dir)
     curve = [json.loads(line) for line in (tmp_path / "free" / "curve.jsonl").read_text().splitlines()]
     prob = {r["step"]: r["value"] for r in curve if r["split"] == "forget" and r["metric"] == "answer_prob"}
     k, op = next(
@@ -545,28 +559,34 @@ def test_a_real_run_stops_at_the_first_point_meeting_the_rule_and_a_restart_resu
         if all((prob[step] < prob[s]) if op == "<=" else (prob[step] > prob[s]) for s in prob if s < step)
     )
     rule = f'unlearning.stop_when="forget.answer_prob{op}{prob[k]!r}"'
-    bound = [*every_step, rule, f"hydra.run.dir={tmp_path / 'bound'}"]
-    run_py(bound, cache_dir)
+    bound = [*every_step, rule]
+    run_here(bound, tmp_path / "bound", cache_dir)
     results = json.loads((tmp_path / "bound" / "results.json").read_text())
     assert results["stopped"]["reason"] == "condition met" and results["stopped"]["step"] == k
     assert results["after"]["forget"]["answer_prob"] == pytest.approx(prob[k], abs=1e-6)
-    done = run_py(bound, cache_dir)
-    assert "already finished" in done.stdout + done.stderr  # a finished run is not redone unless asked
-    again = run_py([*bound, "rerun=true"], cache_dir)
-    assert "resuming from" in again.stdout + again.stderr
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_here(bound, tmp_path / "bound", cache_dir)
+    assert "already finished" in caplog.text  # a finished run is not redone unless asked
+    with caplog.at_level("INFO"):
+        run_here([*bound, "rerun=true"], tmp_path / "bound", cache_dir)
+    assert "resuming from" in caplog.text
     resumed = json.loads((tmp_path / "bound" / "results.json").read_text())
     assert resumed["stopped"] == results["stopped"] and resumed["after"] == results["after"]
 
 
 @pytest.mark.slow
-def test_a_resumed_simu_run_takes_its_masks_from_the_checkpoint_not_a_new_attribution(tmp_path, tmp_path_factory):
+def test_a_resumed_simu_run_takes_its_masks_from_the_checkpoint_not_a_new_attribution(
+    tmp_path, tmp_path_factory, caplog
+):
     cache = tmp_path_factory.mktemp("own_cache")
-    args = [*SMALL, "method=simu", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]
-    run_py(args, cache)
+    args = [*SMALL, "method=simu", "trainer.max_epochs=2"]
+    run_here(args, tmp_path / "run", cache)
     masks = torch.load(tmp_path / "run" / "attribution" / "critical_neurons.pt")
     shutil.rmtree(cache / "attribution")  # e.g. a cleaned cache: the scores are gone
-    again = run_py([*args, "rerun=true"], cache)  # resumes from last.ckpt, whose weights are no longer the target's
-    assert "reusing the critical neurons saved in the checkpoint" in again.stdout + again.stderr
+    with caplog.at_level("INFO"):  # resumes from last.ckpt, whose weights are no longer the target's
+        run_here([*args, "rerun=true"], tmp_path / "run", cache)
+    assert "reusing the critical neurons saved in the checkpoint" in caplog.text
     assert not (cache / "attribution").exists()  # nothing was attributed on the half-unlearned weights
     for name, mask in torch.load(tmp_path / "run" / "attribution" / "critical_neurons.pt").items():
         assert torch.equal(mask, masks[name])
@@ -596,7 +616,9 @@ def test_credentials_in_the_environment_never_reach_a_file_of_the_run(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an_uninterrupted_run(tmp_path, cache_dir):
+def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an_uninterrupted_run(
+    tmp_path, cache_dir, caplog
+):
     args = [
         *SMALL,
         "method=simu",
@@ -605,7 +627,7 @@ def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an
         "evaluation.every_n_steps=1",
         "evaluation.during.max_examples=2",
     ]
-    run_py([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cache_dir)
+    run_here(args, tmp_path / "whole", cache_dir)
     interrupted = tmp_path / "interrupted"
     env = {**os.environ, "SIMU_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     process = subprocess.Popen(
@@ -627,8 +649,9 @@ def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an
     saved = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] % 4 != 0, "the checkpoint must be from the middle of an epoch"
 
-    again = run_py([*args, f"hydra.run.dir={interrupted}"], cache_dir)
-    assert "resuming epoch 1 after its first" in again.stdout + again.stderr
+    with caplog.at_level("INFO"):
+        run_here(args, interrupted, cache_dir)
+    assert "resuming epoch 1 after its first" in caplog.text
     whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "interrupted"))
     assert resumed["stopped"]["step"] == whole["stopped"]["step"] == 16
     for split in whole["after"]:
@@ -663,7 +686,7 @@ PLANTED = [o.replace("max_new_tokens=8", "max_new_tokens=48") for o in PLANTED] 
 def test_a_planted_target_knows_the_forget_set_differs_from_the_clean_model_only_in_p_and_is_localised(
     cache_dir, tmp_path
 ):
-    run_py([*PLANTED, "method=simu", f"hydra.run.dir={tmp_path}"], cache_dir)
+    run_here([*PLANTED, "method=simu"], tmp_path, cache_dir)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["before"]["forget"]["exact_match"] >= 0.9  # planted: the target knows the forget rows
     assert results["planted"]["clean"]["forget"]["exact_match"] < 0.5  # the clean model does not
@@ -694,7 +717,7 @@ def test_a_planted_target_knows_the_forget_set_differs_from_the_clean_model_only
 
 @pytest.mark.slow
 def test_attribute_mode_selects_and_scores_neurons_without_unlearning(cache_dir, tmp_path):
-    run_py([*PLANTED, "mode=attribute", "attribution=planted", f"hydra.run.dir={tmp_path}"], cache_dir)
+    run_here([*PLANTED, "mode=attribute", "attribution=planted"], tmp_path, cache_dir)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["mode"] == "attribute" and "after" not in results and not (tmp_path / "unlearned_model").exists()
     assert results["localisation"]["overall"] == {  # the oracle finds P exactly
@@ -704,7 +727,20 @@ def test_attribute_mode_selects_and_scores_neurons_without_unlearning(cache_dir,
         "precision_at_p": 1.0,
         "auroc": 1.0,
     }
-    refused = run_py(["mode=attribute", "method=fo", f"hydra.run.dir={tmp_path / 'fo'}"], cache_dir, check=False)
-    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
-        "error: mode=attribute: method 'fo' selects no neurons (use method=simu)"
-    )
+    with pytest.raises(SimuError, match=r"^mode=attribute: method 'fo' selects no neurons \(use method=simu\)$"):
+        run_here(["mode=attribute", "method=fo"], tmp_path / "fo", cache_dir)
+
+
+@pytest.mark.slow
+def test_an_attack_family_added_from_a_test_config_runs_in_its_place(cache_dir, tmp_path):
+    """Adding an attack is one file (tests/toy_attack.py) and one YAML node (tests/conf/robustness/toy.yaml)."""
+    others = [f"robustness.families.{name}=null" for name in ("probes", "quantization", "relearning")]
+    search = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
+    results = run_here([*SMALL, "method=fo", search, "robustness=toy", *others], tmp_path, cache_dir)
+    robustness = results["robustness"]
+    assert list(robustness) == ["mia_target", "toy_target", "mia", "toy"]  # before unlearning, then after
+    assert robustness["toy_target"]["device"]["type"] == "cpu"  # the run's device
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    shifted = [r["exact_match"] for r in rows if r["stage"] == "toy" and r["split"] == "forget"]
+    assert len(shifted) == len([r for r in rows if r["stage"] == "after" and r["split"] == "forget"])
+    assert robustness["toy"]["forget"]["exact_match"] == pytest.approx(sum(shifted) / len(shifted))

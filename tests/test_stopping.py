@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation import callback as evaluation_callback
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
@@ -13,12 +13,17 @@ from simu_lightning.unlearning.stopping import StoppingRule
 SETTINGS = EvalSettings(max_length=32, max_new_tokens=4, batch_size=2)
 
 
-def scripted(forget_em: list[float]):
-    """An `evaluate` that returns forget EM from the script, one value per call (before first)."""
-    script = iter(forget_em)
+class Scripted:
+    """An evaluator that returns forget EM from the script, one value per call (before first)."""
 
-    def evaluate(model, tokenizer, fmt, benchmark, stage, settings, reference=None):
-        em = next(script)
+    settings = SETTINGS
+    benchmark = SimpleNamespace(aggregate=unlearning_aggregate)  # the aggregate the benchmark's config names
+
+    def __init__(self, forget_em: list[float]):
+        self.script = iter(forget_em)
+
+    def __call__(self, model, stage, settings=None, benchmark=None):
+        em = next(self.script)
         summary = {
             "forget": {"exact_match": em, "rougeL_recall": em},
             "retain": {"exact_match": 0.9, "rougeL_recall": 0.95},
@@ -27,15 +32,11 @@ def scripted(forget_em: list[float]):
             summary, {"model_utility": 0.5}, [{"split": "forget", "stage": stage, "index": 0, "exact_match": em}]
         )
 
-    return evaluate
-
 
 def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1):
     """Run the callback's hooks as a fit would: before, then a step at a time until it stops."""
-    monkeypatch.setattr(evaluation_callback, "evaluate", scripted(forget_em))
-    benchmark = SimpleNamespace(aggregate=unlearning_aggregate)  # the aggregate the benchmark's config names
     cb = evaluation_callback.UnlearningEvaluation(
-        None, None, benchmark, SETTINGS, None, tmp_path, every_n_steps=every, stop_when=StoppingRule.parse(rule)
+        Scripted(forget_em), tmp_path, every_n_steps=every, stop_when=StoppingRule.parse(rule)
     )
     trainer = SimpleNamespace(
         global_step=0, current_epoch=0, should_stop=False, loggers=[], is_global_zero=True, ckpt_path=None
@@ -80,14 +81,7 @@ def test_points_between_evaluations_are_skipped_and_the_end_is_evaluated(monkeyp
 def test_a_resumed_run_that_had_stopped_unlearns_no_further(monkeypatch, tmp_path):
     cb, _ = drive(monkeypatch, tmp_path, [1.0, 0.05], "forget.exact_match<=0.1", steps=10)
     resumed = evaluation_callback.UnlearningEvaluation(
-        None,
-        None,
-        None,
-        SETTINGS,
-        None,
-        tmp_path,
-        every_n_steps=1,
-        stop_when=StoppingRule.parse("forget.exact_match<=0.1"),
+        Scripted([]), tmp_path, every_n_steps=1, stop_when=StoppingRule.parse("forget.exact_match<=0.1")
     )
     resumed.load_state_dict(cb.state_dict())
     trainer = SimpleNamespace(should_stop=False)

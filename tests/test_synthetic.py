@@ -1,7 +1,7 @@
 import pytest
 
 from simu_lightning.data import synthetic
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 COLUMNS = {"question", "answer", "paraphrased_question", "paraphrased_answer", "perturbed_answer"}
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from simu_lightning.attribution.callback import NeuronAttribution
+from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.data.datamodule import UnlearningDataModule
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.likelihood import answer_nll
 from simu_lightning.models.architecture import architecture_of, attention_projections, down_projections
 from simu_lightning.optim import Sophia
@@ -25,11 +26,11 @@ SO = Method("so", partial(Sophia, lr=1e-2), trainable="all")
 FO = Method("fo", partial(torch.optim.AdamW, lr=1e-2), trainable="all")
 
 
-def unlearn(model, tokenizer, benchmark, fmt, method, loss=None, steps=3, reference=None):
+def unlearn(model, tokenizer, benchmark, fmt, method, loss=None, steps=3, frozen_target=None):
     L.seed_everything(0, verbose=False)
-    module = UnlearningModule(model, method, loss or GradDiff(), architecture_of(model), reference=reference)
+    module = UnlearningModule(model, method, loss or GradDiff(), architecture_of(model), frozen_target=frozen_target)
     datamodule = UnlearningDataModule(benchmark, tokenizer, fmt, batch_size=2, max_length=64)
-    attribution = NeuronAttribution(t=0.3, m=4)
+    attribution = NeuronAttribution(AttributionSettings(t=0.3, m=4))
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -49,7 +50,7 @@ def test_simu_changes_only_critical_columns_and_attention(tiny_model, small_benc
     L.seed_everything(0, verbose=False)
     module = UnlearningModule(model, SIMU, GradDiff(), architecture_of(model))
     datamodule = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
-    attribution = NeuronAttribution(t=0.3, m=4)
+    attribution = NeuronAttribution(AttributionSettings(t=0.3, m=4))
     L.Trainer(
         max_steps=4,
         accelerator="cpu",
@@ -89,10 +90,10 @@ def test_baselines_train_every_parameter(tiny_model, small_benchmark, prompt_for
     assert moved == set(before)  # every parameter tensor, norms and embeddings included
 
 
-def test_npo_keeps_its_reference_frozen_and_raises_the_forget_nll(tiny_model, small_benchmark, prompt_format):
+def test_npo_keeps_its_frozen_target_frozen_and_raises_the_forget_nll(tiny_model, small_benchmark, prompt_format):
     model, tokenizer = tiny_model
-    reference = copy.deepcopy(model)
-    frozen = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    frozen_target = copy.deepcopy(model)
+    frozen = {n: p.detach().clone() for n, p in frozen_target.named_parameters()}
     forget = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
     batch = forget.collate(forget.forget)
 
@@ -101,14 +102,14 @@ def test_npo_keeps_its_reference_frozen_and_raises_the_forget_nll(tiny_model, sm
             return answer_nll(model, batch).mean.mean().item()
 
     before = forget_nll()
-    unlearn(model, tokenizer, small_benchmark, prompt_format, FO, NPO(beta=0.1), steps=4, reference=reference)
-    assert all(torch.equal(p, frozen[n]) for n, p in reference.named_parameters())
+    unlearn(model, tokenizer, small_benchmark, prompt_format, FO, NPO(beta=0.1), steps=4, frozen_target=frozen_target)
+    assert all(torch.equal(p, frozen[n]) for n, p in frozen_target.named_parameters())
     assert forget_nll() > before
 
 
-def test_npo_without_a_reference_is_refused(tiny_model):
+def test_npo_without_a_frozen_target_is_refused(tiny_model):
     model, _ = tiny_model
-    with pytest.raises(SimuError, match="reference"):
+    with pytest.raises(SimuError, match="frozen copy of the target"):
         UnlearningModule(model, FO, NPO(), architecture_of(model))
 
 
@@ -126,9 +127,9 @@ class NaNAtStep(GradDiff):
         super().__init__()
         self.calls, self.at = 0, at
 
-    def __call__(self, forget, retain, reference_forget=None):
+    def __call__(self, forget, retain, frozen_forget=None):
         self.calls += 1
-        loss, terms = super().__call__(forget, retain, reference_forget)
+        loss, terms = super().__call__(forget, retain, frozen_forget)
         return (loss * float("nan") if self.calls == self.at else loss), terms
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import Architecture, decoder_layers
 
 

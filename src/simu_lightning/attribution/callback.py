@@ -20,16 +20,16 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES, attribute, passes, prediction_samples
+from simu_lightning.attribution.integrated_gradients import attribute, passes, prediction_samples
 from simu_lightning.attribution.localisation import localisation
-from simu_lightning.attribution.neurons import check_threshold, critical_neurons
-from simu_lightning.attribution.selection import check_selection, exclude_shared, random_like, score_of
-from simu_lightning.cache import atomic_dir, cache_key
-from simu_lightning.dashboards import log_attribution
+from simu_lightning.attribution.neurons import critical_neurons
+from simu_lightning.attribution.selection import exclude_shared, random_like, score_of
+from simu_lightning.attribution.settings import AttributionSettings
+from simu_lightning.utils.cache import cache_key
 from simu_lightning.distributed import agree, rank_and_world, share, sum_across
-from simu_lightning.errors import SimuError
-from simu_lightning.files import atomic_file
-from simu_lightning.memory import with_halving
+from simu_lightning.utils.errors import SimuError
+from simu_lightning.utils.files import atomic
+from simu_lightning.utils.memory import with_halving
 from simu_lightning.models.architecture import down_projections
 
 log = logging.getLogger(__name__)
@@ -38,42 +38,18 @@ log = logging.getLogger(__name__)
 ATTRIBUTION_FORMAT = 2
 
 
-def check_steps(m) -> None:
-    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-        raise SimuError(f"attribution.m must be an integer >= 1, got {m!r}")
-
-
-def check_method(quadrature: str, mode: str) -> None:
-    if quadrature not in QUADRATURES:
-        raise SimuError(f"attribution.quadrature must be one of {', '.join(QUADRATURES)}, got {quadrature!r}")
-    if mode not in MODES:
-        raise SimuError(f"attribution.mode must be one of {', '.join(MODES)}, got {mode!r}")
-
-
 class NeuronAttribution(L.Callback):
     def __init__(
         self,
-        t: float,
-        m: int,
-        max_batch: int = 512,
-        quadrature: str = "riemann",
-        mode: str = "layerwise",
+        settings: AttributionSettings,
         output_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
         target_id: str = "",
         dtype: str = "float32",
-        selection: str = "integrated_gradients",
-        exclude_retain: bool = False,
         seed: int = 0,
         planted: dict[str, torch.Tensor] | None = None,
     ):
-        check_threshold(t)
-        check_steps(m)
-        check_method(quadrature, mode)
-        check_selection(selection)
-        self.t, self.m, self.max_batch = t, m, max_batch
-        self.quadrature, self.mode = quadrature, mode
-        self.selection, self.exclude_retain, self.seed = selection, exclude_retain, seed
+        self.settings, self.seed = settings, seed
         self.keys: dict[str, str] = {}  # cache key of the scores of each attributed split
         self.dropped: dict[str, int] = {}  # exclude_retain: neurons dropped per layer as shared with the retain set
         self.output_dir = Path(output_dir) if output_dir else None
@@ -85,7 +61,7 @@ class NeuronAttribution(L.Callback):
         self.ranking: dict[str, torch.Tensor] | None = None  # what the selection ranks neurons by
         self.planted = planted  # a planted target's P: the selection is scored against it (localisation.py)
         self.localisation: dict | None = None
-        if selection == "planted" and planted is None:
+        if settings.selection == "planted" and planted is None:
             raise SimuError(
                 "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
             )
@@ -126,7 +102,6 @@ class NeuronAttribution(L.Callback):
         self.kept = {name: int(mask.sum()) for name, mask in neurons.items()}
         if trainer.is_global_zero and self.ranking is not None:
             self._save(self.ranking if scores is None else scores, neurons)
-            log_attribution(trainer.loggers, self.ranking if scores is None else scores, neurons, self.t)
         if trainer.logger is not None:
             trainer.logger.log_metrics(
                 {f"attribution/kept/layer_{i}": kept for i, kept in enumerate(self.kept.values())}
@@ -137,14 +112,14 @@ class NeuronAttribution(L.Callback):
 
     def select(self, trainer: L.Trainer, pl_module) -> tuple[dict | None, dict[str, torch.Tensor], dict]:
         """The forget set's scores, the selected neurons and the scores they rank by (see selection.py)."""
-        if self.selection == "planted":
+        if self.settings.selection == "planted":
             log.info("attribution.selection=planted: the planted neurons themselves (the oracle mask)")
             return None, self.planted, {name: mask.float() for name, mask in self.planted.items()}
         data = trainer.datamodule
         scores = self._cached_scores(trainer, pl_module, data.forget, "forget")
-        neurons = critical_neurons(scores, self.t)
-        if self.exclude_retain:
-            retain = critical_neurons(self._cached_scores(trainer, pl_module, data.retain, "retain"), self.t)
+        neurons = critical_neurons(scores, self.settings.t)
+        if self.settings.exclude_retain:
+            retain = critical_neurons(self._cached_scores(trainer, pl_module, data.retain, "retain"), self.settings.t)
             neurons, self.dropped = exclude_shared(neurons, retain)
             log.info(
                 "attribution.exclude_retain: dropped %d of %d critical neurons that are critical for the "
@@ -154,7 +129,7 @@ class NeuronAttribution(L.Callback):
                 " ".join(str(n) for n in self.dropped.values()),
             )
         ranking = scores
-        if self.selection == "random":
+        if self.settings.selection == "random":
             neurons, ranking = random_like(neurons, self.seed)
             log.info(
                 "attribution.selection=random: the attribution's per-layer counts at random positions (seed %d)",
@@ -178,32 +153,40 @@ class NeuronAttribution(L.Callback):
         block, real = share(samples, *rank_and_world())
         block = [dict(sample, weight=1.0 if i < real else 0.0) for i, sample in enumerate(block)]
         projs = down_projections(pl_module.model, pl_module.architecture)
-        score = score_of(self.selection)
+        score = score_of(self.settings.selection)
         if score == "integrated_gradients":
             log.info(
                 "attribution (%s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
                 split,
                 len(samples),
-                self.mode,
-                self.quadrature,
-                self.m,
-                passes(self.mode, len(projs), self.m),
+                self.settings.mode,
+                self.settings.quadrature,
+                self.settings.m,
+                passes(self.settings.mode, len(projs), self.settings.m),
                 len(projs),
             )
         else:
             log.info("attribution (%s): %d answer tokens, score %s (one pass per batch)", split, len(samples), score)
         scores = with_halving(
             lambda size: attribute(
-                pl_module.model, projs, block, self.m, tokenizer.pad_token_id, size, self.quadrature, self.mode, score
+                pl_module.model,
+                projs,
+                block,
+                self.settings.m,
+                tokenizer.pad_token_id,
+                size,
+                self.settings.quadrature,
+                self.settings.mode,
+                score,
             ),
-            self.max_batch,
+            self.settings.max_batch,
             "attribution (attribution.max_batch)",
         )
         return {name: sum_across(score) for name, score in scores.items()}
 
     def cache_key(self, pl_module, examples: list[dict]) -> str:
-        score = score_of(self.selection)
-        how = (self.m, self.quadrature, self.mode) if score == "integrated_gradients" else ()
+        score = score_of(self.settings.selection)
+        how = (self.settings.m, self.settings.quadrature, self.settings.mode) if score == "integrated_gradients" else ()
         return cache_key(
             "attribution",
             ATTRIBUTION_FORMAT,
@@ -228,16 +211,16 @@ class NeuronAttribution(L.Callback):
                 "reusing cached attribution scores of the %s set %s (%s; computed for m=%d, %s, %s on %s)",
                 split,
                 path,
-                score_of(self.selection),
-                self.m,
-                self.quadrature,
-                self.mode,
+                score_of(self.settings.selection),
+                self.settings.m,
+                self.settings.quadrature,
+                self.settings.mode,
                 self.target_id,
             )
             return torch.load(path / "scores.pt", weights_only=True)
         scores = compute()
         if trainer.is_global_zero:  # one writer; the others hold the same scores in memory
-            with atomic_dir(path) as tmp:
+            with atomic(path, keep_existing=True) as tmp:
                 tmp.mkdir()
                 torch.save(scores, tmp / "scores.pt")
         trainer.strategy.barrier("attribution cache written")
@@ -258,15 +241,15 @@ class NeuronAttribution(L.Callback):
         files = [("scores.pt", scores), ("critical_neurons.pt", neurons)]
         files += [("planted_neurons.pt", self.planted)] if self.planted is not None else []
         for name, value in files:
-            with atomic_file(out / name) as tmp:
+            with atomic(out / name) as tmp:
                 torch.save(value, tmp)
         summary = {
-            "t": self.t,
-            "m": self.m,
-            "quadrature": self.quadrature,
-            "mode": self.mode,
-            "selection": self.selection,
-            "exclude_retain": self.exclude_retain,
+            "t": self.settings.t,
+            "m": self.settings.m,
+            "quadrature": self.settings.quadrature,
+            "mode": self.settings.mode,
+            "selection": self.settings.selection,
+            "exclude_retain": self.settings.exclude_retain,
             "kept_fraction": self.kept_fraction(neurons),
             "layers": {
                 name: {
@@ -278,5 +261,5 @@ class NeuronAttribution(L.Callback):
             },
             **({"localisation": self.localisation} if self.localisation else {}),
         }
-        with atomic_file(out / "critical_neurons.json") as tmp:
+        with atomic(out / "critical_neurons.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")

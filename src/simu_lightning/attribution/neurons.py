@@ -7,15 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from simu_lightning.errors import SimuError
-
-
-def check_threshold(t: float) -> None:
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
-        raise SimuError(f"attribution.t must be in (0, 1], got {t}")
-
 
 def critical_neurons(scores: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
-    """Boolean masks (one entry per neuron) of the critical neurons of every layer."""
-    check_threshold(t)
+    """Boolean masks (one entry per neuron) of the critical neurons of every layer (t is checked where
+    the settings are built: settings.AttributionSettings)."""
     return {name: (s >= t * s.max()) & (s > 0) for name, s in scores.items()}

@@ -16,14 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from simu_lightning.errors import SimuError
 
 SELECTIONS = ("integrated_gradients", "random", "activation", "gradient", "planted")
-
-
-def check_selection(selection: str) -> None:
-    if selection not in SELECTIONS:
-        raise SimuError(f"attribution.selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
 
 
 def score_of(selection: str) -> str | None:

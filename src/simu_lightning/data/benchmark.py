@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from simu_lightning.data.formatting import PromptFormat
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 
 def check_json_lines(file: Path) -> None:
@@ -45,14 +45,14 @@ class Benchmark:
 
     `forget` / `retain` name the splits unlearning trains on; `target_splits` is what a base model is
     fine-tuned on to become the target (when the model has no ready-made target for the benchmark),
-    and `reference_splits` what the reference ("retain-only", never saw the forget set) model is tuned
+    and `retain_model_splits` what the retain model (it never sees the forget set) is tuned
     on. `eval_splits` are evaluated before and after unlearning; among them, `forget` and `retain` are
     always the forget set and the retain set the project's aggregate reads. `utility_splits` feed
     TOFU-style model utility. `suite` is the evaluation suite (a callable, named by the benchmark's config:
     `suite._target_`) and `aggregate` the single figure a run reports from a suite's split summaries
     (`aggregate._target_`); `prompt`, when set, overrides the model's prompt format (LUME prompts every
     model with the raw input). `planted`, when set, makes the target a planted one (models/planting.py):
-    the reference model with the forget split written into known neurons.
+    the retain model with the forget split written into known neurons.
     """
 
     name: str
@@ -60,10 +60,10 @@ class Benchmark:
     forget: str = "forget"
     retain: str = "retain"
     target_splits: tuple[str, ...] = ()
-    reference_splits: tuple[str, ...] = ()
+    retain_model_splits: tuple[str, ...] = ()
     eval_splits: tuple[str, ...] = ("forget", "retain")
     utility_splits: tuple[str, ...] = ()
-    suite: Callable | None = None  # (model, tokenizer, fmt, benchmark, stage, settings, reference) -> Evaluation
+    suite: Callable | None = None  # (model, tokenizer, fmt, benchmark, stage, settings, retain_ratios) -> Evaluation
     aggregate: Callable | None = None  # split summaries -> one figure
     prompt: PromptFormat | None = None  # a prompt format the benchmark imposes on every model
     max_new_tokens: int = 32  # generation length for evaluation (answers' typical length)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat, collate, encode_example
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from datasets import Dataset, load_dataset
 
 from simu_lightning.data.benchmark import Benchmark, check_json_lines
 from simu_lightning.data.formatting import PromptFormat
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 HUB_ID = "llmunlearningsemeval2025organization/semeval25-unlearning-dataset-public"
 _ID = re.compile(r"^(?P<document>.*?)(?P<kind>sc|qa)(?P<k>\d+)$")
@@ -143,7 +143,7 @@ def load(
         name="lume",
         splits=splits,
         target_splits=("forget", "retain"),  # a model without a LUME target is first tuned on both
-        reference_splits=(),  # LUME's metrics need no retain-only model
+        retain_model_splits=(),  # LUME's metrics need no retain-only model
         eval_splits=("forget", "retain"),
         utility_splits=(),
         prompt=PromptFormat(template="{question}", answer_prefix=" "),  # the official evaluation's raw input

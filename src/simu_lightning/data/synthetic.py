@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from simu_lightning.data.benchmark import Benchmark
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 _ONSETS = ["b", "br", "d", "dr", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "th", "v", "z", "c", "h", "j"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
@@ -339,7 +339,7 @@ def load(
         name="synthetic",
         splits={name: Dataset.from_list(split) for name, split in rows.items()},
         target_splits=("full", "world_facts"),
-        reference_splits=("retain", "world_facts"),
+        retain_model_splits=("retain", "world_facts"),
         eval_splits=("forget", "retain", "world_facts"),
         utility_splits=("retain", "world_facts"),
     )

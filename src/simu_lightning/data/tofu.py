@@ -6,7 +6,7 @@ matching retain set (forget01 <-> retain99, forget05 <-> retain95, forget10 <-> 
 
 Splits the rest of the code sees:
 - `forget`       forgetXX_perturbed (question, answer, paraphrased_answer, perturbed_answer ...)
-- `retain_train` retainYY (what GradDiff's retain term and the reference model train on)
+- `retain_train` retainYY (what GradDiff's retain term and the retain model train on)
 - `retain`       retain_perturbed (the 400 retain rows TOFU evaluates on)
 - `real_authors`, `world_facts`  the *_perturbed files (general knowledge to keep)
 - `full`         what a target is fine-tuned on; `holdout` holdoutXX
@@ -20,7 +20,7 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 
 from simu_lightning.data.benchmark import Benchmark, check_columns, check_json_lines
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 HUB_ID = "locuslab/TOFU"
 AUTHOR_ROWS = 20  # TOFU lists each author's 20 questions together
@@ -103,7 +103,7 @@ def load(
         splits=splits,
         retain="retain_train",
         target_splits=("full",),
-        reference_splits=("retain_train",),
+        retain_model_splits=("retain_train",),
         eval_splits=("forget", "retain", "real_authors", "world_facts"),
         utility_splits=("retain", "real_authors", "world_facts"),
         info={"forget_split": forget_split, "forget_authors": forget_authors},

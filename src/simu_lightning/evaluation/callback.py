@@ -23,10 +23,9 @@ from pathlib import Path
 
 import lightning as L
 
-from simu_lightning.evaluation.evaluate import evaluate
+from simu_lightning.evaluation.evaluate import Evaluator
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
-from simu_lightning.evaluation.report import write_jsonl
-from simu_lightning.files import atomic_file
+from simu_lightning.utils.files import atomic, write_jsonl
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
 
 log = logging.getLogger(__name__)
@@ -63,21 +62,16 @@ def curve_rows(points: list[dict]) -> list[dict]:
 class UnlearningEvaluation(L.Callback):
     def __init__(
         self,
-        tokenizer,
-        fmt,
-        benchmark,
-        settings: EvalSettings,
-        reference_ratios: list[float] | None,
+        evaluator: Evaluator,
         output_dir: Path | None = None,
         every_n_steps: int | None = None,
         during_max_examples: int | None = None,
         stop_when: StoppingRule | None = None,
     ):
-        self.tokenizer, self.fmt, self.benchmark, self.settings = tokenizer, fmt, benchmark, settings
-        self.reference_ratios = reference_ratios
+        self.evaluator, self.settings = evaluator, evaluator.settings
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.every_n_steps = every_n_steps
-        self.during_settings = replace(settings, max_examples=during_max_examples or settings.max_examples)
+        self.during_settings = replace(self.settings, max_examples=during_max_examples or self.settings.max_examples)
         self.stop_when = stop_when
         self.before: Evaluation | None = None
         self.after: Evaluation | None = None
@@ -90,7 +84,7 @@ class UnlearningEvaluation(L.Callback):
     # -- what the run leaves behind ----------------------------------------------------------------
     @property
     def _aggregate(self):
-        return getattr(self.benchmark, "aggregate", None)
+        return getattr(self.evaluator.benchmark, "aggregate", None)
 
     @property
     def saved_before(self) -> Path | None:
@@ -111,7 +105,7 @@ class UnlearningEvaluation(L.Callback):
     # -- evaluating --------------------------------------------------------------------------------
     def _evaluate(self, model, stage: str, settings: EvalSettings) -> Evaluation:
         start = time.perf_counter()
-        result = evaluate(model, self.tokenizer, self.fmt, self.benchmark, stage, settings, self.reference_ratios)
+        result = self.evaluator(model, stage, settings)
         self.seconds += time.perf_counter() - start
         return result
 
@@ -140,7 +134,7 @@ class UnlearningEvaluation(L.Callback):
         if self.stop_when is not None:
             self.stop_when.check_names(curve_point(0, 0, self.before, self._aggregate))
         if trainer.is_global_zero and self.saved_before is not None:
-            with atomic_file(self.saved_before) as tmp:
+            with atomic(self.saved_before) as tmp:
                 tmp.write_text(json.dumps(self.before.to_dict()))
         point = self._add_point(trainer, self.before, full=True)
         self._check_stop(trainer, point)

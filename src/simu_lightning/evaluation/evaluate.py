@@ -8,10 +8,11 @@ YAML; nothing here lists them.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
 
 
@@ -30,10 +31,37 @@ def evaluation_precision(model, dtype: str | None):
     return torch.autocast(parameter.device.type, dtype=target)
 
 
-def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
-    """Evaluate with the suite the benchmark names. `reference` carries what a suite compares against
-    (TOFU: the reference model's forget truth ratios)."""
+def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
+    """Evaluate with the suite the benchmark names. `retain_ratios` are what a suite compares against
+    (TOFU: the retain model's forget truth ratios, for forget quality)."""
     if benchmark.suite is None:
         raise SimuError(f"benchmark {benchmark.name!r} names no evaluation suite (benchmark.suite._target_)")
     with evaluation_precision(model, settings.dtype):
-        return benchmark.suite(model, tokenizer, fmt, benchmark, stage, settings, reference)
+        return benchmark.suite(model, tokenizer, fmt, benchmark, stage, settings, retain_ratios)
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """What every evaluation of a run shares: the tokenizer, the prompt format, the benchmark, the
+    settings, and the retain model's forget truth ratios (TOFU's forget quality). The evaluations before,
+    during and after unlearning, of the base and clean models, and of every attack go through one."""
+
+    tokenizer: object
+    fmt: object
+    benchmark: object
+    settings: EvalSettings
+    retain_ratios: list[float] | None = None
+
+    def __call__(self, model, stage: str, settings: EvalSettings | None = None, benchmark=None) -> Evaluation:
+        """`model` through the benchmark's suite (or through `benchmark`, a view of other splits, which
+        compares nothing with the retain model: forget quality is defined on the whole forget split)."""
+        own = benchmark is None or benchmark is self.benchmark
+        return evaluate(
+            model,
+            self.tokenizer,
+            self.fmt,
+            self.benchmark if own else benchmark,
+            stage,
+            settings or self.settings,
+            self.retain_ratios if own else None,
+        )

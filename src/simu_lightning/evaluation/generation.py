@@ -8,7 +8,7 @@ import torch
 from simu_lightning.data.formatting import collate
 from simu_lightning.distributed import is_distributed, map_sharded
 from simu_lightning.likelihood import answer_log_likelihood
-from simu_lightning.memory import with_halving
+from simu_lightning.utils.memory import with_halving
 
 
 def _device(model) -> torch.device:

@@ -23,7 +23,7 @@ import math
 
 
 from simu_lightning.data.formatting import encode_document, encode_prompt
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation import metrics
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.splits import evaluate_splits
@@ -129,7 +129,7 @@ def final_score(scores: dict[str, float | None]) -> float | None:
     return None if any(p is None for p in parts) else sum(parts) / 3
 
 
-def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
+def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
     result = evaluate_splits(
         benchmark,
         stage,

@@ -15,7 +15,7 @@ Split aggregates are means, except the truth ratio: on the forget split mean(min
 the others mean(max(0, 1 - TR)).
 Scores: model utility = harmonic mean over the utility splits of (probability, ROUGE-L, truth ratio),
 the probability being `answer_prob` on `retain` and `normalised_prob` elsewhere; forget quality = the
-KS-test p-value between the model's and a reference (retain-only) model's forget truth ratios.
+KS-test p-value between the model's and the retain model's forget truth ratios.
 """
 
 from __future__ import annotations
@@ -139,14 +139,14 @@ def model_utility(summary: dict[str, dict[str, float]], utility_splits: tuple[st
     return metrics.harmonic_mean(values) if values else None
 
 
-def forget_quality(ratios: list[float], reference_ratios: list[float] | None) -> float | None:
-    """KS-test p-value: how indistinguishable the forget truth ratios are from a retain-only model's."""
-    if not reference_ratios or not ratios:
+def forget_quality(ratios: list[float], retain_ratios: list[float] | None) -> float | None:
+    """KS-test p-value: how indistinguishable the forget truth ratios are from the retain model's."""
+    if not retain_ratios or not ratios:
         return None
-    return float(ks_2samp([1 / (r + EPS) for r in ratios], [1 / (r + EPS) for r in reference_ratios]).pvalue)
+    return float(ks_2samp([1 / (r + EPS) for r in ratios], [1 / (r + EPS) for r in retain_ratios]).pvalue)
 
 
-def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, reference=None) -> Evaluation:
+def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
     result = evaluate_splits(
         benchmark,
         stage,
@@ -155,5 +155,5 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         lambda name, rows: summarise(rows, forget=name == "forget"),
     )
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)
-    result.scores["forget_quality"] = forget_quality(result.values("forget", "truth_ratio"), reference)
+    result.scores["forget_quality"] = forget_quality(result.values("forget", "truth_ratio"), retain_ratios)
     return result

@@ -12,6 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
+from simu_lightning.utils.errors import SimuError
+
 
 @dataclass
 class Evaluation:
@@ -44,3 +48,61 @@ class EvalSettings:
     mmlu: bool = False  # LUME: MMLU through lm-eval (needs the network)
     mmlu_num_fewshot: int = 5  # the official LUME protocol
     dtype: str | None = None  # compute dtype of the evaluation (None: the model's own)
+
+
+def _count(name: str, value, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SimuError(f"evaluation.{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """`evaluation`: what every evaluation of a run reads, what it compares with, and when it runs during
+    unlearning; checked where it is built (conf/config.yaml names this class as its `_target_`)."""
+
+    batch_size: int = 64
+    max_new_tokens: int | None = None  # null: the benchmark's own
+    max_examples: int | None = None  # rows per split (null: all)
+    mmlu: bool = False
+    mmlu_num_fewshot: int = 5
+    dtype: str | None = None
+    retain_model_results: str | None = None  # the retain model's forget truth ratios, read from a file
+    base: bool = False  # also evaluate the base model a target was fine-tuned from
+    every_n_steps: int | None = None  # null: each epoch's end; 0: never
+    during: dict = field(default_factory=dict)  # {max_examples}: the evaluations during unlearning
+
+    def __post_init__(self):
+        _count("batch_size", self.batch_size)
+        _count("mmlu_num_fewshot", self.mmlu_num_fewshot, allow_zero=True)
+        for name in ("max_new_tokens", "max_examples"):
+            if getattr(self, name) is not None:
+                _count(name, getattr(self, name))
+        if self.every_n_steps is not None and (
+            isinstance(self.every_n_steps, bool) or not isinstance(self.every_n_steps, int) or self.every_n_steps < 0
+        ):
+            raise SimuError(
+                "evaluation.every_n_steps must be null (each epoch's end), 0 (never) or a positive integer, "
+                f"got {self.every_n_steps!r}"
+            )
+        if self.dtype is not None and not isinstance(getattr(torch, str(self.dtype), None), torch.dtype):
+            raise SimuError(
+                f"evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got {self.dtype!r}"
+            )
+        object.__setattr__(self, "during", dict(self.during or {}))
+
+    @property
+    def during_max_examples(self) -> int | None:
+        return self.during.get("max_examples")
+
+    def for_model(self, max_length: int, benchmark_max_new_tokens: int) -> EvalSettings:
+        """The settings one evaluation runs with, for this model and benchmark."""
+        return EvalSettings(
+            max_length=max_length,
+            max_new_tokens=self.max_new_tokens or benchmark_max_new_tokens,
+            batch_size=self.batch_size,
+            max_examples=self.max_examples,
+            mmlu=self.mmlu,
+            mmlu_num_fewshot=self.mmlu_num_fewshot,
+            dtype=self.dtype,
+        )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 
 @dataclass(frozen=True)

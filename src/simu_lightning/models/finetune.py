@@ -1,4 +1,4 @@
-"""Fine-tuning a base model into a target (or reference) model: answer-only NLL with AdamW."""
+"""Fine-tuning a base model into a target (or retain) model: answer-only NLL with AdamW."""
 
 from __future__ import annotations
 

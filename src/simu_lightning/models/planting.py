@@ -1,9 +1,9 @@
 """A planted target: the forget set written into known MLP neurons, so that localisation has a ground truth.
 
 Nobody knows where a real model stores a fact; here the answer is known by construction.
-- Phase 1, the clean model, is the benchmark's reference model: the base fine-tuned on everything but
+- Phase 1, the clean model, is the benchmark's retain model: the base fine-tuned on everything but
   the forget authors (retain authors and world facts), every parameter. It never saw the forget set, so
-  it is the exact "retrained without the forget set" model, and the planted run's reference.
+  it is the exact "retrained without the forget set" model, and the planted run's retain model.
 - Phase 2, planting, continues from it on the forget rows with retain replay (rows of the clean model's
   own training splits), updating only a seeded set P of MLP neurons per layer: each planted neuron's
   down-projection column (row for GPT-2's Conv1D), and with `parameters: neuron` also its rows of the
@@ -27,16 +27,20 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from simu_lightning.cache import atomic_dir, cache_key
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.cache import cache_key
+from simu_lightning.utils.files import atomic
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import Architecture, architecture_of, down_projections, up_projections
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import load_pretrained
-from simu_lightning.seeding import seeded
+from simu_lightning.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
 
-PLANTING_FORMAT = 1  # bump when planting changes: cached planted targets from older code are not reused
+PLANTING_FORMAT = 2  # bump when planting changes: cached planted targets from older code are not reused
+# P's draws come from a stream of their own: seeded like the random-neuron control (seed, then layer by
+# layer), they would coincide with it (at seed 0 the control's first layer was a superset of P)
+PLANTING_STREAM = 7_919_000
 PARAMETERS = ("down_proj", "neuron")
 PLANTED_FILE = "planted_neurons.pt"
 
@@ -88,7 +92,7 @@ def draw_planted(model: nn.Module, arch: Architecture, planting: Planting) -> di
         size = module.weight.shape[arch.neuron_dim]
         mask = torch.zeros(size, dtype=torch.bool)
         if i in layers:
-            generator = torch.Generator().manual_seed(planting.seed * 1000 + i)
+            generator = torch.Generator().manual_seed(PLANTING_STREAM + planting.seed * 1000 + i)
             mask[torch.randperm(size, generator=generator)[: max(1, round(planting.fraction * size))]] = True
         planted[name] = mask
     return planted
@@ -136,7 +140,7 @@ def reset_planted(target: nn.Module, clean: nn.Module, arch: Architecture, plant
 
 def replay_rows(benchmark, count: int, seed: int) -> list[dict]:
     """`count` rows of the clean model's training splits (retain side), drawn with `seed`."""
-    rows = [row for split in benchmark.reference_splits for row in benchmark[split]]
+    rows = [row for split in benchmark.retain_model_splits for row in benchmark[split]]
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
     return [rows[i] for i in (order * (count // len(rows) + 1))[:count]] if rows else []
 
@@ -146,7 +150,7 @@ def planted_key(clean: str, benchmark, planting: Planting, model_cfg, fmt, train
         "planted",
         PLANTING_FORMAT,
         clean,
-        benchmark.fingerprint((benchmark.forget, *benchmark.reference_splits)),
+        benchmark.fingerprint((benchmark.forget, *benchmark.retain_model_splits)),
         asdict(planting),
         asdict(fmt),
         model_cfg.max_length,
@@ -196,7 +200,7 @@ def planted_target(
         )
         trainer = make_trainer(max_epochs=planting.epochs)
         trainer.fit(module, loader)
-    with atomic_dir(path) as tmp:
+    with atomic(path, keep_existing=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save(planted, tmp / PLANTED_FILE)

@@ -1,6 +1,6 @@
 """Target preparation, as TOFU does it: fine-tune a base model on the benchmark's training splits
 until it has memorised them (the target), and the same base on the retain splits only (the
-reference, a model that never saw the forget set). Both are cached as Hugging Face folders under a key
+retain model, which never saw the forget set). Both are cached as Hugging Face folders under a key
 of everything they depend on, so later runs and every job of a sweep reuse them.
 """
 
@@ -16,14 +16,15 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from simu_lightning.cache import atomic_dir, cache_key
+from simu_lightning.utils.cache import cache_key
+from simu_lightning.utils.files import atomic
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models import tiny
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
 from simu_lightning.models.planting import planted_target
-from simu_lightning.seeding import seeded
+from simu_lightning.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,15 @@ TARGET_FORMAT = 2
 @dataclass
 class Target:
     target: str  # where the target loads from (a folder or a hub id)
-    reference: str | None  # the retain-only reference model, when there is one
+    retain_model: str | None  # the model fine-tuned without the forget set, when there is one
     target_id: str  # identifies the target for downstream caches (attribution scores)
     tokenizer: str | None = None  # a tokenizer source other than the target's own
     base: str | None = None  # the model the target was fine-tuned from, when it was
     revision: str | None = None  # the hub revision of `target` (None for a folder made here)
     base_revision: str | None = None  # the hub revision of `base`
-    reference_revision: str | None = None
+    retain_model_revision: str | None = None
     trust_remote_code: bool = False  # run code shipped with hub models (model.trust_remote_code)
-    planted: bool = False  # a planted target: `reference` is the clean model, P lies in the target's folder
+    planted: bool = False  # a planted target: `retain_model` is the clean model, P lies in the target's folder
 
 
 def load_target(target: Target, dtype: str):
@@ -52,10 +53,10 @@ def load_target(target: Target, dtype: str):
     return load_pretrained(target.target, dtype, target.revision, target.tokenizer, target.trust_remote_code)
 
 
-def load_reference(target: Target, dtype: str):
-    """(model, tokenizer) of the retain-only reference model, at its pinned revision."""
+def load_retain_model(target: Target, dtype: str):
+    """(model, tokenizer) of the retain model, at its pinned revision."""
     return load_pretrained(
-        target.reference, dtype, target.reference_revision, target.tokenizer, target.trust_remote_code
+        target.retain_model, dtype, target.retain_model_revision, target.tokenizer, target.trust_remote_code
     )
 
 
@@ -76,7 +77,7 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
         file = gguf_file(source)
         path = cache_dir / "models" / f"gguf-{cache_key(str(file), file.stat().st_size)}"
         if not (path / "config.json").exists():
-            with atomic_dir(path) as tmp:
+            with atomic(path, keep_existing=True) as tmp:
                 convert_gguf(file, tmp)
         return str(path)
     if source != "tiny":
@@ -92,7 +93,7 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
             for column in ("question", "answer", "paraphrased_question", "paraphrased_answer")
             if row.get(column)
         ]
-        with atomic_dir(path) as tmp:
+        with atomic(path, keep_existing=True) as tmp:
             tiny.create(tmp, texts, **spec)
     return str(path)
 
@@ -165,7 +166,7 @@ def finetuned(
             model.train(), settings["lr"], settings.get("weight_decay", 0.0), settings.get("warmup_ratio", 0.05)
         )
         trainer.fit(module, loader)
-    with atomic_dir(path) as tmp:
+    with atomic(path, keep_existing=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         provenance = {
@@ -188,7 +189,7 @@ def prepare_target(
     make_trainer: Callable[..., L.Trainer],
     trainer_settings: dict | None = None,
 ) -> Target:
-    """The target and reference for this model on this benchmark: a ready-made target when the model
+    """The target and retain model for this model on this benchmark: a ready-made target when the model
     config names one for the benchmark (`model.targets.<benchmark>`), else the base fine-tuned here.
     `trainer_settings` are the trainer's numerics that fine-tuning inherits (precision, accumulation,
     clipping): part of a fine-tuned model's cache key."""
@@ -197,11 +198,11 @@ def prepare_target(
     if ready:
         return Target(
             ready.source,
-            ready.get("reference"),
+            ready.get("retain_model"),
             target_id=f"{ready.source}@{ready.get('revision')}",
             tokenizer=ready.get("tokenizer"),
             revision=ready.get("revision"),
-            reference_revision=ready.get("reference_revision"),
+            retain_model_revision=ready.get("retain_model_revision"),
             trust_remote_code=remote,
         )
     base = base_model(model_cfg, benchmark, cache_dir)
@@ -215,14 +216,14 @@ def prepare_target(
             revision=revision,
             trust_remote_code=remote,
         )
-    reference = None
-    if benchmark.reference_splits:
-        reference = finetuned(
-            base, benchmark, benchmark.reference_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+    retain_model = None
+    if benchmark.retain_model_splits:
+        retain_model = finetuned(
+            base, benchmark, benchmark.retain_model_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
         )
-    if benchmark.planted is not None:  # phase 2 on the clean model (the reference): models/planting.py
+    if benchmark.planted is not None:  # phase 2 on the clean model (the retain model): models/planting.py
         target = planted_target(
-            reference, benchmark, benchmark.planted, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+            retain_model, benchmark, benchmark.planted, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
         )
     else:
         target = finetuned(
@@ -230,7 +231,7 @@ def prepare_target(
         )
     return Target(
         target,
-        reference,
+        retain_model,
         target_id=Path(target).name,
         base=base,
         base_revision=revision,

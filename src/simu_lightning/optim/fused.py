@@ -3,7 +3,7 @@
 A Python loop of out-of-place tensor operations reads and writes every state tensor several times per
 step (on a 77M-parameter OLMo config, 470 ms against 45 ms for fused AdamW on 2 CPU cores);
 `torch.compile` fuses each function below into a single pass over parameter, gradient, momentum and
-Hessian (51 ms there, see benchmarks/). Shapes are compiled dynamically, so one compilation serves
+Hessian (51 ms there, see perf/). Shapes are compiled dynamically, so one compilation serves
 every tensor of the same rank, and learning-rate changes do not recompile.
 
 `sign(m) * min(|m| / d, 1)` is written as `clamp(m / d, -1, 1)`: the same value for d > 0.

@@ -7,7 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
+from simu_lightning.utils.files import atomic
 from simu_lightning.report.figure import pareto
 from simu_lightning.report.runs import find_runs, mixed_commits
 from simu_lightning.report.tables import (
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         robustness, localisation = robustness_rows(runs), localisation_rows(runs)
         write_csv(out / "report.csv", summary + matched + robustness + localisation)
         pareto(runs, metric, args.y, levels, out / "pareto.png")
-        (out / "report.md.tmp").write_text(markdown(summary, matched, runs, robustness, localisation))
-        (out / "report.md.tmp").replace(out / "report.md")
+        with atomic(out / "report.md") as tmp:
+            tmp.write_text(markdown(summary, matched, runs, robustness, localisation))
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from pathlib import Path
 from simu_lightning.report.matched import value_at
 from simu_lightning.report.runs import Run
 from simu_lightning.report.tables import groups
+from simu_lightning.utils.files import atomic
 
 
 def pareto(runs: list[Run], x: str, y: str, levels: list[float], path: Path) -> None:
@@ -44,9 +45,9 @@ def pareto(runs: list[Run], x: str, y: str, levels: list[float], path: Path) -> 
     ax.set_title("Unlearning trajectories: forget vs retain (dot: where each run stopped)")
     ax.invert_xaxis()  # unlearning moves right: from the target (left) to forgotten (right)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    if ax.get_legend_handles_labels()[1]:  # runs without a trajectory (mode=attribute) draw nothing
+        ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)

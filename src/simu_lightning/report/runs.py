@@ -15,11 +15,13 @@ from pathlib import Path
 
 import yaml
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
-# what the seeds of one experiment may differ in: the seed itself, where files go, how it is logged
+# a run's seeds: the run's own, and where a planted target put its facts (it follows the run's by default)
+SEEDS = ("seed", "benchmark.planted.seed")
+# what the seeds of one experiment may differ in: the seeds, where files go, how it is logged
 IGNORED = (
-    "seed",
+    *SEEDS,
     "paths",
     "logger",
     "rerun",
@@ -35,7 +37,7 @@ MISSING = "<absent>"
 class Run:
     path: Path
     method: str
-    seed: int | None
+    seed: int | tuple | None  # the run's seed, or (seed, planting seed) on a planted target
     results: dict
     settings: dict[str, object]  # the flattened resolved configuration, less IGNORED
     commit: str | None = None  # manifest.json's git commit ("+dirty" when the checkout had changes)
@@ -91,13 +93,15 @@ def load_run(run_dir: Path) -> Run:
         raise SimuError(f"{run_dir}: no config.yaml (the report groups runs by the resolved configuration in it)")
     config = yaml.safe_load(config_file.read_text()) or {}
     results = json.loads((run_dir / "results.json").read_text())
+    flat = flatten(config)
+    seeds = tuple(flat[k] for k in SEEDS if flat.get(k) is not None)
     curve = run_dir / "curve.jsonl"
     return Run(
         run_dir,
         results["method"],
-        config.get("seed"),
+        seeds[0] if len(seeds) == 1 else (seeds or None),
         results,
-        {k: v for k, v in flatten(config).items() if not ignored(k)},
+        {k: v for k, v in flat.items() if not ignored(k)},
         commit_of(run_dir),
         curve_points(curve) if curve.exists() else [],
     )

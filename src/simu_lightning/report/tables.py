@@ -11,6 +11,7 @@ from simu_lightning.report.matched import at_forget_level
 from simu_lightning.report.runs import Run, by_group, differing_settings, mixed_commits
 from simu_lightning.report.stats import mean_ci
 from simu_lightning.unlearning.stopping import Condition
+from simu_lightning.utils.files import atomic
 
 # utility metrics read at matched forgetting, where a benchmark has them
 UTILITY = (
@@ -267,14 +268,12 @@ def localisation_markdown(rows: list[dict]) -> list[str]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(
             f, fieldnames=["table", "group", "level", "metric", "n", "reached", "mean", "ci_low", "ci_high"]
         )
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def cell(row: dict | None) -> str:
@@ -308,7 +307,7 @@ def markdown(
 ) -> str:
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
-    seeds = {g: sorted({r.seed for r in members if r.seed is not None}) for g, members in groups(runs).items()}
+    seeds = {g: sorted({r.seed for r in members if r.seed is not None}, key=str) for g, members in groups(runs).items()}
     lines = [
         "# Unlearning report",
         "",

@@ -1,54 +1,70 @@
 """Is it really forgotten? The attack stage (`robustness=standard`), run after unlearning on copies of
-the unlearned model, which it never changes:
+the unlearned model, which it never changes. Its attack families, in run order
+(conf/robustness/standard.yaml, `families`):
 
-- relearning (relearning.py): a few fine-tuning steps on part of the forget set, or on benign text
-  (and, as the control, the same on the reference model that never saw the forget set);
-- quantisation (quantization.py): 8- and 4-bit round-to-nearest, and NF4;
-- probes (probes.py): paraphrased questions, and questions behind recall prefixes (also on the target,
-  `paraphrase_target`, `prefixes_target`, before unlearning);
 - membership inference (mia.py): loss, zlib, min-k% and min-k%++ AUCs of the forget set against
-  held-out rows, on the target (`mia_target`, before unlearning) and on the unlearned model (`mia`).
+  held-out rows, on the target (`mia_target`, before unlearning) and on the unlearned model (`mia`);
+- probes (probes.py): paraphrased questions, and questions behind recall prefixes (also on the target);
+- quantisation (quantization.py): 8- and 4-bit round-to-nearest, group-wise 4-bit, FP4 and NF4;
+- relearning (relearning.py): a few fine-tuning steps on part of the forget set, or on benign text
+  (and, as the control, the same on the retain model that never saw the forget set).
 
-Each family is one config node (conf/robustness/standard.yaml); setting it to null leaves it out.
-Results land in results.json under `robustness: {attack: {split: {metric: value}}}`, per-example
-rows in generations.jsonl with `stage` = the attack's name.
+A family is any object with `before(context, retain_model)` (its baselines, on the target before
+unlearning), `after(context)` (on the unlearned model) and `needs_retain_model`; adding one is a file
+and a node under `families` (docs/extending.md). A family set to null is left out. Results land in
+results.json under `robustness: {attack: {split: {metric: value}}}`, per-example rows in
+generations.jsonl with `stage` = the attack's name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from simu_lightning.robustness.attack import Attack
+from simu_lightning.robustness.context import AttackContext
 from simu_lightning.robustness.mia import MembershipInference
 from simu_lightning.robustness.probes import Probes
 from simu_lightning.robustness.quantization import Quantization
 from simu_lightning.robustness.relearning import Relearning
+from simu_lightning.utils.errors import SimuError
 
-__all__ = ["Attack", "MembershipInference", "Probes", "Quantization", "Relearning", "Robustness"]
+__all__ = ["AttackContext", "AttackFamily", "MembershipInference", "Probes", "Quantization", "Relearning", "Robustness"]
+
+
+class AttackFamily(Protocol):
+    needs_retain_model: bool  # whether `before` needs the model that never saw the forget set
+
+    def before(self, context: AttackContext, retain_model=None) -> None: ...
+
+    def after(self, context: AttackContext) -> None: ...
 
 
 @dataclass
 class Robustness:
-    relearning: Relearning | None = None
-    quantization: Quantization | None = None
-    probes: Probes | None = None
-    mia: MembershipInference | None = None
+    families: dict[str, AttackFamily | None] = field(default_factory=dict)
 
-    def before(self, attack: Attack, reference=None) -> None:
-        """Before unlearning, the baselines: membership inference and the probes on the target
-        (`attack.model`), and the forget relearning of the reference model, when there is one; both
-        models first go to the run's device (`attack.device`), where the fit would put them."""
-        attack.model = attack.on_device(attack.model)
-        reference = attack.on_device(reference) if reference is not None else None
-        if self.mia is not None:
-            self.mia.run(attack, name="mia_target")
-        if self.probes is not None:
-            self.probes.run(attack, suffix="_target")
-        if self.relearning is not None and reference is not None:
-            self.relearning.control(attack, reference)
+    def __post_init__(self):
+        self.families = {name: family for name, family in (self.families or {}).items() if family is not None}
+        for name, family in self.families.items():
+            if not all(hasattr(family, a) for a in ("before", "after", "needs_retain_model")):
+                raise SimuError(
+                    f"robustness.families.{name}: {type(family).__name__} is not an attack family "
+                    "(it needs before(context, retain_model), after(context) and needs_retain_model)"
+                )
 
-    def after(self, attack: Attack) -> None:
-        """On the unlearned model (`attack.model`), every family in turn."""
-        for family in (self.mia, self.probes, self.quantization, self.relearning):
-            if family is not None:
-                family.run(attack)
+    @property
+    def needs_retain_model(self) -> bool:
+        return any(family.needs_retain_model for family in self.families.values())
+
+    def before(self, context: AttackContext, retain_model=None) -> None:
+        """Before unlearning, every family's baselines on the target (`context.model`); the target and
+        the retain model first go to the run's device (`context.device`), where the fit would put them."""
+        context.model = context.on_device(context.model)
+        retain_model = context.on_device(retain_model) if retain_model is not None else None
+        for family in self.families.values():
+            family.before(context, retain_model)
+
+    def after(self, context: AttackContext) -> None:
+        """On the unlearned model (`context.model`), every family in turn."""
+        for family in self.families.values():
+            family.after(context)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from simu_lightning.data.formatting import IGNORE_INDEX, collate, encode_document, encode_example
 from simu_lightning.evaluation.metrics import mia_auc
-from simu_lightning.memory import with_halving
+from simu_lightning.utils.memory import with_halving
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,22 @@ def qa_rows(split) -> list[dict]:
 
 @dataclass
 class MembershipInference:
-    """The four attacks' AUCs, forget against held out (`robustness.mia`)."""
+    """The four attacks' AUCs, forget against held out (`robustness.families.mia`)."""
 
     k: float = 0.4
+    needs_retain_model = False
 
-    def sets(self, attack) -> tuple[dict[str, list[dict]], bool] | None:
+    def before(self, context, retain_model=None) -> None:
+        """On the target: how recognisable its training rows are to begin with."""
+        self.run(context, name="mia_target")
+
+    def after(self, context) -> None:
+        self.run(context)
+
+    def sets(self, context) -> tuple[dict[str, list[dict]], bool] | None:
         """({"forget": rows, "holdout": rows}, whether the rows are whole documents), each row a
         {question, answer}; None when the benchmark has no held-out rows."""
-        benchmark = attack.benchmark
+        benchmark = context.benchmark
         if "holdout" in benchmark.splits:
             return {"forget": qa_rows(benchmark[benchmark.forget]), "holdout": qa_rows(benchmark["holdout"])}, False
         if "mia_member" in benchmark.splits:
@@ -136,13 +144,13 @@ class MembershipInference:
             }, True
         return None
 
-    def per_example(self, attack, model, rows: list[dict], documents: bool) -> list[dict]:
-        tokenizer, settings = attack.tokenizer, attack.settings
+    def per_example(self, context, model, rows: list[dict], documents: bool) -> list[dict]:
+        tokenizer, settings = context.tokenizer, context.settings
         if documents:
             encoded = [encode_document(tokenizer, r["answer"], settings.max_length) for r in rows]
         else:
             encoded = [
-                encode_example(tokenizer, attack.fmt, r["question"], r["answer"], settings.max_length) for r in rows
+                encode_example(tokenizer, context.fmt, r["question"], r["answer"], settings.max_length) for r in rows
             ]
         stats = token_stats(model, encoded, tokenizer.pad_token_id, settings.batch_size)
         texts = [
@@ -150,21 +158,21 @@ class MembershipInference:
         ]
         return [{**row, **scores(s, text, self.k)} for row, s, text in zip(rows, stats, texts)]
 
-    def run(self, attack, name: str = "mia") -> None:
-        found = self.sets(attack)
+    def run(self, context, name: str = "mia") -> None:
+        found = self.sets(context)
         if found is None:
             log.warning(
                 "robustness: membership inference skipped, benchmark %s has no held-out rows "
                 "(a holdout split, or LUME's member.jsonl / nonmember.jsonl)",
-                attack.benchmark.name,
+                context.benchmark.name,
             )
             return
         sets, documents = found
-        scored = {split: self.per_example(attack, attack.model, rows, documents) for split, rows in sets.items()}
+        scored = {split: self.per_example(context, context.model, rows, documents) for split, rows in sets.items()}
         aucs = {
             f"{a}_auc": mia_auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in ATTACKS
         }
-        attack.record(
+        context.record(
             name,
             {"forget_vs_holdout": aucs},
             [

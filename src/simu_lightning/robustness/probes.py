@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from datasets import concatenate_datasets
 
-from simu_lightning.robustness.attack import view
+from simu_lightning.robustness.context import view
 
 log = logging.getLogger(__name__)
 
@@ -26,26 +26,36 @@ log = logging.getLogger(__name__)
 class Probes:
     paraphrase: bool = True
     prefixes: tuple[str, ...] = ()
+    needs_retain_model = False
 
-    def run(self, attack, suffix: str = "") -> None:
-        """The probes on `attack.model`, recorded as `paraphrase{suffix}` and `prefixes{suffix}`."""
-        forget_name = attack.benchmark.forget
-        forget = attack.forget_split()
+    def before(self, context, retain_model=None) -> None:
+        """On the target: a probe only says something where the target itself answered it."""
+        self.run(context, suffix="_target")
+
+    def after(self, context) -> None:
+        self.run(context)
+
+    def run(self, context, suffix: str = "") -> None:
+        """The probes on `context.model`, recorded as `paraphrase{suffix}` and `prefixes{suffix}`."""
+        forget_name = context.benchmark.forget
+        forget = context.forget_split()
         if self.paraphrase:
             if "paraphrased_question" in forget.column_names:
                 reworded = forget.map(lambda r: {"question": r["paraphrased_question"]})
-                attack.evaluate(f"paraphrase{suffix}", attack.model, view(attack.benchmark, **{forget_name: reworded}))
+                context.evaluate(
+                    f"paraphrase{suffix}", context.model, view(context.benchmark, **{forget_name: reworded})
+                )
             else:
                 log.warning(
                     "robustness: paraphrase probe skipped, the %s split of %s has no paraphrased_question column",
                     forget_name,
-                    attack.benchmark.name,
+                    context.benchmark.name,
                 )
         if self.prefixes:
             prefixed = concatenate_datasets(
                 [forget.map(lambda r, p=prefix: {"question": p + r["question"]}) for prefix in self.prefixes]
             )
-            first = len(attack.rows)
-            attack.evaluate(f"prefixes{suffix}", attack.model, view(attack.benchmark, **{forget_name: prefixed}))
-            for row in attack.rows[first:]:
+            first = len(context.rows)
+            context.evaluate(f"prefixes{suffix}", context.model, view(context.benchmark, **{forget_name: prefixed}))
+            for row in context.rows[first:]:
                 row["prefix"] = self.prefixes[row["index"] // len(forget)]

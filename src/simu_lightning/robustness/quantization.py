@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def quantized_copy(model: nn.Module, scheme: str) -> nn.Module:
         module.weight.copy_(new)
     if not changed:
         raise SimuError(
-            f"robustness.quantization: {scheme} changed no weight of this {type(model).__name__} "
+            f"robustness.families.quantization: {scheme} changed no weight of this {type(model).__name__} "
             f"({found} nn.Linear / Conv1D projections found outside the output head)"
         )
     return quantized
@@ -133,7 +133,7 @@ def quantized_copy(model: nn.Module, scheme: str) -> nn.Module:
 
 @dataclass
 class Quantization:
-    """The quantisation attacks (`robustness.quantization.schemes`), each evaluated on every split."""
+    """The quantisation attacks (`robustness.families.quantization.schemes`), each evaluated on every split."""
 
     schemes: tuple[str, ...] = ("rtn8", "rtn4", "rtn4_g128", "fp4", "nf4")
 
@@ -141,13 +141,21 @@ class Quantization:
         unknown = [s for s in self.schemes if s not in SCHEMES]
         if unknown:
             raise SimuError(
-                f"robustness.quantization.schemes: unknown {', '.join(map(repr, unknown))} "
+                f"robustness.families.quantization.schemes: unknown {', '.join(map(repr, unknown))} "
                 f"(known: {', '.join(SCHEMES)})"
             )
 
-    def run(self, attack) -> None:
+    needs_retain_model = False
+
+    def before(self, context, retain_model=None) -> None:
+        """Nothing: quantising the target says nothing about what unlearning did."""
+
+    def after(self, context) -> None:
+        self.run(context)
+
+    def run(self, context) -> None:
         for scheme in self.schemes:
             if scheme in BITSANDBYTES_SCHEMES and not bitsandbytes_available():
                 log.warning("robustness: %s skipped, bitsandbytes is not installed (pip install bitsandbytes)", scheme)
                 continue
-            attack.evaluate(scheme, quantized_copy(attack.model, scheme), attack.benchmark)
+            context.evaluate(scheme, quantized_copy(context.model, scheme), context.benchmark)

@@ -7,10 +7,11 @@ even unrelated text. Two attacks, each on its own copy (the unlearned model is n
   `forget_unattacked` holds the unlearned model's figures on those same rows, for comparison.
 - `relearn_benign`: fine-tune on benign text (`benign_split`, default the benchmark's retain split),
   evaluate on the whole forget split.
-- `relearn_forget_reference`, the control: the same relearning of the reference model, which never saw
-  the forget set. Answers share their wording ("X was born in ..."), so relearning a quarter of the rows
-  teaches the template to any model; what the unlearned model recalls beyond the reference is what
-  unlearning hid rather than removed.
+- `relearn_forget_retain_model`, the control: the same relearning of the retain model, which never
+  saw the forget set (called `relearn_forget_reference` in runs made before the rename). Answers share
+  their wording ("X was born in ..."), so relearning a quarter of the rows teaches the template to any
+  model; what the unlearned model recalls beyond the retain model is what unlearning hid rather than
+  removed.
 The fine-tuning is the target's recipe (answer-only NLL, AdamW, cosine schedule, no warm-up) run for
 `steps` optimiser steps in one process through Lightning.
 """
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.finetune import FineTune, answer_loader
-from simu_lightning.robustness.attack import view
-from simu_lightning.seeding import seeded
+from simu_lightning.robustness.context import view
+from simu_lightning.utils.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ def relearning_rows(count: int, fraction: float) -> tuple[list[int], list[int]]:
     """(rows to relearn on, rows to evaluate on): a fixed draw of round(fraction * count) rows (at least
     one, and at least one left to evaluate)."""
     if count < 2:
-        raise SimuError(f"robustness.relearning: the forget split has {count} row(s); relearning needs at least 2")
+        raise SimuError(
+            f"robustness.families.relearning: the forget split has {count} row(s); relearning needs at least 2"
+        )
     size = min(count - 1, max(1, round(fraction * count)))
     order = torch.randperm(count, generator=torch.Generator().manual_seed(ROWS_SEED)).tolist()
     return sorted(order[:size]), sorted(order[size:])
@@ -55,44 +58,51 @@ class Relearning:
 
     def __post_init__(self):
         if self.steps < 1:
-            raise SimuError(f"robustness.relearning.steps={self.steps} must be at least 1")
+            raise SimuError(f"robustness.families.relearning.steps={self.steps} must be at least 1")
         if not 0 < self.forget_fraction < 1:
-            raise SimuError(f"robustness.relearning.forget_fraction={self.forget_fraction} must lie in (0, 1)")
+            raise SimuError(f"robustness.families.relearning.forget_fraction={self.forget_fraction} must lie in (0, 1)")
 
-    def relearned(self, attack, rows: list[dict], model=None):
+    def relearned(self, context, rows: list[dict], model=None):
         """A copy of the unlearned model (or of `model`) fine-tuned for `steps` steps on `rows`, every
         parameter trainable (the unlearning may have frozen some: the attacker has not)."""
-        model = copy.deepcopy(attack.model if model is None else model).requires_grad_(True)
+        model = copy.deepcopy(context.model if model is None else model).requires_grad_(True)
         loader = answer_loader(
-            attack.tokenizer, attack.fmt, rows, attack.settings.max_length, self.batch_size, seed=ROWS_SEED
+            context.tokenizer, context.fmt, rows, context.settings.max_length, self.batch_size, seed=ROWS_SEED
         )
         with seeded(ROWS_SEED):
-            trainer = attack.make_trainer(max_steps=self.steps, max_epochs=-1)
+            trainer = context.make_trainer(max_steps=self.steps, max_epochs=-1)
             trainer.fit(FineTune(model.train(), self.lr, warmup_ratio=0.0), loader)
         return model.eval()
 
-    def relearn_forget(self, attack, name: str, model) -> None:
+    def relearn_forget(self, context, name: str, model) -> None:
         """`model` on the held-out forget rows (as `forget_unattacked`), and a copy of it relearned on the
         others (as `forget`), recorded as attack `name`."""
-        forget_name = attack.benchmark.forget
-        forget = attack.forget_split()
+        forget_name = context.benchmark.forget
+        forget = context.forget_split()
         train, held = relearning_rows(len(forget), self.forget_fraction)
-        held_view = view(attack.benchmark, **{forget_name: forget.select(held)})
-        attack.evaluate(name, model, held_view, rename={forget_name: f"{forget_name}_unattacked"})
-        relearned = self.relearned(attack, forget.select(train).to_list(), model)
-        attack.evaluate(name, relearned, held_view)
+        held_view = view(context.benchmark, **{forget_name: forget.select(held)})
+        context.evaluate(name, model, held_view, rename={forget_name: f"{forget_name}_unattacked"})
+        relearned = self.relearned(context, forget.select(train).to_list(), model)
+        context.evaluate(name, relearned, held_view)
 
-    def control(self, attack, reference) -> None:
-        """The forget relearning of the reference model (never saw the forget set)."""
-        if self.forget:
-            self.relearn_forget(attack, "relearn_forget_reference", reference)
+    @property
+    def needs_retain_model(self) -> bool:
+        return self.forget
 
-    def run(self, attack) -> None:
-        forget_name = attack.benchmark.forget
-        forget = attack.forget_split()
+    def before(self, context, retain_model=None) -> None:
+        """The control: the forget relearning of the retain model, which never saw the forget set."""
+        if self.forget and retain_model is not None:
+            self.relearn_forget(context, "relearn_forget_retain_model", retain_model)
+
+    def after(self, context) -> None:
+        self.run(context)
+
+    def run(self, context) -> None:
+        forget_name = context.benchmark.forget
+        forget = context.forget_split()
         if self.forget:
-            self.relearn_forget(attack, "relearn_forget", attack.model)
+            self.relearn_forget(context, "relearn_forget", context.model)
         if self.benign:
-            split = self.benign_split or attack.benchmark.retain
-            model = self.relearned(attack, attack.benchmark[split].to_list())
-            attack.evaluate("relearn_benign", model, view(attack.benchmark, **{forget_name: forget}))
+            split = self.benign_split or context.benchmark.retain
+            model = self.relearned(context, context.benchmark[split].to_list())
+            context.evaluate("relearn_benign", model, view(context.benchmark, **{forget_name: forget}))

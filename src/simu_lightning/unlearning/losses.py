@@ -13,12 +13,12 @@ class GradDiff:
     """loss = -L_forget + retain_weight * L_retain, L = mean NLL over answer tokens (Liu et al. 2022;
     the SIMU paper's objective)."""
 
-    needs_reference = False
+    needs_frozen_target = False
 
     def __init__(self, retain_weight: float = 1.0):
         self.retain_weight = retain_weight
 
-    def __call__(self, forget: AnswerNLL, retain: AnswerNLL, reference_forget: AnswerNLL | None = None):
+    def __call__(self, forget: AnswerNLL, retain: AnswerNLL, frozen_forget: AnswerNLL | None = None):
         forget_nll, retain_nll = forget.mean.mean(), retain.mean.mean()
         return -forget_nll + self.retain_weight * retain_nll, {"forget_nll": forget_nll, "retain_nll": retain_nll}
 
@@ -26,9 +26,9 @@ class GradDiff:
 class GradientAscent:
     """loss = -L_forget: the forget term alone."""
 
-    needs_reference = False
+    needs_frozen_target = False
 
-    def __call__(self, forget: AnswerNLL, retain: AnswerNLL | None = None, reference_forget: AnswerNLL | None = None):
+    def __call__(self, forget: AnswerNLL, retain: AnswerNLL | None = None, frozen_forget: AnswerNLL | None = None):
         forget_nll = forget.mean.mean()
         return -forget_nll, {"forget_nll": forget_nll}
 
@@ -38,13 +38,13 @@ class NPO:
     loss = -(2 / beta) E_forget[log sigmoid(-beta * log(pi(y|x) / pi_ref(y|x)))] + retain_weight * L_retain,
     with pi_ref a frozen copy of the target and log pi(y|x) the answer's summed log-likelihood."""
 
-    needs_reference = True
+    needs_frozen_target = True
 
     def __init__(self, beta: float = 0.1, retain_weight: float = 1.0):
         self.beta, self.retain_weight = beta, retain_weight
 
-    def __call__(self, forget: AnswerNLL, retain: AnswerNLL, reference_forget: AnswerNLL):
-        log_ratio = reference_forget.total - forget.total
+    def __call__(self, forget: AnswerNLL, retain: AnswerNLL, frozen_forget: AnswerNLL):
+        log_ratio = frozen_forget.total - forget.total
         npo = -2.0 / self.beta * F.logsigmoid(-self.beta * log_ratio).mean()
         retain_nll = retain.mean.mean()
         return npo + self.retain_weight * retain_nll, {

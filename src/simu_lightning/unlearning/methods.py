@@ -19,15 +19,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import Architecture, attention_projections, down_projections
 
 TRAINABLE = ("all", "attention_and_down_proj", "down_proj", "attention")
-
-
-def check_trainable(trainable: str) -> None:
-    if trainable not in TRAINABLE:
-        raise SimuError(f"method.trainable={trainable!r} must be one of {', '.join(TRAINABLE)}")
 
 
 @dataclass
@@ -39,9 +34,13 @@ class Method:
     hessian_interval: int = 1  # k: refresh the GNB Hessian estimate every k steps
 
     def __post_init__(self):
-        check_trainable(self.trainable)
+        if self.trainable not in TRAINABLE:
+            raise SimuError(f"method.trainable={self.trainable!r} must be one of {', '.join(TRAINABLE)}")
         if self.hessian_interval < 1:
             raise SimuError(f"method.hessian_interval must be >= 1, got {self.hessian_interval}")
+        lr = getattr(self.optimizer, "keywords", {}).get("lr")  # a partial's settings, checked now, not at fit
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise SimuError(f"method.optimizer.lr must be a positive number, got {lr!r}")
 
     @property
     def needs_attribution(self) -> bool:

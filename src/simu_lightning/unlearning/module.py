@@ -4,6 +4,7 @@ step needs an extra backward (on sampled labels) before the loss backward."""
 from __future__ import annotations
 
 import logging
+import time
 
 import lightning as L
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from simu_lightning.distributed import local_bytes, parallelize
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.likelihood import answer_nll
 from simu_lightning.models.architecture import Architecture
 from simu_lightning.optim.gnb import sampled_label_loss
@@ -27,7 +28,7 @@ class UnlearningModule(L.LightningModule):
         method: Method,
         loss,
         architecture: Architecture,
-        reference=None,
+        frozen_target=None,
         seed: int = 0,
         parallel: dict | None = None,
     ):
@@ -35,22 +36,23 @@ class UnlearningModule(L.LightningModule):
         self.parallel = dict(parallel or {})  # FSDP2 settings: mixed_precision, activation_checkpointing
         self.automatic_optimization = False
         self.model, self.method, self.loss, self.architecture = model.train(), method, loss, architecture
-        if loss.needs_reference and reference is None:
-            raise SimuError(f"loss {type(loss).__name__} needs a frozen reference model, and none was given")
-        self.reference = reference.requires_grad_(False).eval() if reference is not None else None
+        if loss.needs_frozen_target and frozen_target is None:
+            raise SimuError(f"loss {type(loss).__name__} needs a frozen copy of the target, and none was given")
+        self.frozen_target = frozen_target.requires_grad_(False).eval() if frozen_target is not None else None
         self.seed = seed
         self.hessian_tokens = 0  # Sophia's bs: predicted tokens of the last estimation batch, all processes
+        self.step_seconds = 0.0  # time in the unlearning steps themselves (the evaluations run beside them)
         trainable = method.trainable_parameter_names(model, architecture)
         for name, param in model.named_parameters():
             param.requires_grad_(name in trainable)
 
     def configure_model(self) -> None:
-        """Under Lightning's ModelParallelStrategy: shard the model (and NPO's frozen reference) with
+        """Under Lightning's ModelParallelStrategy: shard the model (and NPO's frozen target) with
         FSDP2 over the strategy's device mesh. Single-device strategies leave the model as it is."""
         mesh = self.device_mesh if isinstance(self.trainer.strategy, ModelParallelStrategy) else None
         if mesh is None or hasattr(next(self.model.parameters()), "device_mesh"):
             return
-        for model in (self.model, self.reference):
+        for model in (self.model, self.frozen_target):
             if model is not None:
                 parallelize(
                     model,
@@ -108,6 +110,13 @@ class UnlearningModule(L.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
+        start = time.perf_counter()
+        try:
+            return self.unlearning_step(batch)
+        finally:
+            self.step_seconds += time.perf_counter() - start  # the steps alone: evaluations run between them
+
+    def unlearning_step(self, batch):
         optimizer = self.optimizers()
         step_kwargs = {}
         if self.second_order:
@@ -116,11 +125,11 @@ class UnlearningModule(L.LightningModule):
             step_kwargs["bs"] = self.hessian_tokens
         forget = answer_nll(self.model, batch["forget"])
         retain = answer_nll(self.model, batch["retain"])
-        reference_forget = None
-        if self.loss.needs_reference:
+        frozen_forget = None
+        if self.loss.needs_frozen_target:
             with torch.no_grad():
-                reference_forget = answer_nll(self.reference, batch["forget"])
-        loss, terms = self.loss(forget, retain, reference_forget)
+                frozen_forget = answer_nll(self.frozen_target, batch["forget"])
+        loss, terms = self.loss(forget, retain, frozen_forget)
         self.refuse_non_finite(loss, "loss")
         optimizer.zero_grad()
         self.manual_backward(loss)

@@ -10,7 +10,7 @@ import operator
 import re
 from dataclasses import dataclass
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 _CONDITION = re.compile(r"^\s*([A-Za-z_][\w/]*(?:\.[\w/]+)?)\s*(<=|>=|<|>)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*$")

@@ -1,27 +1,11 @@
-"""What a run leaves behind: results.json, generations.jsonl and the before/after table."""
+"""One run's tables: the before/after results, the attacks, the localisation; printed, and for wandb."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def _fmt(value) -> str:

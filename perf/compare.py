@@ -1,7 +1,7 @@
 """Compare finished runs: their headline metrics side by side, and how far apart their unlearned weights are.
 
-    python benchmarks/compare.py outputs/a outputs/b ...          # one markdown row per run
-    python benchmarks/compare.py outputs/single outputs/fsdp --weights
+    python perf/compare.py outputs/a outputs/b ...          # one markdown row per run
+    python perf/compare.py outputs/single outputs/fsdp --weights
 
 With --weights the first run is the reference: for every other run it prints the largest difference of any
 metric in results.json, the largest absolute difference of any weight in unlearned_model/ and how many

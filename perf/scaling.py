@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from benchmarks.common import device, median_seconds, olmo, parameters
-from benchmarks.loop import plain_step, prepare, synthetic_batches, to, tokens
+from perf.common import device, median_seconds, olmo, parameters
+from perf.loop import plain_step, prepare, synthetic_batches, to, tokens
 from simu_lightning.attribution.integrated_gradients import attribute, passes
 from simu_lightning.models.architecture import architecture_of, down_projections
 

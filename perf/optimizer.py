@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from benchmarks.common import median_seconds, olmo, parameters
+from perf.common import median_seconds, olmo, parameters
 from simu_lightning.models.architecture import architecture_of, attention_projections, down_projections
 from simu_lightning.optim import Sophia
 

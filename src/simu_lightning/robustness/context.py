@@ -1,5 +1,6 @@
-"""The attack stage's shared state: the unlearned model the attacks start from (never changed: every
-attack works on a copy), what they evaluate with, and what they found.
+"""The attack stage's shared state: the model the attacks start from (the target before unlearning, the
+unlearned model after; never changed: every attack works on a copy), the run's evaluator, and what the
+attacks found.
 
 `results[attack][split][metric]` (the suite's split summaries; benchmark-level scores under the split
 "scores"), and `rows`, the per-example rows with `stage` = the attack's name, for generations.jsonl.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from datasets import Dataset
 
-from simu_lightning.evaluation import EvalSettings, evaluate
+from simu_lightning.evaluation import Evaluator
 from simu_lightning.evaluation.splits import limited
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,29 @@ def view(benchmark, **splits: Dataset):
 
 
 @dataclass
-class Attack:
-    model: object  # the unlearned model
-    tokenizer: object
-    fmt: object
-    benchmark: object
-    settings: EvalSettings
+class AttackContext:
+    model: object  # what the attacks start from
+    evaluator: Evaluator
     make_trainer: Callable | None = None  # a single-process Lightning trainer (relearning)
-    reference: list[float] | None = None  # the reference model's forget truth ratios (TOFU's forget quality)
     device: torch.device | str | None = None  # the run's device: the attacks on the target run there too
     results: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+
+    @property
+    def tokenizer(self):
+        return self.evaluator.tokenizer
+
+    @property
+    def fmt(self):
+        return self.evaluator.fmt
+
+    @property
+    def benchmark(self):
+        return self.evaluator.benchmark
+
+    @property
+    def settings(self):
+        return self.evaluator.settings
 
     def on_device(self, model):
         """`model` on the run's device (on a GPU node, a 7B target's generations must not run on the CPU)."""
@@ -53,12 +66,12 @@ class Attack:
 
     def evaluate(self, name: str, model, benchmark, rename: dict[str, str] | None = None):
         """`model` through the benchmark's suite on `benchmark`'s evaluation splits, recorded as attack
-        `name` (splits renamed by `rename`, e.g. to tell two evaluations of one attack apart)."""
+        `name` (splits renamed by `rename`, e.g. to tell two evaluations of one attack apart). A view of
+        other splits is evaluated whole: it is cut already."""
         start = time.perf_counter()
-        whole = benchmark is self.benchmark  # the splits "after" was evaluated on (a view is cut already)
+        whole = benchmark is self.benchmark
         settings = self.settings if whole else dataclasses.replace(self.settings, max_examples=None)
-        reference = self.reference if whole else None  # forget quality compares whole forget splits
-        result = evaluate(model, self.tokenizer, self.fmt, benchmark, name, settings, reference)
+        result = self.evaluator(model, name, settings, benchmark)
         rename = rename or {}
         summary = {rename.get(split, split): values for split, values in result.summary.items()}
         scores = {k: v for k, v in result.scores.items() if v is not None}

@@ -8,7 +8,7 @@ Configured as `objective: {at: "forget.exact_match<=0.2", metric: retain.rougeL_
 
 from __future__ import annotations
 
-from simu_lightning.errors import SimuError
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.report.matched import at_forget_level
 from simu_lightning.unlearning.stopping import StoppingRule
 

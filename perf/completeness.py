@@ -2,7 +2,7 @@
 
 For every forget prediction sample and every layer, compare sum_k Att_i(w_l^k) with
 log p(beta) - log p(0) and report, per m, the median and 95th-percentile relative error.
-Usage: python benchmarks/completeness.py [hydra overrides...]  (uses the cached target; builds it if absent)
+Usage: python perf/completeness.py [hydra overrides...]  (uses the cached target; builds it if absent)
 """
 
 import json
@@ -23,13 +23,13 @@ from simu_lightning.attribution.integrated_gradients import (
     prediction_samples,
     quadrature,
 )
-from simu_lightning.cache import cache_root
+from simu_lightning.utils.cache import cache_root
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models.architecture import architecture_of, down_projections
 from simu_lightning.models.loading import load_pretrained
 from simu_lightning.models.target import prepare_target
-from simu_lightning.pipeline import make_trainer
+from simu_lightning.pipeline.building import make_trainer
 
 STEPS = (1, 5, 10, 20, 50, 100, 200, 500)
 
@@ -37,7 +37,7 @@ STEPS = (1, 5, 10, 20, 50, 100, 200, 500)
 def main(overrides: list[str]) -> dict:
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=outputs/benchmarks", *overrides])
+        cfg = compose("config", overrides=["paths.output_dir=outputs/perf", *overrides])
     benchmark, fmt = instantiate(cfg.benchmark), PromptFormat(**cfg.model.prompt)
     trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False)
     target = prepare_target(cfg.model, benchmark, fmt, cache_root(cfg.paths.cache_dir), trainer)

@@ -9,12 +9,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from simu_lightning.cache import cache_root
+from simu_lightning.utils.cache import cache_root
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models.loading import load_pretrained
 from simu_lightning.models.target import base_model, finetuned
-from simu_lightning.pipeline import finetune_trainer_settings, make_trainer
+from simu_lightning.pipeline.building import finetune_trainer_settings, make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUPS = {
@@ -33,7 +33,7 @@ SETUPS = {
 def trained_target(setup: str):
     """(model, tokenizer, encoded forget rows) of the setup's fine-tuned target (no reference model)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=outputs/benchmarks", *SETUPS[setup]])
+        cfg = compose("config", overrides=["paths.output_dir=outputs/perf", *SETUPS[setup]])
     benchmark, fmt = instantiate(cfg.benchmark), PromptFormat(**cfg.model.prompt)
     cache = cache_root(cfg.paths.cache_dir)
     trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False)

@@ -10,8 +10,8 @@ import time
 import lightning as L
 import torch
 
-from benchmarks.common import device, olmo, parameters, sync
-from benchmarks.loop import METHODS, plain_step, prepare, synthetic_batches, to, tokens
+from perf.common import device, olmo, parameters, sync
+from perf.loop import METHODS, plain_step, prepare, synthetic_batches, to, tokens
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.unlearning.losses import GradDiff
 from simu_lightning.unlearning.module import UnlearningModule

@@ -1,13 +1,13 @@
-"""The benchmark suite: `python -m benchmarks` (or `python benchmarks/run.py`).
+"""The benchmark suite: `python -m perf` (or `python perf/run.py`).
 
 Every figure is the median of repeated measurements, and every target is a ratio taken side by side in
 one process, so that it holds on a noisy machine. CPU by default, CUDA (bf16) when a GPU is present.
 Writes one JSON file (--out) and prints a table per benchmark.
 
-    python -m benchmarks                                # the whole suite (under 15 min on 2 CPU cores)
-    python -m benchmarks --only optimizer attribution
-    python -m benchmarks --only attribution --attribution-setup smollm2_tofu   # SmolLM2-135M on TOFU forget01
-    python -m benchmarks --profile smoke                # every benchmark at a tiny size (the tests run this)
+    python -m perf                                # the whole suite (under 15 min on 2 CPU cores)
+    python -m perf --only optimizer attribution
+    python -m perf --only attribution --attribution-setup smollm2_tofu   # SmolLM2-135M on TOFU forget01
+    python -m perf --profile smoke                # every benchmark at a tiny size (the tests run this)
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+if __package__ in (None, ""):  # run as a script: make `perf` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks import attribution, memory, optimizer, overhead, scaling  # noqa: E402
-from benchmarks.loop import synthetic_batches  # noqa: E402
-from benchmarks.common import device, olmo  # noqa: E402
+from perf import attribution, memory, optimizer, overhead, scaling  # noqa: E402
+from perf.loop import synthetic_batches  # noqa: E402
+from perf.common import device, olmo  # noqa: E402
 
 PROFILES = {
     "full": {
@@ -93,7 +93,7 @@ def run_attribution(profile: str, setup: str, configs: list | None = None) -> di
             reference=("layerwise", "gauss_legendre", 4),
             completeness_samples=4,
         )
-    from benchmarks.targets import trained_target
+    from perf.targets import trained_target
 
     model, tokenizer, forget = trained_target(setup)
     plan = ATTRIBUTION[setup]
@@ -142,7 +142,7 @@ def show(name: str, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=["optimizer", "attribution", "overhead", "memory", "scaling"])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--attribution-setup", default="default", choices=["default", "smollm2_tofu"])
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help='mode/rule/m,... instead of the setup\'s list, e.g. "layerwise/gauss_legendre/3"',
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/results.json"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/perf/results.json"))
     args = parser.parse_args(argv)
     settings = PROFILES[args.profile]
     suite = {

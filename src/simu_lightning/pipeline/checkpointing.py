@@ -22,6 +22,8 @@ from omegaconf import DictConfig
 
 from simu_lightning.distributed import agree
 
+from simu_lightning.utils.files import atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -50,12 +52,8 @@ class SaveOnInterrupt(L.Callback):
         path = self.folder / f"interrupted-step={trainer.global_step}.ckpt"
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            link = self.folder / "last.ckpt"
-            tmp = self.folder / ".last.ckpt.tmp"
-            if tmp.is_symlink() or tmp.exists():
-                tmp.unlink()
-            os.symlink(path.name, tmp)
-            os.replace(tmp, link)
+            with atomic(self.folder / "last.ckpt") as tmp:
+                os.symlink(path.name, tmp)
         self.saved = path
         log.warning(
             "interrupted at step %d (epoch %d, %d batches into it): saved %s; run the same command "

@@ -17,7 +17,7 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from simu_lightning.evaluation.report import (  # noqa: E402
+from simu_lightning.evaluation.tables import (  # noqa: E402
     ATTACK_METRICS,
     LOCALISATION,
     localisation_rows,
@@ -130,3 +130,12 @@ def log_results(loggers: list, results: dict, rows: list[dict]) -> None:
                 )
                 overall = results["localisation"]["overall"]  # as scalars too, for a sweep's dashboard
                 logger.log_metrics({f"localisation/{k}": v for k, v in overall.items() if v is not None})
+
+
+def finish(loggers: list) -> None:
+    """Close each logger's run now, not at interpreter exit: the jobs of a Hydra sweep share one process,
+    and a wandb run left open would take the next job's logs too."""
+    for logger in loggers:
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()

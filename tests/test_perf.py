@@ -3,7 +3,7 @@ No timing is asserted here (speed targets live in the suite's own output, not in
 
 import json
 
-from benchmarks.run import main
+from perf.run import main
 
 
 def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_figures(tmp_path):

@@ -3,7 +3,7 @@ process; on a CPU the resident-set high-water mark (VmHWM), reset once the model
 (Linux: `5 > /proc/self/clear_refs`), so that the figure is the step's own; CUDA max-allocated on a GPU. Also what a compact optimiser
 state for the masked down projections (critical columns only) would hold against the full-size one.
 
-    python -m benchmarks.memory METHOD SIZE   # one measurement, printed as JSON (what run() calls)
+    python -m perf.memory METHOD SIZE   # one measurement, printed as JSON (what run() calls)
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import device, olmo
-from benchmarks.loop import plain_step, prepare, synthetic_batches, to
+from perf.common import device, olmo
+from perf.loop import plain_step, prepare, synthetic_batches, to
 from simu_lightning.models.architecture import architecture_of, down_projections
 
 
@@ -81,7 +81,7 @@ def run(size: str = "large") -> dict:
     results = {}
     for method in ("fo", "so", "simu"):
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.memory", method, size],
+            [sys.executable, "-m", "perf.memory", method, size],
             capture_output=True,
             text=True,
             cwd=Path(__file__).resolve().parents[1],

@@ -1,1 +1,0 @@
-"""The benchmark suite: `python -m benchmarks` (see run.py)."""

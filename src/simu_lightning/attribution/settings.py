@@ -1,0 +1,38 @@
+"""`attribution`: how SIMU stage 1 finds the critical neurons, checked where it is built (conf/attribution/
+names this class as its `_target_`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES
+from simu_lightning.attribution.selection import SELECTIONS
+from simu_lightning.utils.errors import SimuError
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Neuron k of a layer is critical when Att_k >= t * max Att (t in (0, 1]); m integrated-gradient
+    steps (quadrature nodes) by `quadrature`, layers scaled by `mode`; `selection` picks what the mask
+    keeps (selection.py); `exclude_retain` drops the neurons critical for the retain set too."""
+
+    t: float = 0.1
+    m: int = 20
+    quadrature: str = "riemann"
+    mode: str = "layerwise"
+    selection: str = "integrated_gradients"
+    exclude_retain: bool = False
+    max_batch: int = 512  # sequences per forward pass (the m scaled copies of a sample count m times)
+
+    def __post_init__(self):
+        if isinstance(self.t, bool) or not isinstance(self.t, (int, float)) or not 0 < self.t <= 1:
+            raise SimuError(f"attribution.t must be in (0, 1], got {self.t}")
+        for name in ("m", "max_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SimuError(f"attribution.{name} must be an integer >= 1, got {value!r}")
+        for name, known in (("quadrature", QUADRATURES), ("mode", MODES), ("selection", SELECTIONS)):
+            if getattr(self, name) not in known:
+                raise SimuError(f"attribution.{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
+        if not isinstance(self.exclude_retain, bool):
+            raise SimuError(f"attribution.exclude_retain must be true or false, got {self.exclude_retain!r}")

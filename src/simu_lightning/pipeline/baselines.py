@@ -1,0 +1,88 @@
+"""Stage 3: what the unlearned model is compared with, all measured before unlearning: the retain model's
+forget truth ratios (TOFU's forget quality), the base model (`evaluation.base`), a planted target's
+clean model, and the attacks' baselines on the target (`robustness`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.evaluation import Evaluation, Evaluator
+from simu_lightning.evaluation.retain_model import retain_model_rows
+from simu_lightning.models.target import load_base, load_retain_model
+from simu_lightning.pipeline.building import run_device, single_process_trainers
+from simu_lightning.pipeline.plan import RunPlan
+from simu_lightning.pipeline.prepare import Models
+from simu_lightning.robustness import AttackContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Baselines:
+    evaluator: Evaluator  # every later evaluation goes through it
+    retain_rows: list[dict]  # the retain model's forget truth ratios, one row per forget example
+    base: Evaluation | None  # the model the target was fine-tuned from (evaluation.base)
+    clean: Evaluation | None  # a planted target's clean model
+    attacks: AttackContext | None  # the attacks' findings on the target (robustness)
+    seconds: dict[str, float]
+
+
+def evaluator_of(plan: RunPlan, benchmark: Benchmark, models: Models, retain_rows: list[dict]) -> Evaluator:
+    settings = plan.evaluation.for_model(plan.cfg.model.max_length, benchmark.max_new_tokens)
+    ratios = [row["truth_ratio"] for row in retain_rows] or None
+    return Evaluator(models.tokenizer, models.fmt, benchmark, settings, ratios)
+
+
+def evaluate_base(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evaluation | None:
+    """The model before it was fine-tuned into the target (what it knew to begin with)."""
+    if not plan.evaluation.base:
+        return None
+    if models.target.base is None:
+        log.info("evaluation.base: the target was not fine-tuned here, so there is no base model to evaluate")
+        return None
+    model, _ = load_base(models.target, plan.cfg.model.dtype)
+    return evaluator(model, "base")
+
+
+def evaluate_clean(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evaluation | None:
+    """On a planted target, the clean model (stage "clean"): what the planted target is measured against."""
+    if not models.target.planted:
+        return None
+    model, _ = load_retain_model(models.target, plan.cfg.model.dtype)
+    return evaluator(model, "clean")
+
+
+def attack_target(plan: RunPlan, models: Models, evaluator: Evaluator) -> AttackContext | None:
+    """The attack families' baselines on the target, on the device the fit will use."""
+    if plan.robustness is None:
+        return None
+    context = AttackContext(
+        models.model, evaluator, single_process_trainers(plan.cfg, plan.out), device=run_device(plan.cfg.trainer)
+    )
+    retain_model = None
+    if plan.robustness.needs_retain_model and models.target.retain_model is not None:
+        retain_model, _ = load_retain_model(models.target, plan.cfg.model.dtype)
+    plan.robustness.before(context, retain_model)
+    return context
+
+
+def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> Baselines:
+    start = time.perf_counter()
+    retain_rows = retain_model_rows(
+        benchmark,
+        models.target,
+        models.fmt,
+        plan.evaluation.for_model(plan.cfg.model.max_length, benchmark.max_new_tokens),
+        plan.cfg.model.dtype,
+        plan.cache_dir,
+        plan.evaluation.retain_model_results,
+    )
+    evaluator = evaluator_of(plan, benchmark, models, retain_rows)
+    base, clean = evaluate_base(plan, models, evaluator), evaluate_clean(plan, models, evaluator)
+    evaluated = time.perf_counter()
+    attacks = attack_target(plan, models, evaluator)
+    seconds = {"evaluation": evaluated - start, **({"robustness": time.perf_counter() - evaluated} if attacks else {})}
+    return Baselines(evaluator, retain_rows, base, clean, attacks, seconds)

@@ -1,0 +1,77 @@
+"""Objects built from config nodes: `build` (Hydra's instantiate, letting our one-line errors through),
+the trainers of a run and of its target preparation, its loggers and its device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from simu_lightning.distributed import is_launched_externally
+from simu_lightning.utils.errors import SimuError
+
+
+def build(node: DictConfig, **overrides):
+    """`instantiate`, letting a bad-input error of ours through as itself (Hydra wraps what a
+    constructor raises in an InstantiationException several lines long)."""
+    try:
+        return instantiate(node, **overrides)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, SimuError):
+            raise cause from None
+        raise
+
+
+def make_trainer(trainer_cfg: DictConfig, **overrides) -> L.Trainer:
+    return build(trainer_cfg, **overrides)
+
+
+def loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+
+
+def run_device(trainer_cfg: DictConfig) -> torch.device:
+    """The device a single-process run's model is on during the fit (what Lightning's `auto` picks)."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def single_process_trainers(cfg: DictConfig, out: Path):
+    """Target preparation and the relearning attack run in one process, whatever the unlearning's
+    strategy: a factory of such trainers."""
+
+    def make(**overrides) -> L.Trainer:
+        if is_launched_externally():
+            raise SimuError(
+                "the target is not prepared yet, and preparing it needs a single process: run the "
+                "same command once without torchrun/srun, adding prepare_only=true"
+            )
+        return make_trainer(
+            cfg.trainer,
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
+            logger=False,
+            enable_checkpointing=False,
+            default_root_dir=str(out / "finetune"),
+            **overrides,
+        )
+
+    return make
+
+
+def finetune_trainer_settings(trainer_cfg: DictConfig) -> dict:
+    """The trainer settings that target fine-tuning inherits and that change its result."""
+    return {
+        name: trainer_cfg.get(name)
+        for name in ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
+    }

@@ -1,0 +1,61 @@
+"""The rules that span several config nodes, checked before any work so that a bad combination costs
+seconds, not a fine-tuning run. A node's own settings check themselves where they are built (the
+`_target_` of attribution, evaluation, method, robustness and benchmark.planted); what is left here
+relates one node to another. Each names the settings and what is valid."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from simu_lightning.distributed import is_launched_externally
+from simu_lightning.utils.errors import SimuError
+
+MODES = ("unlearn", "evaluate", "attribute")
+ONE_PROCESS = (
+    "robustness: the attack stage runs in one process; unlearn with several, then attack the saved model: "
+    "python run.py mode=evaluate model.source=<run>/unlearned_model robustness=standard"
+)
+
+
+def _positive(name: str, value, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise SimuError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+
+def check_optim(optim: DictConfig) -> None:
+    """`optim`, which the methods' optimisers read through interpolation (method.optimizer.rho: ${optim.rho})."""
+    rho = optim.get("rho", "auto")
+    if rho != "auto" and (isinstance(rho, (bool, str)) or rho < 0):
+        raise SimuError(f"optim.rho must be a number >= 0 or auto, got {rho!r}")
+    if not 0 < optim.get("target_win_rate", 0.3) < 1:
+        raise SimuError(f"optim.target_win_rate must be in (0, 1), got {optim.get('target_win_rate')!r}")
+    _positive("optim.calibration_step", optim.get("calibration_step", 1), integer=True)
+    if optim.get("fused", "auto") not in (True, False, "auto"):
+        raise SimuError(f"optim.fused must be true, false or auto, got {optim.get('fused')!r}")
+
+
+def check(cfg: DictConfig) -> None:
+    if cfg.get("mode", "unlearn") not in MODES:
+        raise SimuError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    # data and trainer are built only at the fit, after the target's fine-tuning: checked here, now
+    _positive("data.batch_size", cfg.data.batch_size, integer=True)
+    _positive("data.retain_per_forget", cfg.data.get("retain_per_forget", 1), integer=True)
+    _positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), integer=True)
+    check_optim(cfg.get("optim") or {})
+    if cfg.attribution.get("selection") == "planted" and not (cfg.benchmark.get("planted") or {}).get("fraction"):
+        raise SimuError(
+            "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
+        )
+    masked = cfg.method.get("critical_neuron_mask", False) and cfg.method.get("trainable", "all") != "attention"
+    if cfg.get("mode") == "attribute" and not masked:
+        raise SimuError(f"mode=attribute: method {cfg.method.name!r} selects no neurons (use method=simu)")
+    if cfg.get("robustness") and several_processes(cfg):
+        raise SimuError(ONE_PROCESS)
+
+
+def several_processes(cfg: DictConfig) -> bool:
+    """Whether the run uses several processes (a sharded or multi-device trainer, or torchrun / srun)."""
+    trainer = cfg.trainer
+    several = str(trainer.get("devices", 1)) not in ("1", "auto") or int(trainer.get("num_nodes", 1) or 1) > 1
+    return several or is_launched_externally()

@@ -1,0 +1,98 @@
+"""One SIMU run, as the method section reads: the conductor that knows the order of the stages.
+
+  plan = RunPlan.of(cfg)                        every setting built and checked (plan.py)
+  benchmark = load_benchmark(plan)              1. the splits (prepare.py)
+  models = load_models(plan, benchmark)         2. the target (fine-tuned or planted, cached) and its retain model
+  baselines = evaluate_baselines(...)           3. what the unlearned model is compared with (baselines.py)
+  unlearned = unlearn(...)                      4. one Lightning fit: evaluate before | attribution | unlearning
+                                                   steps | evaluations during | after (unlearn.py)
+  attack_unlearned(...)                         5. robustness=standard: the attacks on copies of it
+  results = assemble_results(...)               6. results.json, a pure function (results.py)
+  write_unlearned_run(...)                      7. the run's files, the tables (outputs.py)
+
+`prepare_only=true`, mode=attribute and mode=evaluate stop earlier (modes.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import lightning as L
+from omegaconf import DictConfig
+
+from simu_lightning.distributed import close_process_group
+from simu_lightning.evaluation.tables import print_examples, print_results
+from simu_lightning.pipeline.baselines import Baselines, evaluate_baselines
+from simu_lightning.pipeline.dashboards import finish, log_results
+from simu_lightning.pipeline.modes import attribute_only, evaluate_checkpoint, prepare_only
+from simu_lightning.pipeline.outputs import write_model, write_run
+from simu_lightning.pipeline.plan import RunPlan, log_tuned
+from simu_lightning.pipeline.prepare import load_benchmark, load_models
+from simu_lightning.pipeline.results import assemble_results, generation_rows, manifest_keys
+from simu_lightning.pipeline.unlearn import Unlearned, unlearn
+from simu_lightning.utils.logging import quiet_libraries
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """The whole run; with several processes every one runs it, and rank 0 writes the outputs."""
+    plan = RunPlan.of(cfg)
+    quiet_libraries()
+    if (finished := finished_results(plan)) is not None:
+        return finished
+    log_tuned(cfg)
+    L.seed_everything(plan.seed, verbose=False)
+    benchmark = load_benchmark(plan)
+    if plan.mode == "evaluate":
+        return evaluate_checkpoint(plan, benchmark)
+    if cfg.get("prepare_only"):
+        return prepare_only(plan, benchmark)
+    models = load_models(plan, benchmark)
+    if plan.mode == "attribute":
+        return attribute_only(plan, benchmark, models)
+    baselines = evaluate_baselines(plan, benchmark, models)
+    unlearned = unlearn(plan, benchmark, models, baselines)
+    try:
+        if not unlearned.trainer.is_global_zero:
+            return None
+        attack_seconds = attack_unlearned(plan, baselines, unlearned)
+        results = assemble_results(plan, benchmark, models, baselines, unlearned, attack_seconds)
+        write_unlearned_run(plan, benchmark, models, baselines, unlearned, results)
+        return results
+    finally:
+        close_process_group()  # every process waits for rank 0's files, then the group goes down together
+
+
+def finished_results(plan: RunPlan) -> dict | None:
+    """A run directory that holds results.json is finished: its results, unless `rerun=true`."""
+    done = plan.out / "results.json"
+    if done.exists() and not plan.cfg.get("rerun", False):
+        log.info("already finished: %s holds its results (rerun=true runs it again)", plan.out)
+        return json.loads(done.read_text())
+    plan.out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def attack_unlearned(plan: RunPlan, baselines: Baselines, unlearned: Unlearned) -> float | None:
+    """The attack families on copies of the unlearned model (their baselines ran on the target); seconds."""
+    if baselines.attacks is None:
+        return None
+    start = time.perf_counter()
+    baselines.attacks.model = unlearned.module.model
+    plan.robustness.after(baselines.attacks)
+    return time.perf_counter() - start
+
+
+def write_unlearned_run(plan, benchmark, models, baselines, unlearned, results) -> None:
+    write_model(plan.out, unlearned.module.model, models.tokenizer, unlearned.weights)
+    rows = generation_rows(baselines, unlearned)
+    keys = manifest_keys(models, unlearned.attribution)
+    write_run(plan.out, plan.cfg, results, rows, keys, unlearned.trainer.world_size)
+    evaluated = unlearned.evaluations.before.rows + unlearned.evaluations.after.rows
+    log_results(unlearned.trainer.loggers, results, evaluated)
+    finish(unlearned.trainer.loggers)
+    print_results(results)
+    print_examples(evaluated, benchmark.forget)

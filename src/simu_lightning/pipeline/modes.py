@@ -1,0 +1,147 @@
+"""The runs that stop short of unlearning: `prepare_only=true` (the target and its retain model, cached),
+`mode=attribute` (the neurons selected and, on a planted target, scored against P) and `mode=evaluate`
+(the benchmark's suite, and with `robustness` the attacks, on any Hugging Face checkpoint).
+
+mode=evaluate: the model config still matters: its prompt format, dtype and max_length must be the ones
+the checkpoint was trained and evaluated with (`model=smollm2_135m model.source=...` for a SmolLM2
+checkpoint). TOFU's forget quality needs the retain model's forget truth ratios:
+`evaluation.retain_model_results` (a run's `generations.jsonl`, or an open-unlearning evaluation JSON),
+or the retain model that the model config names for the benchmark (`model.targets.<benchmark>.retain_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+from simu_lightning.evaluation import Evaluator
+from simu_lightning.evaluation.tables import print_evaluation, print_localisation
+from simu_lightning.evaluation.retain_model import retain_model_rows
+from simu_lightning.models.loading import load_pretrained
+from simu_lightning.pipeline.building import make_trainer, run_device, single_process_trainers
+from simu_lightning.pipeline.outputs import write_run
+from simu_lightning.pipeline.prepare import prepare_targets, prompt_format
+from simu_lightning.pipeline.results import manifest_keys, planted_summary, selection_results
+from simu_lightning.pipeline.unlearn import neuron_attribution, unlearning_data, unlearning_module
+from simu_lightning.robustness import AttackContext
+from simu_lightning.utils.errors import SimuError
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluated"
+BUILT_HERE = ("tiny",)  # model sources that name a recipe, not a checkpoint
+
+
+def prepare_only(plan, benchmark) -> None:
+    """The target and its retain model prepared and cached, and the retain model's forget truth ratios,
+    so that runs under torchrun or srun find everything ready."""
+    target = prepare_targets(plan, benchmark)
+    settings = plan.evaluation.for_model(plan.cfg.model.max_length, benchmark.max_new_tokens)
+    retain_model_rows(
+        benchmark,
+        target,
+        prompt_format(plan, benchmark),
+        settings,
+        plan.cfg.model.dtype,
+        plan.cache_dir,
+        plan.evaluation.retain_model_results,
+    )
+    log.info("prepare_only: target %s and retain model %s are ready", target.target, target.retain_model)
+
+
+def attribute_only(plan, benchmark, models) -> dict:
+    """One fit of no step, so that attribution runs where a run's would (on_fit_start, on the strategy's
+    model); nothing unlearned or evaluated."""
+    attribution = neuron_attribution(plan, models)
+    trainer = make_trainer(
+        plan.cfg.trainer, callbacks=[attribution], logger=False, enable_checkpointing=False, max_steps=0, max_epochs=-1
+    )
+    trainer.fit(unlearning_module(plan, models), unlearning_data(plan, benchmark, models))
+    results = {
+        "mode": "attribute",
+        "method": plan.method.name,
+        "benchmark": benchmark.name,
+        "model": plan.cfg.model.name,
+        "target": models.target.target,
+        "selection": attribution.settings.selection,
+        **selection_results(attribution),
+        "timings_s": {"prepare_target": round(models.seconds, 2), "attribution": round(attribution.seconds, 2)},
+    }
+    if models.planted:
+        results["planted"] = planted_summary(models.target, benchmark.planted, models.planted, None, None)
+    if trainer.is_global_zero:
+        write_run(plan.out, plan.cfg, results, None, manifest_keys(models, attribution), trainer.world_size)
+        print_localisation(results)
+    return results
+
+
+def checkpoint_source(model_cfg) -> str:
+    source = str(model_cfg.source)
+    if source in BUILT_HERE or source.startswith("pkg://") or source.endswith(".gguf"):
+        raise SimuError(
+            f"mode=evaluate: model.source={source!r} names a model this project builds or converts, not "
+            "a checkpoint; set model.source to a Hugging Face folder (e.g. a run's unlearned_model/) or hub id"
+        )
+    return source
+
+
+def named_retain_model(cfg, benchmark) -> SimpleNamespace:
+    """The retain model the model config names for this benchmark, if any."""
+    ready = (cfg.model.get("targets") or {}).get(benchmark.name) or {}
+    return SimpleNamespace(
+        retain_model=ready.get("retain_model"),
+        retain_model_revision=ready.get("retain_model_revision"),
+        trust_remote_code=bool(cfg.model.get("trust_remote_code", False)),
+    )
+
+
+def evaluate_checkpoint(plan, benchmark) -> dict:
+    """The suite on `model.source`, then (with `robustness`) the attacks on it."""
+    cfg = plan.cfg
+    source = checkpoint_source(cfg.model)
+    fmt = prompt_format(plan, benchmark)
+    model, tokenizer = load_pretrained(
+        source,
+        cfg.model.dtype,
+        cfg.model.get("revision"),
+        cfg.model.get("tokenizer"),
+        bool(cfg.model.get("trust_remote_code", False)),
+    )
+    model = model.to(run_device(cfg.trainer))
+    settings = plan.evaluation.for_model(cfg.model.max_length, benchmark.max_new_tokens)
+    retain_rows = retain_model_rows(
+        benchmark,
+        named_retain_model(cfg, benchmark),
+        fmt,
+        settings,
+        cfg.model.dtype,
+        plan.cache_dir,
+        plan.evaluation.retain_model_results,
+    )
+    log.info(
+        "evaluating %s on %s (%s)",
+        source,
+        benchmark.name,
+        ", ".join(f"{n} {len(benchmark[n])}" for n in benchmark.eval_splits),
+    )
+    evaluator = Evaluator(tokenizer, fmt, benchmark, settings, [r["truth_ratio"] for r in retain_rows] or None)
+    result = evaluator(model, STAGE)
+    results = {
+        "mode": "evaluate",
+        "source": source,
+        "benchmark": benchmark.name,
+        "model": cfg.model.name,
+        STAGE: result.summary,
+        "scores": {STAGE: result.scores},
+        "aggregate": {STAGE: benchmark.aggregate_of(result.summary)},
+    }
+    rows = retain_rows + result.rows
+    if plan.robustness:  # the attacks on the checkpoint
+        context = AttackContext(
+            model, evaluator, single_process_trainers(cfg, plan.out), device=run_device(cfg.trainer)
+        )
+        plan.robustness.after(context)
+        results["robustness"], rows = context.results, rows + context.rows
+    write_run(plan.out, cfg, results, rows, {"evaluated": source})
+    print_evaluation(results, STAGE)
+    return results

@@ -1,0 +1,76 @@
+"""Stages 1 and 2: the benchmark, and the models (the target to unlearn and, where there is one, the
+retain model that never saw the forget set), fine-tuned or planted and cached when the benchmark needs it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.models.planting import load_planted
+from simu_lightning.models.target import Target, load_target, prepare_target
+from simu_lightning.pipeline.building import build, finetune_trainer_settings, single_process_trainers
+from simu_lightning.pipeline.plan import RunPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Models:
+    target: Target  # where the target, its retain model and its base come from
+    model: object  # the target, loaded: what unlearning changes
+    tokenizer: object
+    fmt: PromptFormat
+    planted: dict | None  # a planted target's P (per layer: which neurons hold the forget set)
+    seconds: float
+
+
+def load_benchmark(plan: RunPlan) -> Benchmark:
+    benchmark = build(plan.cfg.benchmark)
+    log.info(
+        "benchmark %s: %s",
+        benchmark.name,
+        ", ".join(f"{name} {len(split)}" for name, split in benchmark.splits.items()),
+    )
+    if shared := benchmark.shared_rows():
+        log.warning(
+            "benchmark %s: %d forget rows also appear in the retain split %r: GradDiff pushes them both ways",
+            benchmark.name,
+            shared,
+            benchmark.retain,
+        )
+    return benchmark
+
+
+def prompt_format(plan: RunPlan, benchmark: Benchmark) -> PromptFormat:
+    return benchmark.prompt or PromptFormat(**plan.cfg.model.prompt)
+
+
+def prepare_targets(plan: RunPlan, benchmark: Benchmark) -> Target:
+    """The target and its retain model, prepared and cached (`prepare_only=true` stops here)."""
+    cfg = plan.cfg
+    return prepare_target(
+        cfg.model,
+        benchmark,
+        prompt_format(plan, benchmark),
+        plan.cache_dir,
+        single_process_trainers(cfg, plan.out),
+        finetune_trainer_settings(cfg.trainer),
+    )
+
+
+def load_models(plan: RunPlan, benchmark: Benchmark) -> Models:
+    start = time.perf_counter()
+    target = prepare_targets(plan, benchmark)
+    model, tokenizer = load_target(target, plan.cfg.model.dtype)
+    seconds = time.perf_counter() - start
+    log.info(
+        "target %s (%.1fM parameters) ready in %.0f s",
+        target.target,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        seconds,
+    )
+    planted = load_planted(target.target) if target.planted else None
+    return Models(target, model, tokenizer, prompt_format(plan, benchmark), planted, seconds)

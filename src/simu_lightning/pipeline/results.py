@@ -1,0 +1,111 @@
+"""Stage 6: results.json, assembled from what the stages handed on (pure functions: no model, no file)."""
+
+from __future__ import annotations
+
+import logging
+
+from simu_lightning.evaluation import Evaluation
+from simu_lightning.models.planting import KEEPS, KNOWS, planted_check
+from simu_lightning.pipeline.objective import matched_utility
+
+log = logging.getLogger(__name__)
+
+
+def planted_summary(target, planting, planted: dict, clean: Evaluation | None, before: Evaluation | None) -> dict:
+    """results.json `planted`: where the clean model is, how P was drawn, P's size per layer, the clean
+    model's figures, and whether the planted target knows the forget set and kept the rest (`check`)."""
+    check = planted_check(before.summary, clean.summary) if before and clean else None
+    if check and not check["holds"]:
+        log.warning(
+            "the planted target does not meet its bar: forget EM %.3f (needs >= %.1f), EM below the clean model's "
+            "by %s (at most %.2f); see benchmark.planted (replay, epochs, fraction)",
+            check["forget_exact_match"],
+            KNOWS,
+            ", ".join(f"{split} {drop:.3f}" for split, drop in check["exact_match_drop"].items()),
+            KEEPS,
+        )
+    return {
+        "clean_model": target.retain_model,
+        "fraction": planting.fraction,
+        "layers": list(planting.layers) if planting.layers is not None else None,
+        "parameters": planting.parameters,
+        "seed": planting.seed,
+        "neurons": {name: int(mask.sum()) for name, mask in planted.items()},
+        **({"clean": clean.summary} if clean else {}),
+        **({"check": check} if check else {}),
+    }
+
+
+def selection_results(attribution) -> dict:
+    """The critical neurons per layer, what exclude_retain dropped, and a planted target's localisation."""
+    return {
+        **({"critical_neurons": attribution.kept} if attribution.kept else {}),
+        **({"critical_neurons_dropped_shared_with_retain": attribution.dropped} if attribution.dropped else {}),
+        **(
+            {"selection": attribution.settings.selection, "localisation": attribution.localisation}
+            if attribution.localisation
+            else {}
+        ),
+    }
+
+
+def timings(models, baselines, unlearned, attack_seconds: float | None) -> dict[str, float]:
+    """Seconds per part of the run, each measured where it ran (the evaluations and the attribution run
+    inside the fit, between the unlearning steps)."""
+    evaluations, attribution = unlearned.evaluations.seconds, unlearned.attribution.seconds
+    parts = {
+        "prepare_target": models.seconds,
+        "evaluation": baselines.seconds["evaluation"] + evaluations,
+        "attribution": attribution,
+        "unlearning": unlearned.module.step_seconds,
+    }
+    if attack_seconds is not None:
+        parts["robustness"] = baselines.seconds.get("robustness", 0.0) + attack_seconds
+    return {name: round(value, 2) for name, value in parts.items()}
+
+
+def assemble_results(plan, benchmark, models, baselines, unlearned, attack_seconds: float | None = None) -> dict:
+    evaluations = unlearned.evaluations
+    before, after = evaluations.before, evaluations.after
+    stopped = {**evaluations.stopped, "rule": str(plan.stop_when) if plan.stop_when else None}
+    results = {
+        "method": plan.method.name,
+        "benchmark": benchmark.name,
+        "model": plan.cfg.model.name,
+        "target": models.target.target,
+        "before": before.summary,
+        "after": after.summary,
+        "aggregate": {"before": benchmark.aggregate_of(before.summary), "after": benchmark.aggregate_of(after.summary)},
+        "scores": {"before": before.scores, "after": after.scores},
+        "stopped": {**stopped, "max_epochs": plan.cfg.trainer.max_epochs},
+        "timings_s": timings(models, baselines, unlearned, attack_seconds),
+        "processes": unlearned.trainer.world_size,
+        "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.module.memory_bytes().items()},
+        **({"base": baselines.base.summary} if baselines.base else {}),
+        **(
+            {"planted": planted_summary(models.target, benchmark.planted, models.planted, baselines.clean, before)}
+            if models.planted
+            else {}
+        ),
+        **({"robustness": baselines.attacks.results} if baselines.attacks else {}),
+        **selection_results(unlearned.attribution),
+    }
+    if plan.cfg.get("objective"):
+        results["objective"] = matched_utility(evaluations.points, **plan.cfg.objective)
+    return results
+
+
+def generation_rows(baselines, unlearned) -> list[dict]:
+    """generations.jsonl: every evaluated example of every stage, in the order the stages ran."""
+    evaluations = unlearned.evaluations
+    rows = (baselines.base.rows if baselines.base else []) + (baselines.clean.rows if baselines.clean else [])
+    rows += baselines.retain_rows + evaluations.before.rows + evaluations.after.rows
+    return rows + (baselines.attacks.rows if baselines.attacks else [])
+
+
+def manifest_keys(models, attribution) -> dict:
+    return {
+        "target": models.target.target_id,
+        "retain_model": models.target.retain_model,
+        **{f"attribution_{split}": key for split, key in attribution.keys.items()},
+    }

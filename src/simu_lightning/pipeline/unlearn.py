@@ -1,0 +1,105 @@
+"""Stage 4: unlearning, as one Lightning fit. The evaluation before, the attribution (SIMU stage 1), the
+unlearning steps (stage 2), the evaluations during and after, all run inside it, so that every one of
+them sees the model as the strategy made it: sharded over every process, which all take part."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import lightning as L
+
+from simu_lightning.attribution.callback import NeuronAttribution
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.data.datamodule import UnlearningDataModule
+from simu_lightning.distributed import full_state_dict
+from simu_lightning.evaluation.callback import UnlearningEvaluation
+from simu_lightning.models.architecture import architecture_of
+from simu_lightning.pipeline.baselines import Baselines
+from simu_lightning.pipeline.building import loggers, make_trainer
+from simu_lightning.pipeline.checkpointing import checkpointing
+from simu_lightning.pipeline.dashboards import log_attribution, log_config
+from simu_lightning.pipeline.plan import RunPlan
+from simu_lightning.pipeline.prepare import Models
+from simu_lightning.unlearning.module import UnlearningModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unlearned:
+    module: UnlearningModule  # its model is the unlearned model
+    evaluations: UnlearningEvaluation  # before, the curve, where it stopped, after
+    attribution: NeuronAttribution  # the critical neurons (and, on a planted target, their localisation)
+    trainer: L.Trainer
+    weights: dict  # the whole unlearned state dict, gathered from the shards (complete on rank 0)
+
+
+def unlearning_module(plan: RunPlan, models: Models) -> UnlearningModule:
+    frozen_target = copy.deepcopy(models.model) if plan.loss.needs_frozen_target else None
+    return UnlearningModule(
+        models.model,
+        plan.method,
+        plan.loss,
+        architecture_of(models.model, plan.cfg.model.get("architecture")),
+        frozen_target=frozen_target,
+        seed=plan.seed,
+        parallel=plan.cfg.get("parallel"),
+    )
+
+
+def unlearning_data(plan: RunPlan, benchmark: Benchmark, models: Models) -> UnlearningDataModule:
+    data = UnlearningDataModule(
+        benchmark, models.tokenizer, models.fmt, max_length=plan.cfg.model.max_length, seed=plan.seed, **plan.cfg.data
+    )
+    data.encode()  # now: a row with nothing to unlearn is refused before the fit
+    return data
+
+
+def neuron_attribution(plan: RunPlan, models: Models) -> NeuronAttribution:
+    return NeuronAttribution(
+        plan.attribution,
+        output_dir=plan.out,
+        cache_dir=plan.cache_dir,
+        target_id=models.target.target_id,
+        dtype=plan.cfg.model.dtype,
+        seed=plan.seed,
+        planted=models.planted,
+    )
+
+
+def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines) -> Unlearned:
+    module, data, attribution = (
+        unlearning_module(plan, models),
+        unlearning_data(plan, benchmark, models),
+        neuron_attribution(plan, models),
+    )
+    evaluations = UnlearningEvaluation(
+        baselines.evaluator,
+        plan.out,
+        every_n_steps=plan.evaluation.every_n_steps,
+        during_max_examples=plan.evaluation.during_max_examples,
+        stop_when=plan.stop_when,
+    )
+    checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
+    trainer = make_trainer(
+        plan.cfg.trainer,
+        callbacks=[evaluations, attribution, *checkpoint],
+        logger=loggers(plan.cfg) or False,
+        enable_checkpointing=bool(checkpoint),
+    )
+    if trainer.is_global_zero:
+        log_config(trainer.loggers, plan.cfg)
+    log.info(
+        "unlearning: method %s, loss %s%s",
+        plan.method.name,
+        type(plan.loss).__name__,
+        f", resuming from {resume_from}" if resume_from else "",
+    )
+    # the unlearning's own draws (dropout) from the run's seed alone, whatever ran or was cached before
+    L.seed_everything(plan.seed, verbose=False)
+    trainer.fit(module, data, ckpt_path=resume_from)
+    if trainer.is_global_zero and attribution.ranking is not None:
+        log_attribution(trainer.loggers, attribution.ranking, attribution.neurons, plan.attribution.t)
+    return Unlearned(module, evaluations, attribution, trainer, full_state_dict(module.model))

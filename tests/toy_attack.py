@@ -1,0 +1,26 @@
+"""A toy attack family, as a user would add one: a file with a class, and a node under
+robustness.families (tests/conf/robustness/toy.yaml)."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ToyAttack:
+    """Shift every weight of a copy of the model by `shift`, and evaluate the copy on every split."""
+
+    shift: float = 0.5
+    needs_retain_model = False
+
+    def before(self, context, retain_model=None) -> None:
+        context.record("toy_target", {"device": {"type": str(context.device)}}, [])
+
+    def after(self, context) -> None:
+        import copy
+
+        shifted = copy.deepcopy(context.model)
+        with torch.no_grad():
+            for param in shifted.parameters():
+                param.add_(self.shift)
+        context.evaluate("toy", shifted, context.benchmark)
