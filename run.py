@@ -23,7 +23,7 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
     Lightning would relaunch this script with the sweep's own command line (the known trap: every
     relaunched process starts the sweep again), so instead the job prepares its target here, in one
     process, and then runs itself under torchrun as a single run in the job's directory."""
-    from simu_lightning.distributed import is_launched_externally
+    from simu_lightning.utils.processes import is_launched_externally
     from simu_lightning.pipeline import run
 
     if int(cfg.trainer.get("num_nodes", 1)) > 1:

@@ -23,22 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from simu_lightning.utils.errors import SimuError
-from simu_lightning.models.architecture import Architecture, decoder_layers
-
-
-def is_launched_externally() -> bool:
-    """Started as one of several processes by torchrun or SLURM (rather than launched by Lightning at fit)."""
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank_and_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+from simu_lightning.utils.processes import is_distributed, rank_and_world
 
 
 def share(items: Sequence, rank: int, world: int) -> tuple[list, int]:
@@ -109,7 +94,7 @@ def agree(value):
 
 def parallelize(
     model: nn.Module,
-    architecture: Architecture,
+    layers: list[nn.Module],
     mesh,
     mixed_precision: str | None = None,
     activation_checkpointing: bool = False,
@@ -130,7 +115,7 @@ def parallelize(
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     elif mixed_precision is not None:
         raise SimuError(f"parallel.mixed_precision must be bf16 or null, got {mixed_precision!r}")
-    for layer in decoder_layers(model, architecture):
+    for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model

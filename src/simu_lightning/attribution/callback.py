@@ -26,7 +26,8 @@ from simu_lightning.attribution.neurons import critical_neurons
 from simu_lightning.attribution.selection import exclude_shared, random_like, score_of
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.utils.cache import cache_key
-from simu_lightning.distributed import agree, rank_and_world, share, sum_across
+from simu_lightning.distributed import agree, share, sum_across
+from simu_lightning.utils.processes import rank_and_world
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic
 from simu_lightning.utils.memory import with_halving

@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from simu_lightning.distributed import is_launched_externally
+from simu_lightning.utils.processes import is_launched_externally
 from simu_lightning.utils.errors import SimuError
 
 

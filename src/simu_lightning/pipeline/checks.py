@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from simu_lightning.distributed import is_launched_externally
+from simu_lightning.utils.processes import is_launched_externally
 from simu_lightning.utils.errors import SimuError
 
 MODES = ("unlearn", "evaluate", "attribute")

@@ -14,7 +14,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from simu_lightning.distributed import local_bytes, parallelize
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.likelihood import answer_nll
-from simu_lightning.models.architecture import Architecture
+from simu_lightning.models.architecture import Architecture, decoder_layers
 from simu_lightning.optim.gnb import sampled_label_loss
 from simu_lightning.unlearning.methods import Method
 
@@ -56,7 +56,7 @@ class UnlearningModule(L.LightningModule):
             if model is not None:
                 parallelize(
                     model,
-                    self.architecture,
+                    list(decoder_layers(model, self.architecture)),
                     mesh,
                     self.parallel.get("mixed_precision"),
                     self.parallel.get("activation_checkpointing", False),

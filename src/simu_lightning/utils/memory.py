@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import torch
 
-from simu_lightning.distributed import is_distributed
+from simu_lightning.utils.processes import is_distributed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
