@@ -219,3 +219,12 @@ def test_the_gnb_estimate_is_scaled_by_the_batch_token_count(tiny_model, small_b
             atol=1e-12,
             msg=lambda m, name=name: f"{name}: {m}",
         )
+
+
+def test_the_win_rate_summary_is_the_median_over_the_steps_that_had_one():
+    from types import SimpleNamespace
+
+    steps = SimpleNamespace(win_rates=[0.4, float("nan"), 0.1, 0.3, 0.2])  # NaN: no Hessian estimate yet
+    summary = UnlearningModule.win_rate_summary(steps)
+    assert summary == {"median_win_rate": 0.25, "min_win_rate": 0.1, "max_win_rate": 0.4, "steps": 4}
+    assert UnlearningModule.win_rate_summary(SimpleNamespace(win_rates=[])) is None

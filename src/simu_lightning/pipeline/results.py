@@ -81,6 +81,7 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, attack_secon
         "timings_s": timings(models, baselines, unlearned, attack_seconds),
         "processes": unlearned.trainer.world_size,
         "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.module.memory_bytes().items()},
+        **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
         **({"base": baselines.base.summary} if baselines.base else {}),
         **(
             {"planted": planted_summary(models.target, benchmark.planted, models.planted, baselines.clean, before)}

@@ -19,6 +19,8 @@ UTILITY = (
     "retain.rougeL_recall",
     "world_facts.exact_match",
     "world_facts.contains_answer",
+    "real_authors.rougeL_recall",
+    "real_authors.contains_answer",
     "model_utility",
 )
 # the after-metrics the Markdown table shows (report.csv has every one)
@@ -41,9 +43,12 @@ LABELS = {
     "retain.rougeL_recall": "retain ROUGE-L",
     "world_facts.exact_match": "world facts EM",
     "world_facts.contains_answer": "world facts contains",
+    "real_authors.rougeL_recall": "real authors ROUGE-L",
+    "real_authors.contains_answer": "real authors contains",
     "model_utility": "model utility",
     "forget_quality": "forget quality",
     "stopped.step": "steps",
+    "sophia.median_win_rate": "median win rate",
     "stopped.condition_met": "stopped on the rule",
     "step": "step",
 }
@@ -61,6 +66,7 @@ def after_metrics(run: Run) -> dict[str, float]:
     }
     values |= {name: v for name, v in run.results.get("scores", {}).get("after", {}).items()}
     values["aggregate"] = run.results["aggregate"]["after"]
+    values |= {f"sophia.{k}": v for k, v in run.results.get("sophia", {}).items() if k == "median_win_rate"}
     stopped = run.results.get("stopped")
     if stopped:
         values["stopped.step"] = stopped["step"]
@@ -321,7 +327,7 @@ def markdown(
     ]
     shown = [
         m
-        for m in (*HEADLINE, "stopped.step", "stopped.condition_met")
+        for m in (*HEADLINE, "stopped.step", "stopped.condition_met", "sophia.median_win_rate")
         if any(("after", g, "", m) in index for g in group_names)
     ]
     lines += ["| group | " + " | ".join(map(label, shown)) + " |", "|---" * (len(shown) + 1) + "|"]

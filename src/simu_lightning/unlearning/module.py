@@ -42,6 +42,7 @@ class UnlearningModule(L.LightningModule):
         self.seed = seed
         self.hessian_tokens = 0  # Sophia's bs: predicted tokens of the last estimation batch, all processes
         self.step_seconds = 0.0  # time in the unlearning steps themselves (the evaluations run beside them)
+        self.win_rates: list[float] = []  # Sophia's win rate at every step: its health signal
         trainable = method.trainable_parameter_names(model, architecture)
         for name, param in model.named_parameters():
             param.requires_grad_(name in trainable)
@@ -71,9 +72,20 @@ class UnlearningModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hessian_tokens"] = self.hessian_tokens  # Sophia's bs until the next estimate
+        checkpoint["win_rates"] = self.win_rates
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.hessian_tokens = checkpoint.get("hessian_tokens", 0)
+        self.win_rates = list(checkpoint.get("win_rates", []))
+
+    def win_rate_summary(self) -> dict | None:
+        """Sophia's win rate over the run (its authors keep it within 0.1-0.5), for results.json."""
+        rates = sorted(r for r in self.win_rates if r == r)  # (NaN before the first estimate)
+        if not rates:
+            return None
+        middle = len(rates) // 2
+        median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+        return {"median_win_rate": median, "min_win_rate": rates[0], "max_win_rate": rates[-1], "steps": len(rates)}
 
     def memory_bytes(self) -> dict[str, int]:
         """What this process holds for the parameters and for the optimiser state (local shards)."""
@@ -150,6 +162,7 @@ class UnlearningModule(L.LightningModule):
         }
         if self.second_order:
             sophia = optimizer.optimizer
+            self.win_rates.append(float(sophia.win_rate))
             logs |= {
                 "optim/clip_rate": sophia.clip_rate,
                 "optim/win_rate": sophia.win_rate,
