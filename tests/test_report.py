@@ -209,3 +209,20 @@ def test_the_robustness_table_gives_each_attack_its_mean_and_interval_over_seeds
     assert "| mia | forget_vs_holdout |" not in report  # the AUCs have their own table
     auc_mean, auc_low, auc_high = mean_ci([0.9, 0.7, 0.8])
     assert f"| mia | {auc_mean:.3f} [{auc_low:.3f}, {auc_high:.3f}] | 0.500 [0.500, 0.500] |" in report
+
+
+def test_a_report_rebuilt_from_the_archived_small_files_gives_the_same_tables(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        fake_run(sweep / f"{seed}_simu", "simu", seed, FORGET, [1.0, 0.9, 0.8, 0.5 + seed / 10])
+        (sweep / f"{seed}_simu" / "generations.jsonl").write_text("{}\n")  # large: not archived
+    assert main([str(sweep), "--archive", str(tmp_path / "kept")]) == 0
+    assert sorted(p.name for p in (tmp_path / "kept" / "0_simu").iterdir()) == [
+        ".hydra",
+        "config.yaml",
+        "curve.jsonl",
+        "manifest.json",
+        "results.json",
+    ]
+    assert main([str(tmp_path / "kept"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.csv").read_text() == (sweep / "report.csv").read_text()

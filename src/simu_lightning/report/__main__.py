@@ -10,7 +10,7 @@ from pathlib import Path
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic
 from simu_lightning.report.figure import pareto
-from simu_lightning.report.runs import find_runs, mixed_commits
+from simu_lightning.report.runs import archive, find_runs, mixed_commits
 from simu_lightning.report.tables import (
     localisation_rows,
     markdown,
@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--y", default="retain.exact_match", help="the retain metric of the figure (default: %(default)s)"
     )
+    parser.add_argument(
+        "--archive",
+        help="also copy each run's small files (what the report reads, and the manifest) here, one folder per "
+        "run: a report rebuilt from it gives the same tables",
+    )
     args = parser.parse_args(argv)
     try:
         metric, op, levels = parse_at(args.at)
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         pareto(runs, metric, args.y, levels, out / "pareto.png")
         with atomic(out / "report.md") as tmp:
             tmp.write_text(markdown(summary, matched, runs, robustness, localisation))
+        if args.archive:
+            archive(runs, Path(args.archive))
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@ twice (a sweep and one of its run folders) counts once; a seed that repeats insi
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,3 +202,19 @@ def find_runs(folders: list[str | Path]) -> list[Run]:
     name_groups(runs)
     check_seeds(runs)
     return runs
+
+
+SMALL_FILES = ("results.json", "curve.jsonl", "config.yaml", "manifest.json", ".hydra/overrides.yaml")
+
+
+def archive(runs: list[Run], folder: Path) -> None:
+    """Each run's small files (no weights, no generations) under `folder`, one sub-folder per run named by
+    its path below the runs' common folder, so that the report can be rebuilt from them."""
+    common = Path(os.path.commonpath([str(r.path) for r in runs])) if len(runs) > 1 else runs[0].path.parent
+    for run in runs:
+        for name in SMALL_FILES:
+            source = run.path / name
+            if source.exists():
+                target = folder / run.path.relative_to(common) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
