@@ -22,6 +22,7 @@ from simu_lightning.pipeline.checkpointing import checkpointing
 from simu_lightning.pipeline.dashboards import log_attribution, log_config
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
+from simu_lightning.pipeline.progress import ProgressLines, wanted
 from simu_lightning.unlearning.module import UnlearningModule
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,11 @@ def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Base
         stop_when=plan.stop_when,
     )
     checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
+    every = (plan.cfg.get("progress") or {}).get("every_n_steps", 0)
+    progress = [ProgressLines(every, evaluations, plan.stop_when)] if wanted(every) else []
     trainer = make_trainer(
         plan.cfg.trainer,
-        callbacks=[evaluations, attribution, *checkpoint],
+        callbacks=[evaluations, attribution, *progress, *checkpoint],
         logger=loggers(plan.cfg) or False,
         enable_checkpointing=bool(checkpoint),
     )
