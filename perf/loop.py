@@ -8,11 +8,10 @@ from functools import partial
 import torch
 
 from simu_lightning.data.formatting import IGNORE_INDEX
-from simu_lightning.likelihood import answer_nll
 from simu_lightning.models.architecture import architecture_of, down_projections
 from simu_lightning.optim import Sophia
 from simu_lightning.optim.gnb import sampled_label_loss
-from simu_lightning.unlearning.losses import GradDiff
+from simu_lightning.unlearning.losses import Forward, GradDiff
 from simu_lightning.unlearning.methods import Method
 from simu_lightning.unlearning.module import label_uniforms
 
@@ -94,7 +93,7 @@ def plain_step(model, optimizer, batch: dict, loss=None, step: int = 0, seed: in
         (sum(ce * count for ce, count in parts) / max(bs, 1)).backward()
         optimizer.update_hessian()
         optimizer.zero_grad()
-    value, _ = loss(answer_nll(model, batch["forget"]), answer_nll(model, batch["retain"]))
+    value, _ = loss(Forward(model, batch))
     optimizer.zero_grad()
     value.backward()
     optimizer.step(bs=bs) if bs is not None else optimizer.step()

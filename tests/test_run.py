@@ -744,3 +744,34 @@ def test_an_attack_family_added_from_a_test_config_runs_in_its_place(cache_dir, 
     shifted = [r["exact_match"] for r in rows if r["stage"] == "toy" and r["split"] == "forget"]
     assert len(shifted) == len([r for r in rows if r["stage"] == "after" and r["split"] == "forget"])
     assert robustness["toy"]["forget"]["exact_match"] == pytest.approx(sum(shifted) / len(shifted))
+
+
+# each objective and the term it logs (logs/metrics.csv: unlearn/<term>)
+OBJECTIVES = {
+    "simnpo": "simnpo",
+    "rmu": "misdirect",
+    "idk_nll": "refusal_nll",
+    "idk_dpo": "dpo",
+    "wga": "wga",
+    "undial": "undial",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fo", "so", "simu"])
+@pytest.mark.parametrize("loss", sorted(OBJECTIVES))
+def test_every_objective_unlearns_end_to_end_under_every_method(loss, method, cache_dir, tmp_path):
+    """Method and objective are separate choices: each objective under AdamW, Sophia and SIMU's mask."""
+    small = [o for o in SMALL if not o.startswith("trainer.max_epochs")]
+    layer = ["loss.layer=1"] if loss == "rmu" else []  # the small model has 2 layers
+    results = run_here(
+        [*small, f"loss={loss}", f"method={method}", "trainer.max_epochs=2", *layer], tmp_path, cache_dir
+    )
+    assert results["stopped"]["step"] == 4 and results["method"] == method
+    header = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert f"unlearn/{OBJECTIVES[loss]}" in header
+    weights, target = (
+        AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (tmp_path / "unlearned_model", results["target"])
+    )
+    assert any(not torch.equal(weights[k], target[k]) for k in weights)  # it moved
+    assert all(torch.isfinite(w).all() for w in weights.values())

@@ -127,9 +127,9 @@ class NaNAtStep(GradDiff):
         super().__init__()
         self.calls, self.at = 0, at
 
-    def __call__(self, forget, retain, frozen_forget=None):
+    def __call__(self, forward):
         self.calls += 1
-        loss, terms = super().__call__(forget, retain, frozen_forget)
+        loss, terms = super().__call__(forward)
         return (loss * float("nan") if self.calls == self.at else loss), terms
 
 

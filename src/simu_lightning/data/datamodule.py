@@ -110,8 +110,10 @@ class UnlearningDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         retain_per_forget: int = 1,
+        alternates: tuple[str, ...] = (),
     ):
         super().__init__()
+        self.alternates = tuple(alternates)  # refusal answers: the `alternate` batch (IdkNLL, IdkDPO)
         if retain_per_forget < 1:
             raise SimuError(f"data.retain_per_forget must be >= 1, got {retain_per_forget}")
         self.retain_per_forget = retain_per_forget
@@ -138,10 +140,25 @@ class UnlearningDataModule(L.LightningDataModule):
             f"{self.benchmark.name} {self.benchmark.retain}",
         )
 
+    @cached_property
+    def alternate(self) -> list[dict]:
+        """Each forget question with one of the refusal answers, the same one for a row in every epoch
+        (drawn from the seed and the row)."""
+        questions = self.benchmark[self.benchmark.forget]["question"]
+        picks = [
+            int(np.random.default_rng([self.seed, i]).integers(len(self.alternates))) for i in range(len(questions))
+        ]
+        return [
+            dict(encode_example(self.tokenizer, self.prompt, q, self.alternates[k], self.max_length), index=i)
+            for i, (q, k) in enumerate(zip(questions, picks))
+        ]
+
     def encode(self) -> None:
         """Encode the forget and retain rows (once; the properties keep them), refusing rows that
         cannot be used."""
         self.forget, self.retain  # noqa: B018  (cached properties: touching them encodes)
+        if self.alternates:
+            self.alternate  # noqa: B018
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -183,7 +200,10 @@ class UnlearningDataModule(L.LightningDataModule):
         partners = retain_partners(
             self.seed, epoch, [e["index"] for e in batch], len(self.retain), self.retain_per_forget
         )
-        return {"forget": self.collate(batch), "retain": self.collate([self.retain[j] for j in partners])}
+        paired = {"forget": self.collate(batch), "retain": self.collate([self.retain[j] for j in partners])}
+        if self.alternates:
+            paired["alternate"] = self.collate([self.alternate[e["index"]] for e in batch])
+        return paired
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = collate(examples, self.tokenizer.pad_token_id)

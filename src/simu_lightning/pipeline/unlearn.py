@@ -52,7 +52,13 @@ def unlearning_module(plan: RunPlan, models: Models) -> UnlearningModule:
 
 def unlearning_data(plan: RunPlan, benchmark: Benchmark, models: Models) -> UnlearningDataModule:
     data = UnlearningDataModule(
-        benchmark, models.tokenizer, models.fmt, max_length=plan.cfg.model.max_length, seed=plan.seed, **plan.cfg.data
+        benchmark,
+        models.tokenizer,
+        models.fmt,
+        max_length=plan.cfg.model.max_length,
+        seed=plan.seed,
+        alternates=plan.loss.refusals if getattr(plan.loss, "needs_alternates", False) else (),
+        **plan.cfg.data,
     )
     data.encode()  # now: a row with nothing to unlearn is refused before the fit
     return data

@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from simu_lightning.distributed import local_bytes, parallelize
 from simu_lightning.utils.errors import SimuError
-from simu_lightning.likelihood import answer_nll
+from simu_lightning.unlearning.losses import Forward
 from simu_lightning.models.architecture import Architecture, decoder_layers
 from simu_lightning.optim.gnb import sampled_label_loss
 from simu_lightning.unlearning.methods import Method
@@ -135,13 +135,7 @@ class UnlearningModule(L.LightningModule):
             if self.global_step % self.method.hessian_interval == 0:
                 self.estimate_hessian(batch, optimizer)
             step_kwargs["bs"] = self.hessian_tokens
-        forget = answer_nll(self.model, batch["forget"])
-        retain = answer_nll(self.model, batch["retain"])
-        frozen_forget = None
-        if self.loss.needs_frozen_target:
-            with torch.no_grad():
-                frozen_forget = answer_nll(self.frozen_target, batch["forget"])
-        loss, terms = self.loss(forget, retain, frozen_forget)
+        loss, terms = self.loss(Forward(self.model, batch, self.frozen_target, self.captured_layers()))
         self.refuse_non_finite(loss, "loss")
         optimizer.zero_grad()
         self.manual_backward(loss)
@@ -172,6 +166,16 @@ class UnlearningModule(L.LightningModule):
                 logs["optim/rho"] = sophia.rho
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["forget"]["input_ids"]))
         return loss.detach()
+
+    def captured_layers(self) -> tuple | None:
+        """The decoder layer (of the model and of the frozen target) whose output the objective reads."""
+        index = getattr(self.loss, "capture_layer", None)
+        if index is None:
+            return None
+        layers = [decoder_layers(m, self.architecture) for m in (self.model, self.frozen_target)]
+        if not 0 <= index < len(layers[0]):
+            raise SimuError(f"loss.layer={index}: the model has decoder layers 0 to {len(layers[0]) - 1}")
+        return layers[0][index], layers[1][index] if self.frozen_target is not None else None
 
     def refuse_non_finite(self, value: torch.Tensor, what: str) -> None:
         """Stop the run, before any NaN or inf can reach the weights or the optimiser state, with a line

@@ -1,0 +1,30 @@
+"""UNDIAL (Dong et al. 2025, arXiv 2402.10052): self-distillation towards the frozen target's distribution
+with the logit of the token to forget lowered by beta: at every forget answer position t,
+q_t = softmax(z_ref_t - beta * onehot(y_t)), loss = mean_t CE(p_t, q_t) + retain_weight * L_retain.
+
+open-unlearning's compute_undial_loss averages the cross-entropy over every position of the batch, the
+prompt's and the padding's too (where its one-hot indexes the label -100); ours averages over the answer
+tokens alone, the ones the method is defined on."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+
+class UNDIAL:
+    needs_frozen_target = True
+
+    def __init__(self, beta: float = 10.0, retain_weight: float = 0.0):
+        self.beta, self.retain_weight = beta, retain_weight
+
+    def __call__(self, forward):
+        logits, teacher = forward.logits("forget")[:, :-1], forward.logits("forget", frozen=True)[:, :-1]
+        labels = forward.labels("forget")[:, 1:]
+        scored = labels != -100
+        target = F.softmax(teacher.float() - self.beta * F.one_hot(labels.clamp(min=0), teacher.shape[-1]), dim=-1)
+        cross_entropy = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+        undial = cross_entropy[scored].mean()
+        if not self.retain_weight:  # (open-unlearning's default: distillation alone, no retain pass)
+            return undial, {"undial": undial}
+        retain_nll = forward.nll("retain").mean.mean()
+        return undial + self.retain_weight * retain_nll, {"undial": undial, "retain_nll": retain_nll}
