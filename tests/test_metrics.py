@@ -81,8 +81,10 @@ def test_exact_memorization_is_the_share_of_answer_tokens_the_argmax_predicts_eo
         "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]]),
         "labels": torch.tensor([[IGNORE_INDEX, 1, 2, 3, 9, IGNORE_INDEX]]),
     }
-    total, count, hits, counted = answer_log_likelihood(FixedLogits(logits), batch, with_hits=True)
+    total, count, hits, counted, prefix = answer_log_likelihood(FixedLogits(logits), batch, with_hits=True)
     assert count.tolist() == [4] and hits.tolist() == [2] and counted.tolist() == [3]
+    # extraction: the argmax misses answer token 2 (of 1 2 3): only "3" follows from what precedes it
+    assert prefix.tolist() == [2]
     # log-probabilities of the one-hot logits: e / (e + 9) where the argmax is the label, else 1 / (e + 9)
     hit, miss = math.log(math.e / (math.e + 9)), math.log(1 / (math.e + 9))
     assert total.item() == pytest.approx(3 * hit + miss)
@@ -101,7 +103,27 @@ def test_exact_memorization_of_an_answer_that_is_only_its_eos_is_left_out_of_the
     logits = torch.zeros(1, 8, 10)
     settings = EvalSettings(max_length=32, max_new_tokens=1, batch_size=4)
     scored = answer_scores(FixedLogits(logits), Tokenizer(), fmt, ["ab"], [""], settings)
-    assert scored[0][1] is None
+    assert scored[0].memorised is None and scored[0].extraction is None
     assert summarise([{"exact_memorization": None}, {"exact_memorization": 0.5}], forget=True) == {
         "exact_memorization": 0.5
     }
+
+
+@pytest.mark.parametrize(
+    "argmax, expected",
+    [
+        ([1, 2, 3, 9], 1.0),  # every answer token predicted: extracted from the question alone
+        ([1, 7, 3, 9], 1 - 2 / 3),  # after the first two tokens the rest (3) follows
+        ([7, 2, 3, 9], 1 - 1 / 3),
+        ([1, 2, 7, 9], 0.0),  # not even the last token: nothing extracted (open-unlearning's loop gives 1/3)
+    ],
+)
+def test_extraction_strength_is_one_minus_the_prefix_share_after_which_the_rest_follows(argmax, expected):
+    logits = torch.nn.functional.one_hot(torch.tensor([argmax + [4, 0]]), 10).float()
+    batch = {
+        "input_ids": torch.tensor([[5, 1, 2, 3, 9, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]]),
+        "labels": torch.tensor([[IGNORE_INDEX, 1, 2, 3, 9, IGNORE_INDEX]]),
+    }
+    _, _, _, counted, prefix = answer_log_likelihood(FixedLogits(logits), batch, with_hits=True)
+    assert 1 - prefix.item() / counted.item() == pytest.approx(expected)

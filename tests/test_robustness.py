@@ -16,7 +16,8 @@ from simu_lightning.evaluation import EvalSettings, Evaluator, lume, qa
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.tables import mia_rows, robustness_rows, robustness_tables
 from simu_lightning.robustness import AttackContext, MembershipInference, Probes, Quantization, Relearning, Robustness
-from simu_lightning.robustness import mia
+from simu_lightning.data.formatting import IGNORE_INDEX
+from simu_lightning.robustness import mia, mia_scores
 from simu_lightning.robustness.quantization import fp4, nf4, quantized_copy, rtn_grouped, rtn_per_channel
 from simu_lightning.robustness.relearning import relearning_rows
 from simu_lightning.utils.errors import SimuError
@@ -99,21 +100,21 @@ def test_a_quantised_copy_leaves_the_model_and_its_output_head_alone(tiny_model)
 
 def test_membership_scores_match_their_definitions_on_a_worked_example():
     # five answer tokens, the last the EOS prediction that min-k and min-k++ leave out
-    stats = mia.TokenStats(
+    stats = mia_scores.TokenStats(
         log_probs=torch.tensor([-0.1, -2.0, -0.5, -3.0, -0.2]),
         mu=torch.full((5,), -1.0),
         sigma2=torch.full((5,), 4.0),
     )
-    assert mia.loss_score(stats) == pytest.approx((0.1 + 2.0 + 0.5 + 3.0 + 0.2) / 5)
-    assert mia.zlib_score(stats, "aaaa") == pytest.approx(1.16 / 12)  # zlib.compress(b"aaaa") is 12 bytes
+    assert mia_scores.loss_score(stats) == pytest.approx((0.1 + 2.0 + 0.5 + 3.0 + 0.2) / 5)
+    assert mia_scores.zlib_score(stats, "aaaa") == pytest.approx(1.16 / 12)  # zlib.compress(b"aaaa") is 12 bytes
     # lowest 50% of the first four: -3.0, -2.0
-    assert mia.min_k_score(stats, 0.5) == pytest.approx(2.5)
+    assert mia_scores.min_k_score(stats, 0.5) == pytest.approx(2.5)
     # k = 0.4 of four tokens keeps int(1.6) = 1: the lowest alone
-    assert mia.min_k_score(stats, 0.4) == pytest.approx(3.0)
+    assert mia_scores.min_k_score(stats, 0.4) == pytest.approx(3.0)
     # z = (lp + 1) / 2 = 0.45, -0.5, 0.25, -1.0 -> lowest two -1.0, -0.5
-    assert mia.min_k_plus_plus_score(stats, 0.5) == pytest.approx(0.75)
-    flat = mia.TokenStats(torch.tensor([-1.0, -1.0]), torch.tensor([-1.0, -1.0]), torch.zeros(2))
-    assert mia.min_k_plus_plus_score(flat, 0.5) == 0.0  # variance floored, no division by zero
+    assert mia_scores.min_k_plus_plus_score(stats, 0.5) == pytest.approx(0.75)
+    flat = mia_scores.TokenStats(torch.tensor([-1.0, -1.0]), torch.tensor([-1.0, -1.0]), torch.zeros(2))
+    assert mia_scores.min_k_plus_plus_score(flat, 0.5) == 0.0  # variance floored, no division by zero
     # members labelled 0: of the four (member, non-member) pairs, three rank the non-member higher
     assert mia_auc([0.1, 0.2], [0.3, 0.15]) == pytest.approx(0.75)
 
@@ -136,7 +137,7 @@ def test_token_statistics_are_the_answer_tokens_log_probs_and_the_distributions_
         "attention_mask": torch.ones(1, 3, dtype=torch.long),
         "labels": torch.tensor([[-100, 1, 2]]),
     }
-    (stats,) = mia.batch_token_stats(FixedLogits(), batch)
+    (stats,) = mia_scores.batch_token_stats(FixedLogits(), batch)
     assert torch.allclose(stats.log_probs, torch.tensor([math.log(0.5), math.log(0.25)]))
     mu = 0.5 * math.log(0.25) + 0.5 * math.log(0.5)
     sigma2 = 0.5 * math.log(0.25) ** 2 + 0.5 * math.log(0.5) ** 2 - mu**2
@@ -268,7 +269,7 @@ def test_membership_inference_on_the_target_scores_every_forget_and_holdout_row(
     rows = attack.rows
     forget, holdout = ([r for r in rows if r["split"] == s] for s in ("forget", "holdout"))
     assert len(forget) == len(attack.benchmark["forget"]) and len(holdout) == len(attack.benchmark["holdout"])
-    for name in mia.ATTACKS:
+    for name in mia_scores.ATTACKS:
         # recomputed from the per-example scores by brute force over every (forget, holdout) pair
         pairs = [(f[name], h[name]) for f in forget for h in holdout]
         wins = sum(1.0 if h > f else 0.5 if h == f else 0.0 for f, h in pairs)
@@ -289,9 +290,9 @@ def test_the_run_tables_put_each_attack_beside_the_unattacked_model():
         },
     }
     assert robustness_rows(results) == [
-        ["after", "forget", 0.1, 0.5, None, None],
-        ["after", "retain", 0.9, None, None, None],
-        ["rtn4", "forget", 0.3, None, None, 0.4],
+        ["after", "forget", 0.1, 0.5, None, None, None],
+        ["after", "retain", 0.9, None, None, None, None],
+        ["rtn4", "forget", 0.3, None, None, None, 0.4],
     ]
     assert mia_rows(results) == [["mia", 0.9, 0.8]]
     assert robustness_tables({"after": results["after"]}) == []  # a run without the stage shows no table
@@ -314,3 +315,47 @@ def test_on_lume_membership_inference_scores_whole_documents_as_the_official_att
     # the loss score is the mean NLL of the document's tokens, what LUME's official MIA thresholds
     official = lume.document_nll(attack.model, attack.tokenizer, [r["answer"] for r in rows], attack.settings)
     assert [r["loss"] for r in rows] == pytest.approx(official, rel=1e-5)
+
+
+class LearnedLogits(torch.nn.Module):
+    """A 'model' whose logits are one learned vector at every position."""
+
+    def __init__(self, vocab: int = 2):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return SimpleNamespace(logits=self.w.expand(*input_ids.shape, -1))
+
+
+def test_gradnorm_is_the_mean_gradient_norm_of_the_answer_loss_by_hand():
+    model = LearnedLogits().requires_grad_(False)  # a frozen parameter takes part too, then stays frozen
+    example = {"input_ids": [1, 1, 1], "labels": [IGNORE_INDEX, 0, 1]}  # answer token 0, then the EOS (1)
+    # loss = -log softmax(w)[0] at w = 0: gradient softmax(w) - e_0 = (-1/2, 1/2), norm sqrt(1/2)
+    (norm,) = mia_scores.gradient_norms(model, [example], pad_token_id=0)
+    assert norm == pytest.approx(math.sqrt(0.5)) and not model.w.requires_grad and model.w.grad is None
+
+
+def test_privleak_is_musees_relative_auc_gap_in_percent():
+    assert mia_scores.privleak(0.5, 0.5) == pytest.approx(0.0)  # as the retain model
+    assert mia_scores.privleak(1.0, 0.5) == pytest.approx(-100.0, abs=1e-6)  # the forget rows still stand out
+    assert mia_scores.privleak(0.9, 0.6) == pytest.approx((0.1 - 0.4) / 0.4 * 100)
+    assert mia_scores.privleak(0.3, 0.5) == pytest.approx(40.0)  # unlearned past the retain model
+
+
+def test_the_reference_attack_scores_the_loss_beyond_the_retain_models(attack):
+    family = MembershipInference(gradnorm=False)
+    retain_model = copy.deepcopy(attack.model)
+    with torch.no_grad():
+        for p in retain_model.parameters():
+            p.mul_(0.9)
+    family.before(attack, retain_model)
+    family.after(attack)
+    rows = {(r["stage"], r["split"], r["index"]): r for r in attack.rows}
+    for (stage, split, index), row in rows.items():
+        if stage in ("mia_target", "mia"):
+            assert row["reference"] == pytest.approx(row["loss"] - rows["mia_retain_model", split, index]["loss"])
+    aucs = attack.results["mia"]["forget_vs_holdout"]
+    retain = attack.results["mia_retain_model"]["forget_vs_holdout"]
+    assert aucs["privleak"] == pytest.approx(mia_scores.privleak(aucs["min_k_auc"], retain["min_k_auc"]))
+    assert "privleak" not in retain and "reference_auc" not in retain

@@ -22,22 +22,29 @@ def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logp * scored, scored
 
 
-def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: (answer tokens whose teacher-forced argmax prediction equals the label, answer
-    tokens counted). As open-unlearning's `tokenwise_vocab_logprobs` ("ignore eos prediction"), the
-    last labelled token (the EOS) is not counted: a model that has the answer predicts its end too, and
-    counting it would lift a short answer's score by up to 1 / (n + 1)."""
+def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per example: (answer tokens whose teacher-forced argmax prediction equals the label, answer tokens
+    counted, the extraction prefix). As open-unlearning's `tokenwise_vocab_logprobs` ("ignore eos
+    prediction"), the last labelled token (the EOS) is not counted: a model that has the answer predicts
+    its end too, and counting it would lift a short answer's score by up to 1 / (n + 1).
+
+    The extraction prefix k is the fewest counted answer tokens after which the argmax predicts all the
+    rest (0: the whole answer; n: not even its last token), what extraction strength reads."""
     logits, labels = logits[:, :-1], labels[:, 1:]
     scored = labels != IGNORE_INDEX
     last = scored & (scored.cumsum(-1) == scored.sum(-1, keepdim=True))
     counted = scored & ~last
-    return ((logits.argmax(-1) == labels) & counted).sum(-1), counted.sum(-1)
+    hits = (logits.argmax(-1) == labels) & counted
+    rank = counted.cumsum(-1)  # 1-based position among the counted tokens
+    prefix = (rank * (counted & ~hits)).amax(-1)  # up to and including the last miss
+    return hits.sum(-1), counted.sum(-1), prefix
 
 
 def answer_log_likelihood(model, batch: dict[str, torch.Tensor], with_hits: bool = False) -> tuple[torch.Tensor, ...]:
     """Per example: the sum of answer-token log-probabilities and the number of answer tokens, the EOS
     included (open-unlearning's probability and loss attack take every labelled token); with
-    `with_hits`, also the argmax hits and the tokens they are counted over (see `argmax_hits`)."""
+    `with_hits`, also the argmax hits, the tokens they are counted over and the extraction prefix (see
+    `argmax_hits`)."""
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
     ).logits

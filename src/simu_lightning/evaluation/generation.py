@@ -29,9 +29,9 @@ def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_token
 
 def answer_log_likelihoods(
     model, examples: list[dict], pad_token_id: int, batch_size: int
-) -> list[tuple[float, int, int, int]]:
+) -> list[tuple[float, int, int, int, int]]:
     """(sum of answer-token log-probs, number of answer tokens, argmax hits, tokens the hits are counted
-    over: all but the EOS) for each encoded example."""
+    over: all but the EOS, the extraction prefix) for each encoded example."""
     return map_sharded(
         lambda block: with_halving(
             lambda size: _log_likelihoods(model, block, pad_token_id, size),
@@ -73,17 +73,17 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, b
 @torch.no_grad()
 def _log_likelihoods(
     model, examples: list[dict], pad_token_id: int, batch_size: int
-) -> list[tuple[float, int, int, int]]:
+) -> list[tuple[float, int, int, int, int]]:
     was_training = model.training
     model.eval()
-    results: list[tuple[float, int, int, int]] = []
+    results: list[tuple[float, int, int, int, int]] = []
     try:
         for start in range(0, len(examples), batch_size):
             batch = {
                 k: v.to(_device(model)) for k, v in collate(examples[start : start + batch_size], pad_token_id).items()
             }
-            total, count, hits, counted = answer_log_likelihood(model, batch, with_hits=True)
-            results += list(zip(total.tolist(), count.tolist(), hits.tolist(), counted.tolist()))
+            outputs = answer_log_likelihood(model, batch, with_hits=True)
+            results += list(zip(*(t.tolist() for t in outputs)))
     finally:
         model.train(was_training)
     return results

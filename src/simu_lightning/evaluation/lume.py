@@ -42,7 +42,7 @@ def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dic
     generations = greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     scored = answer_scores(model, tokenizer, fmt, split["question"], split["answer"], settings)
     rows = []
-    for row, generation, (lp, memorised) in zip(split, generations, scored):
+    for row, generation, score in zip(split, generations, scored):
         sc = row["kind"] == "sc"
         rows.append(
             {
@@ -54,8 +54,9 @@ def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dic
                 "generation": generation.strip(),
                 "rougeL_recall": metrics.rouge_l_recall(generation, row["answer"]) if sc else None,
                 "exact_match": None if sc else metrics.lume_exact_match(generation, row["answer"]),
-                "answer_prob": math.exp(lp),
-                "exact_memorization": memorised,
+                "answer_prob": math.exp(score.mean_log_prob),
+                "exact_memorization": score.memorised,
+                "extraction_strength": score.extraction,
             }
         )
     return rows
@@ -64,7 +65,7 @@ def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dic
 def summarise(rows: list[dict]) -> dict[str, float]:
     summary = {
         name: mean([r[name] for r in rows if r.get(name) is not None])
-        for name in ("rougeL_recall", "exact_match", "answer_prob", "exact_memorization")
+        for name in ("rougeL_recall", "exact_match", "answer_prob", "exact_memorization", "extraction_strength")
         if any(name in r for r in rows)
     }
     for task in sorted({r["task"] for r in rows}):

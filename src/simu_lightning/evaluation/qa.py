@@ -3,6 +3,11 @@
 Per example, on every evaluation split:
 - `exact_match`, `rougeL_recall`, `contains_answer` of the greedy generation against `answer`;
 - `answer_prob` = exp(mean answer-token log-probability of `answer`);
+- `extraction_strength` (Carlini et al. 2021, as open-unlearning scores it): 1 - k / n, k the fewest of
+  the answer's n tokens (the EOS left out) after which the teacher-forced argmax predicts all the rest
+  (1: the whole answer extracted from the question alone; 0: not even its last token). Where no suffix is
+  predicted k is n here; open-unlearning's loop leaves it at n - 1 (1 / n), which scores "no token" as
+  "the last token";
 - `exact_memorization` (open-unlearning's "exact memorisation"): the share of `answer`'s tokens whose
   teacher-forced argmax prediction equals the token, the EOS left out as open-unlearning leaves it out
   (`answer_prob` keeps it, as open-unlearning's probability does). `exact_match` is a different, stricter score:
@@ -21,6 +26,7 @@ KS-test p-value between the model's and the retain model's forget truth ratios.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from datasets import Dataset
 from scipy.stats import ks_2samp
@@ -34,15 +40,24 @@ from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_
 EPS = 1e-10  # open-unlearning's guard in the truth ratio
 
 
+@dataclass(frozen=True)
+class AnswerScore:
+    mean_log_prob: float  # over every answer token, the EOS included
+    memorised: float | None  # exact memorisation: the share of answer tokens the argmax predicts (EOS left out)
+    extraction: float | None  # extraction strength: 1 - (the prefix after which the argmax predicts the rest) / n
+
+
 def answer_scores(
     model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
-) -> list[tuple[float, float]]:
-    """Per (question, answer) pair: the mean answer-token log-probability (EOS included) and the exact
-    memorisation (EOS left out; None for an answer of the EOS alone, as open-unlearning leaves it out)."""
+) -> list[AnswerScore]:
+    """Per (question, answer) pair: the mean answer-token log-probability, the exact memorisation and the
+    extraction strength (both None for an answer of the EOS alone, as open-unlearning leaves it out)."""
     encoded = [encode_example(tokenizer, fmt, q, a, settings.max_length) for q, a in zip(questions, answers)]
     return [
-        (total / max(count, 1), hits / counted if counted else None)
-        for total, count, hits, counted in answer_log_likelihoods(
+        AnswerScore(
+            total / max(count, 1), hits / counted if counted else None, 1 - prefix / counted if counted else None
+        )
+        for total, count, hits, counted, prefix in answer_log_likelihoods(
             model, encoded, tokenizer.pad_token_id, settings.batch_size
         )
     ]
@@ -52,7 +67,7 @@ def mean_log_probs(
     model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
 ) -> list[float]:
     """Mean answer-token log-probability of each (question, answer) pair."""
-    return [logp for logp, _ in answer_scores(model, tokenizer, fmt, questions, answers, settings)]
+    return [score.mean_log_prob for score in answer_scores(model, tokenizer, fmt, questions, answers, settings)]
 
 
 def truth_ratio_values(
@@ -89,10 +104,11 @@ def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) ->
             "exact_match": metrics.exact_match(g, a),
             "rougeL_recall": metrics.rouge_l_recall(g, a),
             "contains_answer": metrics.contains_answer(g, a),
-            "answer_prob": math.exp(logp),
-            "exact_memorization": memorised,
+            "answer_prob": math.exp(score.mean_log_prob),
+            "exact_memorization": score.memorised,
+            "extraction_strength": score.extraction,
         }
-        for q, a, g, (logp, memorised) in zip(questions, answers, generations, scored)
+        for q, a, g, score in zip(questions, answers, generations, scored)
     ]
     if "perturbed_answer" in split.column_names:
         ratios, wrong_mass = truth_ratio_values(model, tokenizer, fmt, split, settings)
@@ -114,6 +130,7 @@ METRICS = (
     "contains_answer",
     "answer_prob",
     "exact_memorization",
+    "extraction_strength",
     "truth_ratio",
     "normalised_prob",
 )

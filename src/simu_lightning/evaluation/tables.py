@@ -69,6 +69,7 @@ ATTACK_METRICS = {
     "exact_match": "EM",
     "rougeL_recall": "ROUGE-L",
     "exact_memorization": "memorised",
+    "extraction_strength": "extraction",
     "answer_prob": "P(answer)",
 }
 

@@ -131,11 +131,12 @@ def matched_rows(runs: list[Run], forget_metric: str, op: str, levels: list[floa
 
 
 # the forget metrics the robustness table shows for every attack (report.csv has every split and metric)
-ROBUSTNESS = ("exact_match", "rougeL_recall", "exact_memorization", "answer_prob")
+ROBUSTNESS = ("exact_match", "rougeL_recall", "exact_memorization", "extraction_strength", "answer_prob")
 ROBUSTNESS_LABELS = {
     "exact_match": "EM",
     "rougeL_recall": "ROUGE-L",
     "exact_memorization": "memorised",
+    "extraction_strength": "extraction",
     "answer_prob": "P(answer)",
 }
 

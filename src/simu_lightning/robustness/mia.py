@@ -2,115 +2,26 @@
 
 Members are the forget rows, non-members rows of the same kind the model never trained on (the
 synthetic benchmark's and TOFU's `holdout` authors; LUME's `member` / `nonmember` documents when the
-benchmark folder has them). Every attack scores one example from the model's log-probabilities of
-its answer tokens (the whole document for LUME), higher meaning "more likely a non-member":
-- `loss`: the mean answer-token NLL (Yeom et al. 2018);
-- `zlib`: that loss divided by the zlib-compressed length in bytes of the answer text (Carlini et al. 2021);
-- `min_k`: minus the mean of the lowest k% token log-probabilities (Shi et al. 2024);
-- `min_k++`: the same over z-scores (log p(x_t) - mu_t) / sigma_t, mu_t and sigma_t^2 the mean and
-  variance of log p under the model's own next-token distribution (Zhang et al. 2024).
-min-k and min-k++ leave out the last answer token's prediction (the EOS), as open-unlearning does, and
-use k = 0.4 (its TOFU setting). AUC: forget rows labelled 0, held-out rows 1, so 1.0 means the forget
-rows are far more likely than unseen ones (still memorised) and a model that never saw them sits near
-what a retain-only model gets (about 0.5 when the two sets are alike).
+benchmark folder has them). Every attack scores one example, higher meaning "more likely a non-member"
+(mia_scores.py): `loss`, `zlib`, `min_k`, `min_k++` from the answer's log-probabilities; `gradnorm`, the
+size of the answer loss's gradient; and, where the run has a retain model (which never saw either set),
+`reference`: the loss minus the retain model's loss on the same example (open-unlearning's Reference
+attack). AUC: forget rows labelled 0, held-out rows 1, so 1.0 means the forget rows are far more likely
+than unseen ones (still memorised) and a model that never saw them sits near what the retain model
+gets. `privleak` is MUSE's PrivLeak from the min-k AUC against the retain model's own (mia_retain_model).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-
-from simu_lightning.data.formatting import IGNORE_INDEX, collate, encode_document, encode_example
+from simu_lightning.data.formatting import IGNORE_INDEX, encode_document, encode_example
 from simu_lightning.evaluation.metrics import mia_auc
-from simu_lightning.utils.memory import with_halving
+from simu_lightning.robustness.mia_scores import ATTACKS, gradient_norms, privleak, scores, token_stats
 
 log = logging.getLogger(__name__)
-
-ATTACKS = ("loss", "zlib", "min_k", "min_k++")
-MIN_SIGMA2 = 1e-6  # open-unlearning's floor on the variance in min-k++
-
-
-@dataclass
-class TokenStats:
-    """One example's answer tokens: log p(x_t), and mu_t, sigma_t^2 of log p under p(. | x_<t)."""
-
-    log_probs: torch.Tensor
-    mu: torch.Tensor
-    sigma2: torch.Tensor
-
-
-def loss_score(stats: TokenStats) -> float:
-    return float(-stats.log_probs.mean()) if len(stats.log_probs) else 0.0
-
-
-def zlib_score(stats: TokenStats, text: str) -> float:
-    return loss_score(stats) / len(zlib.compress(text.encode("utf-8")))
-
-
-def _lowest_mean(values: torch.Tensor, k: float) -> float:
-    if len(values) == 0:
-        return 0.0
-    count = max(1, int(len(values) * k))
-    return float(-values.sort().values[:count].mean())
-
-
-def min_k_score(stats: TokenStats, k: float) -> float:
-    return _lowest_mean(stats.log_probs[:-1], k)
-
-
-def min_k_plus_plus_score(stats: TokenStats, k: float) -> float:
-    z = (stats.log_probs - stats.mu) / stats.sigma2.clamp(min=MIN_SIGMA2).sqrt()
-    return _lowest_mean(z[:-1], k)
-
-
-def scores(stats: TokenStats, text: str, k: float) -> dict[str, float]:
-    return {
-        "loss": loss_score(stats),
-        "zlib": zlib_score(stats, text),
-        "min_k": min_k_score(stats, k),
-        "min_k++": min_k_plus_plus_score(stats, k),
-    }
-
-
-@torch.no_grad()
-def batch_token_stats(model, batch: dict[str, torch.Tensor]) -> list[TokenStats]:
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
-    ).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    target = log_p.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    p = log_p.exp()
-    mu = (p * log_p).sum(-1)
-    sigma2 = (p * log_p.square()).sum(-1) - mu.square()
-    scored = labels != IGNORE_INDEX
-    return [
-        TokenStats(target[i][scored[i]].cpu(), mu[i][scored[i]].cpu(), sigma2[i][scored[i]].cpu())
-        for i in range(len(labels))
-    ]
-
-
-def token_stats(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[TokenStats]:
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-
-    def run(size: int) -> list[TokenStats]:
-        out = []
-        for start in range(0, len(examples), size):
-            batch = collate(examples[start : start + size], pad_token_id)
-            out += batch_token_stats(model, {k: v.to(device) for k, v in batch.items()})
-        return out
-
-    try:
-        return with_halving(run, batch_size, "membership inference (evaluation.batch_size)")
-    finally:
-        model.train(was_training)
 
 
 def qa_rows(split) -> list[dict]:
@@ -119,13 +30,20 @@ def qa_rows(split) -> list[dict]:
 
 @dataclass
 class MembershipInference:
-    """The four attacks' AUCs, forget against held out (`robustness.families.mia`)."""
+    """The attacks' AUCs, forget against held out (`robustness.families.mia`)."""
 
     k: float = 0.4
-    needs_retain_model = False
+    gradnorm: bool = True  # a backward pass per example
+    p: float = 2.0  # the gradient norm's p
+    retain_rows: dict | None = field(default=None, init=False)  # the retain model's per-example scores
+    needs_retain_model = True  # (the reference attack and PrivLeak; without one they are left out)
 
     def before(self, context, retain_model=None) -> None:
-        """On the target: how recognisable its training rows are to begin with."""
+        """On the retain model (the reference attack's baseline, and PrivLeak's), then on the target: how
+        recognisable its training rows are to begin with."""
+        if retain_model is not None and (found := self.sets(context)) is not None:
+            self.retain_rows = {split: self.per_example(context, retain_model, rows, found[1]) for split, rows in found[0].items()}
+            self.record(context, "mia_retain_model", self.retain_rows)
         self.run(context, name="mia_target")
 
     def after(self, context) -> None:
@@ -156,7 +74,22 @@ class MembershipInference:
         texts = [
             tokenizer.decode([t for t in e["labels"] if t != IGNORE_INDEX], skip_special_tokens=True) for e in encoded
         ]
-        return [{**row, **scores(s, text, self.k)} for row, s, text in zip(rows, stats, texts)]
+        scored = [{**row, **scores(s, text, self.k)} for row, s, text in zip(rows, stats, texts)]
+        if self.gradnorm:
+            for row, norm in zip(scored, gradient_norms(model, encoded, tokenizer.pad_token_id, self.p)):
+                row["gradnorm"] = norm
+        return scored
+
+    def record(self, context, name: str, scored: dict[str, list[dict]]) -> dict[str, float]:
+        attacks = [a for a in (*ATTACKS, "gradnorm", "reference") if a in scored["forget"][0]]
+        aucs = {f"{a}_auc": mia_auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in attacks}
+        if self.retain_rows is not None and name != "mia_retain_model":
+            retain_auc = mia_auc(*([r["min_k"] for r in self.retain_rows[s]] for s in ("forget", "holdout")))
+            aucs["privleak"] = privleak(aucs["min_k_auc"], retain_auc)
+        rows = [{"split": split, "stage": name, "index": i, **row} for split, rows in scored.items() for i, row in enumerate(rows)]
+        context.record(name, {"forget_vs_holdout": aucs}, rows)
+        log.info("robustness: %s: %s", name, ", ".join(f"{a} {v:.3f}" for a, v in aucs.items() if not math.isnan(v)))
+        return aucs
 
     def run(self, context, name: str = "mia") -> None:
         found = self.sets(context)
@@ -169,16 +102,8 @@ class MembershipInference:
             return
         sets, documents = found
         scored = {split: self.per_example(context, context.model, rows, documents) for split, rows in sets.items()}
-        aucs = {
-            f"{a}_auc": mia_auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in ATTACKS
-        }
-        context.record(
-            name,
-            {"forget_vs_holdout": aucs},
-            [
-                {"split": split, "stage": name, "index": i, **row}
-                for split, rows in scored.items()
-                for i, row in enumerate(rows)
-            ],
-        )
-        log.info("robustness: %s: %s", name, ", ".join(f"{a} {v:.3f}" for a, v in aucs.items() if not math.isnan(v)))
+        if self.retain_rows is not None:  # the reference attack: the loss beyond the retain model's
+            for split, rows in scored.items():
+                for row, retain in zip(rows, self.retain_rows[split]):
+                    row["reference"] = row["loss"] - retain["loss"]
+        self.record(context, name, scored)
