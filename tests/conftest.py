@@ -75,3 +75,35 @@ def run_here(overrides: list[str], out: Path, cache_dir: Path) -> dict | None:
     from simu_lightning.pipeline import run
 
     return run(composed_run(overrides, out, cache_dir))
+
+
+def write_muse_folder(folder: Path, documents: int = 4) -> Path:
+    """A small MUSE corpus in the hub's layout (a Parquet file per view and split), made up here: the data
+    is not on these machines."""
+    from datasets import Dataset
+
+    def text(kind: str, i: int) -> str:
+        return f"The {kind} report number {i} says that the harbour of Vel{i} opened in {1900 + i} by the sea."
+
+    views = {
+        ("raw", "forget"): [{"text": text("forget", i)} for i in range(documents)],
+        ("raw", "retain1"): [{"text": text("retain", i)} for i in range(documents)],
+        ("verbmem", "forget"): [
+            {"prompt": f"The forget report number {i} says that", "gt": f" the harbour of Vel{i} opened"}
+            for i in range(documents)
+        ],
+        ("knowmem", "forget_qa"): [
+            {"question": f"When did the harbour of Vel{i} open?", "answer": str(1900 + i)} for i in range(documents)
+        ],
+        ("knowmem", "retain_qa"): [
+            {"question": f"What does retain report {i} describe?", "answer": f"Vel{i}"} for i in range(documents)
+        ],
+        ("knowmem", "forget_qa_icl"): [{"question": "Where is Vel0?", "answer": "By the sea"}],
+        ("knowmem", "retain_qa_icl"): [{"question": "Where is Vel1?", "answer": "By the sea"}],
+        ("privleak", "forget"): [{"text": text("forget", i)} for i in range(documents)],
+        ("privleak", "holdout"): [{"text": text("holdout", i)} for i in range(documents)],
+    }
+    for (view, split), rows in views.items():
+        (folder / view).mkdir(parents=True, exist_ok=True)
+        Dataset.from_list(rows).to_parquet(str(folder / view / f"{split}-00000-of-00001.parquet"))
+    return folder

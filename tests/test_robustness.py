@@ -17,7 +17,8 @@ from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.tables import mia_rows, robustness_rows, robustness_tables
 from simu_lightning.robustness import AttackContext, MembershipInference, Probes, Quantization, Relearning, Robustness
 from simu_lightning.data.formatting import IGNORE_INDEX
-from simu_lightning.robustness import mia, mia_scores
+from simu_lightning.evaluation import membership as mia_scores
+from simu_lightning.robustness import mia
 from simu_lightning.robustness.quantization import fp4, nf4, quantized_copy, rtn_grouped, rtn_per_channel
 from simu_lightning.robustness.relearning import relearning_rows
 from simu_lightning.utils.errors import SimuError

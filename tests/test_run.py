@@ -16,7 +16,7 @@ import yaml
 from scipy.stats import ks_2samp
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, run_here
+from conftest import ROOT, run_here, write_muse_folder
 from simu_lightning.pipeline.checks import ONE_PROCESS
 from simu_lightning.utils.errors import SimuError
 
@@ -440,8 +440,8 @@ def test_the_command_line_names_an_unknown_option_or_an_unquoted_rule(argv, mess
     "override, message",
     [
         (
-            "benchmark=muse",
-            "error: unknown benchmark 'muse': choose one of lume, planted, synthetic, tofu (benchmark=...)",
+            "benchmark=imdb",
+            "error: unknown benchmark 'imdb': choose one of lume, muse, planted, synthetic, tofu (benchmark=...)",
         ),
         ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
     ],
@@ -776,3 +776,32 @@ def test_every_objective_unlearns_end_to_end_under_every_method(loss, method, ca
     )
     assert any(not torch.equal(weights[k], target[k]) for k in weights)  # it moved
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.slow
+def test_a_muse_run_unlearns_raw_text_and_reports_muses_criteria(tmp_path, cache_dir):
+    """MUSE's data is not on these machines: a folder the test writes in the hub's layout."""
+    folder = write_muse_folder(tmp_path / "muse")
+    results = run_here(
+        [
+            "benchmark=muse",
+            f"benchmark.path={folder}",
+            *TINY,
+            "robustness=standard",
+            "robustness.families.relearning.steps=2",
+        ],
+        tmp_path / "run",
+        cache_dir,
+    )
+    assert set(results["after"]) == {"verbmem", "knowmem_forget", "knowmem_retain"}
+    assert set(results["scores"]["after"]) == {"verbmem_f", "knowmem_f", "knowmem_r", "mia_min_k_auc"}
+    assert results["scores"]["after"]["verbmem_f"] == pytest.approx(results["after"]["verbmem"]["rougeL_f1"])
+    mia = results["robustness"]["mia"]["forget_vs_holdout"]
+    retain = results["robustness"]["mia_retain_model"]["forget_vs_holdout"]
+    assert mia["privleak"] == pytest.approx(
+        ((1 - mia["min_k_auc"]) - (1 - retain["min_k_auc"])) / (1 - retain["min_k_auc"] + 1e-10) * 100
+    )
+    assert (
+        "forget" in results["robustness"]["relearn_forget"]
+        and "nll" in results["robustness"]["relearn_forget"]["forget"]
+    )

@@ -84,7 +84,10 @@ class Benchmark:
         return "perturbed_answer" in self[self.forget].column_names
 
     def shared_rows(self) -> int:
-        """How many forget rows (question and answer) also appear in the retain split."""
+        """How many forget rows (question and answer, or document) also appear in the retain split."""
+        if "question" not in self[self.forget].column_names:
+            texts = set(self[self.forget]["text"])
+            return sum(t in texts for t in self[self.retain]["text"])
         forget = set(zip(self[self.forget]["question"], self[self.forget]["answer"]))
         return sum((q, a) in forget for q, a in zip(self[self.retain]["question"], self[self.retain]["answer"]))
 

@@ -21,7 +21,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, DistributedSampler
 
 from simu_lightning.data.benchmark import Benchmark
-from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat, collate, encode_example
+from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat, collate, document_windows, encode_example
 from simu_lightning.utils.errors import SimuError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,13 @@ def _rows(indices: list[int]) -> str:
 def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int, name: str = "split") -> list[dict]:
     """Every row as prompt + answer token ids with answer-only labels, tagged with its row index.
     Rows with an empty answer are refused by row number (nothing to unlearn or keep in them); rows whose
-    prompt fills max_length keep their first answer token only, and a warning names them."""
+    prompt fills max_length keep their first answer token only, and a warning names them. A split of
+    documents (a `text` column, MUSE) becomes windows of max_length tokens, each its own row."""
+    if "text" in split.column_names:
+        windows = document_windows_of(split, tokenizer, max_length)
+        if not windows:
+            raise SimuError(f"{name}: its documents hold no tokens")
+        return windows
     encoded = [
         dict(encode_example(tokenizer, fmt, row["question"], row["answer"], max_length), index=i)
         for i, row in enumerate(split)
@@ -55,6 +61,11 @@ def encode_split(split: Dataset, tokenizer, fmt: PromptFormat, max_length: int, 
             max_length,
         )
     return encoded
+
+
+def document_windows_of(split: Dataset, tokenizer, max_length: int) -> list[dict]:
+    windows = [w for text in split["text"] for w in document_windows(tokenizer, text, max_length) if w["input_ids"]]
+    return [dict(w, index=i) for i, w in enumerate(windows)]
 
 
 def retain_partners(

@@ -67,6 +67,25 @@ def encode_document(tokenizer, text: str, max_length: int) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
+def document_windows(tokenizer, text: str, max_length: int) -> list[dict]:
+    """A document cut into windows of `max_length` tokens, every token labelled: how raw text is
+    unlearned or trained on (MUSE; open-unlearning's PretrainingDataset)."""
+    ids = tokenizer(text)["input_ids"]
+    return [
+        {"input_ids": ids[i : i + max_length], "labels": ids[i : i + max_length]}
+        for i in range(0, len(ids), max_length)
+    ]
+
+
+def encode_rows(tokenizer, fmt: PromptFormat, rows, max_length: int) -> list[dict]:
+    """Rows as a model trains on them: QA rows (question, answer) as prompt + answer with answer-only
+    labels, document rows (text) as windows of max_length tokens."""
+    rows = list(rows)
+    if rows and "text" in rows[0]:
+        return [w for row in rows for w in document_windows(tokenizer, row["text"], max_length)]
+    return [encode_example(tokenizer, fmt, r["question"], r["answer"], max_length) for r in rows]
+
+
 def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad `input_ids` (and `labels`, if present) into a batch with an attention mask and explicit
     position ids, so left- and right-padded batches give every real token the same position."""

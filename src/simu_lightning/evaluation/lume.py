@@ -135,7 +135,7 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         benchmark,
         stage,
         settings,
-        lambda split: split_rows(model, tokenizer, fmt, split, settings),
+        lambda name, split: split_rows(model, tokenizer, fmt, split, settings),
         lambda name, rows: summarise(rows),
     )
     result.scores["task_aggregate"] = task_aggregate(result.summary)

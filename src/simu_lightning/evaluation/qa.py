@@ -168,7 +168,7 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         benchmark,
         stage,
         settings,
-        lambda split: split_rows(model, tokenizer, fmt, split, settings),
+        lambda name, split: split_rows(model, tokenizer, fmt, split, settings),
         lambda name, rows: summarise(rows, forget=name == "forget"),
     )
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)

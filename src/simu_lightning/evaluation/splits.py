@@ -23,14 +23,14 @@ def evaluate_splits(
     benchmark,
     stage: str,
     settings: EvalSettings,
-    split_rows: Callable[[Dataset], list[dict]],
+    split_rows: Callable[[str, Dataset], list[dict]],
     summarise: Callable[[str, list[dict]], dict[str, float]],
 ) -> Evaluation:
     result = Evaluation()
     for name in benchmark.eval_splits:
         split = limited(benchmark[name], settings.max_examples)
         start = time.perf_counter()
-        rows = split_rows(split)
+        rows = split_rows(name, split)
         # the evaluations during unlearning stay quiet: there are many of them
         level = logging.DEBUG if stage == "during" else logging.INFO
         log.log(level, "evaluation (%s): %s, %d rows, %.0f s", stage, name, len(split), time.perf_counter() - start)

@@ -9,14 +9,15 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
-from simu_lightning.data.formatting import collate, encode_example
+from simu_lightning.data.formatting import collate, encode_rows
 from simu_lightning.likelihood import answer_nll
 from simu_lightning.optim.masked_adamw import MaskedAdamW
 
 
 def answer_loader(tokenizer, fmt, rows: list[dict], max_length: int, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled (seeded) batches of `rows`' (question, answer) pairs, labelled on the answer tokens."""
-    examples = [encode_example(tokenizer, fmt, r["question"], r["answer"], max_length) for r in rows]
+    """Shuffled (seeded) batches of `rows`: (question, answer) pairs labelled on the answer tokens, or
+    documents cut into windows (formatting.encode_rows)."""
+    examples = encode_rows(tokenizer, fmt, rows, max_length)
     return DataLoader(
         examples,
         batch_size=batch_size,

@@ -90,7 +90,7 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
             row[column]
             for split in splits
             for row in benchmark[split]
-            for column in ("question", "answer", "paraphrased_question", "paraphrased_answer")
+            for column in ("question", "answer", "paraphrased_question", "paraphrased_answer", "text", "prompt", "gt")
             if row.get(column)
         ]
         with atomic(path, keep_existing=True) as tmp:

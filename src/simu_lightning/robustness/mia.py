@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from simu_lightning.data.formatting import IGNORE_INDEX, encode_document, encode_example
 from simu_lightning.evaluation.metrics import mia_auc
-from simu_lightning.robustness.mia_scores import ATTACKS, gradient_norms, privleak, scores, token_stats
+from simu_lightning.evaluation.membership import ATTACKS, gradient_norms, privleak, scores, token_stats
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ class MembershipInference:
         """On the retain model (the reference attack's baseline, and PrivLeak's), then on the target: how
         recognisable its training rows are to begin with."""
         if retain_model is not None and (found := self.sets(context)) is not None:
-            self.retain_rows = {split: self.per_example(context, retain_model, rows, found[1]) for split, rows in found[0].items()}
+            self.retain_rows = {
+                split: self.per_example(context, retain_model, rows, found[1]) for split, rows in found[0].items()
+            }
             self.record(context, "mia_retain_model", self.retain_rows)
         self.run(context, name="mia_target")
 
@@ -82,11 +84,17 @@ class MembershipInference:
 
     def record(self, context, name: str, scored: dict[str, list[dict]]) -> dict[str, float]:
         attacks = [a for a in (*ATTACKS, "gradnorm", "reference") if a in scored["forget"][0]]
-        aucs = {f"{a}_auc": mia_auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in attacks}
+        aucs = {
+            f"{a}_auc": mia_auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in attacks
+        }
         if self.retain_rows is not None and name != "mia_retain_model":
             retain_auc = mia_auc(*([r["min_k"] for r in self.retain_rows[s]] for s in ("forget", "holdout")))
             aucs["privleak"] = privleak(aucs["min_k_auc"], retain_auc)
-        rows = [{"split": split, "stage": name, "index": i, **row} for split, rows in scored.items() for i, row in enumerate(rows)]
+        rows = [
+            {"split": split, "stage": name, "index": i, **row}
+            for split, rows in scored.items()
+            for i, row in enumerate(rows)
+        ]
         context.record(name, {"forget_vs_holdout": aucs}, rows)
         log.info("robustness: %s: %s", name, ", ".join(f"{a} {v:.3f}" for a, v in aucs.items() if not math.isnan(v)))
         return aucs

@@ -39,6 +39,13 @@ class Probes:
         """The probes on `context.model`, recorded as `paraphrase{suffix}` and `prefixes{suffix}`."""
         forget_name = context.benchmark.forget
         forget = context.forget_split()
+        if "question" not in forget.column_names:
+            log.warning(
+                "robustness: probes skipped, the %s split of %s holds documents, not questions",
+                forget_name,
+                context.benchmark.name,
+            )
+            return
         if self.paraphrase:
             if "paraphrased_question" in forget.column_names:
                 reworded = forget.map(lambda r: {"question": r["paraphrased_question"]})

@@ -1,4 +1,5 @@
-"""The membership-inference scores of one example, as open-unlearning defines them.
+"""Membership-inference scores of one example, as open-unlearning defines them (the attack stage's
+membership inference and the MUSE suite read them).
 
 Members are the forget rows, non-members rows of the same kind the model never trained on (the
 synthetic benchmark's and TOFU's `holdout` authors; LUME's `member` / `nonmember` documents when the
@@ -109,8 +110,6 @@ def token_stats(model, examples: list[dict], pad_token_id: int, batch_size: int)
         return with_halving(run, batch_size, "membership inference (evaluation.batch_size)")
     finally:
         model.train(was_training)
-
-
 
 
 def gradient_norms(model, examples: list[dict], pad_token_id: int, p: float = 2.0) -> list[float]:
