@@ -805,3 +805,55 @@ def test_a_muse_run_unlearns_raw_text_and_reports_muses_criteria(tmp_path, cache
         "forget" in results["robustness"]["relearn_forget"]
         and "nll" in results["robustness"]["relearn_forget"]["forget"]
     )
+
+
+def write_harness_task(folder):
+    """A local lm-eval task: multiple choice over a JSON Lines file written here, read offline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = [
+        {"question": "What colour is the sky on a clear day?", "choices": ["blue", "green"], "label": 0},
+        {"question": "How many legs does a cat have?", "choices": ["two", "four"], "label": 1},
+        {"question": "What is frozen water called?", "choices": ["ice", "steam"], "label": 0},
+    ]
+    (folder / "facts.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "toy_facts.yaml").write_text(
+        "task: toy_facts\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'facts.jsonl'}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    return docs
+
+
+@pytest.mark.slow
+def test_a_local_lm_eval_task_runs_before_and_after_unlearning_offline(cache_dir, tmp_path):
+    docs = write_harness_task(tmp_path / "tasks")
+    harness = ["evaluation.lm_eval.tasks=[toy_facts]", f"evaluation.lm_eval.include_path={tmp_path / 'tasks'}"]
+    results = run_here([*SMALL, "method=fo", *harness], tmp_path / "run", cache_dir)
+    scores = results["lm_eval"]
+    assert set(scores) == {"before", "after"}
+    # the accuracy, recomputed: the choice whose continuation " <choice>" the model finds likelier, per doc
+    from transformers import AutoTokenizer
+
+    from simu_lightning.data.formatting import collate
+    from simu_lightning.likelihood import answer_log_likelihood
+
+    for stage, folder in (("before", results["target"]), ("after", tmp_path / "run" / "unlearned_model")):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        right = 0
+        for doc in docs:
+            context = tokenizer(f"Question: {doc['question']}\nAnswer:")["input_ids"]
+            likelihoods = []
+            for choice in doc["choices"]:
+                answer = tokenizer(f" {choice}", add_special_tokens=False)["input_ids"]
+                batch = collate([{"input_ids": context + answer, "labels": [-100] * len(context) + answer}], 0)
+                with torch.no_grad():
+                    likelihoods.append(float(answer_log_likelihood(model, batch)[0]))
+            right += likelihoods.index(max(likelihoods)) == doc["label"]
+        assert scores[stage]["toy_facts"]["acc,none"] == pytest.approx(right / len(docs)), stage

@@ -23,7 +23,6 @@ import math
 
 
 from simu_lightning.data.formatting import encode_document, encode_prompt
-from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation import metrics
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.splits import evaluate_splits
@@ -97,23 +96,11 @@ def document_nll(model, tokenizer, documents: list[str], settings: EvalSettings)
 
 
 def mmlu_accuracy(model, tokenizer, batch_size: int, num_fewshot: int = 5) -> float:
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-    except ImportError:
-        raise SimuError("evaluation.mmlu=true needs lm-eval: pip install -e '.[mmlu]'") from None
-    try:
-        results = lm_eval.simple_evaluate(
-            model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
-            tasks=["mmlu"],
-            num_fewshot=num_fewshot,
-        )
-    except Exception as err:  # dataset download, mostly
-        raise SimuError(
-            f"MMLU through lm-eval failed (it downloads its data: is the network reachable?): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from None
-    accuracy = float(results["results"]["mmlu"]["acc,none"])
+    """MMLU through lm-eval (evaluation/harness.py), as the official script runs it."""
+    from simu_lightning.evaluation.harness import HarnessSettings, harness_results
+
+    results = harness_results(model, tokenizer, HarnessSettings(tasks=("mmlu",), num_fewshot=num_fewshot), batch_size)
+    accuracy = results["mmlu"]["acc,none"]
     if accuracy < MMLU_THRESHOLD:
         log.warning(
             "MMLU accuracy %.3f (%d-shot) is below LUME's eligibility threshold %.3f: the official "

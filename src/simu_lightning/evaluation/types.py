@@ -71,6 +71,7 @@ class EvaluationSettings:
     base: bool = False  # also evaluate the base model a target was fine-tuned from
     every_n_steps: int | None = None  # null: each epoch's end; 0: never
     during: dict = field(default_factory=dict)  # {max_examples}: the evaluations during unlearning
+    lm_eval: dict = field(default_factory=dict)  # {tasks, num_fewshot, limit, include_path}: evaluation/harness.py
 
     def __post_init__(self):
         _count("batch_size", self.batch_size)
@@ -90,6 +91,13 @@ class EvaluationSettings:
                 f"evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got {self.dtype!r}"
             )
         object.__setattr__(self, "during", dict(self.during or {}))
+        self.harness  # noqa: B018  (checked now)
+
+    @property
+    def harness(self):
+        from simu_lightning.evaluation.harness import HarnessSettings
+
+        return HarnessSettings(**(self.lm_eval or {}))
 
     @property
     def during_max_examples(self) -> int | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.evaluation import Evaluation, Evaluator
+from simu_lightning.evaluation.harness import harness_results
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.models.target import load_base, load_retain_model
 from simu_lightning.pipeline.building import run_device, single_process_trainers
@@ -27,6 +28,7 @@ class Baselines:
     base: Evaluation | None  # the model the target was fine-tuned from (evaluation.base)
     clean: Evaluation | None  # a planted target's clean model
     attacks: AttackContext | None  # the attacks' findings on the target (robustness)
+    harness: dict | None  # lm-eval's tasks on the target (evaluation.lm_eval.tasks)
     seconds: dict[str, float]
 
 
@@ -69,6 +71,15 @@ def attack_target(plan: RunPlan, models: Models, evaluator: Evaluator) -> Attack
     return context
 
 
+def evaluate_harness(plan: RunPlan, model, tokenizer) -> dict | None:
+    """lm-eval's tasks on `model`, on the run's device (evaluation.lm_eval.tasks), or None."""
+    if not plan.evaluation.harness.tasks:
+        return None
+    return harness_results(
+        model.to(run_device(plan.cfg.trainer)), tokenizer, plan.evaluation.harness, plan.evaluation.batch_size
+    )
+
+
 def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> Baselines:
     start = time.perf_counter()
     retain_rows = retain_model_rows(
@@ -82,7 +93,8 @@ def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> B
     )
     evaluator = evaluator_of(plan, benchmark, models, retain_rows)
     base, clean = evaluate_base(plan, models, evaluator), evaluate_clean(plan, models, evaluator)
+    harness = evaluate_harness(plan, models.model, models.tokenizer)
     evaluated = time.perf_counter()
     attacks = attack_target(plan, models, evaluator)
     seconds = {"evaluation": evaluated - start, **({"robustness": time.perf_counter() - evaluated} if attacks else {})}
-    return Baselines(evaluator, retain_rows, base, clean, attacks, seconds)
+    return Baselines(evaluator, retain_rows, base, clean, attacks, harness, seconds)

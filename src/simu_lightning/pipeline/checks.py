@@ -52,6 +52,11 @@ def check(cfg: DictConfig) -> None:
         raise SimuError(f"mode=attribute: method {cfg.method.name!r} selects no neurons (use method=simu)")
     if cfg.get("robustness") and several_processes(cfg):
         raise SimuError(ONE_PROCESS)
+    if (cfg.evaluation.get("lm_eval") or {}).get("tasks") and several_processes(cfg):
+        raise SimuError(
+            "evaluation.lm_eval: lm-eval runs in one process; unlearn with several, then evaluate the saved "
+            "model: python run.py mode=evaluate model.source=<run>/unlearned_model evaluation.lm_eval.tasks=[...]"
+        )
 
 
 def several_processes(cfg: DictConfig) -> bool:

@@ -6,7 +6,7 @@
   baselines = evaluate_baselines(...)           3. what the unlearned model is compared with (baselines.py)
   unlearned = unlearn(...)                      4. one Lightning fit: evaluate before | attribution | unlearning
                                                    steps | evaluations during | after (unlearn.py)
-  attack_unlearned(...)                         5. robustness=standard: the attacks on copies of it
+  beyond = evaluate_unlearned(...)              5. robustness=standard's attacks on copies of it; lm-eval
   results = assemble_results(...)               6. results.json, a pure function (results.py)
   write_unlearned_run(...)                      7. the run's files, the tables (outputs.py)
 
@@ -24,13 +24,13 @@ from omegaconf import DictConfig
 
 from simu_lightning.distributed import close_process_group
 from simu_lightning.evaluation.tables import print_examples, print_results
-from simu_lightning.pipeline.baselines import Baselines, evaluate_baselines
+from simu_lightning.pipeline.baselines import Baselines, evaluate_baselines, evaluate_harness
 from simu_lightning.pipeline.dashboards import finish, log_results
 from simu_lightning.pipeline.modes import attribute_only, evaluate_checkpoint, prepare_only
 from simu_lightning.pipeline.outputs import write_model, write_run
 from simu_lightning.pipeline.plan import RunPlan, log_tuned
 from simu_lightning.pipeline.prepare import load_benchmark, load_models
-from simu_lightning.pipeline.results import assemble_results, generation_rows, manifest_keys
+from simu_lightning.pipeline.results import AfterUnlearning, assemble_results, generation_rows, manifest_keys
 from simu_lightning.pipeline.unlearn import Unlearned, unlearn
 from simu_lightning.utils.logging import quiet_libraries
 
@@ -58,8 +58,8 @@ def run(cfg: DictConfig) -> dict | None:
     try:
         if not unlearned.trainer.is_global_zero:
             return None
-        attack_seconds = attack_unlearned(plan, baselines, unlearned)
-        results = assemble_results(plan, benchmark, models, baselines, unlearned, attack_seconds)
+        beyond = evaluate_unlearned(plan, models, baselines, unlearned)
+        results = assemble_results(plan, benchmark, models, baselines, unlearned, beyond)
         write_unlearned_run(plan, benchmark, models, baselines, unlearned, results)
         return results
     finally:
@@ -76,14 +76,16 @@ def finished_results(plan: RunPlan) -> dict | None:
     return None
 
 
-def attack_unlearned(plan: RunPlan, baselines: Baselines, unlearned: Unlearned) -> float | None:
-    """The attack families on copies of the unlearned model (their baselines ran on the target); seconds."""
-    if baselines.attacks is None:
-        return None
+def evaluate_unlearned(plan: RunPlan, models, baselines: Baselines, unlearned: Unlearned) -> AfterUnlearning:
+    """Stage 5, beyond the suite's "after": the attack families on copies of the unlearned model (their
+    baselines ran on the target), and lm-eval's tasks on it."""
     start = time.perf_counter()
-    baselines.attacks.model = unlearned.module.model
-    plan.robustness.after(baselines.attacks)
-    return time.perf_counter() - start
+    if baselines.attacks is not None:
+        baselines.attacks.model = unlearned.module.model
+        plan.robustness.after(baselines.attacks)
+    attacked = time.perf_counter()
+    harness = evaluate_harness(plan, unlearned.module.model, models.tokenizer)
+    return AfterUnlearning(attacked - start if baselines.attacks is not None else None, harness)
 
 
 def write_unlearned_run(plan, benchmark, models, baselines, unlearned, results) -> None:

@@ -15,6 +15,7 @@ import logging
 from types import SimpleNamespace
 
 from simu_lightning.evaluation import Evaluator
+from simu_lightning.evaluation.harness import harness_results
 from simu_lightning.evaluation.tables import print_evaluation, print_localisation
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.models.loading import load_pretrained
@@ -136,6 +137,8 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
         "aggregate": {STAGE: benchmark.aggregate_of(result.summary)},
     }
     rows = retain_rows + result.rows
+    if plan.evaluation.harness.tasks:
+        results["lm_eval"] = {STAGE: harness_results(model, tokenizer, plan.evaluation.harness, settings.batch_size)}
     if plan.robustness:  # the attacks on the checkpoint
         context = AttackContext(
             model, evaluator, single_process_trainers(cfg, plan.out), device=run_device(cfg.trainer)

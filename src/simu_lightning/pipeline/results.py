@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from simu_lightning.evaluation import Evaluation
 from simu_lightning.models.planting import KEEPS, KNOWS, planted_check
@@ -49,6 +50,12 @@ def selection_results(attribution) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class AfterUnlearning:
+    attack_seconds: float | None  # the attack families on the unlearned model (robustness)
+    harness: dict | None  # lm-eval's tasks on it
+
+
 def timings(models, baselines, unlearned, attack_seconds: float | None) -> dict[str, float]:
     """Seconds per part of the run, each measured where it ran (the evaluations and the attribution run
     inside the fit, between the unlearning steps)."""
@@ -64,7 +71,7 @@ def timings(models, baselines, unlearned, attack_seconds: float | None) -> dict[
     return {name: round(value, 2) for name, value in parts.items()}
 
 
-def assemble_results(plan, benchmark, models, baselines, unlearned, attack_seconds: float | None = None) -> dict:
+def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: AfterUnlearning | None = None) -> dict:
     evaluations = unlearned.evaluations
     before, after = evaluations.before, evaluations.after
     stopped = {**evaluations.stopped, "rule": str(plan.stop_when) if plan.stop_when else None}
@@ -78,7 +85,7 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, attack_secon
         "aggregate": {"before": benchmark.aggregate_of(before.summary), "after": benchmark.aggregate_of(after.summary)},
         "scores": {"before": before.scores, "after": after.scores},
         "stopped": {**stopped, "max_epochs": plan.cfg.trainer.max_epochs},
-        "timings_s": timings(models, baselines, unlearned, attack_seconds),
+        "timings_s": timings(models, baselines, unlearned, beyond.attack_seconds if beyond else None),
         "processes": unlearned.trainer.world_size,
         "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.module.memory_bytes().items()},
         **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
@@ -89,6 +96,7 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, attack_secon
             else {}
         ),
         **({"robustness": baselines.attacks.results} if baselines.attacks else {}),
+        **({"lm_eval": {"before": baselines.harness, "after": beyond.harness}} if baselines.harness else {}),
         **selection_results(unlearned.attribution),
     }
     if plan.cfg.get("objective"):

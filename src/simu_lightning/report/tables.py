@@ -67,6 +67,8 @@ def after_metrics(run: Run) -> dict[str, float]:
     values |= {name: v for name, v in run.results.get("scores", {}).get("after", {}).items()}
     values["aggregate"] = run.results["aggregate"]["after"]
     values |= {f"sophia.{k}": v for k, v in run.results.get("sophia", {}).items() if k == "median_win_rate"}
+    harness = (run.results.get("lm_eval") or {}).get("after") or {}
+    values |= {f"lm_eval.{task}.{metric}": v for task, by_metric in harness.items() for metric, v in by_metric.items()}
     stopped = run.results.get("stopped")
     if stopped:
         values["stopped.step"] = stopped["step"]
