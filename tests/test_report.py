@@ -226,3 +226,27 @@ def test_a_report_rebuilt_from_the_archived_small_files_gives_the_same_tables(tm
     ]
     assert main([str(tmp_path / "kept"), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "report.csv").read_text() == (sweep / "report.csv").read_text()
+
+
+def attribution_run(folder, seed, precision):
+    """A mode=attribute run on a planted target: a mask and its localisation figures, no unlearning."""
+    folder.mkdir(parents=True)
+    figures = {"precision": precision, "recall": 0.5, "jaccard": 0.4, "precision_at_p": 0.6, "auroc": 0.9}
+    results = {"mode": "attribute", "method": "simu", "localisation": {"overall": figures, "layers": {"0": figures}}}
+    (folder / "results.json").write_text(json.dumps(results))
+    config = config_of("simu", seed)
+    config["benchmark"]["planted"] = {"seed": seed}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_report_of_attributions_alone_gives_the_localisation_table_and_no_unlearning_tables(tmp_path):
+    sweep = tmp_path / "multirun"
+    attribution_run(sweep / "0_simu", 0, 0.8)
+    attribution_run(sweep / "1_simu", 1, 0.6)
+    assert main([str(sweep)]) == 0
+    report = (sweep / "report.md").read_text()
+    assert "## After unlearning" not in report and "matched forgetting" not in report
+    assert "pareto.png" not in report and not (sweep / "pareto.png").exists()
+    assert "Seeds per group (seed, benchmark.planted.seed): simu: (0, 0), (1, 1)." in report
+    half = 12.706205 * math.sqrt(0.02) / math.sqrt(2)  # t(0.975, 1) * sd / sqrt(n), sd of (0.8, 0.6)
+    assert f"| simu | 2 | 0.700 [{0.7 - half:.3f}, {0.7 + half:.3f}] |" in report

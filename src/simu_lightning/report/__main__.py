@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)
         robustness, localisation = robustness_rows(runs), localisation_rows(runs)
         write_csv(out / "report.csv", summary + matched + robustness + localisation)
-        pareto(runs, metric, args.y, levels, out / "pareto.png")
+        unlearned = any("after" in run.results for run in runs)  # runs of mode=attribute have no curve
+        if unlearned:
+            pareto(runs, metric, args.y, levels, out / "pareto.png")
         with atomic(out / "report.md") as tmp:
             tmp.write_text(markdown(summary, matched, runs, robustness, localisation))
         if args.archive:
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(runs)} runs -> {out / 'report.md'}, {out / 'report.csv'}, {out / 'pareto.png'}")
+    written = ["report.md", "report.csv"] + (["pareto.png"] if unlearned else [])
+    print(f"{len(runs)} runs -> " + ", ".join(str(out / name) for name in written))
     return 0
 
 

@@ -317,22 +317,41 @@ def markdown(
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
     seeds = {g: sorted({r.seed for r in members if r.seed is not None}, key=str) for g, members in groups(runs).items()}
+    planted = any(isinstance(r.seed, tuple) for r in runs)
     lines = [
         "# Unlearning report",
         "",
-        f"{len(runs)} runs; mean [95% confidence interval] over seeds (Student's t). Seeds per group: "
+        f"{len(runs)} runs; mean [95% confidence interval] over seeds (Student's t). Seeds per group"
+        + (" (seed, benchmark.planted.seed)" if planted else "")
+        + ": "
         + "; ".join(f"{g}: {', '.join(map(str, s)) or '?'}" for g, s in seeds.items())
         + ".",
         "",
         *settings_lines(runs),
-        "## After unlearning",
-        "",
     ]
     shown = [
         m
         for m in (*HEADLINE, "stopped.step", "stopped.condition_met", "sophia.median_win_rate")
         if any(("after", g, "", m) in index for g in group_names)
     ]
+    if shown:  # runs of mode=attribute unlearn nothing: no after-metrics, no trajectories to match
+        lines += unlearning_markdown(index, group_names, shown, matched)
+    if robustness:
+        lines += robustness_markdown(robustness)
+        lines += [
+            "",
+            "Robustness: each attack runs on a copy of the run's unlearned model (README \"Is it really "
+            'forgotten?"); `after` is that model unattacked, `relearn_forget` is evaluated on the forget rows '
+            "it did not relearn on (`forget_unattacked`: the unlearned model on the same rows).",
+        ]
+    lines += localisation_markdown(localisation or [])
+    lines += ["", "![forget against retain](pareto.png)", ""] if shown else [""]
+    return "\n".join(lines)
+
+
+def unlearning_markdown(index: dict, group_names: list[str], shown: list[str], matched: list[dict]) -> list[str]:
+    """The after-unlearning table and one table per matched-forgetting level."""
+    lines = ["## After unlearning", ""]
     lines += ["| group | " + " | ".join(map(label, shown)) + " |", "|---" * (len(shown) + 1) + "|"]
     lines += [f"| {g} | " + " | ".join(cell(index.get(("after", g, "", m))) for m in shown) + " |" for g in group_names]
     levels = sorted({r["level"] for r in matched}, key=lambda lv: -float(lv.split("=")[-1].lstrip("<>")))
@@ -356,14 +375,4 @@ def markdown(
         "Values at a matched level are interpolated linearly between the two evaluation points around "
         "the first crossing; runs that never reach a level are left out of its means (see `reached`).",
     ]
-    if robustness:
-        lines += robustness_markdown(robustness)
-        lines += [
-            "",
-            "Robustness: each attack runs on a copy of the run's unlearned model (README \"Is it really "
-            'forgotten?"); `after` is that model unattacked, `relearn_forget` is evaluated on the forget rows '
-            "it did not relearn on (`forget_unattacked`: the unlearned model on the same rows).",
-        ]
-    lines += localisation_markdown(localisation or [])
-    lines += ["", "![forget against retain](pareto.png)", ""]
-    return "\n".join(lines)
+    return lines
