@@ -132,9 +132,12 @@ def test_mmlu_runs_the_official_five_shot_protocol_and_warns_below_the_eligibili
     models = types.ModuleType("lm_eval.models")
     huggingface = types.ModuleType("lm_eval.models.huggingface")
     huggingface.HFLM = lambda **kwargs: kwargs
+    tasks = types.ModuleType("lm_eval.tasks")
+    tasks.TaskManager = lambda include_path=None: include_path
     monkeypatch.setitem(sys.modules, "lm_eval", fake)
     monkeypatch.setitem(sys.modules, "lm_eval.models", models)
     monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", huggingface)
+    monkeypatch.setitem(sys.modules, "lm_eval.tasks", tasks)
     accuracy = 0.37
     with caplog.at_level("WARNING"):
         assert lume.mmlu_accuracy(model=None, tokenizer=None, batch_size=1) == 0.37

@@ -128,6 +128,42 @@ def test_the_curve_ends_at_the_after_evaluation_and_the_run_says_where_it_stoppe
 
 
 @pytest.mark.slow
+def test_evaluations_during_unlearning_can_leave_out_the_forget_truth_ratios_and_nothing_else(
+    simu_run, cache_dir, tmp_path
+):
+    """evaluation.during.truth_ratios=needed: the same run, its forget split's perturbed answers scored
+    before and after only; every other value at every point, and the whole of results.json, as before."""
+    lean = tmp_path / "needed"
+    run_here(
+        [*SMALL, "method=simu", "evaluation.every_n_steps=1", "evaluation.during.truth_ratios=needed"], lean, cache_dir
+    )
+    full_results, lean_results = (json.loads((d / "results.json").read_text()) for d in (simu_run, lean))
+    def flat(node, prefix=""):
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}.{key}").items()}
+
+    for key in ("before", "after", "scores", "aggregate", "stopped"):
+        lean_values, full_values = flat(lean_results[key]), flat(full_results[key])
+        assert lean_values.keys() == full_values.keys(), key
+        for name, value in full_values.items():
+            close = isinstance(value, float) and lean_values[name] == pytest.approx(value, rel=1e-6)
+            assert close or lean_values[name] == value, (key, name)
+
+    def points(folder):
+        rows = [json.loads(line) for line in (folder / "curve.jsonl").read_text().splitlines()]
+        return {(r["step"], r["split"], r["metric"]): r["value"] for r in rows}
+
+    full, kept = points(simu_run), points(lean)
+    last = max(step for step, _, _ in full)
+    during = {key for key in full if 0 < key[0] < last}
+    left_out = {("forget", "truth_ratio"), ("forget", "normalised_prob"), ("scores", "forget_quality")}
+    assert during and {key for key in during if key[1:] not in left_out} == {key for key in kept if 0 < key[0] < last}
+    assert all(kept[key] == pytest.approx(full[key], rel=1e-6) for key in kept)
+    assert all((step, "scores", "model_utility") in kept for step in range(last + 1))
+
+
+@pytest.mark.slow
 def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_path):
     cached = sorted(p.name for p in (cache_dir / "models").iterdir())
     run_py(["-m", *SMALL, "method=fo,so,simu", f"hydra.sweep.dir={tmp_path}"], cache_dir)
@@ -374,6 +410,14 @@ BAD_SETTINGS = [
         "evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got 'bf16'",
     ),
     ("evaluation.batch_size=0", "evaluation.batch_size must be an integer >= 1, got 0"),
+    (
+        "evaluation.during.truth_ratios=some",
+        "evaluation.during.truth_ratios must be one of all, needed, got 'some'",
+    ),
+    (
+        "+evaluation.during.rows=5",
+        "evaluation.during: unknown setting(s) rows (known: max_examples, truth_ratios)",
+    ),
     ("optim.fused=sometimes", "optim.fused must be true, false or auto, got 'sometimes'"),
     (
         "evaluation.every_n_steps=-2",

@@ -40,18 +40,35 @@ def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return hits.sum(-1), counted.sum(-1), prefix
 
 
-def answer_log_likelihood(model, batch: dict[str, torch.Tensor], with_hits: bool = False) -> tuple[torch.Tensor, ...]:
+def answer_log_likelihood(
+    model, batch: dict[str, torch.Tensor], with_hits: bool = False, last_positions: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """Per example: the sum of answer-token log-probabilities and the number of answer tokens, the EOS
     included (open-unlearning's probability and loss attack take every labelled token); with
     `with_hits`, also the argmax hits, the tokens they are counted over and the extraction prefix (see
-    `argmax_hits`)."""
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
-    ).logits
-    logp, scored = token_log_probs(logits, batch["labels"])
+    `argmax_hits`).
+
+    `last_positions`: the model computes logits at the last k positions only (Hugging Face's
+    `logits_to_keep`), for a left-padded batch whose labelled tokens all lie in them (see
+    `labelled_span`); the vocabulary projection of the prompts is the work it saves."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    inputs["position_ids"] = batch.get("position_ids")
+    labels = batch["labels"]
+    if last_positions is not None:
+        inputs["logits_to_keep"] = last_positions
+        labels = labels[:, -last_positions:]
+    logits = model(**inputs).logits
+    logp, scored = token_log_probs(logits, labels)
     if with_hits:
-        return logp.sum(-1), scored.sum(-1), *argmax_hits(logits, batch["labels"])
+        return logp.sum(-1), scored.sum(-1), *argmax_hits(logits, labels)
     return logp.sum(-1), scored.sum(-1)
+
+
+def labelled_span(labels: torch.Tensor) -> int:
+    """The fewest last positions of a left-padded batch that hold every labelled token and the position
+    that predicts the first of them."""
+    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+    return int(labels.shape[1] - labelled[0]) + 1 if len(labelled) else 1
 
 
 @dataclass

@@ -4,8 +4,9 @@ evaluated by all its processes together (each takes a share of the prompts).
 - `before`: the target, at fit start (saved to `saved_before`, so that a resumed run reports the
   target, not the half-unlearned checkpoint it restarts from);
 - during: every `every_n_steps` optimiser steps (None: at every epoch's end), the same suite and
-  metrics (on at most `during_max_examples` rows per split), logged as `eval/<split>/<metric>` and
-  written to `curve.jsonl`; the stopping rule is checked at each of these points;
+  metrics (on at most `during_max_examples` rows per split; truth ratios on `during_truth_ratio_splits`
+  only, when given), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule
+  is checked at each of these points;
 - `after`: the model where unlearning stopped: the evaluation point that met the stopping rule, or
   the model at the end of the budget.
 The trajectory and the stopping state are saved in every checkpoint, so a resumed run continues the
@@ -67,11 +68,16 @@ class UnlearningEvaluation(L.Callback):
         every_n_steps: int | None = None,
         during_max_examples: int | None = None,
         stop_when: StoppingRule | None = None,
+        during_truth_ratio_splits: tuple[str, ...] | None = None,
     ):
         self.evaluator, self.settings = evaluator, evaluator.settings
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.every_n_steps = every_n_steps
-        self.during_settings = replace(self.settings, max_examples=during_max_examples or self.settings.max_examples)
+        self.during_settings = replace(
+            self.settings,
+            max_examples=during_max_examples or self.settings.max_examples,
+            truth_ratio_splits=during_truth_ratio_splits,
+        )
         self.stop_when = stop_when
         self.before: Evaluation | None = None
         self.after: Evaluation | None = None

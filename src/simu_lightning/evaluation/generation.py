@@ -1,13 +1,21 @@
 """Greedy generation and answer likelihoods for evaluation, batched, and spread over processes when
-there are several (each takes a share; the results come back in order on every process)."""
+there are several (each takes a share; the results come back in order on every process).
+
+Both sort their inputs by length before batching (and give the results back in the callers' order), so
+that a batch pads to its own longest row rather than to the longest row of an unsorted slice. The
+likelihoods pad on the left and ask the model for logits at the answer positions only: the prompt's
+vocabulary projection and log-softmax, most of a short answer's cost on a large vocabulary, never run."""
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
 
 import torch
 
 from simu_lightning.data.formatting import collate
 from simu_lightning.distributed import is_distributed, map_sharded
-from simu_lightning.likelihood import answer_log_likelihood
+from simu_lightning.likelihood import answer_log_likelihood, labelled_span
 from simu_lightning.utils.memory import with_halving
 
 
@@ -15,15 +23,28 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def by_length(items: list, length: Callable, compute: Callable[[list], list]) -> list:
+    """`compute` over `items` sorted by `length`, its results put back in the order of `items`."""
+    order = sorted(range(len(items)), key=lambda i: length(items[i]))
+    results = [None] * len(items)
+    for i, result in zip(order, compute([items[i] for i in order])):
+        results[i] = result
+    return results
+
+
 def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded in batches), decoded without special tokens."""
-    return map_sharded(
-        lambda block: with_halving(
-            lambda size: _generate(model, tokenizer, block, max_new_tokens, size),
-            batch_size,
-            "generation (evaluation.batch_size)",
-        ),
+    return by_length(
         prompts,
+        len,
+        lambda ordered: map_sharded(
+            lambda block: with_halving(
+                lambda size: _generate(model, tokenizer, block, max_new_tokens, size),
+                batch_size,
+                "generation (evaluation.batch_size)",
+            ),
+            ordered,
+        ),
     )
 
 
@@ -32,14 +53,24 @@ def answer_log_likelihoods(
 ) -> list[tuple[float, int, int, int, int]]:
     """(sum of answer-token log-probs, number of answer tokens, argmax hits, tokens the hits are counted
     over: all but the EOS, the extraction prefix) for each encoded example."""
-    return map_sharded(
-        lambda block: with_halving(
-            lambda size: _log_likelihoods(model, block, pad_token_id, size),
-            batch_size,
-            "answer likelihoods (evaluation.batch_size)",
-        ),
+    return by_length(
         examples,
+        lambda example: len(example["input_ids"]),
+        lambda ordered: map_sharded(
+            lambda block: with_halving(
+                lambda size: _log_likelihoods(model, block, pad_token_id, size),
+                batch_size,
+                "answer likelihoods (evaluation.batch_size)",
+            ),
+            ordered,
+        ),
     )
+
+
+def keeps_last_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (every registered architecture does; a
+    remote-code model may not, and gets every position's logits)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 @torch.no_grad()
@@ -77,12 +108,13 @@ def _log_likelihoods(
     was_training = model.training
     model.eval()
     results: list[tuple[float, int, int, int, int]] = []
+    keep = keeps_last_logits(model)
     try:
         for start in range(0, len(examples), batch_size):
-            batch = {
-                k: v.to(_device(model)) for k, v in collate(examples[start : start + batch_size], pad_token_id).items()
-            }
-            outputs = answer_log_likelihood(model, batch, with_hits=True)
+            block = collate(examples[start : start + batch_size], pad_token_id, padding_side="left")
+            batch = {k: v.to(_device(model)) for k, v in block.items()}
+            span = labelled_span(block["labels"]) if keep else None
+            outputs = answer_log_likelihood(model, batch, with_hits=True, last_positions=span)
             results += list(zip(*(t.tolist() for t in outputs)))
     finally:
         model.train(was_training)

@@ -27,15 +27,18 @@ class HarnessSettings:
             raise SimuError(f"evaluation.lm_eval.num_fewshot must be null or an integer >= 0, got {self.num_fewshot!r}")
 
 
-def harness_results(model, tokenizer, settings: HarnessSettings, batch_size: int) -> dict[str, dict[str, float]]:
+def harness_results(
+    model, tokenizer, settings: HarnessSettings, batch_size: int, setting: str = "evaluation.lm_eval.tasks"
+) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} of lm-eval's tasks on `model` (numeric metrics only, lm-eval's names,
-    e.g. "acc,none"). lm-eval seeds the global generators: it runs inside `seeded`, which hands them back."""
+    e.g. "acc,none"); `setting` is what asked for them, named when lm-eval is missing. lm-eval seeds
+    the global generators: it runs inside `seeded`, which hands them back."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise SimuError("evaluation.lm_eval.tasks needs lm-eval: pip install -e '.[mmlu]'") from None
+        raise SimuError(f"{setting} needs lm-eval: pip install -e '.[mmlu]'") from None
     try:
         with seeded(0):
             results = lm_eval.simple_evaluate(

@@ -99,7 +99,8 @@ def mmlu_accuracy(model, tokenizer, batch_size: int, num_fewshot: int = 5) -> fl
     """MMLU through lm-eval (evaluation/harness.py), as the official script runs it."""
     from simu_lightning.evaluation.harness import HarnessSettings, harness_results
 
-    results = harness_results(model, tokenizer, HarnessSettings(tasks=("mmlu",), num_fewshot=num_fewshot), batch_size)
+    settings = HarnessSettings(tasks=("mmlu",), num_fewshot=num_fewshot)
+    results = harness_results(model, tokenizer, settings, batch_size, setting="evaluation.mmlu=true")
     accuracy = results["mmlu"]["acc,none"]
     if accuracy < MMLU_THRESHOLD:
         log.warning(

@@ -70,32 +70,57 @@ def mean_log_probs(
     return [score.mean_log_prob for score in answer_scores(model, tokenizer, fmt, questions, answers, settings)]
 
 
+def truth_ratios_from(
+    correct_logp: list[float], perturbed: list[list[str]], wrong_logp: list[float]
+) -> tuple[list[float], list[float]]:
+    """Per example: the truth ratio, and the summed probability of the perturbed answers, from the mean
+    log-probabilities of the correct answers and of the perturbed ones (flattened, in order)."""
+    per_example, position = [], 0
+    for wrongs in perturbed:
+        per_example.append(wrong_logp[position : position + len(wrongs)])
+        position += len(wrongs)
+    ratios = [math.exp(mean(w)) / (math.exp(c) + EPS) for w, c in zip(per_example, correct_logp)]
+    wrong_mass = [sum(math.exp(x) for x in w) for w in per_example]
+    return ratios, wrong_mass
+
+
 def truth_ratio_values(
     model, tokenizer, fmt, split: Dataset, settings: EvalSettings
 ) -> tuple[list[float], list[float]]:
     """Per example: the truth ratio, and the summed probability of the perturbed answers."""
     questions = split["question"]
     correct = split["paraphrased_answer"] if "paraphrased_answer" in split.column_names else split["answer"]
-    correct_logp = mean_log_probs(model, tokenizer, fmt, questions, correct, settings)
-    flat = [
-        (i, q, wrong) for i, (q, wrongs) in enumerate(zip(questions, split["perturbed_answer"])) for wrong in wrongs
-    ]
-    wrong_logp = mean_log_probs(model, tokenizer, fmt, [q for _, q, _ in flat], [w for _, _, w in flat], settings)
-    per_example: list[list[float]] = [[] for _ in questions]
-    for (i, _, _), logp in zip(flat, wrong_logp):
-        per_example[i].append(logp)
-    ratios = [math.exp(mean(w)) / (math.exp(c) + EPS) for w, c in zip(per_example, correct_logp)]
-    wrong_mass = [sum(math.exp(x) for x in w) for w in per_example]
-    return ratios, wrong_mass
+    perturbed = list(split["perturbed_answer"])
+    flat = [(q, wrong) for q, wrongs in zip(questions, perturbed) for wrong in wrongs]
+    logp = mean_log_probs(
+        model, tokenizer, fmt, [*questions, *(q for q, _ in flat)], [*correct, *(w for _, w in flat)], settings
+    )
+    return truth_ratios_from(logp[: len(questions)], perturbed, logp[len(questions) :])
 
 
-def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) -> list[dict]:
-    questions, answers = split["question"], split["answer"]
+def with_truth_ratios(split: Dataset, settings: EvalSettings, name: str) -> bool:
+    """Whether this evaluation scores the split's perturbed answers (`truth_ratio_splits`: None, all)."""
+    wanted = settings.truth_ratio_splits is None or name in settings.truth_ratio_splits
+    return wanted and "perturbed_answer" in split.column_names
+
+
+def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings, name: str) -> list[dict]:
+    """Every example's generation metrics and likelihood metrics. The likelihoods of the answers, the
+    paraphrased answers and the perturbed answers are one length-sorted pass; where a split has no
+    paraphrase, the truth ratio's correct answer is the answer, scored once."""
+    questions, answers = list(split["question"]), list(split["answer"])
     prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
     generations = [
         g.strip() for g in greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     ]
-    scored = answer_scores(model, tokenizer, fmt, questions, answers, settings)
+    pairs = list(zip(questions, answers))
+    truth_ratios = with_truth_ratios(split, settings, name)
+    if truth_ratios:
+        paraphrased = "paraphrased_answer" in split.column_names
+        perturbed = list(split["perturbed_answer"])
+        pairs += list(zip(questions, split["paraphrased_answer"])) if paraphrased else []
+        pairs += [(q, wrong) for q, wrongs in zip(questions, perturbed) for wrong in wrongs]
+    scored = answer_scores(model, tokenizer, fmt, [q for q, _ in pairs], [a for _, a in pairs], settings)
     rows = [
         {
             "question": q,
@@ -110,11 +135,16 @@ def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings) ->
         }
         for q, a, g, score in zip(questions, answers, generations, scored)
     ]
-    if "perturbed_answer" in split.column_names:
-        ratios, wrong_mass = truth_ratio_values(model, tokenizer, fmt, split, settings)
-        for row, ratio, wrong in zip(rows, ratios, wrong_mass):
+    if truth_ratios:
+        n = len(questions)
+        correct = scored[n : 2 * n] if paraphrased else scored[:n]
+        wrong = scored[2 * n :] if paraphrased else scored[n:]
+        ratios, wrong_mass = truth_ratios_from(
+            [c.mean_log_prob for c in correct], perturbed, [w.mean_log_prob for w in wrong]
+        )
+        for row, ratio, mass in zip(rows, ratios, wrong_mass):
             row["truth_ratio"] = ratio
-            row["normalised_prob"] = row["answer_prob"] / (row["answer_prob"] + wrong + EPS)
+            row["normalised_prob"] = row["answer_prob"] / (row["answer_prob"] + mass + EPS)
     return rows
 
 
@@ -168,9 +198,31 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         benchmark,
         stage,
         settings,
-        lambda name, split: split_rows(model, tokenizer, fmt, split, settings),
+        lambda name, split: split_rows(model, tokenizer, fmt, split, settings, name),
         lambda name, rows: summarise(rows, forget=name == "forget"),
     )
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)
     result.scores["forget_quality"] = forget_quality(result.values("forget", "truth_ratio"), retain_ratios)
     return result
+
+
+# the QA suite's metrics that come from the perturbed answers, and the score that reads the forget split's
+TRUTH_RATIO_METRICS = ("truth_ratio", "normalised_prob")
+NOT_FROM_TRUTH_RATIOS = ("aggregate", "model_utility")
+
+
+def truth_ratio_splits_needed(benchmark, stop_when) -> tuple[str, ...] | None:
+    """The splits whose perturbed answers an evaluation during unlearning must score
+    (`evaluation.during.truth_ratios=needed`): model utility's, so that every point has it, and every
+    split whose truth ratio the stopping rule reads (forget quality reads the forget split's). None
+    (all splits) when the rule reads a score this cannot place."""
+    splits = list(benchmark.utility_splits)
+    for condition in stop_when.conditions if stop_when is not None else ():
+        split, _, metric = condition.metric.rpartition(".")
+        if split and metric in TRUTH_RATIO_METRICS:
+            splits.append(split)
+        elif not split and metric == "forget_quality":
+            splits.append("forget")
+        elif not split and metric not in NOT_FROM_TRUTH_RATIOS:
+            return None
+    return tuple(dict.fromkeys(splits))

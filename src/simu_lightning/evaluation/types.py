@@ -48,6 +48,12 @@ class EvalSettings:
     mmlu: bool = False  # LUME: MMLU through lm-eval (needs the network)
     mmlu_num_fewshot: int = 5  # the official LUME protocol
     dtype: str | None = None  # compute dtype of the evaluation (None: the model's own)
+    truth_ratio_splits: tuple[str, ...] | None = None  # the splits whose perturbed answers are scored (None: all)
+
+
+# evaluation.during.truth_ratios: score every split's perturbed answers at every point, or only where a
+# figure of the point needs them (model utility's splits, and what the stopping rule reads)
+DURING_TRUTH_RATIOS = ("all", "needed")
 
 
 def _count(name: str, value, allow_zero: bool = False) -> None:
@@ -70,7 +76,7 @@ class EvaluationSettings:
     retain_model_results: str | None = None  # the retain model's forget truth ratios, read from a file
     base: bool = False  # also evaluate the base model a target was fine-tuned from
     every_n_steps: int | None = None  # null: each epoch's end; 0: never
-    during: dict = field(default_factory=dict)  # {max_examples}: the evaluations during unlearning
+    during: dict = field(default_factory=dict)  # {max_examples, truth_ratios}: the evaluations during unlearning
     lm_eval: dict = field(default_factory=dict)  # {tasks, num_fewshot, limit, include_path}: evaluation/harness.py
 
     def __post_init__(self):
@@ -91,6 +97,17 @@ class EvaluationSettings:
                 f"evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got {self.dtype!r}"
             )
         object.__setattr__(self, "during", dict(self.during or {}))
+        unknown = set(self.during) - {"max_examples", "truth_ratios"}
+        if unknown:
+            raise SimuError(
+                f"evaluation.during: unknown setting(s) {', '.join(sorted(unknown))} "
+                "(known: max_examples, truth_ratios)"
+            )
+        if self.during_truth_ratios not in DURING_TRUTH_RATIOS:
+            raise SimuError(
+                f"evaluation.during.truth_ratios must be one of {', '.join(DURING_TRUTH_RATIOS)}, "
+                f"got {self.during_truth_ratios!r}"
+            )
         self.harness  # noqa: B018  (checked now)
 
     @property
@@ -102,6 +119,10 @@ class EvaluationSettings:
     @property
     def during_max_examples(self) -> int | None:
         return self.during.get("max_examples")
+
+    @property
+    def during_truth_ratios(self) -> str:
+        return self.during.get("truth_ratios", "all")
 
     def for_model(self, max_length: int, benchmark_max_new_tokens: int) -> EvalSettings:
         """The settings one evaluation runs with, for this model and benchmark."""

@@ -15,6 +15,7 @@ from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.distributed import full_state_dict
 from simu_lightning.evaluation.callback import UnlearningEvaluation
+from simu_lightning.evaluation.qa import truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.pipeline.baselines import Baselines
 from simu_lightning.pipeline.building import loggers, make_trainer
@@ -88,6 +89,11 @@ def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Base
         every_n_steps=plan.evaluation.every_n_steps,
         during_max_examples=plan.evaluation.during_max_examples,
         stop_when=plan.stop_when,
+        during_truth_ratio_splits=(
+            truth_ratio_splits_needed(benchmark, plan.stop_when)
+            if plan.evaluation.during_truth_ratios == "needed"
+            else None
+        ),
     )
     checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
     every = (plan.cfg.get("progress") or {}).get("every_n_steps", 0)
