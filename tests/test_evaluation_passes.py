@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from simu_lightning.data.formatting import IGNORE_INDEX, encode_example
+from simu_lightning.data.formatting import IGNORE_INDEX, encode_example, encode_prompt
 from simu_lightning.evaluation import qa
-from simu_lightning.evaluation.generation import answer_log_likelihoods, by_length
+from simu_lightning.evaluation.generation import answer_log_likelihoods, by_length, generations_by_split
 from simu_lightning.evaluation.types import EvalSettings
 from simu_lightning.likelihood import labelled_span
 from simu_lightning.unlearning.stopping import StoppingRule
@@ -47,6 +47,26 @@ def test_the_labelled_span_of_a_left_padded_batch_reaches_the_position_before_th
     assert labelled_span(torch.full((1, 3), IGNORE_INDEX)) == 1
 
 
+def test_one_generation_pass_over_every_split_gives_each_prompt_its_own_greedy_answer(
+    tiny_model, small_benchmark, prompt_format
+):
+    model, tokenizer = tiny_model
+    model.eval()
+    prompts = {
+        name: [encode_prompt(tokenizer, prompt_format, q) for q in small_benchmark[name]["question"][:5]]
+        for name in ("forget", "retain", "world_facts")
+    }
+    texts = generations_by_split(model, tokenizer, prompts, max_new_tokens=6, batch_size=4)
+    assert {name: len(t) for name, t in texts.items()} == {name: 5 for name in prompts}
+    for name, split in prompts.items():
+        for prompt, text in zip(split, texts[name]):
+            with torch.no_grad():  # one prompt alone: no padding, no batch
+                out = model.generate(
+                    torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
+            assert text == tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True), name
+
+
 def test_batched_answer_likelihoods_equal_one_example_forwards(tiny_model, small_benchmark, prompt_format):
     model, tokenizer = tiny_model
     model.eval()
@@ -75,7 +95,7 @@ def test_the_shared_pass_gives_each_row_the_truth_ratio_of_its_own_answers(
         split = split.remove_columns("paraphrased_answer")
     correct_answers = split["paraphrased_answer"] if paraphrased else split["answer"]
     settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=5)
-    rows = qa.split_rows(model, tokenizer, prompt_format, split, settings, "retain")
+    rows = qa.split_rows(model, tokenizer, prompt_format, split, settings, "retain", [""] * len(split))
 
     def plain(question, answer):
         return plain_mean_log_prob(model, encode_example(tokenizer, prompt_format, question, answer, 64))
@@ -96,7 +116,7 @@ def test_a_split_left_out_of_truth_ratio_splits_scores_no_perturbed_answer(tiny_
     model, tokenizer = tiny_model
     split = small_benchmark["forget"].select(range(2))
     settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=5, truth_ratio_splits=("retain",))
-    rows = qa.split_rows(model, tokenizer, prompt_format, split, settings, "forget")
+    rows = qa.split_rows(model, tokenizer, prompt_format, split, settings, "forget", ["x"] * len(split))
     assert all("truth_ratio" not in row and "normalised_prob" not in row for row in rows)
     assert all(row["answer_prob"] > 0 for row in rows)
 

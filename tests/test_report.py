@@ -136,15 +136,21 @@ def test_runs_are_grouped_by_their_resolved_configuration_and_named_by_what_diff
     # a second sweep whose config file tuned another rho, and one with the attack stage: never pooled
     fake_run(tmp_path / "b" / "0_simu", "simu", 0, FORGET, RETAIN, **{"optim.rho": 1.2})
     fake_run(tmp_path / "c" / "0_simu", "simu", 0, FORGET, RETAIN, robustness={"mia": {"k": 0.4}})
-    # the method's own settings show only where they differ within a method
+    # the method's own settings show only where they differ within a method; a value most groups share
+    # (rho 20, no attack stage) is left out of the names, so a control is named by what it changes
     fake_run(tmp_path / "d" / "0_simu", "simu", 0, FORGET, RETAIN, **{"method.trainable": "down_proj"})
     assert sorted(r.group for r in find_runs([tmp_path])) == [
-        "fo method.trainable=all optim.rho=20.0 robustness=null",
-        "simu method.trainable=attention_and_down_proj optim.rho=1.2 robustness=null",
-        "simu method.trainable=attention_and_down_proj optim.rho=20.0 robustness=null",
-        "simu method.trainable=attention_and_down_proj optim.rho=20.0 robustness=on",
-        "simu method.trainable=down_proj optim.rho=20.0 robustness=null",
+        "fo method.trainable=all",
+        "simu method.trainable=attention_and_down_proj",
+        "simu method.trainable=attention_and_down_proj optim.rho=1.2",
+        "simu method.trainable=attention_and_down_proj robustness=on",
+        "simu method.trainable=down_proj",
     ]
+    assert main([str(tmp_path), "--out", str(tmp_path / "all")]) == 0
+    assert (
+        "has the value most groups share: `optim.rho=20.0`, `robustness=null`."
+        in (tmp_path / "all" / "report.md").read_text()
+    )
     # seeds, paths and loggers differ between the seeds of one experiment: one group
     for seed in (1, 2):
         fake_run(tmp_path / "a" / f"{seed + 1}_simu", "simu", seed, FORGET, RETAIN)
@@ -250,3 +256,11 @@ def test_a_report_of_attributions_alone_gives_the_localisation_table_and_no_unle
     assert "Seeds per group (seed, benchmark.planted.seed): simu: (0, 0), (1, 1)." in report
     half = 12.706205 * math.sqrt(0.02) / math.sqrt(2)  # t(0.975, 1) * sd / sqrt(n), sd of (0.8, 0.6)
     assert f"| simu | 2 | 0.700 [{0.7 - half:.3f}, {0.7 + half:.3f}] |" in report
+
+
+def test_a_value_only_half_the_groups_hold_stays_in_every_name(tmp_path):
+    from simu_lightning.report.runs import find_runs
+
+    fake_run(tmp_path / "a" / "0_simu", "simu", 0, FORGET, RETAIN, **{"optim.rho": 20.0})
+    fake_run(tmp_path / "b" / "0_simu", "simu", 0, FORGET, RETAIN, **{"optim.rho": 1.2})
+    assert sorted(r.group for r in find_runs([tmp_path])) == ["simu optim.rho=1.2", "simu optim.rho=20.0"]

@@ -138,6 +138,7 @@ def test_evaluations_during_unlearning_can_leave_out_the_forget_truth_ratios_and
         [*SMALL, "method=simu", "evaluation.every_n_steps=1", "evaluation.during.truth_ratios=needed"], lean, cache_dir
     )
     full_results, lean_results = (json.loads((d / "results.json").read_text()) for d in (simu_run, lean))
+
     def flat(node, prefix=""):
         if not isinstance(node, dict):
             return {prefix: node}

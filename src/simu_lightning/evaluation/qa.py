@@ -25,7 +25,9 @@ KS-test p-value between the model's and the retain model's forget truth ratios.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 from datasets import Dataset
@@ -33,9 +35,11 @@ from scipy.stats import ks_2samp
 
 from simu_lightning.data.formatting import encode_example, encode_prompt
 from simu_lightning.evaluation import metrics
-from simu_lightning.evaluation.splits import evaluate_splits
+from simu_lightning.evaluation.splits import evaluate_splits, limited
 from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
-from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
+from simu_lightning.evaluation.generation import answer_log_likelihoods, generations_by_split
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-10  # open-unlearning's guard in the truth ratio
 
@@ -104,15 +108,14 @@ def with_truth_ratios(split: Dataset, settings: EvalSettings, name: str) -> bool
     return wanted and "perturbed_answer" in split.column_names
 
 
-def split_rows(model, tokenizer, fmt, split: Dataset, settings: EvalSettings, name: str) -> list[dict]:
-    """Every example's generation metrics and likelihood metrics. The likelihoods of the answers, the
-    paraphrased answers and the perturbed answers are one length-sorted pass; where a split has no
-    paraphrase, the truth ratio's correct answer is the answer, scored once."""
+def split_rows(
+    model, tokenizer, fmt, split: Dataset, settings: EvalSettings, name: str, generations: list[str]
+) -> list[dict]:
+    """Every example's generation metrics (of `generations`, one per row) and likelihood metrics. The
+    likelihoods of the answers, the paraphrased answers and the perturbed answers are one length-sorted
+    pass; where a split has no paraphrase, the truth ratio's correct answer is the answer, scored once."""
     questions, answers = list(split["question"]), list(split["answer"])
-    prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
-    generations = [
-        g.strip() for g in greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
-    ]
+    generations = [g.strip() for g in generations]
     pairs = list(zip(questions, answers))
     truth_ratios = with_truth_ratios(split, settings, name)
     if truth_ratios:
@@ -193,12 +196,30 @@ def forget_quality(ratios: list[float], retain_ratios: list[float] | None) -> fl
     return float(ks_2samp([1 / (r + EPS) for r in ratios], [1 / (r + EPS) for r in retain_ratios]).pvalue)
 
 
+def all_generations(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings) -> dict[str, list[str]]:
+    """The greedy answer to every evaluated question of every split, in one pass."""
+    start = time.perf_counter()
+    questions = {name: limited(benchmark[name], settings.max_examples)["question"] for name in benchmark.eval_splits}
+    prompts = {name: [encode_prompt(tokenizer, fmt, q) for q in split] for name, split in questions.items()}
+    generations = generations_by_split(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
+    level = logging.DEBUG if stage == "during" else logging.INFO
+    log.log(
+        level,
+        "evaluation (%s): generation, %d prompts, %.0f s",
+        stage,
+        sum(map(len, prompts.values())),
+        time.perf_counter() - start,
+    )
+    return generations
+
+
 def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
+    generations = all_generations(model, tokenizer, fmt, benchmark, stage, settings)
     result = evaluate_splits(
         benchmark,
         stage,
         settings,
-        lambda name, split: split_rows(model, tokenizer, fmt, split, settings, name),
+        lambda name, split: split_rows(model, tokenizer, fmt, split, settings, name, generations[name]),
         lambda name, rows: summarise(rows, forget=name == "forget"),
     )
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)

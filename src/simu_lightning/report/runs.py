@@ -10,6 +10,7 @@ twice (a sweep and one of its run folders) counts once; a seed that repeats insi
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -140,13 +141,14 @@ def setting_of(run: Run, key: str) -> str:
     return f"{key}={'on' if inside else 'absent'}"
 
 
-def group_label(run: Run, keys: list[str], method_keys: set[str]) -> str:
+def group_label(run: Run, keys: list[str], method_keys: set[str], shared: dict[str, str] | None = None) -> str:
     """The method, then each differing setting (the method's own settings only where they differ
-    between runs of the same method: the rest come with its name)."""
+    between runs of the same method: the rest come with its name), but for the `shared` values most
+    groups hold."""
     parts = [
         setting_of(run, k) for k in keys if k != "method.name" and (not k.startswith("method.") or k in method_keys)
     ]
-    return " ".join([run.method, *parts])
+    return " ".join([run.method, *(p for p in parts if p not in (shared or {}).values())])
 
 
 def differing_settings(runs: list[Run]) -> list[str]:
@@ -155,8 +157,25 @@ def differing_settings(runs: list[Run]) -> list[str]:
     return differing(list(configs.values()))
 
 
-def name_groups(runs: list[Run]) -> None:
-    """Give every run its group label."""
+def shared_settings(runs: list[Run], keys: list[str]) -> dict[str, str]:
+    """Per differing setting outside the method's own, the value (as `key=value`) that more than half of
+    the groups hold: a control that changes one setting is then named by that setting alone."""
+    groups = {json.dumps(run.settings, sort_keys=True, default=str): run for run in runs}.values()
+    shared = {}
+    for key in keys:
+        if key.startswith("method."):
+            continue
+        values = Counter(setting_of(run, key) for run in groups)
+        value, count = values.most_common(1)[0]
+        if count > len(groups) / 2:
+            shared[key] = value
+    return shared
+
+
+def naming(runs: list[Run]) -> tuple[list[str], set[str], dict[str, str]]:
+    """What the group labels are made of: the differing settings, the method's own settings that differ
+    within a method, and the shared values the labels leave out. Two configurations still get two labels:
+    a setting they differ in has the shared value in one of them at most, so the other names it."""
     keys = differing_settings(runs)
     methods = {r.method for r in runs}
     method_keys = {
@@ -164,8 +183,14 @@ def name_groups(runs: list[Run]) -> None:
         for k in keys
         if k.startswith("method.") and any(len({setting_of(r, k) for r in runs if r.method == m}) > 1 for m in methods)
     }
+    return keys, method_keys, shared_settings(runs, keys)
+
+
+def name_groups(runs: list[Run]) -> None:
+    """Give every run its group label."""
+    keys, method_keys, shared = naming(runs)
     for run in runs:
-        run.group = group_label(run, keys, method_keys)
+        run.group = group_label(run, keys, method_keys, shared)
 
 
 def by_group(runs: list[Run]) -> dict[str, list[Run]]:

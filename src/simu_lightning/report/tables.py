@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from simu_lightning.report.matched import at_forget_level
-from simu_lightning.report.runs import Run, by_group, differing_settings, mixed_commits
+from simu_lightning.report.runs import Run, by_group, mixed_commits, naming
 from simu_lightning.report.stats import mean_ci
 from simu_lightning.unlearning.stopping import Condition
 from simu_lightning.utils.files import atomic
@@ -296,10 +296,16 @@ def cell(row: dict | None) -> str:
 def settings_lines(runs: list[Run]) -> list[str]:
     """Which settings tell the groups apart (each group's name carries its values), and the groups
     whose runs come from several commits."""
-    keys = differing_settings(runs)
+    keys, _, shared = naming(runs)
     lines = [
         "Groups are runs with the same resolved configuration but for the seed, the paths and the logging; "
-        + (f"they differ in: {', '.join(f'`{k}`' for k in keys)}." if keys else "there is one configuration."),
+        + (f"they differ in: {', '.join(f'`{k}`' for k in keys)}." if keys else "there is one configuration.")
+        + (
+            f" A group whose name leaves a setting out has the value most groups share: "
+            f"{', '.join(f'`{v}`' for v in shared.values())}."
+            if shared
+            else ""
+        ),
         "",
     ]
     for group, commits in mixed_commits(runs).items():
