@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simu_lightning.data.formatting import IGNORE_INDEX, encode_example, encode_prompt
+from simu_lightning.data.formatting import IGNORE_INDEX, encode_document, encode_example, encode_prompt
 from simu_lightning.evaluation import qa
 from simu_lightning.evaluation.generation import answer_log_likelihoods, by_length, generations_by_split
 from simu_lightning.evaluation.types import EvalSettings
@@ -79,6 +79,20 @@ def test_batched_answer_likelihoods_equal_one_example_forwards(tiny_model, small
     for example, (total, count, *_) in zip(examples, batched):
         answer_tokens = sum(label != IGNORE_INDEX for label in example["labels"])
         assert count == answer_tokens
+        assert total / count == pytest.approx(plain_mean_log_prob(model, example), rel=1e-5, abs=1e-6)
+
+
+def test_batched_document_likelihoods_never_score_a_first_token_from_the_padding(tiny_model):
+    """Every token of a document is labelled; left-padded, its first token would be predicted from a pad
+    position. Each document's mean NLL must be the one it has alone, which predicts its n - 1 last tokens."""
+    model, tokenizer = tiny_model
+    model.eval()
+    texts = ["Alpha was born in Brill.", "Beta writes poetry.", "Gamma lives in the town of Trask."]
+    examples = [encode_document(tokenizer, text, 64) for text in texts]
+    assert len({len(e["input_ids"]) for e in examples}) > 1  # the shorter ones are padded
+    batched = answer_log_likelihoods(model, examples, tokenizer.pad_token_id, batch_size=3)
+    for example, (total, count, *_) in zip(examples, batched):
+        assert count == len(example["input_ids"]) - 1
         assert total / count == pytest.approx(plain_mean_log_prob(model, example), rel=1e-5, abs=1e-6)
 
 

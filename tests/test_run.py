@@ -464,7 +464,10 @@ def test_bad_settings_fail_with_one_line_naming_them_before_any_work(override, m
     "argv, message",
     [
         (["method=sgd"], "unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
-        (["loss=hinge"], "unknown loss 'hinge': choose one of ga, graddiff, npo (loss=...)"),
+        (
+            ["loss=hinge"],
+            "unknown loss 'hinge': choose one of ga, graddiff, idk_dpo, idk_nll, npo, rmu, simnpo, undial, wga (loss=...)",
+        ),
         (
             ["-m", "model=tiny,gpt5"],
             "unknown model 'gpt5': choose one of llama2_7b, olmo1b, smollm2_135m, tiny (model=...)",
@@ -784,7 +787,8 @@ def test_an_attack_family_added_from_a_test_config_runs_in_its_place(cache_dir, 
     search = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
     results = run_here([*SMALL, "method=fo", search, "robustness=toy", *others], tmp_path, cache_dir)
     robustness = results["robustness"]
-    assert list(robustness) == ["mia_target", "toy_target", "mia", "toy"]  # before unlearning, then after
+    # the retain model and the target before unlearning, then the unlearned model
+    assert list(robustness) == ["mia_retain_model", "mia_target", "toy_target", "mia", "toy"]
     assert robustness["toy_target"]["device"]["type"] == "cpu"  # the run's device
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
     shifted = [r["exact_match"] for r in rows if r["stage"] == "toy" and r["split"] == "forget"]

@@ -98,6 +98,8 @@ def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right"
     }
     batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     if "labels" in examples[0]:
-        labels = [torch.tensor(e["labels"], dtype=torch.long) for e in examples]
+        # Nothing predicts a sequence's first token: left-padded, a pad position would (a document's
+        # every token is labelled), so it is never scored, padded on either side.
+        labels = [torch.tensor([IGNORE_INDEX, *e["labels"][1:]], dtype=torch.long) for e in examples]
         batch["labels"] = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX, padding_side=padding_side)
     return batch
