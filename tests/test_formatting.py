@@ -29,10 +29,12 @@ def test_long_answers_are_cut_but_prompts_are_not(tiny_model, prompt_format):
 def test_padding_keeps_positions_and_ignores_padded_labels():
     examples = [{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]}, {"input_ids": [8], "labels": [8]}]
     right = collate(examples, pad_token_id=0)
-    assert right["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    # nothing predicts a sequence's first token, so its label is never scored (left-padded, a pad would)
+    assert right["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]
     assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     left = collate(examples, pad_token_id=0, padding_side="left")
     assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert left["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]
     # the real token of the short example sits at position 0 either way
     assert left["position_ids"][1, -1].item() == 0 and right["position_ids"][1, 0].item() == 0
     assert torch.equal(left["position_ids"][0], torch.tensor([0, 1, 2]))

@@ -253,6 +253,8 @@ def test_a_report_of_attributions_alone_gives_the_localisation_table_and_no_unle
     report = (sweep / "report.md").read_text()
     assert "## After unlearning" not in report and "matched forgetting" not in report
     assert "pareto.png" not in report and not (sweep / "pareto.png").exists()
+    tables = {line.split(",")[0] for line in (sweep / "report.csv").read_text().splitlines()[1:]}
+    assert "matched" not in tables and "localisation" in tables  # no empty matched rows in the CSV either
     assert "Seeds per group (seed, benchmark.planted.seed): simu: (0, 0), (1, 1)." in report
     half = 12.706205 * math.sqrt(0.02) / math.sqrt(2)  # t(0.975, 1) * sd / sqrt(n), sd of (0.8, 0.6)
     assert f"| simu | 2 | 0.700 [{0.7 - half:.3f}, {0.7 + half:.3f}] |" in report

@@ -107,6 +107,8 @@ def matched_rows(runs: list[Run], forget_metric: str, op: str, levels: list[floa
     """One row per (group, level, utility metric): how many runs reached the level, mean and CI there."""
     rows = []
     for group, members in groups(runs).items():
+        if not any(r.curve for r in members):  # mode=attribute: no trajectory, nothing to match
+            continue
         for level in levels:
             condition = Condition(forget_metric, op, level)
             reached = [at_forget_level(r.curve, condition, [*UTILITY, forget_metric]) for r in members]
