@@ -175,6 +175,29 @@ def test_a_sweep_over_methods_reuses_the_cached_target(simu_run, cache_dir, tmp_
     assert (simu_dir / "attribution" / "critical_neurons.json").exists()
 
 
+def test_a_second_run_on_the_same_target_reuses_its_evaluation_before_unlearning(cache_dir, tmp_path, caplog):
+    """Every run of a sweep over one target evaluates the same model the same way before unlearning: the
+    second reads it from the cache, and a change to the evaluation's settings computes it afresh."""
+    first = run_here([*SMALL, "method=fo", "seed=1"], tmp_path / "first", cache_dir)
+    with caplog.at_level("INFO", logger="simu_lightning.evaluation.before_cache"):
+        second = run_here([*SMALL, "method=so", "seed=2"], tmp_path / "second", cache_dir)
+    assert "reusing the cached evaluation of the target before unlearning" in caplog.text
+    assert second["before"] == first["before"] and second["scores"]["before"] == first["scores"]["before"]
+    caplog.clear()
+    entries = set((cache_dir / "evaluations").glob("[!.]*"))  # not the lock files
+    with caplog.at_level("INFO", logger="simu_lightning.evaluation.before_cache"):
+        run_here([*SMALL, "method=fo", "evaluation.max_new_tokens=6"], tmp_path / "third", cache_dir)
+    assert "reusing the cached evaluation" not in caplog.text
+    assert len(set((cache_dir / "evaluations").glob("[!.]*")) - entries) == 1  # its own entry, beside the first
+    before_rows = [
+        [json.loads(line) for line in (tmp_path / run / "generations.jsonl").read_text().splitlines()]
+        for run in ("first", "second")
+    ]
+    assert [r for r in before_rows[0] if r["stage"] == "before"] == [
+        r for r in before_rows[1] if r["stage"] == "before"
+    ]
+
+
 @pytest.mark.slow
 def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(simu_run, cache_dir, tmp_path):
     run_here(

@@ -2,7 +2,8 @@
 evaluated by all its processes together (each takes a share of the prompts).
 
 - `before`: the target, at fit start (saved to `saved_before`, so that a resumed run reports the
-  target, not the half-unlearned checkpoint it restarts from);
+  target, not the half-unlearned checkpoint it restarts from; read from `before_cache` when another run
+  already evaluated the same target the same way: evaluation/before_cache.py);
 - during: every `every_n_steps` optimiser steps (None: at every epoch's end), the same suite and
   metrics (on at most `during_max_examples` rows per split; truth ratios on `during_truth_ratio_splits`
   only, when given), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import lightning as L
 
+from simu_lightning.distributed import agree
+from simu_lightning.evaluation.before_cache import read_before, write_before
 from simu_lightning.evaluation.evaluate import Evaluator
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
 from simu_lightning.utils.files import atomic, write_jsonl
@@ -69,8 +72,10 @@ class UnlearningEvaluation(L.Callback):
         during_max_examples: int | None = None,
         stop_when: StoppingRule | None = None,
         during_truth_ratio_splits: tuple[str, ...] | None = None,
+        before_cache: Path | None = None,
     ):
         self.evaluator, self.settings = evaluator, evaluator.settings
+        self.before_cache = before_cache  # where the target's evaluation before unlearning is cached (or None)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.every_n_steps = every_n_steps
         self.during_settings = replace(
@@ -115,6 +120,15 @@ class UnlearningEvaluation(L.Callback):
         self.seconds += time.perf_counter() - start
         return result
 
+    def _evaluate_before(self, trainer: L.Trainer, pl_module) -> Evaluation:
+        cached = self.before_cache
+        if cached is not None and agree(cached.exists()):
+            return read_before(cached)
+        before = self._evaluate(pl_module.model, "before", self.settings)
+        if cached is not None and trainer.is_global_zero:
+            write_before(cached, before)
+        return before
+
     def _add_point(self, trainer: L.Trainer, evaluation: Evaluation, full: bool) -> dict:
         step = trainer.global_step
         point = curve_point(step, self._epoch, evaluation, self._aggregate)
@@ -136,7 +150,7 @@ class UnlearningEvaluation(L.Callback):
         if trainer.ckpt_path and self.saved_before is not None and self.saved_before.exists():
             self.before = Evaluation.from_dict(json.loads(self.saved_before.read_text()))
             return  # the trajectory and the stopping state come back with the checkpoint
-        self.before = self._evaluate(pl_module.model, "before", self.settings)
+        self.before = self._evaluate_before(trainer, pl_module)
         if self.stop_when is not None:
             self.stop_when.check_names(curve_point(0, 0, self.before, self._aggregate))
         if trainer.is_global_zero and self.saved_before is not None:

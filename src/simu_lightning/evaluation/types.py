@@ -78,9 +78,12 @@ class EvaluationSettings:
     every_n_steps: int | None = None  # null: each epoch's end; 0: never
     during: dict = field(default_factory=dict)  # {max_examples, truth_ratios}: the evaluations during unlearning
     lm_eval: dict = field(default_factory=dict)  # {tasks, num_fewshot, limit, include_path}: evaluation/harness.py
+    cache_before: bool = True  # reuse the target's evaluation before unlearning (evaluation/before_cache.py)
 
     def __post_init__(self):
         _count("batch_size", self.batch_size)
+        if not isinstance(self.cache_before, bool):
+            raise SimuError(f"evaluation.cache_before must be true or false, got {self.cache_before!r}")
         _count("mmlu_num_fewshot", self.mmlu_num_fewshot, allow_zero=True)
         for name in ("max_new_tokens", "max_examples"):
             if getattr(self, name) is not None:

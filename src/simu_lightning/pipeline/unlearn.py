@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 
@@ -14,6 +15,7 @@ from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.distributed import full_state_dict
+from simu_lightning.evaluation.before_cache import before_cache_path
 from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.qa import truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
@@ -77,6 +79,17 @@ def neuron_attribution(plan: RunPlan, models: Models) -> NeuronAttribution:
     )
 
 
+def before_cache(plan: RunPlan, models: Models, baselines: Baselines) -> Path | None:
+    """Where the target's evaluation before unlearning is cached (None: evaluation.cache_before=false)."""
+    if not plan.evaluation.cache_before:
+        return None
+    trainer = plan.cfg.trainer
+    devices = {k: str(trainer.get(k)) for k in ("accelerator", "devices", "num_nodes", "precision", "strategy")}
+    return before_cache_path(
+        plan.cache_dir, models.target.target_id, baselines.evaluator, plan.cfg.model.dtype, devices
+    )
+
+
 def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines) -> Unlearned:
     module, data, attribution = (
         unlearning_module(plan, models),
@@ -94,6 +107,7 @@ def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Base
             if plan.evaluation.during_truth_ratios == "needed"
             else None
         ),
+        before_cache=before_cache(plan, models, baselines),
     )
     checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
     every = (plan.cfg.get("progress") or {}).get("every_n_steps", 0)
