@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from simu_lightning.data.datamodule import UnlearningDataModule, retain_partners
@@ -89,3 +90,21 @@ def test_several_retain_partners_per_forget_row_read_consecutive_positions(small
     dm = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=4, retain_per_forget=3)
     batch = dm.on_before_batch_transfer(dm.forget[:4])
     assert batch["forget"]["input_ids"].shape[0] == 4 and batch["retain"]["input_ids"].shape[0] == 12
+
+
+def test_a_refusal_objective_on_documents_is_refused_naming_the_loss(tiny_model, prompt_format):
+    from datasets import Dataset
+
+    from simu_lightning.data.benchmark import Benchmark
+    from simu_lightning.utils.errors import SimuError
+
+    _, tokenizer = tiny_model
+    documents = Dataset.from_dict({"text": ["The harbour of Vel opened in 1901.", "Tolford lies by the sea."]})
+    benchmark = Benchmark("muse", {"forget": documents, "retain": documents})
+    datamodule = UnlearningDataModule(
+        benchmark, tokenizer, prompt_format, batch_size=1, max_length=64, alternates=("I don't know.",)
+    )
+    with pytest.raises(
+        SimuError, match=r"^loss: the refusal objectives \(idk_nll, idk_dpo\) .* 'muse' unlearns documents"
+    ):
+        datamodule.encode()

@@ -155,7 +155,14 @@ class UnlearningDataModule(L.LightningDataModule):
     def alternate(self) -> list[dict]:
         """Each forget question with one of the refusal answers, the same one for a row in every epoch
         (drawn from the seed and the row)."""
-        questions = self.benchmark[self.benchmark.forget]["question"]
+        forget = self.benchmark[self.benchmark.forget]
+        if "question" not in forget.column_names:
+            raise SimuError(
+                f"loss: the refusal objectives (idk_nll, idk_dpo) answer the forget questions with a refusal, "
+                f"and benchmark {self.benchmark.name!r} unlearns documents (its {self.benchmark.forget!r} split "
+                "has no questions): choose another loss"
+            )
+        questions = forget["question"]
         picks = [
             int(np.random.default_rng([self.seed, i]).integers(len(self.alternates))) for i in range(len(questions))
         ]
