@@ -84,9 +84,9 @@ def test_threshold_keeps_neurons_above_t_times_the_layer_maximum():
 @pytest.mark.parametrize(
     "setting, message",
     [
-        ({"t": 0}, r"attribution.t must be in \(0, 1\], got 0"),
-        ({"t": 1.5}, r"attribution.t must be in \(0, 1\], got 1.5"),
-        ({"t": "high"}, r"attribution.t must be in \(0, 1\], got high"),
+        ({"t": 0}, r"attribution.t must be in \(0, 1\] or auto, got 0"),
+        ({"t": 1.5}, r"attribution.t must be in \(0, 1\] or auto, got 1.5"),
+        ({"t": "high"}, r"attribution.t must be in \(0, 1\] or auto, got high"),
         ({"m": 0}, r"attribution.m must be an integer >= 1, got 0"),
         ({"quadrature": "simpson"}, r"attribution.quadrature must be one of riemann, gauss_legendre, got 'simpson'"),
         ({"mode": "sideways"}, r"attribution.mode must be one of layerwise, joint, first_order, got 'sideways'"),

@@ -198,6 +198,20 @@ def test_a_second_run_on_the_same_target_reuses_its_evaluation_before_unlearning
     ]
 
 
+@pytest.mark.parametrize("rule", ["mass", "knee"])
+def test_t_auto_chooses_each_layers_t_from_its_scores_and_reports_it(rule, cache_dir, tmp_path):
+    from simu_lightning.attribution.threshold import auto_critical_neurons
+
+    results = run_here([*SMALL, "attribution.t=auto", f"attribution.auto.rule={rule}"], tmp_path, cache_dir)
+    scores = torch.load(tmp_path / "attribution" / "scores.pt")
+    masks, chosen = auto_critical_neurons(scores, rule, 0.5)  # the rule, on the run's own scores
+    assert results["critical_neurons"] == {name: int(mask.sum()) for name, mask in masks.items()}
+    assert results["critical_neurons_t"] == pytest.approx(chosen)
+    saved = json.loads((tmp_path / "attribution" / "critical_neurons.json").read_text())
+    assert {name: layer["t"] for name, layer in saved["layers"].items()} == pytest.approx(chosen)
+    assert saved["t"] == "auto"
+
+
 @pytest.mark.slow
 def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(simu_run, cache_dir, tmp_path):
     run_here(
@@ -410,8 +424,8 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
 
 
 BAD_SETTINGS = [
-    ("attribution.t=1.5", "attribution.t must be in (0, 1], got 1.5"),
-    ("attribution.t=0", "attribution.t must be in (0, 1], got 0"),
+    ("attribution.t=1.5", "attribution.t must be in (0, 1] or auto, got 1.5"),
+    ("attribution.t=0", "attribution.t must be in (0, 1] or auto, got 0"),
     ("attribution.m=0", "attribution.m must be an integer >= 1, got 0"),
     ("method.optimizer.lr=0", "method.optimizer.lr must be a positive number, got 0"),
     ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
@@ -514,7 +528,7 @@ def test_the_command_line_names_an_unknown_option_or_an_unquoted_rule(argv, mess
             "benchmark=imdb",
             "error: unknown benchmark 'imdb': choose one of lume, muse, planted, synthetic, tofu (benchmark=...)",
         ),
-        ("attribution.t=1.5", "error: attribution.t must be in (0, 1], got 1.5"),
+        ("attribution.t=1.5", "error: attribution.t must be in (0, 1] or auto, got 1.5"),
     ],
 )
 def test_run_py_exits_with_2_and_one_line_on_bad_input(override, message, tmp_path):

@@ -22,7 +22,7 @@ import torch
 
 from simu_lightning.attribution.integrated_gradients import attribute, passes, prediction_samples
 from simu_lightning.attribution.localisation import localisation
-from simu_lightning.attribution.neurons import critical_neurons
+from simu_lightning.attribution.neurons import select_critical
 from simu_lightning.attribution.selection import exclude_shared, random_like, score_of
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.utils.cache import cache_key
@@ -58,6 +58,7 @@ class NeuronAttribution(L.Callback):
         self.target_id, self.dtype = target_id, dtype
         self.seconds = 0.0
         self.kept: dict[str, int] = {}
+        self.chosen_t: dict[str, float | None] = {}  # each layer's t (t=auto chooses one per layer)
         self.neurons: dict[str, torch.Tensor] | None = None  # restored from a checkpoint, or computed
         self.ranking: dict[str, torch.Tensor] | None = None  # what the selection ranks neurons by
         self.planted = planted  # a planted target's P: the selection is scored against it (localisation.py)
@@ -118,9 +119,16 @@ class NeuronAttribution(L.Callback):
             return None, self.planted, {name: mask.float() for name, mask in self.planted.items()}
         data = trainer.datamodule
         scores = self._cached_scores(trainer, pl_module, data.forget, "forget")
-        neurons = critical_neurons(scores, self.settings.t)
+        neurons, self.chosen_t = select_critical(scores, self.settings.t, self.settings.auto)
+        if self.settings.t == "auto":
+            log.info(
+                "attribution.t=auto (%s): t per layer %s",
+                "mass %g" % self.settings.auto["mass"] if self.settings.auto["rule"] == "mass" else "knee",
+                " ".join("-" if t is None else f"{t:.3f}" for t in self.chosen_t.values()),
+            )
         if self.settings.exclude_retain:
-            retain = critical_neurons(self._cached_scores(trainer, pl_module, data.retain, "retain"), self.settings.t)
+            retain_scores = self._cached_scores(trainer, pl_module, data.retain, "retain")
+            retain, _ = select_critical(retain_scores, self.settings.t, self.settings.auto)
             neurons, self.dropped = exclude_shared(neurons, retain)
             log.info(
                 "attribution.exclude_retain: dropped %d of %d critical neurons that are critical for the "
@@ -256,6 +264,7 @@ class NeuronAttribution(L.Callback):
                 name: {
                     "critical": self.kept[name],
                     "neurons": int(mask.numel()),
+                    **({"t": self.chosen_t[name]} if name in self.chosen_t else {}),
                     **({"dropped_shared_with_retain": self.dropped[name]} if self.dropped else {}),
                 }
                 for name, mask in neurons.items()

@@ -7,8 +7,21 @@ from __future__ import annotations
 
 import torch
 
+from simu_lightning.attribution.threshold import auto_critical_neurons
+
 
 def critical_neurons(scores: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
     """Boolean masks (one entry per neuron) of the critical neurons of every layer (t is checked where
     the settings are built: settings.AttributionSettings)."""
     return {name: (s >= t * s.max()) & (s > 0) for name, s in scores.items()}
+
+
+def select_critical(
+    scores: dict[str, torch.Tensor], t: float | str, auto: dict | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
+    """The critical neurons at a fixed t, or at the t each layer's scores choose (t="auto", by
+    `auto["rule"]`: threshold.py); and the t of every layer."""
+    if t == "auto":
+        auto = auto or {}
+        return auto_critical_neurons(scores, auto.get("rule", "mass"), auto.get("mass", 0.5))
+    return critical_neurons(scores, t), {name: t for name in scores}

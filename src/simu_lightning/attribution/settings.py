@@ -3,10 +3,11 @@ names this class as its `_target_`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES
 from simu_lightning.attribution.selection import SELECTIONS
+from simu_lightning.attribution.threshold import RULES
 from simu_lightning.utils.errors import SimuError
 
 
@@ -16,17 +17,31 @@ class AttributionSettings:
     steps (quadrature nodes) by `quadrature`, layers scaled by `mode`; `selection` picks what the mask
     keeps (selection.py); `exclude_retain` drops the neurons critical for the retain set too."""
 
-    t: float = 0.1
+    t: float | str = 0.1  # or "auto": chosen per layer from the scores by `auto.rule` (threshold.py)
     m: int = 20
     quadrature: str = "riemann"
     mode: str = "layerwise"
     selection: str = "integrated_gradients"
     exclude_retain: bool = False
     max_batch: int = 512  # sequences per forward pass (the m scaled copies of a sample count m times)
+    auto: dict = field(default_factory=dict)  # {rule: mass | knee, mass: share}: how t=auto chooses
 
     def __post_init__(self):
-        if isinstance(self.t, bool) or not isinstance(self.t, (int, float)) or not 0 < self.t <= 1:
-            raise SimuError(f"attribution.t must be in (0, 1], got {self.t}")
+        if self.t != "auto" and (
+            isinstance(self.t, bool) or not isinstance(self.t, (int, float)) or not 0 < self.t <= 1
+        ):
+            raise SimuError(f"attribution.t must be in (0, 1] or auto, got {self.t}")
+        object.__setattr__(self, "auto", {"rule": "mass", "mass": 0.5, **dict(self.auto or {})})
+        if set(self.auto) - {"rule", "mass"}:
+            raise SimuError(
+                f"attribution.auto: unknown setting(s) {', '.join(sorted(set(self.auto) - {'rule', 'mass'}))} "
+                "(known: rule, mass)"
+            )
+        if self.auto["rule"] not in RULES:
+            raise SimuError(f"attribution.auto.rule must be one of {', '.join(RULES)}, got {self.auto['rule']!r}")
+        share = self.auto["mass"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise SimuError(f"attribution.auto.mass must be in (0, 1], got {share!r}")
         for name in ("m", "max_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -51,9 +51,10 @@ def log_config(loggers: list, cfg: DictConfig) -> None:
         logger.log_hyperparams(params)
 
 
-def critical_neurons_figure(scores: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor], t: float):
+def critical_neurons_figure(scores: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor], t: float | dict):
     """Layers x neurons: each layer's scores over its largest (clipped to [0, 1]), the critical neurons
-    (score >= t * max) in colour and the others in grey; the threshold t is the red line on the bar."""
+    (score >= t * max) in colour and the others in grey; the threshold t is the red line on the bar, or,
+    chosen per layer (t=auto), written beside each layer."""
     names = list(scores)
     relative = torch.stack(
         [(s / s.max()).clamp(0, 1) if s.max() > 0 else torch.zeros_like(s) for s in scores.values()]
@@ -70,18 +71,24 @@ def critical_neurons_figure(scores: dict[str, torch.Tensor], neurons: dict[str, 
         interpolation="nearest",
     )
     bar = fig.colorbar(image, ax=ax, label="score / layer max (critical in colour)")
-    bar.ax.axhline(t, color="red", linewidth=2)
+    per_layer = isinstance(t, dict)
+    if not per_layer:
+        bar.ax.axhline(t, color="red", linewidth=2)
+    labels = [f"{i}  t={t[n]:.2f}" if per_layer and t.get(n) is not None else str(i) for i, n in enumerate(names)]
     ax.set_yticks(range(len(names)))
-    ax.set_yticklabels([str(i) for i in range(len(names))], fontsize=7 if len(names) > 16 else 9)
+    ax.set_yticklabels(labels, fontsize=7 if len(names) > 16 else 9)
     ax.set_xlabel("neuron (down-projection input)")
     ax.set_ylabel("layer")
     kept = int(critical.sum())
-    ax.set_title(f"critical neurons at t = {t}: {kept} of {critical.size} ({kept / critical.size:.1%})")
+    where = "t chosen per layer" if per_layer else f"t = {t}"
+    ax.set_title(f"critical neurons at {where}: {kept} of {critical.size} ({kept / critical.size:.1%})")
     fig.tight_layout()
     return fig
 
 
-def log_attribution(loggers: list, scores: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor], t: float) -> None:
+def log_attribution(
+    loggers: list, scores: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor], t: float | dict
+) -> None:
     media = [logger for logger in loggers if hasattr(logger, "log_image")]
     if not media or not scores:
         return

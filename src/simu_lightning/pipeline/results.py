@@ -41,6 +41,7 @@ def selection_results(attribution) -> dict:
     """The critical neurons per layer, what exclude_retain dropped, and a planted target's localisation."""
     return {
         **({"critical_neurons": attribution.kept} if attribution.kept else {}),
+        **({"critical_neurons_t": attribution.chosen_t} if attribution.settings.t == "auto" else {}),
         **({"critical_neurons_dropped_shared_with_retain": attribution.dropped} if attribution.dropped else {}),
         **(
             {"selection": attribution.settings.selection, "localisation": attribution.localisation}

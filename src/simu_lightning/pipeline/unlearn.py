@@ -130,5 +130,10 @@ def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Base
     L.seed_everything(plan.seed, verbose=False)
     trainer.fit(module, data, ckpt_path=resume_from)
     if trainer.is_global_zero and attribution.ranking is not None:
-        log_attribution(trainer.loggers, attribution.ranking, attribution.neurons, plan.attribution.t)
+        log_attribution(
+            trainer.loggers,
+            attribution.ranking,
+            attribution.neurons,
+            attribution.chosen_t if plan.attribution.t == "auto" else plan.attribution.t,
+        )
     return Unlearned(module, evaluations, attribution, trainer, full_state_dict(module.model))
