@@ -1,6 +1,7 @@
 """simu-lightning entry point: `python run.py [group=option ...] [key=value ...]` (see README.md)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,8 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
 
     if int(cfg.trainer.get("num_nodes", 1)) > 1:
         raise SimuError(
-            "a Hydra sweep (-m) cannot launch multi-node jobs: run each job with torchrun or srun "
-            "(see README, 'Several processes')"
+            "a multi-node job of a Hydra sweep (-m) is a SLURM job: add hydra/launcher=slurm "
+            "(pip install -e '.[cluster]'), or run each job with torchrun or srun (docs/guide.md, 'Several processes')"
         )
     if is_launched_externally():
         raise SimuError("-m under torchrun/srun would start the sweep in every process: drop -m, or drop torchrun")
@@ -52,6 +53,42 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
     return search_value(json.loads((Path(job_dir) / "results.json").read_text()))
 
 
+def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
+    """One job of a sweep that the submitit launcher submitted as a SLURM job (hydra/launcher=slurm): srun
+    started this script's job function in each of the job's tasks, one per GPU on every node, and each
+    task is one of the run's processes, as Lightning's SLURM environment sees them. Task 0 prepares the
+    target in one process (the others wait for it), then every task runs."""
+    import time
+
+    from simu_lightning.pipeline import run
+
+    tasks = int(os.environ["SLURM_NTASKS"])
+    if tasks != processes:
+        raise SimuError(
+            f"the SLURM job has {tasks} tasks and the trainer {processes} processes (trainer.devices x "
+            "trainer.num_nodes): one task per GPU, as conf/hydra/launcher/slurm.yaml sets"
+        )
+    ready = Path(HydraConfig.get().runtime.output_dir) / ".target_ready"
+    if int(os.environ["SLURM_PROCID"]) == 0:
+        with outside_slurm():
+            run(OmegaConf.merge(cfg, {"prepare_only": True}))
+        ready.touch()
+    while not ready.exists():
+        time.sleep(5)
+    results = run(cfg)
+    return search_value(results) if results else None
+
+
+class outside_slurm:
+    """SLURM's task variables hidden for a while, so that one task can work as a single process."""
+
+    def __enter__(self):
+        self.saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_")}
+
+    def __exit__(self, *exc):
+        os.environ.update(self.saved)
+
+
 def search_value(results: dict) -> float | None:
     """What an Optuna sweep maximises: the utility at matched forgetting when an `objective` is configured
     (hparams_search=optuna), else the aggregate (after unlearning, or of an evaluation-only run)."""
@@ -71,6 +108,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         processes = process_count(cfg.trainer)
         if HydraConfig.get().mode == RunMode.MULTIRUN and processes > 1:
+            if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # hydra/launcher=slurm: srun started every task
+                return sweep_job_under_slurm(cfg, processes)
             return sweep_job_under_torchrun(cfg, processes)
         results = run(cfg)
     except SimuError as err:

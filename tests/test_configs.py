@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import ROOT, SHARED_DATA, write_muse_folder
@@ -65,7 +65,16 @@ NEEDS = {("attribution", "planted"): ["benchmark.planted.fraction=0.05"]}
 
 def test_the_cases_cover_every_yaml_under_conf():
     covered = {CONF / group / f"{option}.yaml" for group, option in CASES} | {CONF / "config.yaml"}
+    covered |= {CONF / "hydra" / "launcher" / "slurm.yaml"}  # below
     assert covered == set(CONF.rglob("*.yaml"))
+
+
+def test_the_slurm_launcher_asks_for_a_task_per_gpu_on_every_node_of_the_trainer(tmp_path):
+    cfg = composed(["hydra/launcher=slurm", "trainer=fsdp", "trainer.devices=4", "trainer.num_nodes=2"], tmp_path)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    get_class(launcher._target_)  # the plugin is installed (the cluster extra)
 
 
 @pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])

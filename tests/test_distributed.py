@@ -141,3 +141,48 @@ def test_a_sweep_of_two_process_jobs_runs_each_job_once(tmp_path, cache_dir):
         results = json.loads((tmp_path / job / "results.json").read_text())
         assert results["processes"] == 2 and results["method"] == job.split("_")[1]
     assert len(list(tmp_path.glob("*/results.json"))) == 2  # the sweep did not start again inside a job
+
+
+def test_a_sweep_job_that_srun_started_as_two_slurm_tasks_runs_as_one_two_process_run(tmp_path):
+    """What hydra/launcher=slurm leaves to each task of a job: srun starts the job function in every task
+    (simulated here: two processes with the variables srun and submitit set), task 0 prepares the target
+    alone (a fresh cache) while the other waits, and the two tasks form one FSDP group through
+    Lightning's SLURM environment. Its results are those of the same run in one process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cache = tmp_path / "cache"
+    args = ["-m", *SMALL, *FSDP, "method=fo", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    slurm = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "simu",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "127.0.0.1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+    }
+    env = {**os.environ, "SIMU_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **slurm}
+    tasks = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), *args],
+            cwd=ROOT,
+            env={**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [task.communicate(timeout=600)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    swept = json.loads((tmp_path / "sweep" / "0_fo" / "results.json").read_text())
+    assert swept["processes"] == 2
+    run_py([*SMALL, "method=fo", f"hydra.run.dir={tmp_path / 'one'}"], cache)
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    for split, by_metric in one["after"].items():
+        assert swept["after"][split] == pytest.approx(by_metric, abs=1e-5)

@@ -213,6 +213,30 @@ def test_t_auto_chooses_each_layers_t_from_its_scores_and_reports_it(rule, cache
 
 
 @pytest.mark.slow
+def test_a_sweep_through_the_local_submitit_launcher_gives_each_job_the_results_of_running_it_directly(
+    cache_dir, tmp_path
+):
+    """hydra/launcher=submitit_local takes the path a SLURM sweep takes (hydra/launcher=slurm): each job
+    pickled, started in a process of its own by submitit, its results where Hydra puts them."""
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # both ways alike, digit for digit
+    sweep = tmp_path / "sweep"
+    run_py(
+        ["-m", "hydra/launcher=submitit_local", *SMALL, "method=fo,so", f"hydra.sweep.dir={sweep}"],
+        cache_dir,
+        **one_thread,
+    )
+    # submitit ran each job in a process of its own, and kept its result and log
+    assert len(list((sweep / ".submitit").glob("*/*_0_result.pkl"))) == 2
+    for method in ("fo", "so"):
+        swept = json.loads(next(sweep.glob(f"*_{method}/results.json")).read_text())
+        run_py([*SMALL, f"method={method}", f"hydra.run.dir={tmp_path / method}"], cache_dir, **one_thread)
+        direct = json.loads((tmp_path / method / "results.json").read_text())
+        assert {k: v for k, v in swept.items() if k != "timings_s"} == {
+            k: v for k, v in direct.items() if k != "timings_s"
+        }, method
+
+
+@pytest.mark.slow
 def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(simu_run, cache_dir, tmp_path):
     run_here(
         [
