@@ -8,6 +8,7 @@ Writes one JSON file (--out) and prints a table per benchmark.
     python -m perf --only optimizer attribution
     python -m perf --only attribution --attribution-setup smollm2_tofu   # SmolLM2-135M on TOFU forget01
     python -m perf --profile smoke                # every benchmark at a tiny size (the tests run this)
+    python -m perf --only utilisation             # on a GPU: the step's MFU at OLMo-1B size, attribution tokens/s
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `perf` importable
 
 import torch  # noqa: E402
 
-from perf import attribution, memory, optimizer, overhead, scaling  # noqa: E402
+from perf import attribution, memory, optimizer, overhead, scaling, utilisation  # noqa: E402
 from perf.loop import synthetic_batches  # noqa: E402
 from perf.common import device, olmo  # noqa: E402
 
@@ -35,12 +36,15 @@ PROFILES = {
         "overhead": {"size": "medium", "steps": 12},
         "memory": {"size": "large"},
         "scaling": {},
+        # OLMo-1B size on a GPU; on a CPU (no peak to compare with) the 77M config's throughput only
+        "utilisation": {"size": "olmo-1b" if torch.cuda.is_available() else "olmo-77m"},
     },
     "smoke": {
         "optimizer": {"size": "tiny", "repeats": 2},
         "overhead": {"size": "tiny", "steps": 4, "warmup": 1},
         "memory": {"size": "tiny"},
         "scaling": {"sizes": ("tiny",), "forget_rows": (2,), "m": 2, "repeats": 1},
+        "utilisation": {"size": "tiny", "rows": 2, "length": 16, "repeats": 1, "attribution_rows": 2},
     },
 }
 
@@ -143,7 +147,9 @@ def show(name: str, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=["optimizer", "attribution", "overhead", "memory", "scaling"])
+    parser.add_argument(
+        "--only", nargs="+", choices=["optimizer", "attribution", "overhead", "memory", "scaling", "utilisation"]
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--attribution-setup", default="default", choices=["default", "smollm2_tofu"])
     parser.add_argument(
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "overhead": lambda: overhead.run(**settings["overhead"]),
         "memory": lambda: memory.run(**settings["memory"]),
         "scaling": lambda: scaling.run(**settings["scaling"]),
+        "utilisation": lambda: utilisation.run(**settings["utilisation"]),
     }
     results = {"machine": machine(), "profile": args.profile}
     start = time.perf_counter()

@@ -19,6 +19,17 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_figures(tmp_path):
     assert all(0 <= r["jaccard_t0.4"] <= 1 and r["completeness_error"] >= 0 for r in rows)
     assert results["overhead"]["ratio_lightning_to_plain"] > 0
     assert set(results["memory"]["per_method"]) == {"fo", "so", "simu"}
+    utilisation = results["utilisation"]
+    assert [r["method"] for r in utilisation["step"]] == ["fo", "so", "simu"]
+    assert all(r["tokens_per_s"] > 0 for r in utilisation["step"])
+    assert utilisation["attribution"]["answer_tokens"] == 2 * 32  # two rows of 32 answer tokens
     simu = results["memory"]["per_method"]["simu"]
     assert simu["down_proj_state_compact_mb"] < simu["down_proj_state_full_mb"]
     assert results["scaling"]["rows"] and all(r["attribution_s"] > 0 for r in results["scaling"]["rows"])
+
+
+def test_model_flops_per_token_by_hand():
+    from perf.utilisation import flops_per_token
+
+    # tiny: d = 32, L = 2, d_ff = 64: N = 2 (4 d^2 + 3 d d_ff) = 20480; 6 N + 12 L d T at T = 16
+    assert flops_per_token("tiny", 16) == 6 * 20480 + 12 * 2 * 32 * 16
