@@ -36,8 +36,10 @@ PROFILES = {
         "overhead": {"size": "medium", "steps": 12},
         "memory": {"size": "large"},
         "scaling": {},
-        # OLMo-1B size on a GPU; on a CPU (no peak to compare with) the 77M config's throughput only
-        "utilisation": {"size": "olmo-1b" if torch.cuda.is_available() else "olmo-77m"},
+        # OLMo-1B size on a GPU; on a CPU (no peak to compare with) a small config's throughput only
+        "utilisation": (
+            {} if torch.cuda.is_available() else {"size": "medium", "length": 128, "repeats": 3, "attribution_rows": 2}
+        ),
     },
     "smoke": {
         "optimizer": {"size": "tiny", "repeats": 2},
