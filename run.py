@@ -68,12 +68,19 @@ def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
             f"the SLURM job has {tasks} tasks and the trainer {processes} processes (trainer.devices x "
             "trainer.num_nodes): one task per GPU, as conf/hydra/launcher/slurm.yaml sets"
         )
-    ready = Path(HydraConfig.get().runtime.output_dir) / ".target_ready"
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    ready, failed = job_dir / ".target_ready", job_dir / ".target_failed"
     if int(os.environ["SLURM_PROCID"]) == 0:
-        with outside_slurm():
-            run(OmegaConf.merge(cfg, {"prepare_only": True}))
+        try:
+            with outside_slurm():
+                run(OmegaConf.merge(cfg, {"prepare_only": True}))
+        except BaseException:
+            failed.touch()  # the other tasks stop waiting
+            raise
         ready.touch()
     while not ready.exists():
+        if failed.exists():
+            raise SimuError(f"task 0 could not prepare the target: see its log ({job_dir})")
         time.sleep(5)
     results = run(cfg)
     return search_value(results) if results else None
