@@ -70,7 +70,9 @@ def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
         )
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     ready, failed = job_dir / ".target_ready", job_dir / ".target_failed"
+    started = time.time()
     if int(os.environ["SLURM_PROCID"]) == 0:
+        failed.unlink(missing_ok=True)  # of an earlier try of this job in its folder
         try:
             with outside_slurm():
                 run(OmegaConf.merge(cfg, {"prepare_only": True}))
@@ -78,8 +80,9 @@ def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
             failed.touch()  # the other tasks stop waiting
             raise
         ready.touch()
+    # (a marker of an earlier try: "ready" means the target is cached; "failed" counts only if it is new)
     while not ready.exists():
-        if failed.exists():
+        if failed.exists() and failed.stat().st_mtime >= started - 60:
             raise SimuError(f"task 0 could not prepare the target: see its log ({job_dir})")
         time.sleep(5)
     results = run(cfg)
