@@ -89,14 +89,11 @@ def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
     return search_value(results) if results else None
 
 
-class outside_slurm:
+def outside_slurm():
     """SLURM's task variables hidden for a while, so that one task can work as a single process."""
+    from unittest import mock
 
-    def __enter__(self):
-        self.saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_")}
-
-    def __exit__(self, *exc):
-        os.environ.update(self.saved)
+    return mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, clear=True)
 
 
 def search_value(results: dict) -> float | None:

@@ -30,7 +30,7 @@ def test_knee_keeps_the_scores_above_where_the_flat_tail_begins():
     # 0, -0.099, 0.509, 0.360, 0.190, 0: the knee is the third score, so 10 and 9 are kept
     s = torch.tensor([0.5, 10.0, 0.1, 9.0, 0.2, 1.0])
     assert knee_cut(s) == 9.0
-    masks, chosen = auto_critical_neurons({"layer": s}, "knee")
+    masks, chosen = auto_critical_neurons({"layer": s}, "knee", 0.5)
     assert masks["layer"].tolist() == [False, True, False, True, False, False]
     assert chosen["layer"] == pytest.approx(0.9)
     assert knee_cut(torch.tensor([3.0, 3.0, 3.0, 3.0])) == 3.0  # no knee: all of them
@@ -39,7 +39,7 @@ def test_knee_keeps_the_scores_above_where_the_flat_tail_begins():
 
 def test_a_fixed_t_reports_itself_for_every_layer_and_auto_is_checked_where_built():
     scores = {"a": torch.tensor([1.0, 0.5]), "b": torch.tensor([2.0, 0.1])}
-    masks, chosen = select_critical(scores, 0.4)
+    masks, chosen = select_critical(scores, 0.4, AttributionSettings().auto)
     assert chosen == {"a": 0.4, "b": 0.4} and masks["b"].tolist() == [True, False]
     assert AttributionSettings(t="auto", auto={"rule": "knee"}).auto == {"rule": "knee", "mass": 0.5}
     with pytest.raises(SimuError, match=r"^attribution.t must be in \(0, 1\] or auto, got often$"):

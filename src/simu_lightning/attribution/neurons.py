@@ -17,11 +17,10 @@ def critical_neurons(scores: dict[str, torch.Tensor], t: float) -> dict[str, tor
 
 
 def select_critical(
-    scores: dict[str, torch.Tensor], t: float | str, auto: dict | None = None
+    scores: dict[str, torch.Tensor], t: float | str, auto: dict
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
     """The critical neurons at a fixed t, or at the t each layer's scores choose (t="auto", by
-    `auto["rule"]`: threshold.py); and the t of every layer."""
+    `auto["rule"]`: threshold.py; its defaults are AttributionSettings'); and the t of every layer."""
     if t == "auto":
-        auto = auto or {}
-        return auto_critical_neurons(scores, auto.get("rule", "mass"), auto.get("mass", 0.5))
+        return auto_critical_neurons(scores, auto["rule"], auto["mass"])
     return critical_neurons(scores, t), {name: t for name in scores}

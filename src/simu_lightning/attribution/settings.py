@@ -32,11 +32,8 @@ class AttributionSettings:
         ):
             raise SimuError(f"attribution.t must be in (0, 1] or auto, got {self.t}")
         object.__setattr__(self, "auto", {"rule": "mass", "mass": 0.5, **dict(self.auto or {})})
-        if set(self.auto) - {"rule", "mass"}:
-            raise SimuError(
-                f"attribution.auto: unknown setting(s) {', '.join(sorted(set(self.auto) - {'rule', 'mass'}))} "
-                "(known: rule, mass)"
-            )
+        if unknown := set(self.auto) - {"rule", "mass"}:
+            raise SimuError(f"attribution.auto: unknown setting(s) {', '.join(sorted(unknown))} (known: rule, mass)")
         if self.auto["rule"] not in RULES:
             raise SimuError(f"attribution.auto.rule must be one of {', '.join(RULES)}, got {self.auto['rule']!r}")
         share = self.auto["mass"]

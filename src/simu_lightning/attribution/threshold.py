@@ -47,7 +47,7 @@ def knee_cut(s: torch.Tensor) -> float | None:
 
 
 def auto_critical_neurons(
-    scores: dict[str, torch.Tensor], rule: str, mass: float = 0.5
+    scores: dict[str, torch.Tensor], rule: str, mass: float
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
     """Per layer, the critical neurons by `rule` and the t it amounts to (None: nothing kept)."""
     masks, chosen = {}, {}
