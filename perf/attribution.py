@@ -5,7 +5,10 @@ forward+backward over the forget set (full sequences, the answer NLL); the media
 error (layer-wise and first order: |sum_k Att - (log p(beta_l) - log p(0))| per sample and layer; joint:
 the same with every layer scaled together); and, against the reference (layer-wise Gauss-Legendre with
 many nodes), the Jaccard index of the critical-neuron masks at several t and the mean per-layer Spearman
-rank correlation of the scores.
+rank correlation of the scores. And the two layouts of the scaled copies side by side (`layouts`): copies as
+positions, the layers below the scaled one run once per sample (the default), against copies as rows of a
+repeated cache, every layer run per copy (the layout before it): seconds, the speed-up, and the largest
+relative difference of the scores.
 """
 
 from __future__ import annotations
@@ -148,6 +151,8 @@ def run(
                 "reference": (mode, rule, m) == reference,
             }
         )
+    layout_config = ("layerwise", "gauss_legendre", 8)
+    layout_row = layouts(model, tokenizer, forget, *layout_config, max_batch=max_batch)
     fewest = [r for r in rows if not r["reference"] and min(r[f"jaccard_t{t}"] for t in THRESHOLDS) >= 0.95]
     best = min(fewest, key=lambda r: r["seconds"]) if fewest else None
     return {
@@ -157,22 +162,40 @@ def run(
         "forward_backward_s": round(unit, 3),
         "reference": "/".join(map(str, reference)),
         "rows": rows,
+        "layouts": [layout_row],
         "fastest_with_jaccard_0.95": None if best is None else f"{best['mode']}/{best['quadrature']}/{best['m']}",
     }
 
 
-def time_whole_set(model, tokenizer, forget: list[dict], mode: str, rule: str, m: int, max_batch: int = 512) -> dict:
-    """One configuration's seconds (and cost) on the whole forget set."""
+def layouts(model, tokenizer, forget: list[dict], mode: str, rule: str, m: int, max_batch: int = 512) -> dict:
+    """One configuration with the copies as positions and as rows, side by side: seconds of each, the speed-up
+    (rows / positions), the largest difference of a score relative to the layer's largest |score|, and the
+    critical-neuron masks' agreement."""
     projs = down_projections(model, architecture_of(model))
     samples = prediction_samples(forget, tokenizer.eos_token_id)
-    unit = forward_backward_seconds(model, tokenizer, forget)
-    start = time.perf_counter()
-    attribute(model, projs, samples, m, tokenizer.pad_token_id, max_batch, rule, mode)
-    seconds = time.perf_counter() - start
+    seconds, scores = {}, {}
+    for layout in ("rows", "positions"):
+        start = time.perf_counter()
+        scores[layout] = attribute(
+            model, projs, samples, m, tokenizer.pad_token_id, max_batch, rule, mode, copies=layout
+        )
+        seconds[layout] = time.perf_counter() - start
+    difference = max(
+        float((scores["positions"][n] - scores["rows"][n]).abs().max() / scores["rows"][n].abs().max().clamp(min=1e-30))
+        for n in projs
+    )
     return {
         "config": f"{mode}/{rule}/{m}",
         "forget_rows": len(forget),
         "prediction_samples": len(samples),
-        "seconds": round(seconds, 1),
-        "cost": round(seconds / unit, 1),
+        "rows_s": round(seconds["rows"], 2),
+        "positions_s": round(seconds["positions"], 2),
+        "speedup": round(seconds["rows"] / seconds["positions"], 2),
+        "max_relative_difference": float(f"{difference:.2g}"),
+        **{
+            f"jaccard_t{t}": round(
+                jaccard(critical_neurons(scores["positions"], t), critical_neurons(scores["rows"], t)), 4
+            )
+            for t in THRESHOLDS
+        },
     }

@@ -7,6 +7,7 @@ Writes one JSON file (--out) and prints a table per benchmark.
     python -m perf                                # the whole suite (under 15 min on 2 CPU cores)
     python -m perf --only optimizer attribution
     python -m perf --only attribution --attribution-setup smollm2_tofu   # SmolLM2-135M on TOFU forget01
+    python -m perf --only attribution --attribution-setup smollm2_tofu --layouts-only layerwise/gauss_legendre/4
     python -m perf --profile smoke                # every benchmark at a tiny size (the tests run this)
     python -m perf --only utilisation             # on a GPU: the step's MFU at OLMo-1B size, attribution tokens/s
 """
@@ -109,10 +110,19 @@ def run_attribution(profile: str, setup: str, configs: list | None = None) -> di
     }
     if plan["every"] > 1 and result["fastest_with_jaccard_0.95"]:
         mode, rule, m = result["fastest_with_jaccard_0.95"].split("/")
-        result["fastest_on_whole_forget_set"] = attribution.time_whole_set(
-            model, tokenizer, forget, mode, "riemann" if rule == "-" else rule, int(m)
-        )
+        # the issue's target: the agreeing configuration on the whole forget set, in both layouts
+        result["fastest_on_whole_forget_set"] = [
+            attribution.layouts(model, tokenizer, forget, mode, "riemann" if rule == "-" else rule, int(m))
+        ]
     return result
+
+
+def run_layouts(setup: str, config: tuple[str, str, int]) -> dict:
+    """Only the two layouts of one configuration on the setup's whole forget set (`--layouts-only`)."""
+    from perf.targets import trained_target
+
+    model, tokenizer, forget = trained_target(setup)
+    return {"setup": setup, "layouts": [attribution.layouts(model, tokenizer, forget, *config)]}
 
 
 def machine() -> dict:
@@ -160,12 +170,23 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help='mode/rule/m,... instead of the setup\'s list, e.g. "layerwise/gauss_legendre/3"',
     )
+    parser.add_argument(
+        "--layouts-only",
+        type=lambda text: parse_configs(text)[0],
+        default=None,
+        metavar="MODE/RULE/M",
+        help="attribution: only the two copy layouts of this configuration on the setup's whole forget set",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/perf/results.json"))
     args = parser.parse_args(argv)
     settings = PROFILES[args.profile]
     suite = {
         "optimizer": lambda: optimizer.run(**settings["optimizer"]),
-        "attribution": lambda: run_attribution(args.profile, args.attribution_setup, args.attribution_configs),
+        "attribution": lambda: (
+            run_layouts(args.attribution_setup, args.layouts_only)
+            if args.layouts_only
+            else run_attribution(args.profile, args.attribution_setup, args.attribution_configs)
+        ),
         "overhead": lambda: overhead.run(**settings["overhead"]),
         "memory": lambda: memory.run(**settings["memory"]),
         "scaling": lambda: scaling.run(**settings["scaling"]),

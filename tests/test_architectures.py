@@ -28,7 +28,7 @@ COMMON = dict(
     intermediate_size=D_FF,
     num_hidden_layers=LAYERS,
     num_attention_heads=2,
-    num_key_value_heads=2,
+    num_key_value_heads=1,  # grouped-query attention, as SmolLM2 and LLaMA-2-70B
     max_position_embeddings=64,
 )
 CONFIGS = {
@@ -113,10 +113,13 @@ def test_simu_freezes_down_projection_biases_which_belong_to_no_neuron(model_typ
     assert biases <= unmasked.trainable_parameter_names(model, arch)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_type", sorted(CONFIGS))
-def test_the_shared_prefix_gives_the_plain_attribution(model_type):
-    """Samples of two QA pairs reading their pair's context cache (its later positions masked out), against
-    whole sequences repeated once per scaled copy."""
+def test_the_shared_prefix_gives_the_plain_attribution(model_type, attention):
+    """Samples of two QA pairs reading their pair's context cache (its later positions masked out), the
+    scaled copies laid out as positions (the layers below the scaled one run once) or as rows, against
+    whole sequences repeated once per scaled copy: each layer alone, and all layers together (joint), in
+    float64 so that 1e-6 relative is the layouts' difference and not rounding."""
     from simu_lightning.attribution.integrated_gradients import (
         SharedPrefix,
         activations,
@@ -126,22 +129,34 @@ def test_the_shared_prefix_gives_the_plain_attribution(model_type):
     )
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(CONFIGS[model_type]).eval().requires_grad_(False)
+    config = CONFIGS[model_type]
+    config._attn_implementation = attention
+    model = AutoModelForCausalLM.from_config(config).double().eval().requires_grad_(False)
     projs = list(down_projections(model, architecture_of(model)).values())
     pairs = [torch.randint(2, 96, (n,)).tolist() for n in (9, 12)]
     samples = [{"input_ids": ids[:t], "target": ids[t], "example": e} for e, ids in enumerate(pairs) for t in (4, 6, 8)]
     batch = next(batches(samples, len(samples), pad_token_id=0))
+    alone = [next(batches([sample], 1, pad_token_id=0)) for sample in samples]  # no padding at all
+    nodes = quadrature("gauss_legendre", 3)
+
+    def plain(layers):  # each sample on its own, its whole sequence repeated per copy
+        listed = [projs[i] for i in layers]
+        per_sample = [
+            integrated_gradients(model, listed, one, activations(model, listed, one), *nodes) for one in alone
+        ]
+        return [torch.cat(scores) for scores in zip(*per_sample)]
+
     prefix = SharedPrefix(model, batch)
-    betas = activations(model, projs, batch)
-    for proj, beta, cached in zip(projs, betas, activations(model, projs, batch, prefix)):
-        torch.testing.assert_close(cached, beta, rtol=1e-4, atol=1e-5)
-        nodes = quadrature("gauss_legendre", 3)
-        torch.testing.assert_close(
-            integrated_gradients(model, [proj], batch, [beta], *nodes, prefix)[0],
-            integrated_gradients(model, [proj], batch, [beta], *nodes)[0],
-            rtol=1e-4,
-            atol=1e-6,
-        )
+    betas = activations(model, projs, batch, prefix)
+    for i, proj in enumerate(projs):
+        for layout in ("positions", "rows"):
+            shared = integrated_gradients(model, [proj], batch, [betas[i]], *nodes, prefix, layout)
+            torch.testing.assert_close(shared[0], plain([i])[0], rtol=1e-6, atol=1e-9)
+    joint = integrated_gradients(model, projs, batch, betas, *nodes, prefix)
+    for shared, alone_scores in zip(joint, plain(list(range(len(projs))))):
+        torch.testing.assert_close(shared, alone_scores, rtol=1e-6, atol=1e-9)
+    for layer in prefix.cache(1).layers:  # every forward left the cache as it found it: the prefix alone
+        assert layer.keys.shape[-2] == prefix.length and not layer.keys.requires_grad
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))

@@ -119,6 +119,27 @@ def test_sharing_the_prefix_cache_gives_the_same_attributions(tiny_model, forget
         assert not any(layer.keys.requires_grad for layer in prefix.cache(repeat).layers)
 
 
+def test_the_copies_are_laid_out_as_positions_where_the_attention_reads_a_4d_mask(tiny_model, forget_samples):
+    """sdpa and eager take the 4-D mask of the positions layout; flash attention does not, so it gets the rows;
+    both layouts give the whole forget set's scores alike, and an unknown layout is refused by name."""
+    from simu_lightning.attribution.integrated_gradients import copy_layout
+
+    model, tokenizer = tiny_model
+    assert model.config._attn_implementation == "sdpa" and copy_layout(model) == "positions"
+    model.config._attn_implementation = "flash_attention_2"
+    assert copy_layout(model) == "rows" and copy_layout(model, "positions") == "positions"
+    model.config._attn_implementation = "sdpa"
+    projs = down_projections(model, architecture_of(model))
+    scores = {
+        layout: attribute(model, projs, forget_samples[1][:12], 3, tokenizer.pad_token_id, 8, copies=layout)
+        for layout in ("positions", "rows")
+    }
+    for name in projs:
+        torch.testing.assert_close(scores["positions"][name], scores["rows"][name], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown copy layout 'columns': choose one of positions, rows"):
+        attribute(model, projs, forget_samples[1][:2], 3, tokenizer.pad_token_id, copies="columns")
+
+
 def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(monkeypatch):
     from types import SimpleNamespace
 

@@ -17,6 +17,8 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_figures(tmp_path):
     assert rows[0]["reference"] and rows[0]["jaccard_t0.1"] == 1.0 and rows[0]["spearman"] == 1.0
     assert {r["mode"] for r in rows} == {"layerwise", "joint", "first_order"}
     assert all(0 <= r["jaccard_t0.4"] <= 1 and r["completeness_error"] >= 0 for r in rows)
+    (layouts,) = results["attribution"]["layouts"]  # copies as positions against rows, side by side
+    assert layouts["speedup"] > 0 and layouts["max_relative_difference"] < 1e-4 and layouts["jaccard_t0.1"] == 1.0
     assert results["overhead"]["ratio_lightning_to_plain"] > 0
     assert set(results["memory"]["per_method"]) == {"fo", "so", "simu"}
     utilisation = results["utilisation"]

@@ -27,15 +27,28 @@ Samples are left-padded, so the prediction position is the last one for all of t
 it are never run again per sample: the samples of one QA pair are prefixes of the same sequence, so the
 batch's pairs run once (a key/value cache, `SharedPrefix`), each sample reads its pair's cache with the
 positions from its prediction position on masked out, and every layer and every scaled copy shares that
-cache read-only: a forward runs the last token alone, and the token it appends is cropped off afterwards.
+cache read-only: a forward runs the last token alone, and the tokens it appends are cropped off afterwards.
+
+The m scaled copies of a sample (`copies`):
+- `positions` (the default): one row per sample; the layers below the first scaled one run the
+  prediction token once, and from that layer on the row holds m copies of it, side by side at the same
+  position, each attending to the sample's prefix and to itself alone (a 4-D attention mask). Scaling
+  layer l changes nothing below it, so this is exact; the prefix cache is read by all m copies without
+  being repeated, which is what makes it faster (on a CPU, copying a cache repeated m times cost as much
+  as the attention itself).
+- `rows`: each copy its own row of a cache repeated m times, every layer run per copy. The reference
+  layout, and the one for attention kernels that take no 4-D mask (flash attention).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
 import time
 from collections.abc import Iterator
+from unittest import mock
 
 import numpy as np
 import torch
@@ -48,6 +61,9 @@ log = logging.getLogger(__name__)
 
 QUADRATURES = ("riemann", "gauss_legendre")
 MODES = ("layerwise", "joint", "first_order")
+COPY_LAYOUTS = ("positions", "rows")
+# attention implementations that read a 4-D mask (the `positions` layout), and the mask's form for each
+_MASKED_ATTENTION = ("sdpa", "eager")
 # What a neuron's score is: its integrated gradient (SIMU, in one of MODES), or, as controls, its mean
 # |activation| or its |gradient x activation| per answer token (one pass each; `mode` does not apply).
 SCORES = ("integrated_gradients", "activation", "gradient")
@@ -142,20 +158,28 @@ class SharedPrefix:
         return self._caches[repeat]
 
     def restore(self, repeat: int) -> None:
-        """Crop the token a forward appended, and detach what is left from that forward's graph."""
-        cache = self._caches[repeat]
-        cache.crop(-1)
-        for layer in cache.layers:
+        """Crop the tokens a forward appended (one, or m copies from the first scaled layer on), and detach
+        what is left from that forward's graph."""
+        for layer in self._caches[repeat].layers:
             if getattr(layer, "keys", None) is not None:
+                appended = layer.keys.shape[-2] - self.length
+                if appended:
+                    layer.crop(-appended)
                 layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
 
 
 def _last_log_prob(
-    model: nn.Module, batch: dict[str, torch.Tensor], repeat: int = 1, prefix: SharedPrefix | None = None
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    repeat: int = 1,
+    prefix: SharedPrefix | None = None,
+    copies_from: int | None = None,
 ) -> torch.Tensor:
     """log p(target) at the last position, each sample repeated `repeat` times (sample-major).
 
-    With a `prefix` cache only the last token runs; without one, the whole sequences do."""
+    With a `prefix` cache only the last token runs; without one, the whole sequences do. `copies_from`
+    (a decoder layer's index) lays the copies out as positions from that layer on (`copies` in the
+    module's docstring); None lays them out as rows."""
 
     def rep(t):
         return t.repeat_interleave(repeat, dim=0)
@@ -166,6 +190,8 @@ def _last_log_prob(
             attention_mask=rep(batch["attention_mask"]),
             position_ids=rep(batch["position_ids"]),
         ).logits[:, -1]
+    elif copies_from is not None:
+        logits = _copies_as_positions(model, batch, repeat, prefix, copies_from)
     else:
         try:
             logits = model(
@@ -181,12 +207,99 @@ def _last_log_prob(
     return log_probs.gather(-1, rep(batch["target"]).unsqueeze(-1)).squeeze(-1)
 
 
-def _replace_last_position(module: nn.Module, values: torch.Tensor):
-    """A hook that feeds `values` (batch x d_ff) to `module` at the last position instead of its input."""
+def _attention_mask(allowed: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A 4-D mask (batch x 1 x queries x keys) in the form the model's attention reads: True to attend
+    (sdpa), or 0 and the dtype's minimum added to the scores (eager)."""
+    if model.config._attn_implementation == "sdpa":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(allowed.device)
+
+
+def _copies_as_positions(
+    model: nn.Module, batch: dict[str, torch.Tensor], n: int, prefix: SharedPrefix, first: int
+) -> torch.Tensor:
+    """Logits of n copies of each sample's prediction token (rows x n x vocab, flattened sample-major): the
+    layers below `first` run the token once, and every layer from `first` on sees n copies of it at the
+    same position, each attending to the sample's prefix and to itself (the `positions` layout)."""
+    rows, keys = batch["prefix_mask"].shape
+    prefix_keys = batch["prefix_mask"][:, None, None, :].bool()  # its prefix and itself
+    mask = _attention_mask(prefix_keys, model)
+    copies_mask = _attention_mask(
+        torch.cat(
+            [
+                prefix_keys[..., :-1].expand(rows, 1, n, keys - 1),
+                torch.eye(n, dtype=torch.bool, device=prefix_keys.device).expand(rows, 1, n, n),
+            ],
+            dim=-1,
+        ),
+        model,
+    )
+
+    def widen(value):
+        if value is mask:
+            return copies_mask
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == (rows, 1):
+            return value.expand(rows, n, *value.shape[2:]).contiguous()  # the token, its position, its rotary
+        return tuple(widen(v) for v in value) if isinstance(value, tuple) else value
+
+    def hook(_module, args, kwargs):
+        return tuple(widen(a) for a in args), {k: widen(v) for k, v in kwargs.items()}
+
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in _layers(model)[first:]]
+    try:
+        with _grouped_query_attention(prefix_keys.device):
+            logits = model(
+                input_ids=batch["input_ids"][:, -1:],
+                attention_mask=mask,
+                position_ids=batch["position_ids"][:, -1:],
+                cache=prefix.cache(1),
+                use_cache=True,
+            ).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+        prefix.restore(1)
+    return logits.reshape(rows * n, -1)
+
+
+def _grouped_query_attention(device: torch.device):
+    """On a CPU, let sdpa read grouped keys and values as they are (`enable_gqa`) instead of repeating them
+    per query head: with m queries per row transformers would repeat them, and on a CPU the repeat and its
+    backward cost more than the attention (4x, measured at SmolLM2's shapes). On a GPU a mask sends
+    `enable_gqa` to the slow kernel, so there the repeat stays."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    return mock.patch.dict(os.environ, {"TRANSFORMERS_SDPA_FORCE_GQA": "1"})
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers: the first list of modules in it (its blocks)."""
+    return next(m for m in model.modules() if isinstance(m, nn.ModuleList))
+
+
+def _first_scaled_layer(model: nn.Module, down_projs: list[nn.Module]) -> int:
+    """The index of the lowest decoder layer holding one of `down_projs`."""
+    return min(i for i, layer in enumerate(_layers(model)) if any(m is p for p in down_projs for m in layer.modules()))
+
+
+def copy_layout(model: nn.Module, requested: str | None = None) -> str:
+    """`requested` if given, else `positions` where the model's attention reads a 4-D mask, `rows` otherwise."""
+    if requested is not None:
+        if requested not in COPY_LAYOUTS:
+            raise ValueError(f"unknown copy layout {requested!r}: choose one of {', '.join(COPY_LAYOUTS)}")
+        return requested
+    return "positions" if getattr(model.config, "_attn_implementation", None) in _MASKED_ATTENTION else "rows"
+
+
+def _replace_last_position(module: nn.Module, values: torch.Tensor, copies: int = 1):
+    """A hook that feeds `values` (batch x d_ff) to `module` at the last position instead of its input; with
+    `copies`, at the last `copies` positions of each row (the `positions` layout: batch = rows x copies)."""
 
     def hook(_module, args):
         x = args[0]
-        return (torch.cat([x[:, :-1], values.unsqueeze(1).to(x.dtype)], dim=1), *args[1:])
+        new = values.view(x.shape[0], copies, -1) if copies > 1 else values.unsqueeze(1)
+        return (torch.cat([x[:, :-copies], new.to(x.dtype)], dim=1), *args[1:])
 
     return module.register_forward_pre_hook(hook)
 
@@ -239,13 +352,14 @@ def integrated_gradients(
     alphas: torch.Tensor,
     weights: torch.Tensor,
     prefix: SharedPrefix | None = None,
+    layout: str = "positions",
 ) -> list[torch.Tensor]:
     """Att_i for every sample i of the batch and every neuron of each listed layer (batch x d_ff each),
     the listed layers scaled together along alpha * beta, the integral taken at the given nodes.
 
     The copies of the batch at all nodes run as one forward; their gradients are independent (each copy
     only sees its own scaled activations), so the gradient of the summed log-probabilities gives each
-    copy's own gradient.
+    copy's own gradient. With a `prefix`, `layout` lays the copies out (`copies` in the module's docstring).
     """
     n = len(alphas)
     alphas = alphas.to(device=betas[0].device, dtype=betas[0].dtype)
@@ -254,10 +368,12 @@ def integrated_gradients(
         (beta.repeat_interleave(n, dim=0) * alphas.repeat(beta.shape[0])[:, None]).requires_grad_(True)
         for beta in betas
     ]
-    handles = [_replace_last_position(proj, values) for proj, values in zip(down_projs, scaled)]
+    first = _first_scaled_layer(model, down_projs) if prefix is not None and layout == "positions" else None
+    copies = n if first is not None else 1
+    handles = [_replace_last_position(proj, values, copies) for proj, values in zip(down_projs, scaled)]
     try:
         with torch.enable_grad():
-            log_prob = _last_log_prob(model, batch, repeat=n, prefix=prefix)
+            log_prob = _last_log_prob(model, batch, repeat=n, prefix=prefix, copies_from=first)
             grads = torch.autograd.grad(log_prob.sum(), scaled)
     finally:
         for handle in handles:
@@ -304,12 +420,14 @@ def attribute(
     quadrature_rule: str = "riemann",
     mode: str = "layerwise",
     score: str = "integrated_gradients",
+    copies: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores);
     with `score` activation or gradient, the sum of |beta| or of |beta * d log p / d beta| instead.
 
     `max_batch` bounds the sequences in one forward (the m scaled copies of a sample count m times).
     A sample's optional `weight` scales its contribution (0 for the padding of a process's share).
+    `copies` lays out the scaled copies (`positions` or `rows`; by default what the attention allows).
     """
     if mode not in MODES:
         raise ValueError(f"unknown attribution mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -318,6 +436,7 @@ def attribute(
     if score != "integrated_gradients":
         mode = score
     alphas, weights = quadrature(quadrature_rule, m if mode in ("layerwise", "joint") else 1)
+    layout = copy_layout(model, copies)
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)  # gradients flow to the scaled activations only
@@ -340,7 +459,14 @@ def attribute(
                     atts = gradient_times_activation(model, projs, batch, betas, prefix)
                 else:
                     atts = integrated_gradients(
-                        model, [projs[i] for i in group], batch, [betas[i] for i in group], alphas, weights, prefix
+                        model,
+                        [projs[i] for i in group],
+                        batch,
+                        [betas[i] for i in group],
+                        alphas,
+                        weights,
+                        prefix,
+                        layout,
                     )
                 for i, att in zip(group, atts):
                     att = (att * batch["weight"][:, None]).sum(0)
