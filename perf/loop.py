@@ -19,6 +19,13 @@ METHODS = {
     "fo": Method("fo", partial(torch.optim.AdamW, lr=1e-5, weight_decay=0.0), "all"),
     "so": Method("so", partial(Sophia, lr=1e-5, rho=0.04, weight_decay=0.0), "all"),
     "simu": Method("simu", partial(Sophia, lr=1e-5, rho=0.04, weight_decay=0.0), "attention_and_down_proj", True),
+    # SIMU with Sophia's state at full size for the masked down projections (as before compact state)
+    "simu_full_state": Method(
+        "simu",
+        partial(Sophia, lr=1e-5, rho=0.04, weight_decay=0.0, compact_state=False),
+        "attention_and_down_proj",
+        True,
+    ),
 }
 
 

@@ -1,7 +1,8 @@
 """Peak memory of one unlearning step for fo, so and simu on the same model: each method in its own
 process; on a CPU the resident-set high-water mark (VmHWM), reset once the model and batches are built
-(Linux: `5 > /proc/self/clear_refs`), so that the figure is the step's own; CUDA max-allocated on a GPU. Also what a compact optimiser
-state for the masked down projections (critical columns only) would hold against the full-size one.
+(Linux: `5 > /proc/self/clear_refs`), so that the figure is the step's own; CUDA max-allocated on a GPU.
+SIMU runs twice: with its compact optimiser state (the masked down projections' m and h for the critical
+columns only) and with the full-size state it had before; for each, the down projections' state held.
 
     python -m perf.memory METHOD SIZE   # one measurement, printed as JSON (what run() calls)
 """
@@ -63,23 +64,21 @@ def measure(method: str, size: str, critical_fraction: float = 0.1) -> dict:
         "step_mb": round(_peak_mb() - before, 1),
         "optimizer_state_mb": round(state / 2**20, 2),
     }
-    if method == "simu":
-        arch = architecture_of(model)
-        downs = [proj.weight for proj in down_projections(model, arch).values()]
-        full = sum(2 * w.numel() * w.element_size() for w in downs)  # momentum + Hessian, full size
-        compact = sum(
-            2 * int(optimizer.masks[w].sum()) * w.shape[1 - arch.neuron_dim] * w.element_size() for w in downs
+    if method.startswith("simu"):
+        downs = [proj.weight for proj in down_projections(model, architecture_of(model)).values()]
+        held = sum(
+            t.numel() * t.element_size()
+            for w in downs
+            for t in optimizer.state[w].values()
+            if isinstance(t, torch.Tensor) and t.dim() > 0
         )
-        result |= {
-            "down_proj_state_full_mb": round(full / 2**20, 2),
-            "down_proj_state_compact_mb": round(compact / 2**20, 2),
-        }
+        result["down_proj_state_mb"] = round(held / 2**20, 4)  # momentum + Hessian as the optimiser holds them
     return result
 
 
 def run(size: str = "large") -> dict:
     results = {}
-    for method in ("fo", "so", "simu"):
+    for method in ("fo", "so", "simu_full_state", "simu"):
         out = subprocess.run(
             [sys.executable, "-m", "perf.memory", method, size],
             capture_output=True,
@@ -97,6 +96,9 @@ def run(size: str = "large") -> dict:
         "lowest": lowest,
         "simu_step_mb_vs_so": _ratio(results["simu"]["step_mb"], results["so"]["step_mb"]),
         "simu_step_mb_vs_fo": _ratio(results["simu"]["step_mb"], results["fo"]["step_mb"]),
+        "simu_down_proj_state_compact_vs_full": _ratio(
+            results["simu"]["down_proj_state_mb"], results["simu_full_state"]["down_proj_state_mb"]
+        ),
     }
 
 

@@ -8,11 +8,11 @@ from simu_lightning.optim import MaskedAdamW
 SETTINGS = dict(lr=0.05, betas=(0.9, 0.99), weight_decay=0.1)
 
 
-def train(optimizer_class, steps=5, masks=None):
+def train(optimizer_class, steps=5, masks=None, **options):
     """A two-layer net on a fixed regression problem, `steps` real backward + step calls."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
-    kwargs = {"masks": masks(net)} if masks else {}
+    kwargs = {"masks": masks(net), **options} if masks else {}
     optimizer = optimizer_class(net.parameters(), **SETTINGS, **kwargs)
     x, y = torch.randn(16, 4), torch.randn(16, 3)
     start = {name: p.detach().clone() for name, p in net.named_parameters()}
@@ -27,15 +27,43 @@ def column_mask(net):  # neurons 1 and 4 of the second layer's input: a column m
     return {net[2].weight: torch.tensor([[False, True, False, False, True, False]])}
 
 
-def test_masked_entries_keep_parameter_and_both_moments_bit_identical_after_real_steps():
-    net, optimizer, start = train(MaskedAdamW, masks=column_mask)
+@pytest.mark.parametrize("compact_state", [True, False], ids=["compact", "full"])
+def test_masked_entries_keep_parameter_and_both_moments_bit_identical_after_real_steps(compact_state):
+    net, optimizer, start = train(MaskedAdamW, masks=column_mask, compact_state=compact_state)
     weight, mask = net[2].weight, column_mask(net)[net[2].weight].expand(3, 6)
-    state = optimizer.state[weight]
+    state = {k: optimizer.state_of(weight, k) for k in ("exp_avg", "exp_avg_sq")}
+    assert optimizer.state[weight]["exp_avg"].shape == ((3, 2) if compact_state else (3, 6))
     assert torch.equal(weight.detach()[~mask], start["2.weight"][~mask])  # not merely close: the same bits
     assert torch.equal(state["exp_avg"][~mask], torch.zeros(int((~mask).sum())))
     assert torch.equal(state["exp_avg_sq"][~mask], torch.zeros(int((~mask).sum())))
     assert not torch.equal(weight.detach()[mask], start["2.weight"][mask])  # the critical columns did move
     assert (state["exp_avg_sq"][mask] > 0).all()
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+def test_the_compact_moments_give_the_masked_full_size_step_bit_for_bit(foreach):
+    """Column masks of odd widths (vectorised loops and their tails), a row mask, real steps: the compact
+    state's weights and moments against the full-size masked state's, compared as integers."""
+    runs = {}
+    for compact_state in (True, False):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 37), torch.nn.Tanh(), torch.nn.Linear(37, 19))
+        masks = {net[2].weight: torch.rand(1, 37) < 0.3, net[0].weight: torch.rand(37, 1) < 0.3}
+        optimizer = MaskedAdamW(net.parameters(), **SETTINGS, masks=masks, compact_state=compact_state, foreach=foreach)
+        x, y = torch.randn(16, 5), torch.randn(16, 19)
+        for _ in range(4):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            optimizer.step()
+        runs[compact_state] = net, optimizer
+    (net, compact), (reference, full) = runs[True], runs[False]
+    assert set(compact.columns) == {net[2].weight, net[0].weight}
+    for (name, a), b in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(a.detach().view(torch.int32), b.detach().view(torch.int32)), name
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(
+                compact.state_of(a, moment).view(torch.int32), full.state_of(b, moment).view(torch.int32)
+            )
 
 
 def test_unmasked_parameters_follow_torch_adamw_exactly():

@@ -91,19 +91,23 @@ def test_masked_entries_keep_parameter_momentum_and_hessian_bit_identical(fused)
     assert opt.clip_rate == pytest.approx(1.0)  # both updated entries were clipped
 
 
+@pytest.mark.parametrize("compact_state", [True, False], ids=["compact", "full"])
 @FUSED
-def test_a_column_mask_broadcasts_over_a_weight(fused):
+def test_a_column_mask_broadcasts_over_a_weight(fused, compact_state):
     w = torch.nn.Parameter(torch.randn(3, 4))
-    opt = Sophia([w], lr=0.01, masks={w: torch.tensor([[False, True, False, False]])}, fused=fused)
+    mask = torch.tensor([[False, True, False, False]])
+    opt = Sophia([w], lr=0.01, masks={w: mask}, fused=fused, compact_state=compact_state)
     w.grad = torch.randn(3, 4)
     opt.update_hessian()
     w.grad = torch.randn(3, 4)
     opt.step(bs=8)
-    before = w.detach().clone(), opt.state[w]["exp_avg"].clone(), opt.state[w]["hessian"].clone()
+    before = w.detach().clone(), opt.state_of(w, "exp_avg").clone(), opt.state_of(w, "hessian").clone()
     w.grad = torch.randn(3, 4) * 1e3  # large enough to move every entry it reaches
     opt.update_hessian()
     opt.step(bs=8)
-    after = w.detach(), opt.state[w]["exp_avg"], opt.state[w]["hessian"]
+    after = w.detach(), opt.state_of(w, "exp_avg"), opt.state_of(w, "hessian")
+    # the compact state holds the critical column alone
+    assert opt.state[w]["exp_avg"].shape == ((3, 1) if compact_state else (3, 4))
     for old, new in zip(before, after):
         assert (new[:, 1] != old[:, 1]).all()
         # bit-identical: compared as integers, so even -0.0 against 0.0 or a NaN would show
@@ -139,6 +143,79 @@ def test_the_compiled_step_equals_the_eager_step_on_random_tensors():
     for eager, compiled in zip(runs[False][0], runs[True][0]):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-5)
+
+
+@FUSED
+def test_the_compact_state_gives_the_masked_full_size_update_bit_for_bit(fused):
+    """A column mask and a row mask (GPT-2's neurons), rho chosen at the first step, three steps: the
+    compact state's parameters, moments, win rates and Hessian scales against the full-size masked state's,
+    compared as integers; a mask of single entries keeps the full-size state."""
+    runs = {}
+    for compact_state in (True, False):
+        torch.manual_seed(0)
+        params = [
+            torch.nn.Parameter(torch.randn(16, 24)),
+            torch.nn.Parameter(torch.randn(24, 16)),
+            torch.nn.Parameter(torch.randn(8, 8)),
+        ]
+        masks = {
+            params[0]: torch.rand(1, 24) < 0.2,
+            params[1]: torch.rand(24, 1) < 0.2,
+            params[2]: torch.rand(8, 8) < 0.5,
+        }
+        opt = Sophia(
+            params, lr=0.01, rho="auto", weight_decay=0.1, masks=masks, fused=fused, compact_state=compact_state
+        )
+        stats = []
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.update_hessian()
+            for p in params:
+                p.grad = torch.randn_like(p) * 10
+            opt.step(bs=16)
+            stats += [opt.win_rate, opt.rho]
+        runs[compact_state] = opt, params, stats
+    (compact_opt, compact, compact_stats), (full_opt, full, full_stats) = runs[True], runs[False]
+    assert set(compact_opt.columns) == set(compact[:2])  # the single-entry mask stays full size
+    assert compact_opt.state[compact[0]]["hessian"].numel() < compact[0].numel()
+    for a, b in zip(compact, full):
+        assert torch.equal(a.detach().view(torch.int32), b.detach().view(torch.int32))
+        for name in ("exp_avg", "hessian"):
+            assert torch.equal(
+                compact_opt.state_of(a, name).view(torch.int32), full_opt.state_of(b, name).view(torch.int32)
+            )
+    assert compact_stats == full_stats
+
+
+def test_a_compact_state_survives_a_checkpoint_and_a_new_mask():
+    """A compact state saved and loaded before its masks are set (Lightning restores the optimiser before
+    the attribution callback sets the masks) keeps its values; a new mask re-lays it out (the columns both
+    masks share keep their moments); a compact state whose masks are never set, or set to other columns,
+    is refused in one line."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    first = torch.tensor([[True, False, True, False, False, False]])
+    opt = Sophia([w], lr=0.01, rho=0.1, masks={w: first})
+    w.grad = torch.randn(4, 6)
+    opt.update_hessian()
+    opt.step(bs=4)
+    saved, before = opt.state_dict(), opt.state_of(w, "exp_avg").clone()
+    resumed = Sophia([w], lr=0.01, rho=0.1)
+    resumed.load_state_dict(saved)
+    resumed.set_masks({w: first})
+    assert torch.equal(resumed.state_of(w, "exp_avg"), before)
+    resumed.set_masks({w: torch.tensor([[False, False, True, True, False, False]])})
+    moved = resumed.state_of(w, "exp_avg")
+    assert torch.equal(moved[:, 2], before[:, 2]) and not moved[:, [0, 1, 3, 4, 5]].any()
+    unmasked = Sophia([w], lr=0.01, rho=0.1)
+    unmasked.load_state_dict(saved)
+    with pytest.raises(ValueError, match="^Sophia: the loaded state is compact .*set the masks it was saved with"):
+        unmasked.step(bs=4)
+    other = Sophia([w], lr=0.01, rho=0.1)
+    other.load_state_dict(saved)
+    with pytest.raises(ValueError, match="the loaded state holds 2 critical columns, not the ones of these masks"):
+        other.set_masks({w: torch.tensor([[True, True, True, False, False, False]])})
 
 
 def test_masks_that_do_not_fit_are_refused():

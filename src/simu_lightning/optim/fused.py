@@ -43,6 +43,16 @@ def masked_sophia_update(theta, grad, exp_avg, hessian, mask, lr, weight_decay, 
     return ((ratio.abs() >= 1) & mask).sum(dtype=torch.int32), mask.expand_as(ratio).sum()
 
 
+def compact_sophia_update(theta, grad, exp_avg, hessian, lr, weight_decay, beta1, rho_bs, eps):
+    """`masked_sophia_update` on the critical columns alone (gathered: every entry is updated), with the
+    masked update's own arithmetic, so that each entry gets the same bits."""
+    new_exp_avg = exp_avg * beta1 + grad * (1 - beta1)
+    ratio = new_exp_avg / (rho_bs * hessian + eps)
+    theta.copy_(theta * (1 - lr * weight_decay) - lr * ratio.clamp(-1, 1))
+    exp_avg.copy_(new_exp_avg)
+    return (ratio.abs() >= 1).sum(dtype=torch.int32), ratio.numel()
+
+
 def hessian_update(hessian, grad, beta2):
     """In place: h <- beta2 h + (1 - beta2) g^2. Returns the sum of the new h (the curvature's scale is
     read here, where h is written anyway, rather than in every step)."""
@@ -56,12 +66,28 @@ def masked_hessian_update(hessian, grad, mask, beta2):
     return torch.where(mask, hessian, 0).sum()
 
 
+def compact_hessian_update(hessian, grad, beta2):
+    """`masked_hessian_update` on the critical columns alone, with its arithmetic; returns the sum of h."""
+    hessian.copy_(hessian * beta2 + grad * grad * (1 - beta2))
+    return hessian.sum()
+
+
 class Kernels:
-    """The four functions above, compiled when `fused` is on (True, or "auto" with enough elements to
+    """The six functions above, compiled when `fused` is on (True, or "auto" with enough elements to
     update), eager otherwise or where compilation fails (no C++ compiler, no Triton): then once a warning
     and the eager path for the rest of the process."""
 
-    FUNCTIONS = {f.__name__: f for f in (sophia_update, masked_sophia_update, hessian_update, masked_hessian_update)}
+    FUNCTIONS = {
+        f.__name__: f
+        for f in (
+            sophia_update,
+            masked_sophia_update,
+            compact_sophia_update,
+            hessian_update,
+            masked_hessian_update,
+            compact_hessian_update,
+        )
+    }
     _compiled: dict[str, object] = {}  # shared by every optimiser of the process: each compiles once
     _unavailable: str | None = None
 

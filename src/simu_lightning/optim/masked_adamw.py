@@ -7,20 +7,37 @@ where m', v', theta' are torch's own AdamW step (so the updated entries equal to
 for bit). The step runs unchanged and the masked-out entries of a masked parameter, its first and its
 second moment are then put back (`torch.where`, never recomputed); the copies this takes exist only
 during the step and only for masked parameters.
+
+With `compact_state` (the default) a parameter masked to whole columns or rows (a down projection's
+critical neurons, see `compact.py`) keeps its moments for those alone: for the step, torch's AdamW runs
+on a stand-in holding the critical columns of the parameter and its gradient, which are then written
+back, so the updated entries are torch's own step and the others are never written.
 """
 
 from __future__ import annotations
 
 import torch
 
+from simu_lightning.optim import compact
 from simu_lightning.optim.masks import checked_masks, local
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-class MaskedAdamW(torch.optim.AdamW):
-    def __init__(self, params, *args, masks: dict[torch.Tensor, torch.Tensor] | None = None, **kwargs):
+class MaskedAdamW(compact.CompactState, torch.optim.AdamW):
+    MOMENTS = MOMENTS
+
+    def __init__(
+        self,
+        params,
+        *args,
+        masks: dict[torch.Tensor, torch.Tensor] | None = None,
+        compact_state: bool = True,
+        **kwargs,
+    ):
         super().__init__(params, *args, **kwargs)
+        self.compact_state = compact_state
+        self.columns: dict[torch.Tensor, compact.Columns] = {}  # parameters whose moments are compact
         if any(g["amsgrad"] for g in self.param_groups):
             raise ValueError(
                 "MaskedAdamW: amsgrad is not supported (its running maximum would need a fourth masking point)"
@@ -31,13 +48,15 @@ class MaskedAdamW(torch.optim.AdamW):
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
         """Restrict updates of each given parameter to the entries where its mask is True."""
-        self.masks.update(checked_masks(self, masks))
+        for param, mask in checked_masks(self, masks).items():
+            self.masks[param] = mask
+            self._lay_out(param, mask)
 
     def _held(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(tensor, mask, copy before the step) for the parameter and moments of every masked parameter."""
         held = []
         for p, mask in self.masks.items():
-            if p.grad is None:
+            if p.grad is None or p in self.columns:
                 continue
             state = self.state[p]
             tensors = [p] + [state[k] for k in MOMENTS if k in state]
@@ -50,9 +69,14 @@ class MaskedAdamW(torch.optim.AdamW):
         if closure is not None:  # first, so that the gradients it computes are there to be held
             with torch.enable_grad():  # (Lightning's automatic optimisation steps with a closure)
                 loss = closure()
+        self._check_layouts()
         held = self._held()
-        fresh = [p for p in self.masks if p.grad is not None and not self.state[p]]
-        super().step()
+        fresh = [p for p in self.masks if p.grad is not None and not self.state[p] and p not in self.columns]
+        stand_ins = self._stand_ins()
+        try:
+            super().step()
+        finally:
+            self._restore(stand_ins)
         for p in fresh:  # the moments were created by this step: before it they were zero
             held += [
                 (local(self.state[p][k]), self.masks[p], torch.zeros_like(local(self.state[p][k]))) for k in MOMENTS
@@ -60,3 +84,28 @@ class MaskedAdamW(torch.optim.AdamW):
         for tensor, mask, before in held:
             tensor.copy_(torch.where(mask, tensor, before))
         return loss
+
+    def _stand_ins(self) -> dict[torch.Tensor, torch.Tensor]:
+        """Put a stand-in for each compact parameter in its place (param groups and state): its critical
+        columns and theirs of the gradient, as the parameter is sharded."""
+        stand_ins = {}
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p not in self.columns or p.grad is None:
+                    continue
+                columns = self.columns[p]
+                stand_in = compact.sharded_like(p, columns, columns.gather(local(p)).detach())
+                stand_in.grad = compact.sharded_like(p, columns, columns.gather(local(p.grad)))
+                if p in self.state:
+                    self.state[stand_in] = self.state.pop(p)
+                group["params"][i] = stand_ins[p] = stand_in
+        return stand_ins
+
+    def _restore(self, stand_ins: dict[torch.Tensor, torch.Tensor]) -> None:
+        """Write the stand-ins' columns back into their parameters and give the parameters their places back."""
+        back = {stand_in: p for p, stand_in in stand_ins.items()}
+        for group in self.param_groups:
+            group["params"] = [back.get(p, p) for p in group["params"]]
+        for p, stand_in in stand_ins.items():
+            self.state[p] = self.state.pop(stand_in)
+            self.columns[p].scatter(local(p), local(stand_in))

@@ -26,7 +26,10 @@ calibration step matters on a memorised target, whose Gauss-Newton curvature sta
 The per-tensor arithmetic lives in `fused.py`: compiled into one kernel per tensor when `fused` is on
 (True, or "auto" once the updated parameters hold 10M elements or more), eager otherwise.
 
-Every state tensor is made with `*_like(p)`, so it is sharded the way its parameter is (FSDP2).
+Every state tensor is made with `*_like(p)`, so it is sharded the way its parameter is (FSDP2). With
+`compact_state` (the default) a parameter masked to whole columns or rows (a down projection's critical
+neurons) keeps m and h for those alone (`compact.py`): the updated entries get the masked update's bits,
+the others are never written. `state_of(p, name)` gives a state tensor at the parameter's full size.
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ import torch
 from torch.optim import Optimizer
 
 from simu_lightning.distributed import sum_across
+from simu_lightning.optim import compact
 from simu_lightning.optim.fused import Kernels
 from simu_lightning.optim.masks import checked_masks, local
 
 AUTO = "auto"
 
 
-class Sophia(Optimizer):
+class Sophia(compact.CompactState, Optimizer):
+    MOMENTS = ("exp_avg", "hessian")
+
     def __init__(
         self,
         params: Iterable,
@@ -58,6 +64,7 @@ class Sophia(Optimizer):
         calibration_step: int = 1,
         masks: dict[torch.Tensor, torch.Tensor] | None = None,
         fused: bool | str = "auto",
+        compact_state: bool = True,
     ):
         if lr < 0:
             raise ValueError(f"Sophia: lr must be >= 0, got {lr}")
@@ -85,6 +92,8 @@ class Sophia(Optimizer):
         self.kernels = Kernels(fused)
         self._hessian_sums: dict[torch.Tensor, torch.Tensor] = {}  # sum of h over each parameter's updated entries
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
+        self.compact_state = compact_state
+        self.columns: dict[torch.Tensor, compact.Columns] = {}  # parameters whose state is compact
         self.clip_rate = float("nan")  # share of updated entries whose step was clipped at lr
         self.win_rate = float("nan")  # share of updated entries whose step was not clipped
         self.hessian_mean = float("nan")  # mean of bs * h over the updated entries (the curvature's scale)
@@ -99,18 +108,29 @@ class Sophia(Optimizer):
         for param, mask in checked_masks(self, masks).items():
             self.masks[param] = mask
             self._hessian_sums.pop(param, None)  # summed over the old mask
+            self._lay_out(param, mask)
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if not state:
             state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["hessian"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            for name in ("exp_avg", "hessian"):
+                state[name] = (
+                    compact.zeros(p, self.columns[p])
+                    if p in self.columns
+                    else torch.zeros_like(p, memory_format=torch.preserve_format)
+                )
         return state
+
+    def _local(self, p: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+        """The local shard of a full-size tensor of `p` (its gradient, say), in `p`'s state layout."""
+        tensor = local(tensor)
+        return self.columns[p].gather(tensor) if p in self.columns else tensor
 
     @torch.no_grad()
     def update_hessian(self) -> None:
         """h <- beta2 h + (1 - beta2) g^2, with g the gradient now held by each parameter."""
+        self._check_layouts()
         compiled = self._compiled()
         for group in self.param_groups:
             beta2 = group["betas"][1]
@@ -119,9 +139,11 @@ class Sophia(Optimizer):
                     continue
                 state = self._state(p)
                 state["hessian_updates"] = state.get("hessian_updates", 0) + 1
-                hessian, grad = local(state["hessian"]), local(p.grad)
+                hessian, grad = local(state["hessian"]), self._local(p, p.grad)
                 mask = self.masks.get(p)
-                if mask is None:
+                if p in self.columns:
+                    self._hessian_sums[p] = self.kernels.call("compact_hessian_update", compiled, hessian, grad, beta2)
+                elif mask is None:
                     self._hessian_sums[p] = self.kernels.call("hessian_update", compiled, hessian, grad, beta2)
                 else:
                     self._hessian_sums[p] = self.kernels.call(
@@ -141,7 +163,8 @@ class Sophia(Optimizer):
         """Sum of h over the parameter's updated entries, as the last Hessian update left it."""
         if p not in self._hessian_sums:  # e.g. restored from a checkpoint, not updated since
             hessian = local(self.state[p]["hessian"])
-            self._hessian_sums[p] = hessian.sum() if mask is None else torch.where(mask, hessian, 0).sum()
+            whole = mask is None or p in self.columns  # a compact h holds the updated entries only
+            self._hessian_sums[p] = hessian.sum() if whole else torch.where(mask, hessian, 0).sum()
         return self._hessian_sums[p]
 
     @property
@@ -150,17 +173,19 @@ class Sophia(Optimizer):
         return self.param_groups[0]["rho"]
 
     def _updates(self):
-        """Per updated parameter: (param, group, new momentum, local mask or None), nothing written yet."""
+        """Per updated parameter: (param, group, new momentum, local mask or None), nothing written yet; a
+        compact state's momentum is its critical columns' alone, with no mask."""
         for group in self.param_groups:
             beta1 = group["betas"][0]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = local(p.grad)
+                grad = self._local(p, p.grad)
                 if group["maximize"]:
                     grad = -grad
                 exp_avg = local(self._state(p)["exp_avg"])
-                yield p, group, exp_avg * beta1 + (1 - beta1) * grad, self.masks.get(p)
+                mask = None if p in self.columns else self.masks.get(p)
+                yield p, group, exp_avg * beta1 + (1 - beta1) * grad, mask
 
     @torch.no_grad()
     def calibrate_rho(self, bs: int) -> float | None:
@@ -210,6 +235,7 @@ class Sophia(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_layouts()
         self.calibrate_rho(bs)
         compiled = self._compiled()
         clipped, counted, curvature = [], [], []  # kept on the device: one sync per step, not one per parameter
@@ -221,10 +247,16 @@ class Sophia(Optimizer):
                     continue
                 state = self._state(p)
                 state["step"] += 1
-                grad = -local(p.grad) if group["maximize"] else local(p.grad)
-                tensors = (local(p), grad, local(state["exp_avg"]), local(state["hessian"]))
+                grad = self._local(p, p.grad)
+                grad = -grad if group["maximize"] else grad
+                theta = self._local(p, p)
+                tensors = (theta, grad, local(state["exp_avg"]), local(state["hessian"]))
                 mask = self.masks.get(p)
-                if mask is None:
+                if p in self.columns:
+                    stats = self.kernels.call("compact_sophia_update", compiled, *tensors, lr, wd, beta1, rho * bs, eps)
+                    self.columns[p].scatter(local(p), theta)
+                    mask = None  # every compact entry is an updated one
+                elif mask is None:
                     stats = self.kernels.call("sophia_update", compiled, *tensors, lr, wd, beta1, rho * bs, eps)
                 else:
                     stats = self.kernels.call(
