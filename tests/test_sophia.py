@@ -114,6 +114,20 @@ def test_a_column_mask_broadcasts_over_a_weight(fused, compact_state):
         assert torch.equal(new[:, [0, 2, 3]].view(torch.int32), old[:, [0, 2, 3]].view(torch.int32))
 
 
+def random_steps(opt, params, read: tuple[str, ...], steps=3, scale=1.0) -> list:
+    """`steps` Hessian updates and steps on random gradients; the optimiser's `read` attributes after each."""
+    stats = []
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.update_hessian()
+        for p in params:
+            p.grad = torch.randn_like(p) * scale
+        opt.step(bs=16)
+        stats += [getattr(opt, name) for name in read]
+    return stats
+
+
 def test_the_compiled_step_equals_the_eager_step_on_random_tensors():
     """Several steps with masks of both kinds and a sign-flipping gradient; compiled and eager agree to
     rounding, and their clip rates and Hessian scales too."""
@@ -126,15 +140,7 @@ def test_the_compiled_step_equals_the_eager_step_on_random_tensors():
         params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
         masks = {params[0]: torch.rand(1, 32) < 0.3, params[1]: torch.rand(32) < 0.5}
         opt = Sophia(params, lr=0.01, rho=0.05, weight_decay=0.1, masks=masks, fused=fused)
-        stats = []
-        for _ in range(3):
-            for p in params:
-                p.grad = torch.randn_like(p)
-            opt.update_hessian()
-            for p in params:
-                p.grad = torch.randn_like(p)
-            opt.step(bs=16)
-            stats += [opt.clip_rate, opt.hessian_mean]
+        stats = random_steps(opt, params, ("clip_rate", "hessian_mean"))
         runs[fused] = (
             [p.detach() for p in params] + [opt.state[p][k] for p in params for k in ("exp_avg", "hessian")],
             stats,
@@ -166,15 +172,7 @@ def test_the_compact_state_gives_the_masked_full_size_update_bit_for_bit(fused):
         opt = Sophia(
             params, lr=0.01, rho="auto", weight_decay=0.1, masks=masks, fused=fused, compact_state=compact_state
         )
-        stats = []
-        for _ in range(3):
-            for p in params:
-                p.grad = torch.randn_like(p)
-            opt.update_hessian()
-            for p in params:
-                p.grad = torch.randn_like(p) * 10
-            opt.step(bs=16)
-            stats += [opt.win_rate, opt.rho]
+        stats = random_steps(opt, params, ("win_rate", "rho"), scale=10)
         runs[compact_state] = opt, params, stats
     (compact_opt, compact, compact_stats), (full_opt, full, full_stats) = runs[True], runs[False]
     assert set(compact_opt.columns) == set(compact[:2])  # the single-entry mask stays full size
