@@ -151,8 +151,6 @@ def run(
                 "reference": (mode, rule, m) == reference,
             }
         )
-    layout_config = ("layerwise", "gauss_legendre", 8)
-    layout_row = layouts(model, tokenizer, forget, *layout_config, max_batch=max_batch)
     fewest = [r for r in rows if not r["reference"] and min(r[f"jaccard_t{t}"] for t in THRESHOLDS) >= 0.95]
     best = min(fewest, key=lambda r: r["seconds"]) if fewest else None
     return {
@@ -162,7 +160,6 @@ def run(
         "forward_backward_s": round(unit, 3),
         "reference": "/".join(map(str, reference)),
         "rows": rows,
-        "layouts": [layout_row],
         "fastest_with_jaccard_0.95": None if best is None else f"{best['mode']}/{best['quadrature']}/{best['m']}",
     }
 

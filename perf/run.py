@@ -92,7 +92,7 @@ def run_attribution(profile: str, setup: str, configs: list | None = None) -> di
             for ids, labels in zip(batch["input_ids"], batch["labels"])
         ]
         tokenizer = argparse.Namespace(pad_token_id=0, eos_token_id=None)
-        return attribution.run(
+        result = attribution.run(
             model,
             tokenizer,
             forget,
@@ -100,6 +100,7 @@ def run_attribution(profile: str, setup: str, configs: list | None = None) -> di
             reference=("layerwise", "gauss_legendre", 4),
             completeness_samples=4,
         )
+        return {**result, "layouts": [attribution.layouts(model, tokenizer, forget, "layerwise", "gauss_legendre", 4)]}
     from perf.targets import trained_target
 
     model, tokenizer, forget = trained_target(setup)
@@ -108,7 +109,9 @@ def run_attribution(profile: str, setup: str, configs: list | None = None) -> di
         "setup": setup,
         **attribution.run(model, tokenizer, forget[:: plan["every"]], configs or plan["configs"], plan["reference"]),
     }
-    if plan["every"] > 1 and result["fastest_with_jaccard_0.95"]:
+    if plan["every"] == 1:  # the two copy layouts side by side, at the default target's agreeing configuration
+        result["layouts"] = [attribution.layouts(model, tokenizer, forget, "layerwise", "gauss_legendre", 8)]
+    elif result["fastest_with_jaccard_0.95"]:
         mode, rule, m = result["fastest_with_jaccard_0.95"].split("/")
         # the target: the agreeing configuration on the whole forget set, in both layouts
         result["fastest_on_whole_forget_set"] = [
