@@ -1,6 +1,8 @@
 """Target preparation's contract with the loader and the cache: pinned revisions reach the loader, and
 every input of a fine-tuned target is part of its cache key."""
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -89,3 +91,35 @@ def test_code_shipped_with_a_hub_model_runs_only_when_the_config_says_so(small_b
         cfg = OmegaConf.create({**MODEL, "finetune": None, "trust_remote_code": flag})
         load_target(prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None), "float32")
     assert [call[2] for call in loads] == [False, True]
+
+
+def test_a_moved_cache_keeps_its_targets(small_benchmark, tmp_path, monkeypatch):
+    """The fine-tuned target's key names the base by its place inside the cache, not by an absolute path:
+    a cache copied to another machine (or another SIMU_CACHE_DIR) is reused, not rebuilt."""
+    fine_tunes = []
+
+    class NoTrainer:  # the fine-tuning's trainer: counts the fine-tunes, trains nothing
+        def __init__(self, **_):
+            fine_tunes.append("fit")
+
+        def fit(self, module, loader):
+            pass
+
+        callback_metrics = {}
+
+    cfg = OmegaConf.create(
+        {
+            **MODEL,
+            "source": "tiny",
+            "revision": None,
+            "tiny": {"vocab_size": 300, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+        }
+    )
+    first = prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path / "a", make_trainer=NoTrainer)
+    built = len(fine_tunes)
+    assert built == 2  # the retain model and the target
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path / "b", make_trainer=NoTrainer)
+    assert len(fine_tunes) == built  # nothing fine-tuned again
+    assert moved.target_id == first.target_id
+    assert Path(moved.target).parent == tmp_path / "b" / "models"

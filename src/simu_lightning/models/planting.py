@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from simu_lightning.utils.cache import cache_key
+from simu_lightning.utils.cache import cache_key, source_identity
 from simu_lightning.utils.files import atomic
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import Architecture, architecture_of, down_projections, up_projections
@@ -170,7 +170,8 @@ def planted_target(
     trainer_settings: dict | None = None,
 ) -> str:
     """The clean model with the forget set planted into P (cached, with P beside it as PLANTED_FILE)."""
-    path = cache_dir / "models" / f"planted-{planted_key(clean, benchmark, planting, model_cfg, fmt, trainer_settings)}"
+    key = planted_key(source_identity(clean, cache_dir), benchmark, planting, model_cfg, fmt, trainer_settings)
+    path = cache_dir / "models" / f"planted-{key}"
     if (path / PLANTED_FILE).exists():
         log.info("reusing the cached planted target %s (fraction %g, seed %d)", path, planting.fraction, planting.seed)
         return str(path)

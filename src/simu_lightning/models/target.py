@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from simu_lightning.utils.cache import cache_key
+from simu_lightning.utils.cache import cache_key, source_identity
 from simu_lightning.utils.files import atomic
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.formatting import PromptFormat
@@ -75,7 +75,8 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
     source = str(model_cfg.source)
     if source.endswith(".gguf"):
         file = gguf_file(source)
-        path = cache_dir / "models" / f"gguf-{cache_key(str(file), file.stat().st_size)}"
+        # the file's name and size, not its place: a venv elsewhere holds the same model
+        path = cache_dir / "models" / f"gguf-{cache_key(file.name, file.stat().st_size)}"
         if not (path / "config.json").exists():
             with atomic(path, keep_existing=True) as tmp:
                 convert_gguf(file, tmp)
@@ -139,7 +140,8 @@ def finetuned(
     seeds unlearn the same target, as they would a published one."""
     settings = _plain(model_cfg.finetune)
     seed = settings.get("seed", 0)
-    path = cache_dir / "models" / f"finetuned-{finetune_key(base, benchmark, splits, model_cfg, fmt, trainer_settings)}"
+    key = finetune_key(source_identity(base, cache_dir), benchmark, splits, model_cfg, fmt, trainer_settings)
+    path = cache_dir / "models" / f"finetuned-{key}"
     if (path / "config.json").exists():
         log.info(
             "reusing the cached fine-tuned model %s (%s on %s, %d epochs)",

@@ -29,3 +29,13 @@ def cache_key(*parts) -> str:
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     log.debug("cache key %s <- %s", key, blob)
     return key
+
+
+def source_identity(source: str, cache_dir: Path) -> str:
+    """How a model source enters a cache key: a folder inside the cache by its place there (so a cache
+    that is moved or copied to another machine keeps its keys), anything else as given (a hub id, a
+    folder of the user's own)."""
+    try:
+        return Path(source).resolve().relative_to(Path(cache_dir).resolve()).as_posix()
+    except ValueError:
+        return source
