@@ -51,7 +51,7 @@ def test_the_callback_thresholds_both_splits_excludes_then_draws_at_random():
         "retain": {"l0": torch.tensor([0.1, 1.0, 0.8, 0.2]), "l1": torch.tensor([1.0, 0.0, 0.0, 0.0])},
     }
     callback = NeuronAttribution(AttributionSettings(t=0.5, m=2, selection="random", exclude_retain=True), seed=3)
-    callback.compute = lambda trainer, pl_module, examples, split: scores[split]
+    callback.compute = lambda trainer, pl_module, examples, split, unit: scores[split]
     trainer = SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[]))
     returned, neurons, ranking = callback.select(trainer, None)
     assert returned is scores["forget"] and ranking.keys() == neurons.keys()
@@ -110,6 +110,8 @@ def test_trainable_picks_attention_down_projections_or_both(tiny_model, trainabl
 
 def test_an_unknown_trainable_set_names_the_setting():
     with pytest.raises(
-        SimuError, match="method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention"
+        SimuError,
+        match="^method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention, "
+        "attention_heads_and_down_proj$",
     ):
         Method("simu", optimizer=None, trainable="mlp")

@@ -465,7 +465,8 @@ BAD_SETTINGS = [
     ("attribution.exclude_retain=maybe", "attribution.exclude_retain must be true or false, got 'maybe'"),
     (
         "method.trainable=mlp",
-        "method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention",
+        "method.trainable='mlp' must be one of all, attention_and_down_proj, down_proj, attention, "
+        "attention_heads_and_down_proj",
     ),
     (
         "evaluation.dtype=bf16",

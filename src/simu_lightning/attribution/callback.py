@@ -1,12 +1,14 @@
-"""The pre-fit callback that runs SIMU stage 1 when the method needs critical-neuron masks.
+"""The pre-fit callback that runs SIMU stage 1 when the method needs critical-neuron masks (and, with
+method.trainable=attention_heads_and_down_proj, critical-head masks: the same rules over attention heads).
 
 Scores depend only on the target, the attributed examples (the forget set; with exclude_retain also
 the retain set), the score (selection.py), m, the quadrature rule, the mode, the dtype they were
 computed in (the model's, or bf16 when FSDP2 all-gathers it in bf16), the
 architecture's module names and the attribution code (ATTRIBUTION_FORMAT), so they are cached under
 exactly that key; the threshold t, the random draw and the retain exclusion are applied after the
-cache, which makes a sweep over t (or over seeds of `selection=random`) cost one attribution. The masks travel in every
-checkpoint: a resumed run reuses them and never attributes on half-unlearned weights.
+cache, which makes a sweep over t (or over seeds of `selection=random`) cost one attribution. Head scores
+are cached beside them under the same key with "heads" added. The masks travel in every checkpoint: a
+resumed run reuses them and never attributes on half-unlearned weights.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import json
 import logging
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from simu_lightning.attribution.integrated_gradients import attribute, passes, prediction_samples
+from simu_lightning.attribution.integrated_gradients import attribute, attribute_heads, passes, prediction_samples
 from simu_lightning.attribution.localisation import localisation
 from simu_lightning.attribution.neurons import select_critical
-from simu_lightning.attribution.selection import exclude_shared, random_like, score_of
+from simu_lightning.attribution.selection import PLANTED_HEADS, exclude_shared, random_like, score_of
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.utils.cache import cache_key
 from simu_lightning.distributed import agree, share, sum_across
@@ -31,7 +34,8 @@ from simu_lightning.utils.processes import rank_and_world
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic
 from simu_lightning.utils.memory import with_halving
-from simu_lightning.models.architecture import down_projections
+from simu_lightning.models.architecture import down_projections, output_projections
+from simu_lightning.models.heads import head_shape
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,11 @@ class NeuronAttribution(L.Callback):
         self.ranking: dict[str, torch.Tensor] | None = None  # what the selection ranks neurons by
         self.planted = planted  # a planted target's P: the selection is scored against it (localisation.py)
         self.localisation: dict | None = None
+        # method.trainable=attention_heads_and_down_proj: the critical heads, chosen by the same rules
+        self.heads: dict[str, torch.Tensor] | None = None  # o_proj's name -> one bool per head
+        self.head_ranking: dict[str, torch.Tensor] | None = None
+        self.head_t: dict[str, float | None] = {}
+        self.heads_dropped: dict[str, int] = {}
         if settings.selection == "planted" and planted is None:
             raise SimuError(
                 "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
@@ -104,6 +113,8 @@ class NeuronAttribution(L.Callback):
         self.kept = {name: int(mask.sum()) for name, mask in neurons.items()}
         if trainer.is_global_zero and self.ranking is not None:
             self._save(self.ranking if scores is None else scores, neurons)
+        if pl_module.method.critical_head_mask:
+            self.attend_heads(trainer, pl_module)
         if trainer.logger is not None:
             trainer.logger.log_metrics(
                 {f"attribution/kept/layer_{i}": kept for i, kept in enumerate(self.kept.values())}
@@ -117,26 +128,7 @@ class NeuronAttribution(L.Callback):
         if self.settings.selection == "planted":
             log.info("attribution.selection=planted: the planted neurons themselves (the oracle mask)")
             return None, self.planted, {name: mask.float() for name, mask in self.planted.items()}
-        data = trainer.datamodule
-        scores = self._cached_scores(trainer, pl_module, data.forget, "forget")
-        neurons, self.chosen_t = select_critical(scores, self.settings.t, self.settings.auto)
-        if self.settings.t == "auto":
-            log.info(
-                "attribution.t=auto (%s): t per layer %s",
-                "mass %g" % self.settings.auto["mass"] if self.settings.auto["rule"] == "mass" else "knee",
-                " ".join("-" if t is None else f"{t:.3f}" for t in self.chosen_t.values()),
-            )
-        if self.settings.exclude_retain:
-            retain_scores = self._cached_scores(trainer, pl_module, data.retain, "retain")
-            retain, _ = select_critical(retain_scores, self.settings.t, self.settings.auto)
-            neurons, self.dropped = exclude_shared(neurons, retain)
-            log.info(
-                "attribution.exclude_retain: dropped %d of %d critical neurons that are critical for the "
-                "retain set too (per layer: %s)",
-                sum(self.dropped.values()),
-                sum(self.dropped.values()) + sum(int(m.sum()) for m in neurons.values()),
-                " ".join(str(n) for n in self.dropped.values()),
-            )
+        scores, neurons, self.chosen_t, self.dropped = self._thresholded(trainer, pl_module, "neurons")
         ranking = scores
         if self.settings.selection == "random":
             neurons, ranking = random_like(neurons, self.seed)
@@ -146,27 +138,96 @@ class NeuronAttribution(L.Callback):
             )
         return scores, neurons, ranking
 
+    def select_heads(self, trainer: L.Trainer, pl_module) -> tuple[dict, dict[str, torch.Tensor], dict]:
+        """The forget set's head scores, the critical heads and what they rank by: the neurons' rules (t or
+        t=auto per layer, exclude_retain, random in the same per-layer counts) over each layer's heads."""
+        if self.settings.selection == "planted":  # checks.py refuses it before any work; a direct caller here
+            raise SimuError(PLANTED_HEADS)
+        scores, heads, self.head_t, self.heads_dropped = self._thresholded(trainer, pl_module, "heads")
+        ranking = scores
+        if self.settings.selection == "random":
+            heads, ranking = random_like(heads, self.seed)
+        return scores, heads, ranking
+
+    def attend_heads(self, trainer: L.Trainer, pl_module) -> None:
+        """Select the critical heads (or take them from the checkpoint) and mask q/k/v/o to them."""
+        if self.heads is not None and trainer.ckpt_path:
+            log.info("reusing the critical heads saved in the checkpoint %s", trainer.ckpt_path)
+            scores = None
+        elif trainer.ckpt_path and not trainer.strategy.restore_checkpoint_after_setup:
+            raise SimuError(
+                f"{trainer.ckpt_path} holds no critical heads (written for another method.trainable?) and the "
+                "weights are already restored: start the run in a new output directory"
+            )
+        else:
+            scores, self.heads, self.head_ranking = self.select_heads(trainer, pl_module)
+        pl_module.set_critical_heads(self.heads)
+        log.info(
+            "critical heads per layer: %s", " | ".join(" ".join(map(str, h)) or "-" for h in self.heads_kept.values())
+        )
+        if trainer.is_global_zero and self.head_ranking is not None:
+            self._save_heads(self.head_ranking if scores is None else scores)
+
+    @property
+    def heads_kept(self) -> dict[str, list[int]]:
+        """Per layer (o_proj's name), the indices of its critical heads."""
+        return {name: mask.nonzero().flatten().tolist() for name, mask in (self.heads or {}).items()}
+
+    def _thresholded(self, trainer: L.Trainer, pl_module, unit: str) -> tuple[dict, dict, dict, dict[str, int]]:
+        """The forget set's scores of `unit` (neurons or heads), those at t (or t=auto) of each layer's
+        largest, each layer's t, and, with exclude_retain, how many were dropped per layer."""
+        data = trainer.datamodule
+        scores = self._cached_scores(trainer, pl_module, data.forget, "forget", unit)
+        selected, chosen_t = select_critical(scores, self.settings.t, self.settings.auto)
+        if self.settings.t == "auto":
+            log.info(
+                "attribution.t=auto (%s), %s: t per layer %s",
+                "mass %g" % self.settings.auto["mass"] if self.settings.auto["rule"] == "mass" else "knee",
+                unit,
+                " ".join("-" if t is None else f"{t:.3f}" for t in chosen_t.values()),
+            )
+        dropped = {}
+        if self.settings.exclude_retain:
+            retain_scores = self._cached_scores(trainer, pl_module, data.retain, "retain", unit)
+            retain, _ = select_critical(retain_scores, self.settings.t, self.settings.auto)
+            selected, dropped = exclude_shared(selected, retain)
+            log.info(
+                "attribution.exclude_retain: dropped %d of %d critical %s that are critical for the "
+                "retain set too (per layer: %s)",
+                sum(dropped.values()),
+                sum(dropped.values()) + sum(int(m.sum()) for m in selected.values()),
+                unit,
+                " ".join(str(n) for n in dropped.values()),
+            )
+        return scores, selected, chosen_t, dropped
+
     @staticmethod
     def kept_fraction(neurons: dict[str, torch.Tensor]) -> float:
         return sum(int(m.sum()) for m in neurons.values()) / sum(m.numel() for m in neurons.values())
 
     def compute(
-        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str = "forget"
+        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str = "forget", unit: str = "neurons"
     ) -> dict[str, torch.Tensor]:
-        """Scores over the whole split; with several processes each scores its share (padding
-        weighted 0) and the shares are summed, so every process derives the same masks."""
+        """Scores of `unit` (every down projection's neurons, or every layer's heads) over the whole split;
+        with several processes each scores its share (padding weighted 0) and the shares are summed, so
+        every process derives the same masks."""
         tokenizer = trainer.datamodule.tokenizer
         samples = prediction_samples(examples, tokenizer.eos_token_id)
         if not samples:
             raise SimuError(f"the {split} set has no answer tokens to attribute")
         block, real = share(samples, *rank_and_world())
         block = [dict(sample, weight=1.0 if i < real else 0.0) for i, sample in enumerate(block)]
-        projs = down_projections(pl_module.model, pl_module.architecture)
+        model, arch = pl_module.model, pl_module.architecture
+        if unit == "heads":  # the output projections' input, summed per head
+            projs, run = output_projections(model, arch), partial(attribute_heads, heads=head_shape(model, arch).count)
+        else:
+            projs, run = down_projections(model, arch), attribute
         score = score_of(self.settings.selection)
         if score == "integrated_gradients":
             log.info(
-                "attribution (%s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
+                "attribution (%s, %s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
                 split,
+                unit,
                 len(samples),
                 self.settings.mode,
                 self.settings.quadrature,
@@ -175,10 +236,16 @@ class NeuronAttribution(L.Callback):
                 len(projs),
             )
         else:
-            log.info("attribution (%s): %d answer tokens, score %s (one pass per batch)", split, len(samples), score)
+            log.info(
+                "attribution (%s, %s): %d answer tokens, score %s (one pass per batch)",
+                split,
+                unit,
+                len(samples),
+                score,
+            )
         scores = with_halving(
-            lambda size: attribute(
-                pl_module.model,
+            lambda size: run(
+                model,
                 projs,
                 block,
                 self.settings.m,
@@ -193,9 +260,11 @@ class NeuronAttribution(L.Callback):
         )
         return {name: sum_across(score) for name, score in scores.items()}
 
-    def cache_key(self, pl_module, examples: list[dict]) -> str:
+    def cache_key(self, pl_module, examples: list[dict], unit: str = "neurons") -> str:
         score = score_of(self.settings.selection)
         how = (self.settings.m, self.settings.quadrature, self.settings.mode) if score == "integrated_gradients" else ()
+        # where q, k, v hold the heads changes no score (and the neurons' keys stay those of earlier code)
+        architecture = {k: v for k, v in asdict(pl_module.architecture).items() if k != "qkv"}
         return cache_key(
             "attribution",
             ATTRIBUTION_FORMAT,
@@ -204,21 +273,24 @@ class NeuronAttribution(L.Callback):
             score,
             *how,
             pl_module.compute_dtype or self.dtype,  # what attribution ran in: bf16 under FSDP mixed precision
-            asdict(pl_module.architecture),
+            architecture,
+            *(("heads",) if unit == "heads" else ()),
         )
 
     def _cached_scores(
-        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str
+        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str, unit: str = "neurons"
     ) -> dict[str, torch.Tensor]:
-        compute = lambda: self.compute(trainer, pl_module, examples, split)  # noqa: E731
+        compute = lambda: self.compute(trainer, pl_module, examples, split, unit)  # noqa: E731
         if self.cache_dir is None:
             return compute()
-        self.keys[split] = self.cache_key(pl_module, examples)
-        path = self.cache_dir / "attribution" / self.keys[split]
+        name = split if unit == "neurons" else f"{split}_{unit}"
+        self.keys[name] = self.cache_key(pl_module, examples, unit)
+        path = self.cache_dir / "attribution" / self.keys[name]
         if agree((path / "scores.pt").exists()):
             log.info(
-                "reusing cached attribution scores of the %s set %s (%s; computed for m=%d, %s, %s on %s)",
+                "reusing cached attribution scores of the %s set's %s %s (%s; computed for m=%d, %s, %s on %s)",
                 split,
+                unit,
                 path,
                 score_of(self.settings.selection),
                 self.settings.m,
@@ -236,11 +308,16 @@ class NeuronAttribution(L.Callback):
         return scores
 
     def state_dict(self) -> dict:
-        return {"neurons": self.neurons, "ranking": self.ranking} if self.neurons is not None else {}
+        if self.neurons is None:
+            return {}
+        heads = {"heads": self.heads, "head_ranking": self.head_ranking} if self.heads is not None else {}
+        return {"neurons": self.neurons, "ranking": self.ranking, **heads}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("neurons") is not None:
             self.neurons, self.ranking = state_dict["neurons"], state_dict.get("ranking")
+        if state_dict.get("heads") is not None:
+            self.heads, self.head_ranking = state_dict["heads"], state_dict.get("head_ranking")
 
     def _save(self, scores: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor]) -> None:
         if self.output_dir is None:
@@ -272,4 +349,29 @@ class NeuronAttribution(L.Callback):
             **({"localisation": self.localisation} if self.localisation else {}),
         }
         with atomic(out / "critical_neurons.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+
+    def _save_heads(self, scores: dict[str, torch.Tensor]) -> None:
+        if self.output_dir is None:
+            return
+        out = self.output_dir / "attribution"
+        out.mkdir(parents=True, exist_ok=True)
+        for name, value in (("head_scores.pt", scores), ("critical_heads.pt", self.heads)):
+            with atomic(out / name) as tmp:
+                torch.save(value, tmp)
+        summary = {
+            "t": self.settings.t,
+            "selection": self.settings.selection,
+            "exclude_retain": self.settings.exclude_retain,
+            "layers": {
+                name: {
+                    "critical": kept,
+                    "heads": int(self.heads[name].numel()),
+                    **({"t": self.head_t[name]} if name in self.head_t else {}),
+                    **({"dropped_shared_with_retain": self.heads_dropped[name]} if self.heads_dropped else {}),
+                }
+                for name, kept in self.heads_kept.items()
+            },
+        }
+        with atomic(out / "critical_heads.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")

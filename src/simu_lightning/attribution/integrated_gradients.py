@@ -1,4 +1,4 @@
-"""Integrated-gradient attribution of MLP down-projection neurons (SIMU stage 1).
+"""Integrated-gradient attribution of MLP down-projection neurons and attention heads (SIMU stage 1).
 
 Each forget QA pair becomes next-token prediction samples: prompt + answer prefix -> next answer
 token. For layer l and neuron k, with beta the neuron's raw activation (the k-th input of `down_proj`)
@@ -38,6 +38,15 @@ The m scaled copies of a sample (`copies`):
   as the attention itself).
 - `rows`: each copy its own row of a cache repeated m times, every layer run per copy. The reference
   layout, and the one for attention kernels that take no 4-D mask (flash attention).
+
+Attention heads (`attribute_heads`) go through the same code with another scaled input: o_proj's, whose
+slice h*d:(h+1)*d is head h's output (models/heads.py). A head's attribution is the integrated gradient of
+log p(target) with respect to a scale s_h on its output at the prediction position, every head of the
+layer on the path s = alpha (as a layer's neurons are); by the chain rule that is the sum of its d input
+features' attributions, so it is `attribute` over the output projections, summed per head.
+
+A float64 model is attributed in float64 throughout (the tests compare to 1e-6 against the plain
+definition); lower precisions compute the scores in float32.
 """
 
 from __future__ import annotations
@@ -203,8 +212,12 @@ def _last_log_prob(
             ).logits[:, -1]
         finally:
             prefix.restore(repeat)
-    log_probs = F.log_softmax(logits.float(), -1)
+    log_probs = F.log_softmax(_at_least_float32(logits), -1)
     return log_probs.gather(-1, rep(batch["target"]).unsqueeze(-1)).squeeze(-1)
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _attention_mask(allowed: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -313,7 +326,7 @@ def activations(
 
     def capture(index):
         def hook(_module, args):
-            captured[index] = args[0][:, -1].float()
+            captured[index] = _at_least_float32(args[0][:, -1])
 
         return hook
 
@@ -412,7 +425,7 @@ def gradient_times_activation(
 
 def attribute(
     model: nn.Module,
-    down_projs: dict[str, nn.Module],
+    projs: dict[str, nn.Module],
     samples: list[dict],
     m: int,
     pad_token_id: int,
@@ -424,6 +437,7 @@ def attribute(
 ) -> dict[str, torch.Tensor]:
     """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores);
     with `score` activation or gradient, the sum of |beta| or of |beta * d log p / d beta| instead.
+    Any projection's input features are attributed alike (`attribute_heads`: the output projections').
 
     `max_batch` bounds the sequences in one forward (the m scaled copies of a sample count m times).
     A sample's optional `weight` scales its contribution (0 for the padding of a process's share).
@@ -440,7 +454,7 @@ def attribute(
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)  # gradients flow to the scaled activations only
-    names, projs = list(down_projs), list(down_projs.values())
+    names, projs = list(projs), list(projs.values())
     groups = [[i] for i in range(len(projs))] if mode == "layerwise" else [list(range(len(projs)))]
     scores = {name: None for name in names}
     per_batch = max(1, max_batch // len(alphas))
@@ -485,3 +499,13 @@ def attribute(
         for p, flag in zip(model.parameters(), requires_grad):
             p.requires_grad_(flag)
     return {name: score.cpu() for name, score in scores.items()}
+
+
+def attribute_heads(
+    model: nn.Module, o_projs: dict[str, nn.Module], samples: list[dict], *args, heads: int, **kwargs
+) -> dict[str, torch.Tensor]:
+    """Att(head h of layer l) summed over all samples, for every layer's output projection (name -> one
+    score per head, `heads` of them): `attribute`, with the same arguments, over o_proj's input (head h's
+    output is its slice h*d:(h+1)*d), summed per head."""
+    scores = attribute(model, o_projs, samples, *args, **kwargs)
+    return {name: score.view(heads, -1).sum(-1) for name, score in scores.items()}

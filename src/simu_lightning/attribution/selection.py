@@ -1,5 +1,6 @@
-"""Which neurons a run may update: SIMU's critical neurons, or a control that tells whether the
-attribution matters.
+"""Which neurons (and, with method.trainable=attention_heads_and_down_proj, which attention heads) a run may
+update: SIMU's critical neurons, or a control that tells whether the attribution matters. Heads follow the
+same rules over each layer's head scores (`planted` has no heads: refused).
 
 - `integrated_gradients` (SIMU): thresholded integrated-gradient scores.
 - `activation`, `gradient`: the same threshold t on mean |activation| or on |gradient x activation|
@@ -18,6 +19,10 @@ import torch
 
 
 SELECTIONS = ("integrated_gradients", "random", "activation", "gradient", "planted")
+PLANTED_HEADS = (
+    "attribution.selection=planted plants no heads: with method.trainable=attention_heads_and_down_proj choose "
+    "another attribution.selection"
+)
 
 
 def score_of(selection: str) -> str | None:

@@ -4,6 +4,9 @@ A down-projection neuron is one input feature of the down projection: a column o
 weight (out x in), a row of GPT-2's transposed `Conv1D` weight (in x out); `neuron_dim` says which.
 The same neuron is an output feature of the layer's up projections (`up_proj`: gate and up, or the
 one input projection), whose weight holds it along the other dimension (a planted target writes both).
+
+The last of `attention` is the output projection (o_proj), which reads the heads' outputs; the others write
+the queries, keys and values, laid out as `qkv` says (`heads.py`: where each head's entries sit).
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ class Architecture:
     attention: tuple[str, ...]  # within a layer: the attention projections SIMU trains
     neuron_dim: int = 1  # the weight dimension that indexes down-projection neurons
     up_proj: tuple[str, ...] = ()  # within a layer: the projections into the neurons (their rows / columns)
+    qkv: str = "separate"  # q, k, v projections apart, or fused: "per_head" (GPT-NeoX), "stacked" (GPT-2)
+
+    @property
+    def o_proj(self) -> str:
+        """Within a layer: the projection that reads the attention heads' outputs."""
+        return self.attention[-1]
 
 
 _LLAMA_LIKE = Architecture(
@@ -42,9 +51,15 @@ ARCHITECTURES: dict[str, Architecture] = {
         "mlp.dense_4h_to_h",
         ("attention.query_key_value", "attention.dense"),
         up_proj=("mlp.dense_h_to_4h",),
+        qkv="per_head",
     ),
     "gpt2": Architecture(
-        "transformer.h", "mlp.c_proj", ("attn.c_attn", "attn.c_proj"), neuron_dim=0, up_proj=("mlp.c_fc",)
+        "transformer.h",
+        "mlp.c_proj",
+        ("attn.c_attn", "attn.c_proj"),
+        neuron_dim=0,
+        up_proj=("mlp.c_fc",),
+        qkv="stacked",
     ),
 }
 
@@ -59,6 +74,7 @@ def architecture_of(model: nn.Module, override: dict | None = None) -> Architect
                 tuple(override["attention"]),
                 int(override.get("neuron_dim", 1)),
                 tuple(override.get("up_proj") or ()),
+                str(override.get("qkv", "separate")),
             )
         except KeyError as missing:
             raise SimuError(
@@ -91,6 +107,14 @@ def attention_projections(model: nn.Module, arch: Architecture) -> dict[str, nn.
         f"{arch.layers}.{i}.{name}": layer.get_submodule(name)
         for i, layer in enumerate(decoder_layers(model, arch))
         for name in arch.attention
+    }
+
+
+def output_projections(model: nn.Module, arch: Architecture) -> dict[str, nn.Module]:
+    """Every layer's attention output projection (o_proj), keyed by its full module name."""
+    return {
+        f"{arch.layers}.{i}.{arch.o_proj}": layer.get_submodule(arch.o_proj)
+        for i, layer in enumerate(decoder_layers(model, arch))
     }
 
 

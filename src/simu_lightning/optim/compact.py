@@ -10,6 +10,10 @@ bit-identical, and the updated ones equal the masked update's bit for bit (tests
 Under FSDP2 a down projection (out x in) is sharded along its rows (dim 0), so every process holds all
 of its columns: the compact state is sharded along the rows as the parameter is. A neuron dimension that
 is itself sharded (GPT-2's Conv1D, neurons along dim 0) keeps the full-size masked state.
+
+Nothing here is particular to down projections: any 2-D parameter whose mask is one row or one column is
+laid out so, which includes the attention projections under a head mask (models/heads.py: q/k/v rows,
+o_proj columns); a q/k/v weight sharded along its rows keeps the full-size state.
 """
 
 from __future__ import annotations

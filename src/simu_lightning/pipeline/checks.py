@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from simu_lightning.attribution.selection import PLANTED_HEADS
+from simu_lightning.unlearning.methods import HEADS
 from simu_lightning.utils.processes import is_launched_externally
 from simu_lightning.utils.errors import SimuError
 
@@ -47,6 +49,8 @@ def check(cfg: DictConfig) -> None:
         raise SimuError(
             "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
         )
+    if cfg.attribution.get("selection") == "planted" and cfg.method.get("trainable") == HEADS:
+        raise SimuError(PLANTED_HEADS)
     masked = cfg.method.get("critical_neuron_mask", False) and cfg.method.get("trainable", "all") != "attention"
     if cfg.get("mode") == "attribute" and not masked:
         raise SimuError(f"mode=attribute: method {cfg.method.name!r} selects no neurons (use method=simu)")

@@ -38,11 +38,14 @@ def planted_summary(target, planting, planted: dict, clean: Evaluation | None, b
 
 
 def selection_results(attribution) -> dict:
-    """The critical neurons per layer, what exclude_retain dropped, and a planted target's localisation."""
+    """The critical neurons per layer (and heads, by index), what exclude_retain dropped, and a planted
+    target's localisation."""
     return {
         **({"critical_neurons": attribution.kept} if attribution.kept else {}),
         **({"critical_neurons_t": attribution.chosen_t} if attribution.settings.t == "auto" else {}),
         **({"critical_neurons_dropped_shared_with_retain": attribution.dropped} if attribution.dropped else {}),
+        **({"critical_heads": attribution.heads_kept} if attribution.heads is not None else {}),
+        **({"critical_heads_t": attribution.head_t} if attribution.heads and attribution.settings.t == "auto" else {}),
         **(
             {"selection": attribution.settings.selection, "localisation": attribution.localisation}
             if attribution.localisation

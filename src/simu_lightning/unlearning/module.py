@@ -15,6 +15,7 @@ from simu_lightning.distributed import local_bytes, parallelize
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.unlearning.losses import Forward
 from simu_lightning.models.architecture import Architecture, decoder_layers
+from simu_lightning.models.heads import head_masks
 from simu_lightning.optim.gnb import sampled_label_loss
 from simu_lightning.unlearning.methods import Method
 
@@ -105,21 +106,33 @@ class UnlearningModule(L.LightningModule):
     def configure_optimizers(self):
         return self.method.optimizer([p for p in self.model.parameters() if p.requires_grad])
 
-    def set_critical_neurons(self, neurons: dict[str, torch.Tensor]) -> None:
-        """Confine the optimiser's updates of each down projection to its critical neurons (one bool
-        per neuron), as a single row or column that broadcasts over the weight."""
+    def _masked_optimizer(self):
         optimizer = self.optimizers().optimizer
         if not hasattr(optimizer, "set_masks"):
             raise SimuError(
                 f"method {self.method.name!r}: critical-neuron masks need a masked optimiser "
                 f"(simu_lightning.optim.Sophia or MaskedAdamW), not {type(optimizer).__name__}"
             )
+        return optimizer
+
+    def set_critical_neurons(self, neurons: dict[str, torch.Tensor]) -> None:
+        """Confine the optimiser's updates of each down projection to its critical neurons (one bool
+        per neuron), as a single row or column that broadcasts over the weight."""
+        optimizer = self._masked_optimizer()
         shape = [1, 1]
         shape[self.architecture.neuron_dim] = -1
         weights = {name: self.model.get_submodule(name).weight for name in neurons}
         optimizer.set_masks(
             {weights[name]: mask.view(shape) for name, mask in neurons.items() if weights[name].requires_grad}
         )
+
+    def set_critical_heads(self, heads: dict[str, torch.Tensor]) -> None:
+        """Confine the optimiser's updates of each layer's q/k/v/o to its critical heads (one bool per head,
+        keyed by o_proj's name): their rows of q/k/v (and biases), their columns of o_proj (models/heads.py)."""
+        optimizer = self._masked_optimizer()
+        params = dict(self.model.named_parameters())
+        masks = head_masks(self.model, self.architecture, heads)
+        optimizer.set_masks({params[name]: mask for name, mask in masks.items() if params[name].requires_grad})
 
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
