@@ -123,3 +123,25 @@ def test_a_moved_cache_keeps_its_targets(small_benchmark, tmp_path, monkeypatch)
     assert len(fine_tunes) == built  # nothing fine-tuned again
     assert moved.target_id == first.target_id
     assert Path(moved.target).parent == tmp_path / "b" / "models"
+
+
+def test_a_moved_cache_keeps_the_retain_models_truth_ratios(tiny_model_dir, small_benchmark, tmp_path, monkeypatch):
+    """The retain model's forget truth ratios are keyed by its place inside the cache: a moved cache reads
+    them instead of evaluating the retain model again."""
+    import shutil
+
+    from simu_lightning.evaluation import retain_model
+    from simu_lightning.evaluation.types import EvalSettings
+
+    shutil.copytree(tiny_model_dir, tmp_path / "a" / "models" / "retain")
+    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=8, max_examples=4)
+    args = (small_benchmark, PromptFormat(), settings, "float32")
+    first = retain_model.truth_ratio_rows(str(tmp_path / "a" / "models" / "retain"), *args, tmp_path / "a")
+    (tmp_path / "a").rename(tmp_path / "b")
+
+    def no_evaluation(*_, **__):
+        raise AssertionError("the retain model was evaluated again")
+
+    monkeypatch.setattr(retain_model, "load_pretrained", no_evaluation)
+    moved = retain_model.truth_ratio_rows(str(tmp_path / "b" / "models" / "retain"), *args, tmp_path / "b")
+    assert moved == first

@@ -9,7 +9,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from simu_lightning.utils.cache import cache_key
+from simu_lightning.utils.cache import cache_key, source_identity
 from simu_lightning.utils.files import atomic
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation.evaluate import evaluation_precision
@@ -72,7 +72,7 @@ def truth_ratio_rows(
     key = cache_key(
         "reference-truth-ratios",
         REFERENCE_FORMAT,
-        source,
+        source_identity(source, cache_dir),  # a moved cache keeps its keys
         revision,
         benchmark.fingerprint((benchmark.forget,)),
         asdict(fmt),
