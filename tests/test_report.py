@@ -266,3 +266,46 @@ def test_a_value_only_half_the_groups_hold_stays_in_every_name(tmp_path):
     fake_run(tmp_path / "a" / "0_simu", "simu", 0, FORGET, RETAIN, **{"optim.rho": 20.0})
     fake_run(tmp_path / "b" / "0_simu", "simu", 0, FORGET, RETAIN, **{"optim.rho": 1.2})
     assert sorted(r.group for r in find_runs([tmp_path])) == ["simu optim.rho=1.2", "simu optim.rho=20.0"]
+
+
+def test_the_requests_table_follows_each_requests_forget_score_over_the_later_requests(tmp_path):
+    """After request k, request j's rows are the `forget` split of request j's own evaluation and a
+    `request_<j>` split of every later one; each figure is a mean and Student-t interval over seeds."""
+    forgotten = {0: (0.1, 0.3), 1: (0.2, 0.5)}  # (request 1 after request 1, request 1 after request 2)
+    for seed, (own, later) in forgotten.items():
+        run = tmp_path / f"{seed}_simu"
+        fake_run(run, "simu", seed, FORGET, RETAIN)
+        results = json.loads((run / "results.json").read_text())
+        results["requests"] = [
+            {"request": 1, "after": {"forget": {"exact_match": own}, "retain": {"exact_match": 0.9 - seed / 10}}},
+            {
+                "request": 2,
+                "after": {
+                    "forget": {"exact_match": 0.0},
+                    "request_1": {"exact_match": later},
+                    "retain": {"exact_match": 0.8},
+                },
+            },
+        ]
+        (run / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path), "--at", "forget.exact_match<=0.5", "--y", "retain.exact_match"]) == 0
+    rows = [r for r in csv.DictReader((tmp_path / "report.csv").open()) if r["table"] == "requests"]
+    figure = {(r["level"], r["metric"]): r for r in rows}
+    assert set(figure) == {
+        ("after request 1", "retain.exact_match"),
+        ("after request 1", "request_1.exact_match"),
+        ("after request 2", "retain.exact_match"),
+        ("after request 2", "request_1.exact_match"),
+        ("after request 2", "request_2.exact_match"),
+    }
+    mean, low, high = mean_ci([0.3, 0.5])
+    came_back = figure[("after request 2", "request_1.exact_match")]
+    assert float(came_back["mean"]) == pytest.approx(0.4) and float(came_back["ci_low"]) == pytest.approx(low)
+    assert float(figure[("after request 1", "retain.exact_match")]["mean"]) == pytest.approx(0.85)
+    report = (tmp_path / "report.md").read_text()
+    assert "| | retain EM | request 1 forget EM | request 2 forget EM |" in report
+    assert (
+        f"| after request 2 | 0.800 [0.800, 0.800] | {mean:.3f} [{low:.3f}, {high:.3f}] | 0.000 [0.000, 0.000] |"
+        in report
+    )
+    assert (tmp_path / "requests.png").read_bytes()[:4] == b"\x89PNG"

@@ -52,7 +52,9 @@ class Benchmark:
     `suite._target_`) and `aggregate` the single figure a run reports from a suite's split summaries
     (`aggregate._target_`); `prompt`, when set, overrides the model's prompt format (LUME prompts every
     model with the raw input). `planted`, when set, makes the target a planted one (models/planting.py):
-    the retain model with the forget split written into known neurons.
+    the retain model with the forget split written into known neurons. `forgotten_splits` are splits of
+    rows unlearned before (the earlier requests of continual unlearning): suites score them as they score
+    the forget split (TOFU's truth ratio: forgotten when true and false answers are equally likely).
     """
 
     name: str
@@ -69,6 +71,7 @@ class Benchmark:
     max_new_tokens: int = 32  # generation length for evaluation (answers' typical length)
     info: dict = field(default_factory=dict)
     planted: object | None = None  # models/planting.Planting: the forget set planted into known neurons
+    forgotten_splits: tuple[str, ...] = ()  # earlier continual requests' forget rows: scored as forget rows
 
     def __getitem__(self, split: str) -> Dataset:
         if split not in self.splits:

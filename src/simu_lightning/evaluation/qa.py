@@ -220,7 +220,7 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
         stage,
         settings,
         lambda name, split: split_rows(model, tokenizer, fmt, split, settings, name, generations[name]),
-        lambda name, rows: summarise(rows, forget=name == "forget"),
+        lambda name, rows: summarise(rows, forget=name == "forget" or name in benchmark.forgotten_splits),
     )
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)
     result.scores["forget_quality"] = forget_quality(result.values("forget", "truth_ratio"), retain_ratios)

@@ -56,6 +56,11 @@ def check(cfg: DictConfig) -> None:
         raise SimuError(f"mode=attribute: method {cfg.method.name!r} selects no neurons (use method=simu)")
     if cfg.get("robustness") and several_processes(cfg):
         raise SimuError(ONE_PROCESS)
+    if (cfg.get("unlearning") or {}).get("requests") and several_processes(cfg):
+        raise SimuError(
+            "unlearning.requests: continual requests run in one process (each request's fit starts from the "
+            "model the one before left, which a sharded fit would have to gather and shard again)"
+        )
     if (cfg.evaluation.get("lm_eval") or {}).get("tasks") and several_processes(cfg):
         raise SimuError(
             "evaluation.lm_eval: lm-eval runs in one process; unlearn with several, then evaluate the saved "

@@ -5,7 +5,8 @@
   models = load_models(plan, benchmark)         2. the target (fine-tuned or planted, cached) and its retain model
   baselines = evaluate_baselines(...)           3. what the unlearned model is compared with (baselines.py)
   unlearned = unlearn(...)                      4. one Lightning fit: evaluate before | attribution | unlearning
-                                                   steps | evaluations during | after (unlearn.py)
+                                                   steps | evaluations during | after (unlearn.py); with
+                                                   unlearning.requests, one fit per request (requests.py)
   beyond = evaluate_unlearned(...)              5. robustness=standard's attacks on copies of it; lm-eval
   results = assemble_results(...)               6. results.json, a pure function (results.py)
   write_unlearned_run(...)                      7. the run's files, the tables (outputs.py)
@@ -30,6 +31,7 @@ from simu_lightning.pipeline.modes import attribute_only, evaluate_checkpoint, p
 from simu_lightning.pipeline.outputs import write_model, write_run
 from simu_lightning.pipeline.plan import RunPlan, log_tuned
 from simu_lightning.pipeline.prepare import load_benchmark, load_models
+from simu_lightning.pipeline.requests import unlearn_requests, with_requests
 from simu_lightning.pipeline.results import AfterUnlearning, assemble_results, generation_rows, manifest_keys
 from simu_lightning.pipeline.unlearn import Unlearned, unlearn
 from simu_lightning.utils.logging import quiet_libraries
@@ -54,12 +56,14 @@ def run(cfg: DictConfig) -> dict | None:
     if plan.mode == "attribute":
         return attribute_only(plan, benchmark, models)
     baselines = evaluate_baselines(plan, benchmark, models)
-    unlearned = unlearn(plan, benchmark, models, baselines)
+    requests = unlearn_requests(plan, benchmark, models, baselines) if plan.requests else None
+    unlearned = requests.last if requests else unlearn(plan, benchmark, models, baselines)
     try:
         if not unlearned.trainer.is_global_zero:
             return None
         beyond = evaluate_unlearned(plan, models, baselines, unlearned)
         results = assemble_results(plan, benchmark, models, baselines, unlearned, beyond)
+        results = with_requests(results, requests) if requests else results
         write_unlearned_run(plan, benchmark, models, baselines, unlearned, results)
         return results
     finally:

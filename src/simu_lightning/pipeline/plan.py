@@ -36,6 +36,7 @@ class RunPlan:
     loss: object
     stop_when: StoppingRule | None
     robustness: object | None  # robustness.Robustness
+    requests: object | None = None  # unlearning.requests.Requests: continual requests (None: one)
 
     @classmethod
     def of(cls, cfg: DictConfig) -> RunPlan:
@@ -52,6 +53,7 @@ class RunPlan:
             loss=build(cfg.loss),
             stop_when=StoppingRule.parse((cfg.get("unlearning") or {}).get("stop_when")),
             robustness=build(cfg.robustness) if cfg.get("robustness") else None,
+            requests=build(requests) if (requests := (cfg.get("unlearning") or {}).get("requests")) else None,
         )
 
 

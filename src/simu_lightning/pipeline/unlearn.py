@@ -90,12 +90,18 @@ def before_cache(plan: RunPlan, models: Models, baselines: Baselines) -> Path | 
     )
 
 
-def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines) -> Unlearned:
-    module, data, attribution = (
-        unlearning_module(plan, models),
-        unlearning_data(plan, benchmark, models),
-        neuron_attribution(plan, models),
-    )
+def unlearn(
+    plan: RunPlan,
+    benchmark: Benchmark,
+    models: Models,
+    baselines: Baselines,
+    attribution: NeuronAttribution | None = None,
+    cache_before: bool = True,
+) -> Unlearned:
+    """`attribution`: a stage 1 other than the plan's own (a continual request's, pipeline/requests.py);
+    `cache_before=false`: the model is not the target, so its evaluation before is not the cached one."""
+    module, data = unlearning_module(plan, models), unlearning_data(plan, benchmark, models)
+    attribution = attribution or neuron_attribution(plan, models)
     evaluations = UnlearningEvaluation(
         baselines.evaluator,
         plan.out,
@@ -107,7 +113,7 @@ def unlearn(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Base
             if plan.evaluation.during_truth_ratios == "needed"
             else None
         ),
-        before_cache=before_cache(plan, models, baselines),
+        before_cache=before_cache(plan, models, baselines) if cache_before else None,
     )
     checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
     every = (plan.cfg.get("progress") or {}).get("every_n_steps", 0)

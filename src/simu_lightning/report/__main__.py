@@ -10,6 +10,7 @@ from pathlib import Path
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic
 from simu_lightning.report.figure import pareto
+from simu_lightning.report.requests import requests_figure, requests_rows
 from simu_lightning.report.runs import archive, find_runs, mixed_commits
 from simu_lightning.report.tables import (
     localisation_rows,
@@ -63,18 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)
         robustness, localisation = robustness_rows(runs), localisation_rows(runs)
-        write_csv(out / "report.csv", summary + matched + robustness + localisation)
+        requests = requests_rows(runs, metric, args.y)
+        write_csv(out / "report.csv", summary + matched + robustness + localisation + requests)
         unlearned = any("after" in run.results for run in runs)  # runs of mode=attribute have no curve
         if unlearned:
             pareto(runs, metric, args.y, levels, out / "pareto.png")
+        if requests:
+            requests_figure(requests, out / "requests.png")
         with atomic(out / "report.md") as tmp:
-            tmp.write_text(markdown(summary, matched, runs, robustness, localisation))
+            tmp.write_text(markdown(summary, matched, runs, robustness, localisation, requests))
         if args.archive:
             archive(runs, Path(args.archive))
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    written = ["report.md", "report.csv"] + (["pareto.png"] if unlearned else [])
+    written = (
+        ["report.md", "report.csv"] + (["pareto.png"] if unlearned else []) + (["requests.png"] if requests else [])
+    )
     print(f"{len(runs)} runs -> " + ", ".join(str(out / name) for name in written))
     return 0
 

@@ -321,6 +321,7 @@ def markdown(
     runs: list[Run],
     robustness: list[dict] | None = None,
     localisation: list[dict] | None = None,
+    requests: list[dict] | None = None,
 ) -> str:
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
@@ -353,6 +354,10 @@ def markdown(
             "it did not relearn on (`forget_unattacked`: the unlearned model on the same rows).",
         ]
     lines += localisation_markdown(localisation or [])
+    if requests:
+        from simu_lightning.report.requests import requests_markdown  # (it reads this module's cells)
+
+        lines += requests_markdown(requests)
     lines += ["", "![forget against retain](pareto.png)", ""] if shown else [""]
     return "\n".join(lines)
 

@@ -22,6 +22,16 @@ from simu_lightning.unlearning.methods import Method
 log = logging.getLogger(__name__)
 
 
+def win_rate_summary(win_rates: list[float]) -> dict | None:
+    """The median, least and largest of Sophia's win rates, over the steps that had one."""
+    rates = sorted(r for r in win_rates if r == r)  # (NaN before the first estimate)
+    if not rates:
+        return None
+    middle = len(rates) // 2
+    median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+    return {"median_win_rate": median, "min_win_rate": rates[0], "max_win_rate": rates[-1], "steps": len(rates)}
+
+
 class UnlearningModule(L.LightningModule):
     def __init__(
         self,
@@ -81,12 +91,7 @@ class UnlearningModule(L.LightningModule):
 
     def win_rate_summary(self) -> dict | None:
         """Sophia's win rate over the run (its authors keep it within 0.1-0.5), for results.json."""
-        rates = sorted(r for r in self.win_rates if r == r)  # (NaN before the first estimate)
-        if not rates:
-            return None
-        middle = len(rates) // 2
-        median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
-        return {"median_win_rate": median, "min_win_rate": rates[0], "max_win_rate": rates[-1], "steps": len(rates)}
+        return win_rate_summary(self.win_rates)
 
     def memory_bytes(self) -> dict[str, int]:
         """What this process holds for the parameters and for the optimiser state (local shards)."""

@@ -1,0 +1,252 @@
+"""Stage 4 for continual unlearning requests (`unlearning/requests=sequential`): the forget split cut into
+requests (unlearning/requests.py), each unlearned by a Lightning fit of its own, from the model the
+request before it left:
+
+  before  = the target on the whole benchmark                       the run's curve starts here
+  for each request k:
+    view      = the benchmark with forget = request k's rows, and every earlier request's rows as a
+                split request_<j> (does what was forgotten stay forgotten?)
+    unlearned = unlearn(plan_k, view, ...)                          stage 4 on the view, in requests/<k>/:
+                its evaluations and stopping rule, its attribution on the current model (cached under
+                a hash of its weights), its mask from `unlearning.requests.masks`
+    point     = the model on the whole benchmark (forget = every request's rows)
+
+The conductor gets the last request's `Unlearned`, with the whole benchmark's evaluations in place of the
+view's (before: the target; the curve: one point per request; after: the last point), and one entry
+per request for results.json (`requests`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from simu_lightning.attribution.callback import NeuronAttribution
+from simu_lightning.data.benchmark import Benchmark
+from simu_lightning.evaluation.before_cache import read_before, write_before
+from simu_lightning.evaluation.callback import curve_point, curve_rows
+from simu_lightning.evaluation.retain_model import retain_model_rows
+from simu_lightning.evaluation.types import Evaluation
+from simu_lightning.pipeline.baselines import Baselines, evaluator_of
+from simu_lightning.pipeline.plan import RunPlan
+from simu_lightning.pipeline.prepare import Models
+from simu_lightning.pipeline.unlearn import Unlearned, before_cache, unlearn
+from simu_lightning.unlearning.requests import Requests, overlaps, request_masks, request_rows
+from simu_lightning.unlearning.module import win_rate_summary
+from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET
+from simu_lightning.utils.files import write_jsonl
+
+log = logging.getLogger(__name__)
+
+REQUEST_SPLIT = "request_{}"  # an earlier request's forget rows in a later request's evaluations (1-based)
+
+
+class RequestAttribution(NeuronAttribution):
+    """Request k's stage 1: its own attribution (on the model the earlier requests left), made into its
+    mask with the earlier requests' attributed neurons (`request_masks`); under masks=reuse_first, from
+    the second request on, the first request's neurons without attributing again."""
+
+    def __init__(self, *args, requests: Requests, earlier: list[dict], reuse: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.requests, self.earlier, self.reuse = requests, earlier, reuse
+        self.attributed: dict[str, torch.Tensor] | None = None  # before the earlier requests' are combined in
+
+    def select(self, trainer, pl_module):
+        if self.reuse is not None:
+            log.info("unlearning.requests.masks=reuse_first: the first request's critical neurons, not attributed")
+            self.attributed = self.reuse
+            return None, {k: m.clone() for k, m in self.reuse.items()}, {k: m.float() for k, m in self.reuse.items()}
+        scores, attributed, ranking = super().select(trainer, pl_module)
+        self.attributed = attributed
+        return scores, request_masks(attributed, self.earlier, self.requests), ranking
+
+
+@dataclass
+class WholeBenchmark:
+    """The evaluations of the model on the whole benchmark, as the conductor reads a fit's: the target
+    (`before`), one point per request (`points`, step = the steps taken so far), the last (`after`)."""
+
+    before: Evaluation
+    after: Evaluation | None = None
+    points: list[dict] = dataclasses.field(default_factory=list)
+    stopped: dict | None = None
+    seconds: float = 0.0
+
+
+def request_view(benchmark: Benchmark, rows: list[list[int]], k: int) -> Benchmark:
+    """The benchmark as request k (0-based) sees it: its rows as the forget split, each earlier request's
+    as a split of its own, evaluated beside the benchmark's own evaluation splits."""
+    forget = benchmark[benchmark.forget]
+    earlier = {REQUEST_SPLIT.format(j + 1): forget.select(rows[j]) for j in range(k)}
+    return dataclasses.replace(
+        benchmark,
+        splits={**benchmark.splits, benchmark.forget: forget.select(rows[k]), **earlier},
+        eval_splits=(benchmark.forget, *earlier, *(s for s in benchmark.eval_splits if s != benchmark.forget)),
+        forgotten_splits=tuple(earlier),
+    )
+
+
+def weights_id(model: torch.nn.Module) -> str:
+    """A content hash of the weights: the identity of a model the earlier requests made, for the caches
+    keyed by the model (attribution scores)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def request_cfg(cfg: DictConfig, k: int) -> DictConfig:
+    """Request k's configuration: its own folder (requests/<k>/: curve, logs, attribution) and no
+    checkpoints (a sequence started again starts from the target)."""
+    out = f"{cfg.paths.output_dir}/requests/{k + 1}"
+    cfg = copy.deepcopy(cfg)  # interpolations kept: the loggers' folders follow paths.output_dir
+    with open_dict(cfg):
+        cfg.paths.output_dir = out
+        cfg.checkpoint = {"every_n_epochs": None}
+    return cfg
+
+
+def request_evaluator(plan: RunPlan, view: Benchmark, models: Models, baselines: Baselines, rows: list[int]):
+    """The view's evaluator, with the retain model's forget truth ratios of this request's rows."""
+    if plan.evaluation.retain_model_results:  # ratios read from a file, one per forget row: this request's
+        by_index = {row["index"]: row for row in baselines.retain_rows}
+        retain = [dict(by_index[i], index=n) for n, i in enumerate(rows) if i in by_index]
+    else:
+        settings = plan.evaluation.for_model(plan.cfg.model.max_length, view.max_new_tokens)
+        retain = retain_model_rows(
+            view, models.target, models.fmt, settings, plan.cfg.model.dtype, plan.cache_dir, None
+        )
+    return evaluator_of(plan, view, models, retain)
+
+
+def evaluate_target(plan: RunPlan, models: Models, baselines: Baselines) -> Evaluation:
+    """The target on the whole benchmark (cached as a run without requests caches it)."""
+    cached = before_cache(plan, models, baselines)
+    if cached is not None and cached.exists():
+        return read_before(cached)
+    before = baselines.evaluator(models.model, "before")
+    if cached is not None:
+        write_before(cached, before)
+    return before
+
+
+def request_entry(k: int, rows: list[int], unlearned: Unlearned, attribution: RequestAttribution) -> dict:
+    """results.json `requests[k]`: its rows, where it stopped, its view's evaluations before and after
+    (its own forget split, the earlier requests', retain, ...), its critical neurons, its time."""
+    evaluations = unlearned.evaluations
+    return {
+        "request": k + 1,
+        "rows": rows,
+        "stopped": evaluations.stopped,
+        "before": evaluations.before.summary,
+        "after": evaluations.after.summary,
+        "scores": {"before": evaluations.before.scores, "after": evaluations.after.scores},
+        **({"critical_neurons": attribution.kept} if attribution.kept else {}),
+        **(
+            {"attributed_neurons": {name: int(m.sum()) for name, m in attribution.attributed.items()}}
+            if attribution.attributed is not None
+            else {}
+        ),
+        **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
+        "timings_s": {
+            "evaluation": round(evaluations.seconds, 2),
+            "attribution": round(attribution.seconds, 2),
+            "unlearning": round(unlearned.module.step_seconds, 2),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class RequestsOutcome:
+    last: Unlearned  # the last request's fit, its evaluations replaced by the whole benchmark's
+    entries: list[dict]  # results.json `requests`
+    win_rates: list[float]  # Sophia's win rate at every step of every request
+
+
+def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines) -> RequestsOutcome:
+    requests: Requests = plan.requests
+    rows = request_rows(benchmark[benchmark.forget], requests, benchmark.forget)
+    log.info("unlearning.requests: %d requests of %s forget rows", len(rows), "/".join(str(len(r)) for r in rows))
+    start = time.perf_counter()
+    whole = WholeBenchmark(before=evaluate_target(plan, models, baselines))
+    whole.seconds = time.perf_counter() - start
+    whole.points.append(curve_point(0, 0, whole.before, benchmark.aggregate))
+    attributed: list[dict] = []
+    entries, win_rates, steps, met = [], [], 0, True
+    current = models
+    for k, request in enumerate(rows):
+        view = request_view(benchmark, rows, k)
+        plan_k = dataclasses.replace(plan, cfg=request_cfg(plan.cfg, k), out=plan.out / "requests" / str(k + 1))
+        if k:  # the model the earlier requests left: the caches keyed by the model know it by its weights
+            current = dataclasses.replace(
+                current,
+                target=dataclasses.replace(
+                    current.target, target_id=f"{models.target.target_id}+{weights_id(current.model)}"
+                ),
+            )
+        attribution = RequestAttribution(
+            plan_k.attribution,
+            output_dir=plan_k.out,
+            cache_dir=plan.cache_dir,
+            target_id=current.target.target_id,
+            dtype=plan.cfg.model.dtype,
+            seed=plan.seed,
+            planted=models.planted,
+            requests=requests,
+            earlier=list(attributed),
+            reuse=attributed[0] if requests.masks == "reuse_first" and attributed else None,
+        )
+        log.info("request %d of %d: %d forget rows", k + 1, len(rows), len(request))
+        request_baselines = dataclasses.replace(
+            baselines, evaluator=request_evaluator(plan, view, models, baselines, request), attacks=None
+        )
+        unlearned = unlearn(plan_k, view, current, request_baselines, attribution=attribution, cache_before=k == 0)
+        if attribution.attributed is not None:
+            attributed.append(attribution.attributed)
+        entries.append(request_entry(k, request, unlearned, attribution))
+        win_rates += [r for r in unlearned.module.win_rates if r == r]
+        steps += unlearned.evaluations.stopped["step"]
+        met = met and unlearned.evaluations.stopped["reason"] == CONDITION_MET
+        start = time.perf_counter()
+        evaluation = baselines.evaluator(current.model, "after")
+        whole.seconds += time.perf_counter() - start
+        whole.points.append(curve_point(steps, k + 1, evaluation, benchmark.aggregate))
+        whole.after = evaluation
+    for entry, overlap in zip(entries, overlaps(attributed) if len(attributed) == len(rows) else []):
+        entry["overlap"] = overlap
+    # every request met the stopping rule, or not; the steps of all requests together
+    whole.stopped = {
+        "reason": CONDITION_MET if met else BUDGET_EXHAUSTED,
+        "step": steps,
+        "epoch": unlearned.evaluations.stopped["epoch"],
+        "requests": len(rows),
+    }
+    whole.after = Evaluation(
+        whole.after.summary, whole.after.scores, [{**r, "stage": "after"} for r in whole.after.rows]
+    )
+    write_jsonl(plan.out / "curve.jsonl", curve_rows(whole.points))
+    return RequestsOutcome(dataclasses.replace(unlearned, evaluations=whole), entries, win_rates)
+
+
+def with_requests(results: dict, outcome: RequestsOutcome) -> dict:
+    """results.json of a run of requests: one entry per request, and the run's timings and win rate over
+    every request (assemble_results saw the last request's fit only)."""
+    parts = outcome.entries[0]["timings_s"]
+    totals = {part: round(sum(e["timings_s"][part] for e in outcome.entries), 2) for part in parts}
+    # the evaluations on the whole benchmark (the target, each request's point) come on top of the views'
+    totals["evaluation"] = round(totals["evaluation"] + results["timings_s"]["evaluation"], 2)
+    sophia = win_rate_summary(outcome.win_rates)
+    return {
+        **{k: v for k, v in results.items() if k != "sophia"},
+        **({"sophia": sophia} if sophia else {}),
+        "timings_s": {**results["timings_s"], **totals},
+        "requests": outcome.entries,
+    }
