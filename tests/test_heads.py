@@ -330,6 +330,33 @@ def test_heads_follow_the_neurons_rules_exclusion_then_random_heads_in_the_same_
     assert len({tuple(d["l0"].tolist()) for d in draws}) > 1  # positions drawn, not copied
 
 
+def test_head_selection_random_draws_the_heads_and_keeps_the_attributed_neurons():
+    """attribution.head_selection=random: the control for the heads alone. The neurons are the attributed
+    ones (the scores' threshold), the heads random in the attributed per-layer counts."""
+    from simu_lightning.attribution.callback import NeuronAttribution
+    from simu_lightning.attribution.settings import AttributionSettings
+
+    scores = {
+        "neurons": {"l0": torch.tensor([1.0, 0.1, 0.8, 0.0, 0.2, 0.9])},
+        "heads": {"l0": torch.tensor([0.1, 1.0, 0.2, 0.05, 0.0, 0.3, 0.02, 0.01])},
+    }
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[]))
+    settings = AttributionSettings(t=0.5, head_selection="random")
+    callback = NeuronAttribution(settings, seed=3)
+    callback.compute = lambda trainer, pl_module, examples, split, unit: scores[unit]
+    _, neurons, _ = callback.select(trainer, None)
+    assert neurons["l0"].tolist() == [True, False, True, False, False, True]  # >= 0.5 x the largest
+    draws = []
+    for seed in range(4):
+        callback.seed = seed
+        _, heads, _ = callback.select_heads(trainer, None)
+        draws.append(tuple(heads["l0"].tolist()))
+    assert all(sum(d) == 1 for d in draws) and len(set(draws)) > 1  # one head, as attributed; drawn
+    assert settings.selection_of("neurons") == "integrated_gradients" and settings.selection_of("heads") == "random"
+    with pytest.raises(SimuError, match="attribution.head_selection must be null or one of"):
+        AttributionSettings(head_selection="planted")
+
+
 def test_a_bad_trainable_names_the_setting_in_one_line():
     with pytest.raises(SimuError) as refused:
         Method("simu", optimizer=None, trainable="heads", critical_neuron_mask=True)

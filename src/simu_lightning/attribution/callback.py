@@ -141,11 +141,11 @@ class NeuronAttribution(L.Callback):
     def select_heads(self, trainer: L.Trainer, pl_module) -> tuple[dict, dict[str, torch.Tensor], dict]:
         """The forget set's head scores, the critical heads and what they rank by: the neurons' rules (t or
         t=auto per layer, exclude_retain, random in the same per-layer counts) over each layer's heads."""
-        if self.settings.selection == "planted":  # checks.py refuses it before any work; a direct caller here
+        if self.settings.selection_of("heads") == "planted":  # checks.py refuses it before any work
             raise SimuError(PLANTED_HEADS)
         scores, heads, self.head_t, self.heads_dropped = self._thresholded(trainer, pl_module, "heads")
         ranking = scores
-        if self.settings.selection == "random":
+        if self.settings.selection_of("heads") == "random":
             heads, ranking = random_like(heads, self.seed)
         return scores, heads, ranking
 
@@ -222,7 +222,7 @@ class NeuronAttribution(L.Callback):
             projs, run = output_projections(model, arch), partial(attribute_heads, heads=head_shape(model, arch).count)
         else:
             projs, run = down_projections(model, arch), attribute
-        score = score_of(self.settings.selection)
+        score = score_of(self.settings.selection_of(unit))
         if score == "integrated_gradients":
             log.info(
                 "attribution (%s, %s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
@@ -261,7 +261,7 @@ class NeuronAttribution(L.Callback):
         return {name: sum_across(score) for name, score in scores.items()}
 
     def cache_key(self, pl_module, examples: list[dict], unit: str = "neurons") -> str:
-        score = score_of(self.settings.selection)
+        score = score_of(self.settings.selection_of(unit))
         how = (self.settings.m, self.settings.quadrature, self.settings.mode) if score == "integrated_gradients" else ()
         # where q, k, v hold the heads changes no score (and the neurons' keys stay those of earlier code)
         architecture = {k: v for k, v in asdict(pl_module.architecture).items() if k != "qkv"}
@@ -292,7 +292,7 @@ class NeuronAttribution(L.Callback):
                 split,
                 unit,
                 path,
-                score_of(self.settings.selection),
+                score_of(self.settings.selection_of(unit)),
                 self.settings.m,
                 self.settings.quadrature,
                 self.settings.mode,
@@ -361,7 +361,7 @@ class NeuronAttribution(L.Callback):
                 torch.save(value, tmp)
         summary = {
             "t": self.settings.t,
-            "selection": self.settings.selection,
+            "selection": self.settings.selection_of("heads"),
             "exclude_retain": self.settings.exclude_retain,
             "layers": {
                 name: {

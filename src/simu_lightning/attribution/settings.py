@@ -11,6 +11,9 @@ from simu_lightning.attribution.threshold import RULES
 from simu_lightning.utils.errors import SimuError
 
 
+HEAD_SELECTIONS = tuple(s for s in SELECTIONS if s != "planted")  # a planted target plants no heads
+
+
 @dataclass(frozen=True)
 class AttributionSettings:
     """Neuron k of a layer is critical when Att_k >= t * max Att (t in (0, 1]); m integrated-gradient
@@ -25,6 +28,10 @@ class AttributionSettings:
     exclude_retain: bool = False
     max_batch: int = 512  # sequences per forward pass (the m scaled copies of a sample count m times)
     auto: dict = field(default_factory=dict)  # {rule: mass | knee, mass: share}: how t=auto chooses
+    # the critical heads' selection (method.trainable=attention_heads_and_down_proj), when it is not the
+    # neurons': head_selection=random keeps the attributed neurons and draws the heads at random (the
+    # control that asks whether the attributed heads matter)
+    head_selection: str | None = None
 
     def __post_init__(self):
         if self.t != "auto" and (
@@ -46,5 +53,14 @@ class AttributionSettings:
         for name, known in (("quadrature", QUADRATURES), ("mode", MODES), ("selection", SELECTIONS)):
             if getattr(self, name) not in known:
                 raise SimuError(f"attribution.{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
+        if self.head_selection is not None and self.head_selection not in HEAD_SELECTIONS:
+            raise SimuError(
+                f"attribution.head_selection must be null or one of {', '.join(HEAD_SELECTIONS)}, "
+                f"got {self.head_selection!r}"
+            )
         if not isinstance(self.exclude_retain, bool):
             raise SimuError(f"attribution.exclude_retain must be true or false, got {self.exclude_retain!r}")
+
+    def selection_of(self, unit: str) -> str:
+        """What selects the critical `unit`s (neurons or heads)."""
+        return self.head_selection or self.selection if unit == "heads" else self.selection

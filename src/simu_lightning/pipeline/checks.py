@@ -49,7 +49,8 @@ def check(cfg: DictConfig) -> None:
         raise SimuError(
             "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
         )
-    if cfg.attribution.get("selection") == "planted" and cfg.method.get("trainable") == HEADS:
+    head_selection = cfg.attribution.get("head_selection") or cfg.attribution.get("selection")
+    if head_selection == "planted" and cfg.method.get("trainable") == HEADS:
         raise SimuError(PLANTED_HEADS)
     masked = cfg.method.get("critical_neuron_mask", False) and cfg.method.get("trainable", "all") != "attention"
     if cfg.get("mode") == "attribute" and not masked:
