@@ -16,9 +16,15 @@ from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.robustness import Robustness
 from simu_lightning.unlearning.methods import Method
+from simu_lightning.unlearning.requests import Requests
 
 CONF = ROOT / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "tuned")
+# every folder of options, nested ones (unlearning/requests) included; hydra/launcher/slurm is tested below
+GROUPS = sorted(
+    p.relative_to(CONF).as_posix()
+    for p in CONF.rglob("*")
+    if p.is_dir() and any(p.glob("*.yaml")) and p.name != "tuned" and p != CONF / "hydra" / "launcher"
+)
 DATA = {
     "tofu": [f"benchmark.path={SHARED_DATA / 'tofu'}"],
     "lume": [f"benchmark.path={SHARED_DATA / 'lume'}", "benchmark.max_documents=4"],
@@ -102,6 +108,8 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
         assert isinstance(robustness, Robustness)
         families = robustness.families
         assert families["relearning"].lr == cfg.model.relearn_lr and list(families["quantization"].schemes)
+    if (cfg.get("unlearning") or {}).get("requests"):
+        assert isinstance(instantiate(cfg.unlearning.requests), Requests)
     for logger in (cfg.get("logger") or {}).values():
         assert logger is None or "_target_" in logger
     trainer = (
