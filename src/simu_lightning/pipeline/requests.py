@@ -37,7 +37,7 @@ from simu_lightning.evaluation.types import Evaluation
 from simu_lightning.pipeline.baselines import Baselines, evaluator_of
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
-from simu_lightning.pipeline.unlearn import Unlearned, before_cache, unlearn
+from simu_lightning.pipeline.unlearn import Unlearned, before_cache, neuron_attribution, unlearn
 from simu_lightning.unlearning.requests import Requests, overlaps, request_masks, request_rows
 from simu_lightning.unlearning.module import win_rate_summary
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET
@@ -192,14 +192,10 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
                     current.target, target_id=f"{models.target.target_id}+{weights_id(current.model)}"
                 ),
             )
-        attribution = RequestAttribution(
-            plan_k.attribution,
-            output_dir=plan_k.out,
-            cache_dir=plan.cache_dir,
-            target_id=current.target.target_id,
-            dtype=plan.cfg.model.dtype,
-            seed=plan.seed,
-            planted=models.planted,
+        attribution = neuron_attribution(
+            plan_k,
+            current,
+            RequestAttribution,
             requests=requests,
             earlier=list(attributed),
             reuse=attributed[0] if requests.masks == "reuse_first" and attributed else None,

@@ -67,8 +67,9 @@ def unlearning_data(plan: RunPlan, benchmark: Benchmark, models: Models) -> Unle
     return data
 
 
-def neuron_attribution(plan: RunPlan, models: Models) -> NeuronAttribution:
-    return NeuronAttribution(
+def neuron_attribution(plan: RunPlan, models: Models, kind=NeuronAttribution, **extra) -> NeuronAttribution:
+    """The run's stage 1 callback (`kind`: a subclass with its `extra` settings, as a continual request's)."""
+    return kind(
         plan.attribution,
         output_dir=plan.out,
         cache_dir=plan.cache_dir,
@@ -76,6 +77,7 @@ def neuron_attribution(plan: RunPlan, models: Models) -> NeuronAttribution:
         dtype=plan.cfg.model.dtype,
         seed=plan.seed,
         planted=models.planted,
+        **extra,
     )
 
 
