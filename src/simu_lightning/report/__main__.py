@@ -10,7 +10,7 @@ from pathlib import Path
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic
 from simu_lightning.report.figure import pareto
-from simu_lightning.report.requests import requests_figure, requests_rows
+from simu_lightning.report.requests import requests_figure, requests_markdown, requests_rows
 from simu_lightning.report.runs import archive, find_runs, mixed_commits
 from simu_lightning.report.tables import (
     localisation_rows,
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if requests:
             requests_figure(requests, out / "requests.png")
         with atomic(out / "report.md") as tmp:
-            tmp.write_text(markdown(summary, matched, runs, robustness, localisation, requests))
+            tmp.write_text(markdown(summary, matched, runs, robustness, localisation, requests_markdown(requests)))
         if args.archive:
             archive(runs, Path(args.archive))
     except SimuError as err:

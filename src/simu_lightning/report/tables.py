@@ -321,8 +321,9 @@ def markdown(
     runs: list[Run],
     robustness: list[dict] | None = None,
     localisation: list[dict] | None = None,
-    requests: list[dict] | None = None,
+    sections: list[str] | None = None,
 ) -> str:
+    """report.md; `sections`: more lines (the continual requests' tables) before the figure."""
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
     seeds = {g: sorted({r.seed for r in members if r.seed is not None}, key=str) for g, members in groups(runs).items()}
@@ -354,10 +355,7 @@ def markdown(
             "it did not relearn on (`forget_unattacked`: the unlearned model on the same rows).",
         ]
     lines += localisation_markdown(localisation or [])
-    if requests:
-        from simu_lightning.report.requests import requests_markdown  # (it reads this module's cells)
-
-        lines += requests_markdown(requests)
+    lines += sections or []
     lines += ["", "![forget against retain](pareto.png)", ""] if shown else [""]
     return "\n".join(lines)
 
