@@ -10,6 +10,7 @@ Writes one JSON file (--out) and prints a table per benchmark.
     python -m perf --only attribution --attribution-setup smollm2_tofu --layouts-only layerwise/gauss_legendre/4
     python -m perf --profile smoke                # every benchmark at a tiny size (the tests run this)
     python -m perf --only utilisation             # on a GPU: the step's MFU at OLMo-1B size, attribution tokens/s
+    python -m perf --only evaluation              # evaluation against a plain generate loop and the step; its share
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `perf` importable
 
 import torch  # noqa: E402
 
-from perf import attribution, memory, optimizer, overhead, scaling, utilisation  # noqa: E402
+from perf import attribution, evaluation, memory, optimizer, overhead, scaling, utilisation  # noqa: E402
 from perf.loop import synthetic_batches  # noqa: E402
 from perf.common import device, olmo  # noqa: E402
 
@@ -36,6 +37,7 @@ PROFILES = {
         "optimizer": {"size": "olmo-77m", "repeats": 9},
         "overhead": {"size": "medium", "steps": 12},
         "memory": {"size": "large"},
+        "evaluation": {},
         "scaling": {},
         # OLMo-1B size on a GPU; on a CPU (no peak to compare with) a small config's throughput only
         "utilisation": (
@@ -46,6 +48,7 @@ PROFILES = {
         "optimizer": {"size": "tiny", "repeats": 2},
         "overhead": {"size": "tiny", "steps": 4, "warmup": 1},
         "memory": {"size": "tiny"},
+        "evaluation": {"repeats": 1, "whole_run": False, "smoke": True},
         "scaling": {"sizes": ("tiny",), "forget_rows": (2,), "m": 2, "repeats": 1},
         "utilisation": {"size": "tiny", "rows": 2, "length": 16, "repeats": 1, "attribution_rows": 2},
     },
@@ -163,7 +166,9 @@ def show(name: str, result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", nargs="+", choices=["optimizer", "attribution", "overhead", "memory", "scaling", "utilisation"]
+        "--only",
+        nargs="+",
+        choices=["optimizer", "attribution", "overhead", "memory", "evaluation", "scaling", "utilisation"],
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--attribution-setup", default="default", choices=["default", "smollm2_tofu"])
@@ -192,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "overhead": lambda: overhead.run(**settings["overhead"]),
         "memory": lambda: memory.run(**settings["memory"]),
+        "evaluation": lambda: evaluation.run(**settings["evaluation"]),
         "scaling": lambda: scaling.run(**settings["scaling"]),
         "utilisation": lambda: utilisation.run(**settings["utilisation"]),
     }

@@ -28,6 +28,9 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_figures(tmp_path):
     memory = results["memory"]["per_method"]  # the compact state holds a fraction of the full-size one
     assert 0 < memory["simu"]["down_proj_state_mb"] < 0.5 * memory["simu_full_state"]["down_proj_state_mb"]
     assert results["scaling"]["rows"] and all(r["attribution_s"] > 0 for r in results["scaling"]["rows"])
+    evaluation = results["evaluation"]  # 4 authors: 1 forget and 3 retain of 8 questions each, 32 world facts
+    assert evaluation["prompts"] == 8 + 3 * 8 + 32
+    assert evaluation["ratio_sorted_to_plain"] > 0 and evaluation["ratio_evaluation_to_step_tokens_per_s"] > 0
 
 
 def test_model_flops_per_token_by_hand():

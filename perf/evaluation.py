@@ -1,0 +1,128 @@
+"""Evaluation at the hardware's pace, on the embedded default's target (issue 25, item 2):
+
+- the suite's generation (every split's prompts in one length-sorted pass) against a plain `model.generate`
+  loop over the same prompts (each split in its own order, in batches of evaluation.batch_size);
+- one evaluation point of the default run (the whole suite: generation, likelihoods, truth ratios), in
+  tokens through the model per second, against the unlearning step's own tokens per second (a SIMU step on
+  batches of the default's shape: forward, backward, the GNB estimate's extra pass);
+- the share of a whole `python run.py` (target cached) that its evaluations take, from its timings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from perf.common import median_seconds
+from perf.loop import part, plain_step, prepare
+from perf.targets import ROOT, trained_target
+from simu_lightning.data.formatting import PromptFormat, encode_prompt
+from simu_lightning.evaluation.evaluate import Evaluator
+from simu_lightning.evaluation.generation import _generate, generations_by_split
+from simu_lightning.evaluation.splits import limited
+
+
+def counting_tokens(model) -> tuple[list[int], object]:
+    """A hook that adds up the tokens every forward of `model` processes (a decoding step: one a row)."""
+    seen = [0]
+
+    def count(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen[0] += int(ids.numel()) if ids is not None else 0
+
+    return seen, model.register_forward_pre_hook(count, with_kwargs=True)
+
+
+SMOKE = ["benchmark.num_authors=4", "benchmark.forget_fraction=0.25", "benchmark.holdout_fraction=0.25"]
+
+
+def untrained_tiny(benchmark, folder: Path, fmt: PromptFormat, max_length: int):
+    """The smoke profile's stand-in for the target: an untrained tiny model."""
+    from simu_lightning.data.datamodule import encode_split
+    from simu_lightning.models import tiny
+    from simu_lightning.models.loading import load_pretrained
+
+    texts = [r[c] for split in benchmark.splits.values() for r in split for c in ("question", "answer")]
+    tiny.create(folder, texts, vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    model, tokenizer = load_pretrained(folder)
+    return model, tokenizer, encode_split(benchmark[benchmark.forget], tokenizer, fmt, max_length)
+
+
+def run(repeats: int = 3, whole_run: bool = True, smoke: bool = False) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["paths.output_dir=outputs/perf", *(SMOKE if smoke else [])])
+    fmt, benchmark = PromptFormat(**cfg.model.prompt), instantiate(cfg.benchmark)
+    with tempfile.TemporaryDirectory() as folder:
+        if smoke:
+            model, tokenizer, forget = untrained_tiny(benchmark, Path(folder), fmt, cfg.model.max_length)
+        else:
+            model, tokenizer, forget = trained_target("default")
+        result = measure(cfg, benchmark, fmt, model.eval(), tokenizer, forget, repeats)
+    return result | (run_share() if whole_run else {})
+
+
+def measure(cfg, benchmark, fmt, model, tokenizer, forget: list[dict], repeats: int) -> dict:
+    settings = instantiate(cfg.evaluation).for_model(cfg.model.max_length, benchmark.max_new_tokens)
+    evaluator = Evaluator(tokenizer, fmt, benchmark, settings)
+    prompts = {
+        name: [encode_prompt(tokenizer, fmt, q) for q in limited(benchmark[name], settings.max_examples)["question"]]
+        for name in benchmark.eval_splits
+    }
+    new, size = settings.max_new_tokens, settings.batch_size
+    sorted_pass = median_seconds(lambda: generations_by_split(model, tokenizer, prompts, new, size), repeats)
+    plain = median_seconds(lambda: [_generate(model, tokenizer, p, new, size) for p in prompts.values()], repeats)
+    seen, hook = counting_tokens(model)
+    evaluator(model, "during")
+    point_tokens = seen[0]
+    hook.remove()
+    point = median_seconds(lambda: evaluator(model, "during"), repeats)
+    # the unlearning step on batches of the default's shape: data.batch_size forget rows, retain_per_forget
+    # times as many retain rows, each as long as the forget rows are on average
+    rows, length = cfg.data.batch_size, round(sum(len(e["input_ids"]) for e in forget) / len(forget))
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    batch = {
+        "forget": part(vocab, rows, length, length // 2, generator),
+        "retain": part(vocab, rows * cfg.data.retain_per_forget, length, length // 2, generator),
+    }
+    optimizer = prepare(model.train(), "simu")
+    step = median_seconds(lambda: plain_step(model, optimizer, batch), repeats)
+    step_tokens = sum(p["input_ids"].numel() for p in batch.values())
+    return {
+        "prompts": sum(map(len, prompts.values())),
+        "generation_sorted_s": round(sorted_pass, 3),
+        "generation_plain_loop_s": round(plain, 3),
+        "ratio_sorted_to_plain": round(plain / sorted_pass, 3),
+        "evaluation_point_s": round(point, 3),
+        "evaluation_tokens_per_s": round(point_tokens / point, 1),
+        "step_s": round(step, 4),
+        "step_tokens_per_s": round(step_tokens / step, 1),
+        "ratio_evaluation_to_step_tokens_per_s": round(point_tokens / point / (step_tokens / step), 3),
+    }
+
+
+def run_share() -> dict:
+    """`python run.py` in this process (the target cached by now): the evaluations' share of its time."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from simu_lightning.pipeline import run as run_pipeline
+
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["evaluation.cache_before=false"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(out) / "run")
+            del cfg["hydra"]
+        results = run_pipeline(cfg)
+    timings = results["timings_s"]
+    total = sum(v for k, v in timings.items() if k != "prepare_target")
+    return {
+        "default_run_steps": results["stopped"]["step"],
+        "default_run_timings_s": timings,
+        "default_run_evaluation_share": round(timings["evaluation"] / total, 3),
+    }
