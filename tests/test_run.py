@@ -889,6 +889,38 @@ def test_every_objective_unlearns_end_to_end_under_every_method(loss, method, ca
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+BASELINES = {"mia_target", "mia_retain_model", "paraphrase_target", "prefixes_target", "relearn_forget_retain_model"}
+
+
+@pytest.mark.slow
+def test_the_attack_baselines_on_the_target_are_made_once_and_read_as_they_were_made(tmp_path, monkeypatch):
+    """The attack stage's `before` (on the target and the retain model) depends on neither the seed nor the
+    method: the first run caches it, a run of another seed and method reads it (the retain model is never
+    loaded), and what it then reports equals, attack for attack, a run that computes everything afresh."""
+    from simu_lightning.pipeline import baselines
+
+    cache = tmp_path / "cache"
+    attack = [*SMALL, "robustness=standard", "robustness.families.relearning.steps=2"]
+    attack += ["robustness.families.quantization.schemes=[rtn8]"]
+    first = run_here([*attack, "method=fo", "seed=0"], tmp_path / "first", cache)
+    assert len(list(cache.glob("evaluations/*/attacks.json"))) == 1
+    fresh = run_here([*attack, "method=simu", "seed=1", "evaluation.cache_before=false"], tmp_path / "fresh", cache)
+
+    def no_retain_model(*args, **kwargs):
+        raise AssertionError("the retain model was loaded: the cached baselines were not read")
+
+    monkeypatch.setattr(baselines, "load_retain_model", no_retain_model)
+    read = run_here([*attack, "method=simu", "seed=1"], tmp_path / "read", cache)
+    assert {a: read["robustness"][a] for a in BASELINES} == {a: first["robustness"][a] for a in BASELINES}
+    assert read["robustness"] == fresh["robustness"]  # the after-attacks too: the reference attack, PrivLeak
+
+    def baseline_rows(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "generations.jsonl").read_text().splitlines()]
+        return [r for r in rows if r["stage"] in BASELINES]
+
+    assert baseline_rows("read") == baseline_rows("fresh")
+
+
 @pytest.mark.slow
 def test_a_muse_run_unlearns_raw_text_and_reports_muses_criteria(tmp_path, cache_dir):
     """MUSE's data is not on these machines: a folder the test writes in the hub's layout."""

@@ -1,4 +1,4 @@
-"""The target's evaluation before unlearning, cached: every run of a sweep over one target (methods,
+"""The target's evaluation before unlearning (and the attack stage's baselines on it), cached: every run of a sweep over one target (methods,
 seeds, t, objectives) starts from the same model with the same settings, so it evaluates the same thing
 (on SmolLM2-135M, 94 s of every run on 2 cores). The key holds what the evaluation reads: the target,
 the evaluated rows, the prompt format, the settings, the retain model's ratios (forget quality), the
@@ -25,9 +25,9 @@ PACKAGE = Path(__file__).resolve().parents[1]
 EVALUATION_CODE = ("evaluation", "likelihood.py", "data/formatting.py", "data/benchmark.py")
 
 
-def evaluation_code_hash() -> str:
+def evaluation_code_hash(parts: tuple[str, ...] = EVALUATION_CODE) -> str:
     digest = hashlib.sha256()
-    for part in EVALUATION_CODE:
+    for part in parts:
         path = PACKAGE / part
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(file.relative_to(PACKAGE).as_posix().encode())
@@ -42,12 +42,11 @@ def suite_id(suite) -> list:
     return [getattr(function, "__module__", ""), getattr(function, "__qualname__", repr(function)), keywords]
 
 
-def before_cache_path(cache_dir: Path, target_id: str, evaluator: Evaluator, dtype: str, devices: dict) -> Path:
-    """Where the target's evaluation before unlearning is kept, under a key of everything it depends on."""
+def evaluation_parts(target_id: str, evaluator: Evaluator, dtype: str, devices: dict) -> list:
+    """What an evaluation of the target reads: the target, the rows, the suite, the prompt format, the
+    settings, the retain model's ratios (forget quality), the dtype, devices and precision."""
     benchmark = evaluator.benchmark
-    key = cache_key(
-        "before-evaluation",
-        evaluation_code_hash(),
+    return [
         target_id,
         benchmark.name,
         suite_id(benchmark.suite),
@@ -57,8 +56,35 @@ def before_cache_path(cache_dir: Path, target_id: str, evaluator: Evaluator, dty
         evaluator.retain_ratios,
         dtype,
         devices,
+    ]
+
+
+def before_cache_path(cache_dir: Path, target_id: str, evaluator: Evaluator, dtype: str, devices: dict) -> Path:
+    """Where the target's evaluation before unlearning is kept, under a key of everything it depends on."""
+    key = cache_key(
+        "before-evaluation", evaluation_code_hash(), *evaluation_parts(target_id, evaluator, dtype, devices)
     )
     return cache_dir / "evaluations" / key / "before.json"
+
+
+# the attack stage's code besides the evaluation's: the attacks, and the fine-tuning relearning runs
+ATTACK_CODE = (*EVALUATION_CODE, "robustness", "models/finetune.py")
+
+
+def attack_baselines_path(
+    cache_dir: Path, target_id: str, retain_model: str | None, evaluator: Evaluator, dtype: str, devices: dict, attacks
+) -> Path:
+    """Where the attack stage's baselines on the target are kept (robustness=standard's `before`: the
+    attacks on the target and the retain model; none depends on the run's seed): under the evaluation's
+    key, the retain model, the attack families' settings (`attacks`, plain) and the attacks' code."""
+    key = cache_key(
+        "attack-baselines",
+        evaluation_code_hash(ATTACK_CODE),
+        *evaluation_parts(target_id, evaluator, dtype, devices),
+        retain_model,
+        attacks,
+    )
+    return cache_dir / "evaluations" / key / "attacks.json"
 
 
 def read_before(path: Path) -> Evaluation:

@@ -4,19 +4,26 @@ clean model, and the attacks' baselines on the target (`robustness`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.evaluation import Evaluation, Evaluator
+from simu_lightning.evaluation.before_cache import attack_baselines_path
 from simu_lightning.evaluation.harness import harness_results
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.models.target import load_base, load_retain_model
-from simu_lightning.pipeline.building import run_device, single_process_trainers
+from simu_lightning.pipeline.building import devices_of, run_device, single_process_trainers
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.robustness import AttackContext
+from simu_lightning.utils.cache import source_identity
+from simu_lightning.utils.files import atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +64,44 @@ def evaluate_clean(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evalu
     return evaluator(model, "clean")
 
 
+def attack_baselines_cache(plan: RunPlan, models: Models, evaluator: Evaluator) -> Path | None:
+    """Where the attacks' baselines on this target are cached (None: evaluation.cache_before=false)."""
+    if not plan.evaluation.cache_before:
+        return None
+    retain = models.target.retain_model
+    return attack_baselines_path(
+        plan.cache_dir,
+        models.target.target_id,
+        source_identity(retain, plan.cache_dir) if retain else None,
+        evaluator,
+        plan.cfg.model.dtype,
+        devices_of(plan.cfg.trainer),
+        OmegaConf.to_container(plan.cfg.robustness, resolve=True),
+    )
+
+
 def attack_target(plan: RunPlan, models: Models, evaluator: Evaluator) -> AttackContext | None:
-    """The attack families' baselines on the target, on the device the fit will use."""
+    """The attack families' baselines on the target, on the device the fit will use; read from the cache
+    when a run of this target already made them (none depends on the seed or the method)."""
     if plan.robustness is None:
         return None
     context = AttackContext(
         models.model, evaluator, single_process_trainers(plan.cfg, plan.out), device=run_device(plan.cfg.trainer)
     )
+    cached = attack_baselines_cache(plan, models, evaluator)
+    if cached is not None and cached.exists():
+        log.info("reusing the cached attack baselines on the target (%s)", cached.parent)
+        context.model = context.on_device(context.model)
+        plan.robustness.restore(context, json.loads(cached.read_text()))
+        return context
     retain_model = None
     if plan.robustness.needs_retain_model and models.target.retain_model is not None:
         retain_model, _ = load_retain_model(models.target, plan.cfg.model.dtype)
     plan.robustness.before(context, retain_model)
+    if cached is not None:
+        with atomic(cached.parent, keep_existing=True) as tmp:
+            tmp.mkdir()
+            (tmp / cached.name).write_text(json.dumps(plan.robustness.baselines(context)))
     return context
 
 

@@ -35,6 +35,11 @@ def loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
 
 
+def devices_of(trainer_cfg: DictConfig) -> dict[str, str]:
+    """The trainer settings that decide where and in what precision a model is evaluated (cache keys)."""
+    return {k: str(trainer_cfg.get(k)) for k in ("accelerator", "devices", "num_nodes", "precision", "strategy")}
+
+
 def run_device(trainer_cfg: DictConfig) -> torch.device:
     """The device a single-process run's model is on during the fit (what Lightning's `auto` picks)."""
     accelerator = str(trainer_cfg.get("accelerator", "auto"))

@@ -20,7 +20,7 @@ from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.qa import truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.pipeline.baselines import Baselines
-from simu_lightning.pipeline.building import loggers, make_trainer
+from simu_lightning.pipeline.building import devices_of, loggers, make_trainer
 from simu_lightning.pipeline.checkpointing import checkpointing
 from simu_lightning.pipeline.dashboards import log_attribution, log_config
 from simu_lightning.pipeline.plan import RunPlan
@@ -85,10 +85,8 @@ def before_cache(plan: RunPlan, models: Models, baselines: Baselines) -> Path | 
     """Where the target's evaluation before unlearning is cached (None: evaluation.cache_before=false)."""
     if not plan.evaluation.cache_before:
         return None
-    trainer = plan.cfg.trainer
-    devices = {k: str(trainer.get(k)) for k in ("accelerator", "devices", "num_nodes", "precision", "strategy")}
     return before_cache_path(
-        plan.cache_dir, models.target.target_id, baselines.evaluator, plan.cfg.model.dtype, devices
+        plan.cache_dir, models.target.target_id, baselines.evaluator, plan.cfg.model.dtype, devices_of(plan.cfg.trainer)
     )
 
 

@@ -11,7 +11,9 @@ the unlearned model, which it never changes. Its attack families, in run order
 
 A family is any object with `before(context, retain_model)` (its baselines, on the target before
 unlearning), `after(context)` (on the unlearned model) and `needs_retain_model`; adding one is a file
-and a node under `families` (docs/extending.md). A family set to null is left out. Results land in
+and a node under `families` (docs/extending.md). A family whose `before` leaves state for `after` hands it
+over as JSON through `baseline_state()` / `load_baseline_state(state)`: the baselines are cached
+(pipeline/baselines.py), so a run may restore them rather than run `before`. A family set to null is left out. Results land in
 results.json under `robustness: {attack: {split: {metric: value}}}`, per-example rows in
 generations.jsonl with `stage` = the attack's name.
 """
@@ -68,3 +70,15 @@ class Robustness:
         """On the unlearned model (`context.model`), every family in turn."""
         for family in self.families.values():
             family.after(context)
+
+    def baselines(self, context: AttackContext) -> dict:
+        """What `before` found and left (the context's results and rows, each family's state for `after`):
+        JSON, cached so that every run of a sweep over one target computes it once."""
+        states = {n: f.baseline_state() for n, f in self.families.items() if hasattr(f, "baseline_state")}
+        return {"results": context.results, "rows": context.rows, "families": states}
+
+    def restore(self, context: AttackContext, baselines: dict) -> None:
+        """`before`'s work, from `baselines()` of a run that did it, instead of doing it again."""
+        context.results, context.rows = baselines["results"], baselines["rows"]
+        for name, state in baselines["families"].items():
+            self.families[name].load_baseline_state(state)

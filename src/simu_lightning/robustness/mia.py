@@ -51,6 +51,14 @@ class MembershipInference:
     def after(self, context) -> None:
         self.run(context)
 
+    def baseline_state(self) -> dict:
+        """What `before` leaves for `after` (the retain model's per-example scores): cached with the
+        stage's baselines, so a run that reads them attacks as one that computed them."""
+        return {"retain_rows": self.retain_rows}
+
+    def load_baseline_state(self, state: dict) -> None:
+        self.retain_rows = state["retain_rows"]
+
     def sets(self, context) -> tuple[dict[str, list[dict]], bool] | None:
         """({"forget": rows, "holdout": rows}, whether the rows are whole documents), each row a
         {question, answer}; None when the benchmark has no held-out rows."""
