@@ -21,5 +21,5 @@ def test_the_evaluation_code_hash_changes_when_any_of_its_files_changes(tmp_path
 
 def test_the_real_evaluation_code_is_all_hashed():
     """Every named part exists in the package: a renamed file would otherwise drop out of the key."""
-    for part in before_cache.EVALUATION_CODE:
+    for part in (*before_cache.EVALUATION_CODE, *before_cache.ATTACK_CODE):
         assert (before_cache.PACKAGE / part).exists(), part

@@ -371,7 +371,10 @@ def test_a_sweep_over_t_attributes_once_and_the_later_jobs_say_they_reused_it(tm
     logs = [(job / "run.log").read_text() for job in jobs]
     assert "attribution (forget, neurons): " in logs[0] and "reusing cached attribution scores" not in logs[0]
     for later in logs[1:]:
-        assert "reusing cached attribution scores of the forget set" in later and "attribution (forget, neurons): " not in later
+        assert (
+            "reusing cached attribution scores of the forget set" in later
+            and "attribution (forget, neurons): " not in later
+        )
         assert "reusing the cached fine-tuned model" in later
     kept = [sum(json.loads((job / "results.json").read_text())["critical_neurons"].values()) for job in jobs]
     assert kept[0] > kept[1] > kept[2]  # t = 0.1, 0.2, 0.4 on the same scores

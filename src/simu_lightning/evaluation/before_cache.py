@@ -25,9 +25,10 @@ PACKAGE = Path(__file__).resolve().parents[1]
 EVALUATION_CODE = ("evaluation", "likelihood.py", "data/formatting.py", "data/benchmark.py")
 
 
-def evaluation_code_hash(parts: tuple[str, ...] = EVALUATION_CODE) -> str:
+def evaluation_code_hash(parts: tuple[str, ...] | None = None) -> str:
+    """A hash of the source files of `parts` (the evaluation's code, EVALUATION_CODE, unless given)."""
     digest = hashlib.sha256()
-    for part in parts:
+    for part in EVALUATION_CODE if parts is None else parts:
         path = PACKAGE / part
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(file.relative_to(PACKAGE).as_posix().encode())
