@@ -357,6 +357,32 @@ def test_head_selection_random_draws_the_heads_and_keeps_the_attributed_neurons(
         AttributionSettings(head_selection="planted")
 
 
+def test_head_t_thresholds_the_heads_apart_from_the_neurons():
+    """attribution.head_t: neurons at t = 0.1 keep 3 of 4; heads at head_t = 0.5 keep the two scoring at least
+    half of the layer's best (at t = 0.1 all four heads would be kept); head_t=auto applies auto.rule to the
+    heads; head_t null leaves the heads at t; a bad head_t names the setting."""
+    from simu_lightning.attribution.callback import NeuronAttribution
+    from simu_lightning.attribution.settings import AttributionSettings
+
+    scores = {
+        "neurons": {"l0": torch.tensor([1.0, 0.05, 0.2, 0.15])},
+        "heads": {"l0": torch.tensor([0.3, 1.0, 0.6, 0.4])},
+    }
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[]))
+
+    def chosen(**settings):
+        callback = NeuronAttribution(AttributionSettings(**settings), seed=0)
+        callback.compute = lambda trainer, pl_module, examples, split, unit: scores[unit]
+        return callback.select(trainer, None)[1]["l0"].tolist(), callback.select_heads(trainer, None)[1]["l0"].tolist()
+
+    assert chosen(t=0.1) == ([True, False, True, True], [True, True, True, True])
+    assert chosen(t=0.1, head_t=0.5) == ([True, False, True, True], [False, True, True, False])
+    # mass 0.5 of the heads' positive scores (2.3): the fewest from the top carrying 1.15 are heads 1 and 2
+    assert chosen(t=0.1, head_t="auto", auto={"rule": "mass", "mass": 0.5})[1] == [False, True, True, False]
+    with pytest.raises(SimuError, match=r"attribution.head_t must be in \(0, 1\] or auto, got 2"):
+        AttributionSettings(head_t=2)
+
+
 def test_a_bad_trainable_names_the_setting_in_one_line():
     with pytest.raises(SimuError) as refused:
         Method("simu", optimizer=None, trainable="heads", critical_neuron_mask=True)

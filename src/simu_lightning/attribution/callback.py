@@ -178,8 +178,9 @@ class NeuronAttribution(L.Callback):
         largest, each layer's t, and, with exclude_retain, how many were dropped per layer."""
         data = trainer.datamodule
         scores = self._cached_scores(trainer, pl_module, data.forget, "forget", unit)
-        selected, chosen_t = select_critical(scores, self.settings.t, self.settings.auto)
-        if self.settings.t == "auto":
+        t = self.settings.t_of(unit)
+        selected, chosen_t = select_critical(scores, t, self.settings.auto)
+        if t == "auto":
             log.info(
                 "attribution.t=auto (%s), %s: t per layer %s",
                 "mass %g" % self.settings.auto["mass"] if self.settings.auto["rule"] == "mass" else "knee",
@@ -189,7 +190,7 @@ class NeuronAttribution(L.Callback):
         dropped = {}
         if self.settings.exclude_retain:
             retain_scores = self._cached_scores(trainer, pl_module, data.retain, "retain", unit)
-            retain, _ = select_critical(retain_scores, self.settings.t, self.settings.auto)
+            retain, _ = select_critical(retain_scores, t, self.settings.auto)
             selected, dropped = exclude_shared(selected, retain)
             log.info(
                 "attribution.exclude_retain: dropped %d of %d critical %s that are critical for the "
@@ -360,7 +361,7 @@ class NeuronAttribution(L.Callback):
             with atomic(out / name) as tmp:
                 torch.save(value, tmp)
         summary = {
-            "t": self.settings.t,
+            "t": self.settings.t_of("heads"),
             "selection": self.settings.selection_of("heads"),
             "exclude_retain": self.settings.exclude_retain,
             "layers": {

@@ -32,12 +32,17 @@ class AttributionSettings:
     # neurons': head_selection=random keeps the attributed neurons and draws the heads at random (the
     # control that asks whether the attributed heads matter)
     head_selection: str | None = None
+    # the heads' own threshold (null: t). A layer has a few heads against hundreds of neurons, so the
+    # neurons' t keeps nearly every head (at t=0.1 all 4 of the tiny model's, in every layer).
+    head_t: float | str | None = None
 
     def __post_init__(self):
-        if self.t != "auto" and (
-            isinstance(self.t, bool) or not isinstance(self.t, (int, float)) or not 0 < self.t <= 1
-        ):
-            raise SimuError(f"attribution.t must be in (0, 1] or auto, got {self.t}")
+        for name in ("t", "head_t"):
+            value = getattr(self, name)
+            if name == "head_t" and value is None or value == "auto":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise SimuError(f"attribution.{name} must be in (0, 1] or auto, got {value}")
         object.__setattr__(self, "auto", {"rule": "mass", "mass": 0.5, **dict(self.auto or {})})
         if unknown := set(self.auto) - {"rule", "mass"}:
             raise SimuError(f"attribution.auto: unknown setting(s) {', '.join(sorted(unknown))} (known: rule, mass)")
@@ -60,6 +65,10 @@ class AttributionSettings:
             )
         if not isinstance(self.exclude_retain, bool):
             raise SimuError(f"attribution.exclude_retain must be true or false, got {self.exclude_retain!r}")
+
+    def t_of(self, unit: str) -> float | str:
+        """The threshold of `unit` (neurons or heads)."""
+        return self.t if unit == "neurons" or self.head_t is None else self.head_t
 
     def selection_of(self, unit: str) -> str:
         """What selects the critical `unit`s (neurons or heads)."""

@@ -45,7 +45,11 @@ def selection_results(attribution) -> dict:
         **({"critical_neurons_t": attribution.chosen_t} if attribution.settings.t == "auto" else {}),
         **({"critical_neurons_dropped_shared_with_retain": attribution.dropped} if attribution.dropped else {}),
         **({"critical_heads": attribution.heads_kept} if attribution.heads is not None else {}),
-        **({"critical_heads_t": attribution.head_t} if attribution.heads and attribution.settings.t == "auto" else {}),
+        **(
+            {"critical_heads_t": attribution.head_t}
+            if attribution.heads and attribution.settings.t_of("heads") == "auto"
+            else {}
+        ),
         **(
             {"selection": attribution.settings.selection, "localisation": attribution.localisation}
             if attribution.localisation
