@@ -160,6 +160,22 @@ def test_runs_are_grouped_by_their_resolved_configuration_and_named_by_what_diff
     assert "they differ in: `method.name`, `method.trainable`." in report
 
 
+def test_a_setting_added_since_with_null_pools_with_runs_that_predate_it(tmp_path):
+    """A run whose configuration lacks a setting (made before attribution.head_t existed) and one with it
+    null are one group; a value other than null is still told apart, and named."""
+    from simu_lightning.report.runs import find_runs
+
+    fake_run(tmp_path / "old" / "0_simu", "simu", 0, FORGET, RETAIN)
+    fake_run(tmp_path / "new" / "1_simu", "simu", 1, FORGET, RETAIN, **{"method.head_t": None})
+    assert sorted(r.group for r in find_runs([tmp_path])) == ["simu", "simu"]
+    fake_run(tmp_path / "new" / "2_simu", "simu", 2, FORGET, RETAIN, **{"method.head_t": 0.5})
+    assert sorted(r.group for r in find_runs([tmp_path])) == [
+        "simu method.head_t=0.5",
+        "simu method.head_t=null",
+        "simu method.head_t=null",
+    ]
+
+
 def test_a_run_given_twice_counts_once(tmp_path):
     sweep = tmp_path / "sweep"
     for seed in range(3):

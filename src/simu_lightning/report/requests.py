@@ -9,6 +9,7 @@ from pathlib import Path
 from simu_lightning.report.runs import Run
 from simu_lightning.report.stats import mean_ci
 from simu_lightning.report.tables import cell, groups, label
+from simu_lightning.utils.files import atomic
 
 
 def name(metric: str) -> str:
@@ -17,9 +18,6 @@ def name(metric: str) -> str:
     if split.startswith("request_"):
         return f"request {split.removeprefix('request_')} {label('forget.' + figure)}"
     return label(metric)
-
-
-from simu_lightning.utils.files import atomic
 
 
 def after_request(entry: dict, j: int, metric: str) -> float | None:

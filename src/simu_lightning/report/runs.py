@@ -119,11 +119,20 @@ def run_dirs(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def value_of(settings: dict[str, object], key: str) -> object:
+    """The setting `key`; one a run's configuration lacks altogether is null, as a setting added since
+    comes with null for "as before" (attribution.head_t): runs from before it was added still pool with
+    runs that leave it null. A node set only in some (robustness.families...) stays absent."""
+    if key in settings:
+        return settings[key]
+    return MISSING if any(k.startswith(key + ".") for k in settings) else None
+
+
 def differing(settings: list[dict[str, object]]) -> list[str]:
     """The settings whose values are not the same in every one of `settings`, a node that some lack
     altogether (robustness: null) named once rather than by each of its entries."""
     keys = sorted({k for s in settings for k in s})
-    changed = [k for k in keys if len({json.dumps(s.get(k, MISSING), sort_keys=True) for s in settings}) > 1]
+    changed = [k for k in keys if len({json.dumps(value_of(s, k), sort_keys=True) for s in settings}) > 1]
     nodes = [k for k in changed if any(s.get(k, MISSING) is None for s in settings)]
     return [k for k in changed if not any(k.startswith(node + ".") for node in nodes)]
 
@@ -138,7 +147,7 @@ def setting_of(run: Run, key: str) -> str:
     if key in run.settings:
         return f"{key}={shown(run.settings[key])}"
     inside = any(k.startswith(key + ".") for k in run.settings)  # the node is set (robustness=standard)
-    return f"{key}={'on' if inside else 'absent'}"
+    return f"{key}={'on' if inside else 'null'}"  # a setting the run predates is null (value_of)
 
 
 def group_label(run: Run, keys: list[str], method_keys: set[str], shared: dict[str, str] | None = None) -> str:
