@@ -174,6 +174,11 @@ def test_a_setting_added_since_with_null_pools_with_runs_that_predate_it(tmp_pat
         "simu method.head_t=null",
         "simu method.head_t=null",
     ]
+    # a node only some runs have (unlearning/requests=sequential) is named once, not by each entry
+    fake_run(
+        tmp_path / "seq" / "0_simu", "simu", 0, FORGET, RETAIN, **{"method.head_t": None, "requests": {"count": 5}}
+    )
+    assert "simu method.head_t=null requests=on" in {r.group for r in find_runs([tmp_path])}
 
 
 def test_a_run_given_twice_counts_once(tmp_path):

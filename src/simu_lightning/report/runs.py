@@ -130,11 +130,23 @@ def value_of(settings: dict[str, object], key: str) -> object:
 
 def differing(settings: list[dict[str, object]]) -> list[str]:
     """The settings whose values are not the same in every one of `settings`, a node that some lack
-    altogether (robustness: null) named once rather than by each of its entries."""
+    altogether (robustness: null, or no unlearning.requests at all) named once rather than by each of its
+    entries."""
     keys = sorted({k for s in settings for k in s})
     changed = [k for k in keys if len({json.dumps(value_of(s, k), sort_keys=True) for s in settings}) > 1]
     nodes = [k for k in changed if any(s.get(k, MISSING) is None for s in settings)]
-    return [k for k in changed if not any(k.startswith(node + ".") for node in nodes)]
+    kept = [k for k in changed if not any(k.startswith(node + ".") for node in nodes)]
+    return sorted({absent_node(k, settings) for k in kept})
+
+
+def absent_node(key: str, settings: list[dict[str, object]]) -> str:
+    """The outermost node above `key` that some of `settings` lack altogether (else `key` itself)."""
+    parts = key.split(".")
+    for end in range(1, len(parts)):
+        node = ".".join(parts[:end])
+        if any(not any(k == node or k.startswith(node + ".") for k in s) for s in settings):
+            return node
+    return key
 
 
 def shown(value) -> str:
