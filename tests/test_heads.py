@@ -103,30 +103,17 @@ def test_head_attribution_equals_its_plain_per_sample_definition(model_type, mod
 
 
 # head masks: four query heads in two key/value groups where the architecture allows it
+MASK_SIZE = {
+    "vocab_size": 64,
+    "hidden_size": 16,
+    "intermediate_size": 24,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
 MASK_CONFIGS = {
-    "llama": LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ),  # fmt: skip
-    "qwen2": Qwen2Config(  # q/k/v biases
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ),  # fmt: skip
-    "gpt_neox": GPTNeoXConfig(  # one fused query_key_value, per head; biases, o_proj's too
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-    ),  # fmt: skip
+    "llama": LlamaConfig(**MASK_SIZE, num_key_value_heads=2),
+    "qwen2": Qwen2Config(**MASK_SIZE, num_key_value_heads=2),  # q/k/v biases
+    "gpt_neox": GPTNeoXConfig(**MASK_SIZE),  # one fused query_key_value, per head; biases, o_proj's too
     "gpt2": GPT2Config(vocab_size=64, n_embd=16, n_inner=24, n_layer=2, n_head=4),  # fused c_attn (Conv1D), stacked
 }
 # layer 0: head 1 alone (key/value group 0 trains, group 1 does not); layer 1: heads 0 and 3 (both groups)

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from simu_lightning.report.runs import Run
-from simu_lightning.report.stats import mean_ci
-from simu_lightning.report.tables import cell, groups, label
+from simu_lightning.report.tables import cell, groups, label, stat_row
 from simu_lightning.utils.files import atomic
 
 
@@ -44,19 +43,8 @@ def requests_rows(runs: list[Run], forget_metric: str, retain_metric: str) -> li
             }
             for metric, values in figures.items():
                 values = [v for v in values if v is not None]
-                mean, low, high = mean_ci(values)
                 rows.append(
-                    {
-                        "table": "requests",
-                        "group": group,
-                        "level": f"after request {k}",
-                        "metric": metric,
-                        "n": len(entries),
-                        "reached": len(values),
-                        "mean": mean,
-                        "ci_low": low,
-                        "ci_high": high,
-                    }
+                    stat_row("requests", group, f"after request {k}", metric, len(entries), values, len(values))
                 )
     return rows
 

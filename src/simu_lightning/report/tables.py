@@ -80,26 +80,30 @@ def groups(runs: list[Run]) -> dict[str, list[Run]]:
     return by_group(runs)
 
 
+def stat_row(table: str, group: str, level: str, metric: str, n: int, values: list[float], reached: int) -> dict:
+    """One row of report.csv: the mean and 95% interval of `values` over the `reached` of `n` runs."""
+    mean, low, high = mean_ci(values)
+    return {
+        "table": table,
+        "group": group,
+        "level": level,
+        "metric": metric,
+        "n": n,
+        "reached": reached,
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+    }
+
+
 def summary_rows(runs: list[Run]) -> list[dict]:
     """One row per (group, metric): n, mean, CI."""
     rows = []
     for group, members in groups(runs).items():
         per_run = [after_metrics(r) for r in members]
         for metric in sorted({m for values in per_run for m in values}):
-            mean, low, high = mean_ci([v.get(metric) for v in per_run if v.get(metric) is not None])
-            rows.append(
-                {
-                    "table": "after",
-                    "group": group,
-                    "level": "",
-                    "metric": metric,
-                    "n": len(members),
-                    "reached": len(members),
-                    "mean": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
+            values = [v.get(metric) for v in per_run if v.get(metric) is not None]
+            rows.append(stat_row("after", group, "", metric, len(members), values, len(members)))
     return rows
 
 
@@ -117,20 +121,8 @@ def matched_rows(runs: list[Run], forget_metric: str, op: str, levels: list[floa
                 values = [r[metric] for r in reached if r.get(metric) is not None]
                 if not values and metric != "step":
                     continue
-                mean, low, high = mean_ci(values)
-                rows.append(
-                    {
-                        "table": "matched",
-                        "group": group,
-                        "level": f"{forget_metric}{op}{level:g}",
-                        "metric": metric,
-                        "n": len(members),
-                        "reached": len(reached),
-                        "mean": mean,
-                        "ci_low": low,
-                        "ci_high": high,
-                    }
-                )
+                label = f"{forget_metric}{op}{level:g}"
+                rows.append(stat_row("matched", group, label, metric, len(members), values, len(reached)))
     return rows
 
 
@@ -166,20 +158,8 @@ def robustness_rows(runs: list[Run]) -> list[dict]:
     for group, members in groups(runs).items():
         per_run = [attack_metrics(r) for r in members if r.results.get("robustness")]
         for attack, metric in dict.fromkeys(k for values in per_run for k in values):
-            mean, low, high = mean_ci([v[(attack, metric)] for v in per_run if (attack, metric) in v])
-            rows.append(
-                {
-                    "table": "robustness",
-                    "group": group,
-                    "level": attack,
-                    "metric": metric,
-                    "n": len(per_run),
-                    "reached": len(per_run),
-                    "mean": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
+            values = [v[(attack, metric)] for v in per_run if (attack, metric) in v]
+            rows.append(stat_row("robustness", group, attack, metric, len(per_run), values, len(per_run)))
     return rows
 
 
@@ -241,20 +221,7 @@ def localisation_rows(runs: list[Run]) -> list[dict]:
                 values = [f["overall" if level == "overall" else "layers"] for f in found]
                 values = [v.get(metric) if level == "overall" else v[level].get(metric) for v in values]
                 values = [v for v in values if v is not None]
-                mean, low, high = mean_ci(values)
-                rows.append(
-                    {
-                        "table": "localisation",
-                        "group": group,
-                        "level": level,
-                        "metric": metric,
-                        "n": len(found),
-                        "reached": len(values),
-                        "mean": mean,
-                        "ci_low": low,
-                        "ci_high": high,
-                    }
-                )
+                rows.append(stat_row("localisation", group, level, metric, len(found), values, len(values)))
     return rows
 
 
