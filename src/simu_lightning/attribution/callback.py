@@ -182,7 +182,8 @@ class NeuronAttribution(L.Callback):
         selected, chosen_t = select_critical(scores, t, self.settings.auto)
         if t == "auto":
             log.info(
-                "attribution.t=auto (%s), %s: t per layer %s",
+                "attribution.%s=auto (%s), %s: t per layer %s",
+                "t" if unit == "neurons" or self.settings.head_t is None else "head_t",
                 "mass %g" % self.settings.auto["mass"] if self.settings.auto["rule"] == "mass" else "knee",
                 unit,
                 " ".join("-" if t is None else f"{t:.3f}" for t in chosen_t.values()),

@@ -39,7 +39,7 @@ class AttributionSettings:
     def __post_init__(self):
         for name in ("t", "head_t"):
             value = getattr(self, name)
-            if name == "head_t" and value is None or value == "auto":
+            if value == "auto" or (name == "head_t" and value is None):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 raise SimuError(f"attribution.{name} must be in (0, 1] or auto, got {value}")

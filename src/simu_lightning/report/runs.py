@@ -125,7 +125,11 @@ def value_of(settings: dict[str, object], key: str) -> object:
     runs that leave it null. A node set only in some (robustness.families...) stays absent."""
     if key in settings:
         return settings[key]
-    return MISSING if any(k.startswith(key + ".") for k in settings) else None
+    return MISSING if has_entries_under(settings, key) else None
+
+
+def has_entries_under(settings: dict[str, object], node: str) -> bool:
+    return any(k.startswith(node + ".") for k in settings)
 
 
 def differing(settings: list[dict[str, object]]) -> list[str]:
@@ -144,7 +148,7 @@ def absent_node(key: str, settings: list[dict[str, object]]) -> str:
     parts = key.split(".")
     for end in range(1, len(parts)):
         node = ".".join(parts[:end])
-        if any(not any(k == node or k.startswith(node + ".") for k in s) for s in settings):
+        if any(node not in s and not has_entries_under(s, node) for s in settings):
             return node
     return key
 
@@ -156,10 +160,8 @@ def shown(value) -> str:
 
 
 def setting_of(run: Run, key: str) -> str:
-    if key in run.settings:
-        return f"{key}={shown(run.settings[key])}"
-    inside = any(k.startswith(key + ".") for k in run.settings)  # the node is set (robustness=standard)
-    return f"{key}={'on' if inside else 'null'}"  # a setting the run predates is null (value_of)
+    value = value_of(run.settings, key)  # MISSING: the node is set (robustness=standard); None: null or predated
+    return f"{key}={'on' if value is MISSING else shown(value)}"
 
 
 def group_label(run: Run, keys: list[str], method_keys: set[str], shared: dict[str, str] | None = None) -> str:
