@@ -32,7 +32,8 @@ DATA = {
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The group's options; a file named _*.yaml is a part that options include, not one of them."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def composed(overrides: list[str], tmp_path: Path):
@@ -63,6 +64,13 @@ def leaves(node, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+def tuned_values(stem: str) -> DictConfig:
+    """What conf/tuned/<stem>.yaml sets, the shared files its defaults list names merged in first."""
+    own = OmegaConf.load(CONF / "tuned" / f"{stem}.yaml")
+    shared = [tuned_values(name) for name in own.pop("defaults", []) if name != "_self_"]
+    return OmegaConf.merge(*shared, own)
+
+
 def tuned_overrides(stem: str) -> list[str]:
     """conf/tuned/<benchmark>_<model>_<loss>.yaml -> the choices that select it."""
     for benchmark in options("benchmark"):
@@ -81,6 +89,13 @@ NEEDS = {("attribution", "planted"): ["benchmark.planted.fraction=0.05"]}
 def test_the_cases_cover_every_yaml_under_conf():
     covered = {CONF / group / f"{option}.yaml" for group, option in CASES} | {CONF / "config.yaml"}
     covered |= {CONF / "hydra" / "launcher" / "slurm.yaml"}  # below
+    # a shared part (_*.yaml) is covered through the tuned files that include it
+    covered |= {
+        CONF / "tuned" / f"{name}.yaml"
+        for option in options("tuned")
+        for name in OmegaConf.load(CONF / "tuned" / f"{option}.yaml").get("defaults", [])
+        if name != "_self_"
+    }
     assert covered == set(CONF.rglob("*.yaml"))
 
 
@@ -100,7 +115,7 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
     benchmark_name = composed(overrides, tmp_path).benchmark._target_.split(".")[-2]  # (experiments choose one)
     cfg = composed(overrides + DATA.get(benchmark_name, []), tmp_path)
     if group == "tuned":  # selected automatically, and every value it sets reached the run's config
-        for key, value in leaves(OmegaConf.load(CONF / "tuned" / f"{option}.yaml")):
+        for key, value in leaves(tuned_values(option)):
             if isinstance(value, str) and value.startswith("${"):  # resolved in the run's config
                 assert _raw(cfg, key) == value, key
             else:
@@ -136,11 +151,9 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
     assert benchmark.suite.func.__module__ == f"simu_lightning.evaluation.{suites.get(benchmark_name, 'qa')}"
 
 
-@pytest.mark.parametrize(
-    "stem", [o for o in options("tuned") if "lr_by_method" in OmegaConf.load(CONF / "tuned" / f"{o}.yaml")]
-)
+@pytest.mark.parametrize("stem", [o for o in options("tuned") if "lr_by_method" in tuned_values(o)])
 def test_a_tuned_budget_per_method_gives_each_method_its_own_lr(stem, tmp_path):
-    by_method = OmegaConf.load(CONF / "tuned" / f"{stem}.yaml").lr_by_method
+    by_method = tuned_values(stem).lr_by_method
     for method in options("method"):
         cfg = composed([*tuned_overrides(stem), f"method={method}"], tmp_path)
         assert cfg.method.optimizer.lr == by_method.get(method, 5.0e-5), method
