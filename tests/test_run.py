@@ -18,6 +18,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, run_here, write_muse_folder
 from simu_lightning.pipeline.checks import ONE_PROCESS
+from simu_lightning.report.matched import at_forget_level
+from simu_lightning.report.runs import find_runs
+from simu_lightning.unlearning.stopping import Condition
 from simu_lightning.utils.errors import SimuError
 
 SMALL = [
@@ -162,6 +165,45 @@ def test_evaluations_during_unlearning_can_leave_out_the_forget_truth_ratios_and
     assert during and {key for key in during if key[1:] not in left_out} == {key for key in kept if 0 < key[0] < last}
     assert all(kept[key] == pytest.approx(full[key], rel=1e-6) for key in kept)
     assert all((step, "scores", "model_utility") in kept for step in range(last + 1))
+
+
+def test_probe_points_leave_the_values_at_matched_forgetting_as_full_points_give_them(cache_dir, tmp_path):
+    """evaluation.during.full_around: the same run, where every point scores only the forget split except
+    the two around each level's first crossing (the earlier one from the weights kept at it), which are
+    complete; the report's values at those levels, and results.json, are those of a run with every point
+    complete."""
+    every_step = [*SMALL, "evaluation.every_n_steps=1", "trainer.max_epochs=3", "method=so"]
+    run_here(every_step, tmp_path / "full", cache_dir)
+    full = find_runs([tmp_path / "full"])[0].curve
+    prob = {p["step"]: p["summary"]["forget"]["answer_prob"] for p in full}
+    # levels halfway between a record of the forget answers' probability (a new low, or a new high where
+    # it rises: a small target) and the record before it; each is first reached at its record's step
+    op = "<=" if prob[max(prob)] < prob[0] else ">="
+    best = min if op == "<=" else max
+    beats = (lambda a, b: a < b) if op == "<=" else (lambda a, b: a > b)
+    records = [s for s in sorted(prob)[1:] if beats(prob[s], best(prob[e] for e in prob if e < s))]
+    firsts = sorted({records[0], records[-1]})
+    levels = [(prob[s] + best(prob[e] for e in prob if e < s)) / 2 for s in firsts]
+    at = f"forget.answer_prob{op}" + ",".join(repr(v) for v in levels)
+    run_here([*every_step, f'evaluation.during.full_around="{at}"'], tmp_path / "probed", cache_dir)
+    probed = find_runs([tmp_path / "probed"])[0].curve
+
+    last = max(prob)
+    complete = {0, last} | {s for k in firsts for s in (k - 1, k)}
+    assert {p["step"] for p in probed} == set(prob)
+    assert {p["step"] for p in probed if "retain" in p["summary"]} == complete
+    assert all(set(p["summary"]) == {"forget"} for p in probed if p["step"] not in complete)
+    assert len(complete) < len(prob)  # some points were probes: the saving is real
+    metrics = [f"{split}.{m}" for split, by_metric in full[0]["summary"].items() for m in by_metric]
+    metrics += [m for m in full[0]["scores"] if m != "forget_quality"]
+    for level in levels:
+        condition = Condition("forget.answer_prob", op, level)
+        expected, got = at_forget_level(full, condition, metrics), at_forget_level(probed, condition, metrics)
+        assert expected is not None and set(got) == set(expected)
+        assert all(got[m] == pytest.approx(expected[m], rel=1e-6, abs=1e-9) for m in expected), level
+    after = [json.loads((tmp_path / d / "results.json").read_text())["after"] for d in ("full", "probed")]
+    assert after[0].keys() == after[1].keys()
+    assert all(after[1][split] == pytest.approx(after[0][split], rel=1e-6) for split in after[0])
 
 
 @pytest.mark.slow
@@ -482,7 +524,17 @@ BAD_SETTINGS = [
     ),
     (
         "+evaluation.during.rows=5",
-        "evaluation.during: unknown setting(s) rows (known: max_examples, truth_ratios)",
+        "evaluation.during: unknown setting(s) rows (known: max_examples, truth_ratios, full_around)",
+    ),
+    (
+        "evaluation.during.full_around=forget.rougeL_recall",
+        "evaluation.during.full_around='forget.rougeL_recall': expected METRIC<=LEVELS or METRIC>=LEVELS, "
+        "e.g. 'forget.exact_match<=0.5,0.2,0.1'",
+    ),
+    (
+        'evaluation.during.full_around="model_utility>=0.3,0.2"',
+        "evaluation.during.full_around='model_utility>=0.3,0.2': the levels must be on a split's metric "
+        "(e.g. forget.rougeL_recall), not on the score 'model_utility'",
     ),
     ("optim.fused=sometimes", "optim.fused must be true, false or auto, got 'sometimes'"),
     (

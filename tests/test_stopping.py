@@ -1,14 +1,17 @@
 """The stopping rule and the evaluation during unlearning, driven by a scripted sequence of evaluations."""
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation import callback as evaluation_callback
 from simu_lightning.evaluation.metrics import unlearning_aggregate
+from simu_lightning.evaluation.probe import probe_plan, snapshot, weights_of
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
-from simu_lightning.unlearning.stopping import StoppingRule
+from simu_lightning.unlearning.stopping import ForgetLevels, StoppingRule
 
 SETTINGS = EvalSettings(max_length=32, max_new_tokens=4, batch_size=2)
 
@@ -112,3 +115,115 @@ def test_conditions_joined_with_and_must_all_hold():
     rule = StoppingRule.parse("forget.exact_match<=0.1 and forget_quality>=0.05")
     assert not rule.holds({"summary": {"forget": {"exact_match": 0.0}}, "scores": {"forget_quality": 0.01}})
     assert rule.holds({"summary": {"forget": {"exact_match": 0.1}}, "scores": {"forget_quality": 0.05}})
+
+
+@dataclass
+class TwoSplits:
+    """A benchmark of two splits, forget and retain (what `view` narrows a probe to)."""
+
+    splits: dict
+    eval_splits: tuple = ("forget", "retain")
+    aggregate = None
+
+    def __getitem__(self, name):
+        return self.splits[name]
+
+
+class ByWeight:
+    """An evaluator that reads the model's one weight w: forget EM = w, retain EM = 1 - w, on the splits
+    of the benchmark it is given."""
+
+    settings = SETTINGS
+
+    def __init__(self):
+        self.benchmark = TwoSplits({"forget": "forget rows", "retain": "retain rows"})
+        self.calls = []
+
+    def __call__(self, model, stage, settings=None, benchmark=None):
+        w = float(model.weight)
+        splits = (benchmark or self.benchmark).eval_splits
+        self.calls.append(splits)
+        values = {"forget": w, "retain": round(1 - w, 6)}
+        return Evaluation({s: {"exact_match": values[s]} for s in splits}, {}, [])
+
+
+def probe_run(tmp_path, restart_at=None):
+    """Ten steps of -0.1 on w = 1.0, a point every 2 steps, forget levels 0.75 and 0.3; `restart_at`: a
+    new process takes over after that step (the callback's state from the checkpoint, its copies lost)."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    evaluator = ByWeight()
+    probe = probe_plan("forget.exact_match<=0.75,0.3", None, ("forget", "retain"), ())
+
+    def callback():
+        return evaluation_callback.UnlearningEvaluation(evaluator, tmp_path, every_n_steps=2, probe=probe)
+
+    optimizer = SimpleNamespace(param_groups=[{"params": [model.weight]}])
+    trainer = SimpleNamespace(
+        global_step=0,
+        current_epoch=0,
+        should_stop=False,
+        loggers=[],
+        is_global_zero=True,
+        ckpt_path=None,
+        optimizers=[optimizer],
+    )
+    module = SimpleNamespace(model=model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    cb = callback()
+    cb.on_fit_start(trainer, module)
+    cb.on_train_start(trainer, module)
+    for step in range(1, 11):
+        with torch.no_grad():
+            model.weight.sub_(0.1)
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+        if step == restart_at:
+            state, cb = cb.state_dict(), callback()
+            cb.load_state_dict(state)
+            cb.on_train_start(trainer, module)
+    return cb, evaluator
+
+
+def complete_points(cb) -> dict[int, float]:
+    return {p["step"]: p["summary"]["retain"]["exact_match"] for p in cb.points if "retain" in p["summary"]}
+
+
+def test_probe_points_complete_the_point_before_a_crossing_from_the_weights_kept_at_it(tmp_path):
+    cb, evaluator = probe_run(tmp_path)
+    # forget 0.8 at step 2, 0.6 at 4 (reaches 0.75), 0.4 at 6, 0.2 at 8 (reaches 0.3), 0.0 at 10
+    assert complete_points(cb) == {0: 0.0, 2: 0.2, 4: 0.4, 6: 0.6, 8: 0.8}
+    assert set(cb.points[-1]["summary"]) == {"forget"} and cb.points[-1]["step"] == 10  # a probe
+    assert evaluator.calls.count(("forget",)) == 5  # one probe a point; complete points on top
+    assert cb._probed is None  # no copy is kept once every level is reached
+
+
+def test_a_restart_at_a_points_step_keeps_its_weights_and_elsewhere_says_what_it_could_not_complete(tmp_path, caplog):
+    cb, _ = probe_run(tmp_path / "at_point", restart_at=6)  # the checkpoint holds step 6's weights
+    assert set(complete_points(cb)) == {0, 2, 4, 6, 8}
+    with caplog.at_level("WARNING"):
+        cb, _ = probe_run(tmp_path / "lost", restart_at=7)  # step 6's weights are gone
+    assert set(complete_points(cb)) == {0, 2, 4, 8}
+    assert "forget.exact_match<=0.3 first holds at step 8" in caplog.text and "(step 6)" in caplog.text
+
+
+def test_the_kept_weights_are_evaluated_and_the_current_ones_come_back_bit_for_bit():
+    layer = torch.nn.Linear(3, 2)
+    kept = snapshot(list(layer.parameters()))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+    current = [p.detach().clone() for p in layer.parameters()]
+    with weights_of(list(layer.parameters()), kept):
+        assert all(torch.equal(p, k) for p, k in zip(layer.parameters(), kept))
+    assert all(torch.equal(p, c) for p, c in zip(layer.parameters(), current))
+
+
+def test_forget_levels_name_each_levels_first_crossing():
+    levels = ForgetLevels.parse("forget.rougeL_recall<=0.4,0.2")
+    points = [{"summary": {"forget": {"rougeL_recall": v}}, "scores": {}} for v in (0.9, 0.35, 0.5, 0.1)]
+    reached = [levels.first_reached(points[:i], p) for i, p in enumerate(points)]
+    assert [[c.value for c in r] for r in reached] == [[], [0.4], [], [0.2]]  # 0.4 again at 0.1: not first
+    assert not levels.all_reached(points[:3]) and levels.all_reached(points)
+    with pytest.raises(SimuError, match=r"^--at='forget.rougeL_recall=0.4': expected METRIC<=LEVELS"):
+        ForgetLevels.parse("forget.rougeL_recall=0.4")

@@ -8,6 +8,9 @@ evaluated by all its processes together (each takes a share of the prompts).
   metrics (on at most `during_max_examples` rows per split; truth ratios on `during_truth_ratio_splits`
   only, when given), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule
   is checked at each of these points;
+  With `probe` (`evaluation.during.full_around`), a point scores only the forget levels' split and what
+  the stopping rule reads, and the two points around each level's first crossing are evaluated in full
+  (evaluation/probe.py);
 - `after`: the model where unlearning stopped: the evaluation point that met the stopping rule, or
   the model at the end of the budget.
 The trajectory and the stopping state are saved in every checkpoint, so a resumed run continues the
@@ -24,10 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from simu_lightning.distributed import agree
 from simu_lightning.evaluation.before_cache import read_before, write_before
 from simu_lightning.evaluation.evaluate import Evaluator
+from simu_lightning.evaluation.probe import ProbePlan, changing_parameters, snapshot, weights_of
+from simu_lightning.evaluation.splits import view
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
 from simu_lightning.utils.files import atomic, write_jsonl
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
@@ -73,6 +79,7 @@ class UnlearningEvaluation(L.Callback):
         stop_when: StoppingRule | None = None,
         during_truth_ratio_splits: tuple[str, ...] | None = None,
         before_cache: Path | None = None,
+        probe: ProbePlan | None = None,
     ):
         self.evaluator, self.settings = evaluator, evaluator.settings
         self.before_cache = before_cache  # where the target's evaluation before unlearning is cached (or None)
@@ -84,6 +91,8 @@ class UnlearningEvaluation(L.Callback):
             truth_ratio_splits=during_truth_ratio_splits,
         )
         self.stop_when = stop_when
+        self.probe = probe
+        self._probed: list[torch.Tensor] | None = None  # the weights of the last probe point (see probe.py)
         self.before: Evaluation | None = None
         self.after: Evaluation | None = None
         self.points: list[dict] = []  # the trajectory, step 0 = before
@@ -129,10 +138,12 @@ class UnlearningEvaluation(L.Callback):
             write_before(cached, before)
         return before
 
-    def _add_point(self, trainer: L.Trainer, evaluation: Evaluation, full: bool) -> dict:
-        step = trainer.global_step
-        point = curve_point(step, self._epoch, evaluation, self._aggregate)
-        self.points = [p for p in self.points if p["step"] != step] + [point]
+    def _add_point(
+        self, trainer: L.Trainer, evaluation: Evaluation, full: bool, step: int | None = None, epoch: int | None = None
+    ) -> dict:
+        step = trainer.global_step if step is None else step
+        point = curve_point(step, self._epoch if epoch is None else epoch, evaluation, self._aggregate)
+        self.points = sorted([p for p in self.points if p["step"] != step] + [point], key=lambda p: p["step"])
         if full:
             self._latest = (step, evaluation)
         self._log(trainer, point)
@@ -153,6 +164,9 @@ class UnlearningEvaluation(L.Callback):
         self.before = self._evaluate_before(trainer, pl_module)
         if self.stop_when is not None:
             self.stop_when.check_names(curve_point(0, 0, self.before, self._aggregate))
+        if self.probe is not None:
+            levels = StoppingRule(self.probe.levels.conditions)
+            levels.check_names(curve_point(0, 0, self.before, self._aggregate), "evaluation.during.full_around")
         if trainer.is_global_zero and self.saved_before is not None:
             with atomic(self.saved_before) as tmp:
                 tmp.write_text(json.dumps(self.before.to_dict()))
@@ -162,6 +176,10 @@ class UnlearningEvaluation(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if self.stopped and self.stopped["reason"] == CONDITION_MET:
             trainer.should_stop = True  # a resumed run that had already stopped unlearns no further
+        last = self.points[-1] if self.points else None
+        if self.probe is not None and last is not None and last["step"] == trainer.global_step:
+            # a run resumed from a checkpoint of its last point's step holds that point's weights
+            self._probed = snapshot(changing_parameters(trainer.optimizers))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._epoch = trainer.current_epoch
@@ -174,8 +192,50 @@ class UnlearningEvaluation(L.Callback):
 
     def _evaluate_during(self, trainer: L.Trainer, pl_module) -> None:
         full = self.during_settings == self.settings
-        evaluation = self._evaluate(pl_module.model, "during", self.during_settings)
-        self._check_stop(trainer, self._add_point(trainer, evaluation, full))
+        if self.probe is None:
+            evaluation = self._evaluate(pl_module.model, "during", self.during_settings)
+            self._check_stop(trainer, self._add_point(trainer, evaluation, full))
+            return
+        probed = self._evaluate_probe(pl_module.model)
+        point = curve_point(trainer.global_step, self._epoch, probed, self._aggregate)
+        earlier = [p for p in self.points if p["step"] < trainer.global_step]
+        crossed = self.probe.levels.first_reached(earlier, point)
+        if crossed:
+            self._complete_previous(trainer, pl_module, earlier[-1] if earlier else None, crossed)
+            probed = self._evaluate(pl_module.model, "during", self.during_settings)
+        point = self._add_point(trainer, probed, full and bool(crossed))
+        levels_left = not self.probe.levels.all_reached(self.points)
+        self._probed = snapshot(changing_parameters(trainer.optimizers)) if levels_left else None
+        self._check_stop(trainer, point)
+
+    def _evaluate_probe(self, model) -> Evaluation:
+        benchmark = self.evaluator.benchmark
+        splits = view(benchmark, **{name: benchmark[name] for name in self.probe.splits})
+        settings = replace(self.during_settings, truth_ratio_splits=self.probe.truth_ratio_splits)
+        start = time.perf_counter()
+        result = self.evaluator(model, "during", settings, benchmark=splits)
+        self.seconds += time.perf_counter() - start
+        return result
+
+    def _is_full(self, point: dict) -> bool:
+        return set(self.evaluator.benchmark.eval_splits) <= set(point["summary"])
+
+    def _complete_previous(self, trainer: L.Trainer, pl_module, previous: dict | None, crossed) -> None:
+        """Evaluate in full the last point before a crossing, from the weights kept at it."""
+        if previous is None or self._is_full(previous):
+            return
+        if self._probed is None:  # a resumed run: the copy does not outlive the process
+            log.warning(
+                "%s first holds at step %d, but the weights of the point before it (step %d) were not kept "
+                "across the restart: the values at this level interpolate from a probe point there",
+                ", ".join(map(str, crossed)),
+                trainer.global_step,
+                previous["step"],
+            )
+            return
+        with weights_of(changing_parameters(trainer.optimizers), self._probed):
+            evaluation = self._evaluate(pl_module.model, "during", self.during_settings)
+        self._add_point(trainer, evaluation, full=False, step=previous["step"], epoch=previous["epoch"])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         step = trainer.global_step

@@ -3,6 +3,7 @@ per-example rows and its summary, with a line per split for the evaluations that
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 def limited(split: Dataset, max_examples: int | None) -> Dataset:
     """The rows an evaluation reads: the first `evaluation.max_examples` (all when null)."""
     return split if max_examples is None or len(split) <= max_examples else split.select(range(max_examples))
+
+
+def view(benchmark, **splits: Dataset):
+    """The benchmark with these splits (replacing its own of the same name) as its only evaluation splits."""
+    return dataclasses.replace(benchmark, splits={**benchmark.splits, **splits}, eval_splits=tuple(splits))
 
 
 def evaluate_splits(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from simu_lightning.unlearning.stopping import ForgetLevels
 from simu_lightning.utils.errors import SimuError
 
 
@@ -100,12 +101,19 @@ class EvaluationSettings:
                 f"evaluation.dtype must be null or a torch dtype (bfloat16, float16, float32), got {self.dtype!r}"
             )
         object.__setattr__(self, "during", dict(self.during or {}))
-        unknown = set(self.during) - {"max_examples", "truth_ratios"}
+        unknown = set(self.during) - {"max_examples", "truth_ratios", "full_around"}
         if unknown:
             raise SimuError(
                 f"evaluation.during: unknown setting(s) {', '.join(sorted(unknown))} "
-                "(known: max_examples, truth_ratios)"
+                "(known: max_examples, truth_ratios, full_around)"
             )
+        if self.during_full_around is not None:
+            levels = ForgetLevels.parse(self.during_full_around, "evaluation.during.full_around")
+            if "." not in levels.metric:  # a score (model utility, ...) is computed from every split
+                raise SimuError(
+                    f"evaluation.during.full_around={self.during_full_around!r}: the levels must be on a "
+                    f"split's metric (e.g. forget.rougeL_recall), not on the score {levels.metric!r}"
+                )
         if self.during_truth_ratios not in DURING_TRUTH_RATIOS:
             raise SimuError(
                 f"evaluation.during.truth_ratios must be one of {', '.join(DURING_TRUTH_RATIOS)}, "
@@ -122,6 +130,10 @@ class EvaluationSettings:
     @property
     def during_max_examples(self) -> int | None:
         return self.during.get("max_examples")
+
+    @property
+    def during_full_around(self) -> str | None:
+        return self.during.get("full_around")
 
     @property
     def during_truth_ratios(self) -> str:

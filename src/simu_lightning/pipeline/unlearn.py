@@ -17,7 +17,8 @@ from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.distributed import full_state_dict
 from simu_lightning.evaluation.before_cache import before_cache_path
 from simu_lightning.evaluation.callback import UnlearningEvaluation
-from simu_lightning.evaluation.qa import truth_ratio_splits_needed
+from simu_lightning.evaluation.probe import probe_plan
+from simu_lightning.evaluation.qa import TRUTH_RATIO_METRICS, truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.pipeline.baselines import Baselines
 from simu_lightning.pipeline.building import devices_of, loggers, make_trainer
@@ -114,6 +115,9 @@ def unlearn(
             else None
         ),
         before_cache=before_cache(plan, models, baselines) if cache_before else None,
+        probe=probe_plan(
+            plan.evaluation.during_full_around, plan.stop_when, benchmark.eval_splits, TRUTH_RATIO_METRICS
+        ),
     )
     checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
     every = (plan.cfg.get("progress") or {}).get("every_n_steps", 0)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
+from simu_lightning.unlearning.stopping import ForgetLevels
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic
 from simu_lightning.report.figure import pareto
@@ -20,21 +20,6 @@ from simu_lightning.report.tables import (
     summary_rows,
     write_csv,
 )
-
-_AT = re.compile(r"^\s*([\w./]+)\s*(<=|>=)\s*([-+\d.eE,\s]+)$")
-
-
-def parse_at(text: str) -> tuple[str, str, list[float]]:
-    match = _AT.match(text)
-    try:
-        levels = [float(v) for v in match[3].split(",") if v.strip()] if match else []
-    except ValueError:
-        levels = []
-    if not match or not levels:
-        raise SimuError(
-            f"--at {text!r}: expected METRIC<=LEVELS or METRIC>=LEVELS, e.g. 'forget.exact_match<=0.5,0.2,0.1'"
-        )
-    return match[1], match[2], levels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        metric, op, levels = parse_at(args.at)
+        at = ForgetLevels.parse(args.at)
+        metric, op, levels = at.metric, at.op, list(at.values)
         runs = find_runs(args.folders)
         for group, commits in mixed_commits(runs).items():
             print(f"warning: group {group!r} mixes git commits {', '.join(commits)} (manifest.json)", file=sys.stderr)

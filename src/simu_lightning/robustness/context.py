@@ -23,11 +23,6 @@ from simu_lightning.evaluation.splits import limited
 log = logging.getLogger(__name__)
 
 
-def view(benchmark, **splits: Dataset):
-    """The benchmark with these splits (replacing its own of the same name) as its only evaluation splits."""
-    return dataclasses.replace(benchmark, splits={**benchmark.splits, **splits}, eval_splits=tuple(splits))
-
-
 @dataclass
 class AttackContext:
     model: object  # what the attacks start from

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from datasets import concatenate_datasets
 
-from simu_lightning.robustness.context import view
+from simu_lightning.evaluation.splits import view
 
 log = logging.getLogger(__name__)
 

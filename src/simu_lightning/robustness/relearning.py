@@ -26,7 +26,7 @@ import torch
 
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.finetune import FineTune, answer_loader
-from simu_lightning.robustness.context import view
+from simu_lightning.evaluation.splits import view
 from simu_lightning.utils.seeding import seeded
 
 log = logging.getLogger(__name__)

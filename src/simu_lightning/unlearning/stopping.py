@@ -79,3 +79,43 @@ class StoppingRule:
 
     def holds(self, point: dict) -> bool:
         return all(c.holds(point) for c in self.conditions)
+
+
+_LEVELS = re.compile(r"^\s*([\w./]+)\s*(<=|>=)\s*([-+\d.eE,\s]+)$")
+
+
+@dataclass(frozen=True)
+class ForgetLevels:
+    """Forget levels a trajectory is matched at, e.g. `forget.rougeL_recall<=0.4,0.3,0.2`: one metric, one
+    direction, several values (the report's `--at`, and `evaluation.during.full_around`)."""
+
+    metric: str
+    op: str  # "<=" or ">="
+    values: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, text: str, setting: str = "--at") -> "ForgetLevels":
+        match = _LEVELS.match(str(text))
+        try:
+            values = tuple(float(v) for v in match[3].split(",") if v.strip()) if match else ()
+        except ValueError:
+            values = ()
+        if not match or not values:
+            raise SimuError(
+                f"{setting}={text!r}: expected METRIC<=LEVELS or METRIC>=LEVELS, e.g. 'forget.exact_match<=0.5,0.2,0.1'"
+            )
+        return cls(match[1], match[2], values)
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{','.join(f'{v:g}' for v in self.values)}"
+
+    @property
+    def conditions(self) -> tuple[Condition, ...]:
+        return tuple(Condition(self.metric, self.op, v) for v in self.values)
+
+    def first_reached(self, earlier: list[dict], point: dict) -> tuple[Condition, ...]:
+        """The levels `point` meets that no earlier point met: the crossings the report interpolates."""
+        return tuple(c for c in self.conditions if c.holds(point) and not any(c.holds(p) for p in earlier))
+
+    def all_reached(self, points: list[dict]) -> bool:
+        return all(any(c.holds(p) for p in points) for c in self.conditions)

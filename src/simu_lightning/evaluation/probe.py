@@ -1,0 +1,92 @@
+"""Probe points: evaluations during unlearning that score only what the forget levels and the stopping
+rule read, with the two points around each level's first crossing evaluated in full
+(`evaluation.during.full_around`, e.g. `forget.rougeL_recall<=0.4,0.3,0.2`).
+
+The report reads a run at matched forgetting by interpolating between the last point that misses a level
+and the first that meets it (report/matched.py), so those two points, and only those, need every split.
+Whether a point is one of them is known only at the next point: the weights of the last probe point are
+kept (one copy of what the optimiser changes) until then, and evaluated in full when the next point
+crosses a level. On a 135M model a probe costs a fraction of a full point (one split's generations,
+no likelihoods of the utility splits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from simu_lightning.unlearning.stopping import ForgetLevels, StoppingRule
+from simu_lightning.utils.errors import SimuError
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """What a probe point evaluates: `splits` (the levels' split and every split the stopping rule reads),
+    with the perturbed answers of `truth_ratio_splits` only."""
+
+    levels: ForgetLevels
+    splits: tuple[str, ...]
+    truth_ratio_splits: tuple[str, ...]
+
+
+def probe_plan(
+    full_around: str | None, stop_when: StoppingRule | None, eval_splits: tuple[str, ...], truth_ratio_metrics
+) -> ProbePlan | None:
+    """None (every point in full) without levels, or when the stopping rule reads a benchmark-level score,
+    which needs every split anyway. `truth_ratio_metrics`: the suite's metrics that come from the
+    perturbed answers (the QA suite's truth ratio and normalised probability)."""
+    if full_around is None:
+        return None
+    levels = ForgetLevels.parse(full_around, "evaluation.during.full_around")
+    conditions = [*levels.conditions, *(stop_when.conditions if stop_when is not None else ())]
+    splits, truth_ratio_splits = [], []
+    for condition in conditions:
+        split, _, metric = condition.metric.rpartition(".")
+        if not split:  # a score of the stopping rule reads every split: no point can be a probe
+            return None
+        if split not in eval_splits:
+            raise SimuError(
+                f"evaluation.during.full_around={full_around!r}: no evaluation split {split!r} "
+                f"(the benchmark evaluates {', '.join(eval_splits)})"
+            )
+        splits.append(split)
+        if metric in truth_ratio_metrics:
+            truth_ratio_splits.append(split)
+    return ProbePlan(levels, tuple(dict.fromkeys(splits)), tuple(dict.fromkeys(truth_ratio_splits)))
+
+
+def changing_parameters(optimizers) -> list[torch.Tensor]:
+    """Every tensor an optimiser can change (what a snapshot must keep to restore a point's weights)."""
+    seen, tensors = set(), []
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    tensors.append(p)
+    return tensors
+
+
+@torch.no_grad()
+def snapshot(parameters: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A copy of the parameters' values; on the CPU when they are plain tensors (a sharded parameter
+    keeps its copy where its shard lives)."""
+    return [p.detach().to("cpu", copy=True) if type(p.data) is torch.Tensor else p.detach().clone() for p in parameters]
+
+
+@contextmanager
+def weights_of(parameters: list[torch.Tensor], saved: list[torch.Tensor]) -> Iterator[None]:
+    """The parameters hold `saved` inside the block, and their own values again after it (bit for bit)."""
+    current = snapshot(parameters)
+    with torch.no_grad():
+        for p, value in zip(parameters, saved):
+            p.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(parameters, current):
+                p.copy_(value)
