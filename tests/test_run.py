@@ -167,6 +167,37 @@ def test_evaluations_during_unlearning_can_leave_out_the_forget_truth_ratios_and
     assert all((step, "scores", "model_utility") in kept for step in range(last + 1))
 
 
+def crossed_levels(curve: list[dict]) -> tuple[str, list[float], list[int]]:
+    """Two forget levels a run crosses at known steps: halfway between a record of the forget answers'
+    probability (a new low, or a new high where it rises: a small target) and the record before it, so
+    each is first reached at its record's step. (op, levels, the steps that first reach them)."""
+    prob = {p["step"]: p["summary"]["forget"]["answer_prob"] for p in curve}
+    op = "<=" if prob[max(prob)] < prob[0] else ">="
+    best = min if op == "<=" else max
+    beats = (lambda a, b: a < b) if op == "<=" else (lambda a, b: a > b)
+    records = [s for s in sorted(prob)[1:] if beats(prob[s], best(prob[e] for e in prob if e < s))]
+    firsts = sorted({records[0], records[-1]})
+    return op, [(prob[s] + best(prob[e] for e in prob if e < s)) / 2 for s in firsts], firsts
+
+
+def assert_probes_match(full: list[dict], probed: list[dict], op: str, levels: list[float], firsts, tolerance):
+    """Complete points exactly before, at each first crossing and the one before it, and after; probes
+    (the forget split alone) elsewhere; the report's values at each level those of the complete curve."""
+    steps = {p["step"] for p in full}
+    complete = {0, max(steps)} | {s for k in firsts for s in (k - 1, k)}
+    assert {p["step"] for p in probed} == steps
+    assert {p["step"] for p in probed if "retain" in p["summary"]} == complete
+    assert all(set(p["summary"]) == {"forget"} for p in probed if p["step"] not in complete)
+    assert len(complete) < len(steps)  # some points were probes: the saving is real
+    metrics = [f"{split}.{m}" for split, by_metric in full[0]["summary"].items() for m in by_metric]
+    metrics += [m for m in full[0]["scores"] if m != "forget_quality"]
+    for level in levels:
+        condition = Condition("forget.answer_prob", op, level)
+        expected, got = at_forget_level(full, condition, metrics), at_forget_level(probed, condition, metrics)
+        assert expected is not None and set(got) == set(expected)
+        assert all(got[m] == pytest.approx(expected[m], **tolerance) for m in expected), level
+
+
 def test_probe_points_leave_the_values_at_matched_forgetting_as_full_points_give_them(cache_dir, tmp_path):
     """evaluation.during.full_around: the same run, where every point scores only the forget split except
     the two around each level's first crossing (the earlier one from the weights kept at it), which are
@@ -175,32 +206,11 @@ def test_probe_points_leave_the_values_at_matched_forgetting_as_full_points_give
     every_step = [*SMALL, "evaluation.every_n_steps=1", "trainer.max_epochs=3", "method=so"]
     run_here(every_step, tmp_path / "full", cache_dir)
     full = find_runs([tmp_path / "full"])[0].curve
-    prob = {p["step"]: p["summary"]["forget"]["answer_prob"] for p in full}
-    # levels halfway between a record of the forget answers' probability (a new low, or a new high where
-    # it rises: a small target) and the record before it; each is first reached at its record's step
-    op = "<=" if prob[max(prob)] < prob[0] else ">="
-    best = min if op == "<=" else max
-    beats = (lambda a, b: a < b) if op == "<=" else (lambda a, b: a > b)
-    records = [s for s in sorted(prob)[1:] if beats(prob[s], best(prob[e] for e in prob if e < s))]
-    firsts = sorted({records[0], records[-1]})
-    levels = [(prob[s] + best(prob[e] for e in prob if e < s)) / 2 for s in firsts]
+    op, levels, firsts = crossed_levels(full)
     at = f"forget.answer_prob{op}" + ",".join(repr(v) for v in levels)
     run_here([*every_step, f'evaluation.during.full_around="{at}"'], tmp_path / "probed", cache_dir)
     probed = find_runs([tmp_path / "probed"])[0].curve
-
-    last = max(prob)
-    complete = {0, last} | {s for k in firsts for s in (k - 1, k)}
-    assert {p["step"] for p in probed} == set(prob)
-    assert {p["step"] for p in probed if "retain" in p["summary"]} == complete
-    assert all(set(p["summary"]) == {"forget"} for p in probed if p["step"] not in complete)
-    assert len(complete) < len(prob)  # some points were probes: the saving is real
-    metrics = [f"{split}.{m}" for split, by_metric in full[0]["summary"].items() for m in by_metric]
-    metrics += [m for m in full[0]["scores"] if m != "forget_quality"]
-    for level in levels:
-        condition = Condition("forget.answer_prob", op, level)
-        expected, got = at_forget_level(full, condition, metrics), at_forget_level(probed, condition, metrics)
-        assert expected is not None and set(got) == set(expected)
-        assert all(got[m] == pytest.approx(expected[m], rel=1e-6, abs=1e-9) for m in expected), level
+    assert_probes_match(full, probed, op, levels, firsts, {"rel": 1e-6, "abs": 1e-9})
     after = [json.loads((tmp_path / d / "results.json").read_text())["after"] for d in ("full", "probed")]
     assert after[0].keys() == after[1].keys()
     assert all(after[1][split] == pytest.approx(after[0][split], rel=1e-6) for split in after[0])
@@ -557,6 +567,12 @@ BAD_SETTINGS = [
         "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction",
     ),
     ("robustness=standard trainer=fsdp", ONE_PROCESS),
+    (
+        'evaluation.during.full_around="forget.exact_match<=0.5" trainer=fsdp',
+        "evaluation.during.full_around: probe points run in one process (the weights kept for the point "
+        "before a crossing would be one process's shards, which FSDP's gathered copy does not read); "
+        "leave it null under several processes",
+    ),
     (
         "robustness=standard robustness.families.quantization.schemes=[rtn8,int3]",
         "robustness.families.quantization.schemes: unknown 'int3' (known: rtn8, rtn4, rtn4_g128, fp4, nf4)",
