@@ -81,7 +81,7 @@ def config_of(method, seed, **settings):
         node = config
         *parents, last = key.split(".")
         for parent in parents:
-            node = node[parent]
+            node = node.setdefault(parent, {})
         node[last] = value
     return config
 
@@ -179,6 +179,17 @@ def test_a_setting_added_since_with_null_pools_with_runs_that_predate_it(tmp_pat
         tmp_path / "seq" / "0_simu", "simu", 0, FORGET, RETAIN, **{"method.head_t": None, "requests": {"count": 5}}
     )
     assert "simu method.head_t=null requests=on" in {r.group for r in find_runs([tmp_path])}
+
+
+def test_runs_with_probe_points_pool_with_runs_whose_every_point_is_complete(tmp_path):
+    """evaluation.during.full_around changes which points between the levels are complete, not a value at
+    a level: a seed made with it and one made before it existed are one group."""
+    from simu_lightning.report.runs import find_runs
+
+    fake_run(tmp_path / "old" / "0_fo", "fo", 0, FORGET, RETAIN)
+    at = {"evaluation.during.full_around": "forget.exact_match<=0.5,0.2,0.1"}
+    fake_run(tmp_path / "new" / "1_fo", "fo", 1, FORGET, RETAIN, **at)
+    assert [r.group for r in find_runs([tmp_path])] == ["fo", "fo"]
 
 
 def test_a_run_given_twice_counts_once(tmp_path):

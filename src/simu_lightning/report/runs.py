@@ -1,7 +1,7 @@
 """Run directories as the report reads them: results, trajectory, and the settings that tell runs apart.
 
 Runs are grouped by their resolved configuration (`config.yaml`, as run.py saved it), less what may
-differ between the seeds of one experiment: the seed, the paths and the logging. Two sweeps made
+differ between the seeds of one experiment: the seed, the paths, the logging and the probe points. Two sweeps made
 with different config files, benchmarks, models or tuned values are therefore never pooled, and a
 group is named by its method and every setting in which it differs from the others. A run given
 twice (a sweep and one of its run folders) counts once; a seed that repeats inside a group is refused.
@@ -32,6 +32,8 @@ IGNORED = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
+    # which points between the levels are complete: the values at the levels are the same (evaluation/probe.py)
+    "evaluation.during.full_around",
 )
 MISSING = "<absent>"
 
