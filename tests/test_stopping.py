@@ -140,7 +140,7 @@ class ByWeight:
         self.calls = []
 
     def __call__(self, model, stage, settings=None, benchmark=None):
-        w = float(model.weight)
+        w = float(model.weight.detach())
         splits = (benchmark or self.benchmark).eval_splits
         self.calls.append(splits)
         values = {"forget": w, "retain": round(1 - w, 6)}
