@@ -123,9 +123,9 @@ class UnlearningEvaluation(L.Callback):
             logger.log_metrics(metrics, step=point["step"])
 
     # -- evaluating --------------------------------------------------------------------------------
-    def _evaluate(self, model, stage: str, settings: EvalSettings) -> Evaluation:
+    def _evaluate(self, model, stage: str, settings: EvalSettings, benchmark=None) -> Evaluation:
         start = time.perf_counter()
-        result = self.evaluator(model, stage, settings)
+        result = self.evaluator(model, stage, settings, benchmark=benchmark)
         self.seconds += time.perf_counter() - start
         return result
 
@@ -212,10 +212,7 @@ class UnlearningEvaluation(L.Callback):
         benchmark = self.evaluator.benchmark
         splits = view(benchmark, **{name: benchmark[name] for name in self.probe.splits})
         settings = replace(self.during_settings, truth_ratio_splits=self.probe.truth_ratio_splits)
-        start = time.perf_counter()
-        result = self.evaluator(model, "during", settings, benchmark=splits)
-        self.seconds += time.perf_counter() - start
-        return result
+        return self._evaluate(model, "during", settings, benchmark=splits)
 
     def _is_full(self, point: dict) -> bool:
         return set(self.evaluator.benchmark.eval_splits) <= set(point["summary"])
