@@ -153,10 +153,10 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
 
 @pytest.mark.parametrize("stem", [o for o in options("tuned") if "lr_by_method" in tuned_values(o)])
 def test_a_tuned_budget_per_method_gives_each_method_its_own_lr(stem, tmp_path):
-    by_method = tuned_values(stem).lr_by_method
+    tuned = tuned_values(stem)
+    by_method = tuned.lr_by_method
     # a method not listed keeps the file's own fallback: ${oc.select:lr_by_method.${method.name},<fallback>}
-    written = OmegaConf.to_container(tuned_values(stem).method.optimizer)["lr"]
-    fallback = float(written.rsplit(",", 1)[1].rstrip("}"))
+    fallback = float(_raw(tuned, "method.optimizer.lr").rsplit(",", 1)[1].rstrip("}"))
     for method in options("method"):
         cfg = composed([*tuned_overrides(stem), f"method={method}"], tmp_path)
         assert cfg.method.optimizer.lr == by_method.get(method, fallback), method
