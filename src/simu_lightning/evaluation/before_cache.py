@@ -1,9 +1,10 @@
-"""The target's evaluation before unlearning (and the attack stage's baselines on it), cached: every run of a sweep over one target (methods,
-seeds, t, objectives) starts from the same model with the same settings, so it evaluates the same thing
-(on SmolLM2-135M, 94 s of every run on 2 cores). The key holds what the evaluation reads: the target,
-the evaluated rows, the prompt format, the settings, the retain model's ratios (forget quality), the
-devices and precision, and the evaluation code itself (a hash of its source files, so that a change to
-any metric computes afresh). `evaluation.cache_before=false` evaluates every time."""
+"""The target's evaluation before unlearning (and the attack stage's baselines on it), cached: every run
+of a sweep over one target (methods, seeds, t, objectives) starts from the same model with the same
+settings, so it evaluates the same thing (on SmolLM2-135M, 94 s of every run on 2 cores). The key holds
+what the evaluation reads: the target, the evaluated rows, the prompt format, the settings it reads (not
+those of the evaluations during unlearning), the retain model's ratios (forget quality), the devices and
+precision, and the evaluation code itself (a hash of its source files, so that a change to any metric
+computes afresh). `evaluation.cache_before=false` evaluates every time."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ def suite_id(suite) -> list:
     return [getattr(function, "__module__", ""), getattr(function, "__qualname__", repr(function)), keywords]
 
 
+# settings that change only the evaluations during unlearning (or whether this cache is read), not the
+# evaluation of the target: a sweep over them reuses one entry
+DURING_ONLY = ("every_n_steps", "during", "cache_before")
+
+
+def settings_read_before(settings) -> dict:
+    """The evaluation settings an evaluation of the target reads: all but DURING_ONLY."""
+    return {name: value for name, value in asdict(settings).items() if name not in DURING_ONLY}
+
+
 def evaluation_parts(target_id: str, evaluator: Evaluator, dtype: str, devices: dict) -> list:
     """What an evaluation of the target reads: the target, the rows, the suite, the prompt format, the
     settings, the retain model's ratios (forget quality), the dtype, devices and precision."""
@@ -53,7 +64,7 @@ def evaluation_parts(target_id: str, evaluator: Evaluator, dtype: str, devices: 
         suite_id(benchmark.suite),
         benchmark.fingerprint(tuple(benchmark.splits)),  # a suite may read more than eval_splits (MUSE)
         asdict(evaluator.fmt),
-        asdict(evaluator.settings),
+        settings_read_before(evaluator.settings),
         evaluator.retain_ratios,
         dtype,
         devices,
