@@ -147,9 +147,10 @@ class ByWeight:
         return Evaluation({s: {"exact_match": values[s]} for s in splits}, {}, [])
 
 
-def probe_run(tmp_path, restart_at=None):
+def probe_run(tmp_path, restart_at=None, old_checkpoint=False):
     """Ten steps of -0.1 on w = 1.0, a point every 2 steps, forget levels 0.75 and 0.3; `restart_at`: a
-    new process takes over after that step (the callback's state from the checkpoint, its copies lost)."""
+    new process takes over after that step, with the callback's state as a checkpoint file gives it back
+    (`old_checkpoint`: one written before checkpoints kept the probe point's weights)."""
     model = torch.nn.Linear(1, 1, bias=False)
     evaluator = ByWeight()
     probe = probe_plan("forget.exact_match<=0.75,0.3", None, ("forget", "retain"), ())
@@ -179,7 +180,10 @@ def probe_run(tmp_path, restart_at=None):
         trainer.global_step = step
         cb.on_train_batch_end(trainer, module, None, None, 0)
         if step == restart_at:
-            state, cb = cb.state_dict(), callback()
+            torch.save(cb.state_dict(), tmp_path / "state.pt")
+            state, cb = torch.load(tmp_path / "state.pt", weights_only=True), callback()
+            if old_checkpoint:
+                state.pop("probed")
             cb.load_state_dict(state)
             cb.on_train_start(trainer, module)
     return cb, evaluator
@@ -198,11 +202,16 @@ def test_probe_points_complete_the_point_before_a_crossing_from_the_weights_kept
     assert cb._probed is None  # no copy is kept once every level is reached
 
 
-def test_a_restart_at_a_points_step_keeps_its_weights_and_elsewhere_says_what_it_could_not_complete(tmp_path, caplog):
-    cb, _ = probe_run(tmp_path / "at_point", restart_at=6)  # the checkpoint holds step 6's weights
-    assert set(complete_points(cb)) == {0, 2, 4, 6, 8}
+def test_a_restart_anywhere_completes_the_point_before_a_crossing_from_the_checkpoints_copy(tmp_path, caplog):
+    whole, _ = probe_run(tmp_path / "whole")
+    for restart_at in (6, 7):  # at a point's step (the model holds its weights) and between points
+        (tmp_path / str(restart_at)).mkdir()
+        cb, _ = probe_run(tmp_path / str(restart_at), restart_at=restart_at)
+        assert complete_points(cb) == complete_points(whole) == {0: 0.0, 2: 0.2, 4: 0.4, 6: 0.6, 8: 0.8}
+    assert "were not kept" not in caplog.text
+    (tmp_path / "old").mkdir()
     with caplog.at_level("WARNING"):
-        cb, _ = probe_run(tmp_path / "lost", restart_at=7)  # step 6's weights are gone
+        cb, _ = probe_run(tmp_path / "old", restart_at=7, old_checkpoint=True)  # step 6's weights are gone
     assert set(complete_points(cb)) == {0, 2, 4, 8}
     assert "forget.exact_match<=0.3 first holds at step 8" in caplog.text and "(step 6)" in caplog.text
 

@@ -13,8 +13,9 @@ evaluated by all its processes together (each takes a share of the prompts).
   (evaluation/probe.py);
 - `after`: the model where unlearning stopped: the evaluation point that met the stopping rule, or
   the model at the end of the budget.
-The trajectory and the stopping state are saved in every checkpoint, so a resumed run continues the
-same curve and a run that had already stopped does not unlearn further.
+The trajectory, the stopping state and the kept weights of the last probe point are saved in every
+checkpoint, so a resumed run continues the same curve, completes the point before a crossing wherever it
+was pre-empted, and does not unlearn further once it had stopped.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class UnlearningEvaluation(L.Callback):
         self.stop_when = stop_when
         self.probe = probe
         self._probed: list[torch.Tensor] | None = None  # the weights of the last probe point (see probe.py)
+        self._probed_step: int | None = None  # the step they are of
         self.before: Evaluation | None = None
         self.after: Evaluation | None = None
         self.points: list[dict] = []  # the trajectory, step 0 = before
@@ -177,9 +179,12 @@ class UnlearningEvaluation(L.Callback):
         if self.stopped and self.stopped["reason"] == CONDITION_MET:
             trainer.should_stop = True  # a resumed run that had already stopped unlearns no further
         last = self.points[-1] if self.points else None
-        if self.probe is not None and last is not None and last["step"] == trainer.global_step:
-            # a run resumed from a checkpoint of its last point's step holds that point's weights
-            self._probed = snapshot(changing_parameters(trainer.optimizers))
+        if self.probe is None or last is None:
+            return
+        if last["step"] == trainer.global_step:  # resumed at its last point's step: the model holds them
+            self._keep_probed(trainer)
+        elif self._probed_step != last["step"]:
+            self._probed = None  # a checkpoint written before checkpoints kept the copy
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._epoch = trainer.current_epoch
@@ -204,9 +209,14 @@ class UnlearningEvaluation(L.Callback):
             self._complete_previous(trainer, pl_module, earlier[-1] if earlier else None, crossed)
             probed = self._evaluate(pl_module.model, "during", self.during_settings)
         point = self._add_point(trainer, probed, full and bool(crossed))
-        levels_left = not self.probe.levels.all_reached(self.points)
-        self._probed = snapshot(changing_parameters(trainer.optimizers)) if levels_left else None
+        if self.probe.levels.all_reached(self.points):
+            self._probed = None
+        else:
+            self._keep_probed(trainer)
         self._check_stop(trainer, point)
+
+    def _keep_probed(self, trainer: L.Trainer) -> None:
+        self._probed, self._probed_step = snapshot(changing_parameters(trainer.optimizers)), trainer.global_step
 
     def _evaluate_probe(self, model) -> Evaluation:
         benchmark = self.evaluator.benchmark
@@ -221,7 +231,7 @@ class UnlearningEvaluation(L.Callback):
         """Evaluate in full the last point before a crossing, from the weights kept at it."""
         if previous is None or self._is_full(previous):
             return
-        if self._probed is None:  # a resumed run: the copy does not outlive the process
+        if self._probed is None:  # resumed from a checkpoint written before checkpoints kept the copy
             log.warning(
                 "%s first holds at step %d, but the weights of the point before it (step %d) were not kept "
                 "across the restart: the values at this level interpolate from a probe point there",
@@ -249,9 +259,16 @@ class UnlearningEvaluation(L.Callback):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"points": self.points, "stopped": self.stopped, "epoch": self._epoch}
+        state = {"points": self.points, "stopped": self.stopped, "epoch": self._epoch}
+        if self._probed is not None:
+            # a run pre-empted between two points needs them to complete the point before a crossing
+            state["probed"] = {"step": self._probed_step, "weights": self._probed}
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.points = state_dict.get("points", [])
         self.stopped = state_dict.get("stopped")
         self._epoch = state_dict.get("epoch", 0)
+        probed = state_dict.get("probed")
+        self._probed = probed["weights"] if probed else None
+        self._probed_step = probed["step"] if probed else None

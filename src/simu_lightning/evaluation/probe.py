@@ -5,8 +5,8 @@ rule read, with the two points around each level's first crossing evaluated in f
 The report reads a run at matched forgetting by interpolating between the last point that misses a level
 and the first that meets it (report/matched.py), so those two points, and only those, need every split.
 Whether a point is one of them is known only at the next point: the weights of the last probe point are
-kept (one copy of what the optimiser changes) until then, and evaluated in full when the next point
-crosses a level. On a 135M model a probe costs a fraction of a full point (one split's generations,
+kept (one copy of what the optimiser changes, also in any checkpoint written meanwhile) until then, and
+evaluated in full when the next point crosses a level. On a 135M model a probe costs a fraction of a full point (one split's generations,
 no likelihoods of the utility splits).
 """
 
