@@ -836,6 +836,10 @@ def test_a_sigterm_mid_unlearning_saves_the_step_and_the_same_command_ends_as_an
     assert "resuming epoch 1 after its first" in caplog.text
     whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "interrupted"))
     assert resumed["stopped"]["step"] == whole["stopped"]["step"] == 16
+    # the time per part counts the steps and evaluations before the interruption too
+    (evaluation_state,) = [v for k, v in saved["callbacks"].items() if k.startswith("UnlearningEvaluation")]
+    assert 0 < saved["step_seconds"] < resumed["timings_s"]["unlearning"]
+    assert 0 < evaluation_state["seconds"] < resumed["timings_s"]["evaluation"]
     for split in whole["after"]:
         assert resumed["after"][split] == pytest.approx(whole["after"][split], abs=1e-6)
     a, b = (

@@ -259,7 +259,7 @@ class UnlearningEvaluation(L.Callback):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"points": self.points, "stopped": self.stopped, "epoch": self._epoch}
+        state = {"points": self.points, "stopped": self.stopped, "epoch": self._epoch, "seconds": self.seconds}
         if self._probed is not None:
             # a run pre-empted between two points needs them to complete the point before a crossing
             state["probed"] = {"step": self._probed_step, "weights": self._probed}
@@ -269,6 +269,7 @@ class UnlearningEvaluation(L.Callback):
         self.points = state_dict.get("points", [])
         self.stopped = state_dict.get("stopped")
         self._epoch = state_dict.get("epoch", 0)
+        self.seconds = state_dict.get("seconds", 0.0)  # the evaluations before the restart count too
         probed = state_dict.get("probed")
         self._probed = probed["weights"] if probed else None
         self._probed_step = probed["step"] if probed else None

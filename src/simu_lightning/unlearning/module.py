@@ -84,10 +84,12 @@ class UnlearningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hessian_tokens"] = self.hessian_tokens  # Sophia's bs until the next estimate
         checkpoint["win_rates"] = self.win_rates
+        checkpoint["step_seconds"] = self.step_seconds  # a resumed run reports the steps of both processes
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.hessian_tokens = checkpoint.get("hessian_tokens", 0)
         self.win_rates = list(checkpoint.get("win_rates", []))
+        self.step_seconds = checkpoint.get("step_seconds", 0.0)
 
     def win_rate_summary(self) -> dict | None:
         """Sophia's win rate over the run (its authors keep it within 0.1-0.5), for results.json."""
