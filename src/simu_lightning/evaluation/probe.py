@@ -6,8 +6,8 @@ The report reads a run at matched forgetting by interpolating between the last p
 and the first that meets it (report/matched.py), so those two points, and only those, need every split.
 Whether a point is one of them is known only at the next point: the weights of the last probe point are
 kept (one copy of what the optimiser changes, also in any checkpoint written meanwhile) until then, and
-evaluated in full when the next point crosses a level. On a 135M model a probe costs a fraction of a full point (one split's generations,
-no likelihoods of the utility splits).
+evaluated in full when the next point crosses a level. On a 135M model a probe costs a fraction of a full
+point (one split's generations, no likelihoods of the utility splits).
 """
 
 from __future__ import annotations
