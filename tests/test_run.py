@@ -2,6 +2,7 @@
 wherever it can be, and `run.py` in a subprocess where the command line itself is what is tested
 (the CLI's checks and exit codes, sweeps, a SIGTERM, the environment)."""
 
+import csv
 import json
 import os
 import shutil
@@ -126,8 +127,12 @@ def test_the_curve_ends_at_the_after_evaluation_and_the_run_says_where_it_stoppe
         for metric, value in by_metric.items():
             assert last[(split, metric)] == value and first[(split, metric)] == results["before"][split][metric]
     assert last[("scores", "aggregate")] == results["aggregate"]["after"]
-    logged = (simu_run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"optim/win_rate", "optim/clip_rate", "optim/hessian_mean", "eval/forget/exact_match"} <= set(logged)
+    logged = list(csv.DictReader((simu_run / "logs" / "metrics.csv").open()))
+    assert {"optim/win_rate", "optim/clip_rate", "optim/hessian_mean", "eval/forget/exact_match"} <= set(logged[0])
+    # each step's own time, which add up to the run's unlearning time
+    step_seconds = [float(row["time/step_s"]) for row in logged if row["time/step_s"]]
+    assert len(step_seconds) == steps[-1] and all(s > 0 for s in step_seconds)
+    assert sum(step_seconds) == pytest.approx(results["timings_s"]["unlearning"], abs=0.05)
 
 
 @pytest.mark.slow

@@ -144,9 +144,13 @@ class UnlearningModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
         try:
-            return self.unlearning_step(batch)
+            loss = self.unlearning_step(batch)
         finally:
-            self.step_seconds += time.perf_counter() - start  # the steps alone: evaluations run between them
+            seconds = time.perf_counter() - start
+            self.step_seconds += seconds  # the steps alone: evaluations run between them
+        # each step's own time (logs/metrics.csv, wandb): a slow step shows where it falls in the run
+        self.log("time/step_s", seconds, on_step=True, on_epoch=False, batch_size=1)
+        return loss
 
     def unlearning_step(self, batch):
         optimizer = self.optimizers()
