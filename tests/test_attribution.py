@@ -149,19 +149,13 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
 
     forget = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
     llama, gpt2 = (
-        SimpleNamespace(architecture=ARCHITECTURES["llama"], compute_dtype=None),
-        SimpleNamespace(architecture=ARCHITECTURES["gpt2"], compute_dtype=None),
+        SimpleNamespace(architecture=ARCHITECTURES["llama"], compute_dtype="float32"),
+        SimpleNamespace(architecture=ARCHITECTURES["gpt2"], compute_dtype="float32"),
     )
     key = callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(llama, forget)
     assert (
         callback.NeuronAttribution(AttributionSettings(t=0.5, m=4), target_id="x").cache_key(llama, forget) == key
     )  # t is applied after
-    assert (
-        callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x", dtype="bfloat16").cache_key(
-            llama, forget
-        )
-        != key
-    )
     assert (
         callback.NeuronAttribution(
             AttributionSettings(t=0.1, m=4, quadrature="gauss_legendre"), target_id="x"
@@ -175,23 +169,21 @@ def test_the_attribution_cache_key_covers_dtype_architecture_and_code_version(mo
         != key
     )
     assert callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(gpt2, forget) != key
-    # FSDP2 mixed precision computes in bf16 although the weights are float32: not the float32 scores
+    # bf16 compute (bf16-mixed, bf16-true, FSDP2's bf16 gathers) over float32 weights: not the float32 scores
     bf16_compute = SimpleNamespace(architecture=ARCHITECTURES["llama"], compute_dtype="bfloat16")
     bf16_key = callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(
         bf16_compute, forget
     )
     assert bf16_key != key
-    assert (
-        callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x", dtype="bfloat16").cache_key(
-            llama, forget
-        )
-        == bf16_key
-    )
     monkeypatch.setattr(callback, "ATTRIBUTION_FORMAT", callback.ATTRIBUTION_FORMAT + 1)
     assert callback.NeuronAttribution(AttributionSettings(t=0.1, m=4), target_id="x").cache_key(llama, forget) != key
 
 
-def test_the_module_reports_bf16_compute_only_for_a_model_sharded_with_mixed_precision(tiny_model):
+def test_the_module_reports_the_dtype_its_forward_passes_compute_in(tiny_model):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     from simu_lightning.unlearning.losses import GradDiff
     from simu_lightning.unlearning.methods import Method
     from simu_lightning.unlearning.module import UnlearningModule
@@ -200,13 +192,21 @@ def test_the_module_reports_bf16_compute_only_for_a_model_sharded_with_mixed_pre
     method = Method(name="fo", trainable="all", optimizer=torch.optim.AdamW)
     arch = architecture_of(model)
     plain = UnlearningModule(model, method, GradDiff(), arch, parallel={"mixed_precision": "bf16"})
-    assert plain.compute_dtype is None  # not sharded (trainer=default): FSDP's policy never applies
+    assert plain.compute_dtype == "float32"  # not sharded (trainer=default): FSDP's policy never applies
+    plain._trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    assert plain.compute_dtype == "bfloat16"  # bf16-mixed's autocast, over float32 weights
+    plain._trainer = None
+    model.to(torch.bfloat16)  # bf16-true's conversion
+    assert plain.compute_dtype == "bfloat16"
+    model.to(torch.float32)
     for p in model.parameters():
         p.device_mesh = "mesh"  # as fully_shard leaves them: DTensors on the strategy's device mesh
     assert UnlearningModule(model, method, GradDiff(), arch, parallel={"mixed_precision": "bf16"}).compute_dtype == (
         "bfloat16"
     )
-    assert UnlearningModule(model, method, GradDiff(), arch, parallel={"mixed_precision": None}).compute_dtype is None
+    assert UnlearningModule(model, method, GradDiff(), arch, parallel={"mixed_precision": None}).compute_dtype == (
+        "float32"
+    )
 
 
 def plain_integrated_gradients(model, projs, input_ids, target, alphas, weights):

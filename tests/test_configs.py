@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import ROOT, SHARED_DATA, write_muse_folder
 from simu_lightning.pipeline import checks as config
+from simu_lightning.pipeline.building import make_trainer
 from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.robustness import Robustness
@@ -140,7 +141,7 @@ def test_every_option_composes_checks_and_builds(group, option, tmp_path):
     for logger in (cfg.get("logger") or {}).values():
         assert logger is None or "_target_" in logger
     trainer = (
-        instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False) if "strategy" not in cfg.trainer else None
+        make_trainer(cfg.trainer, accelerator="cpu", devices=1, logger=False) if "strategy" not in cfg.trainer else None
     )
     assert trainer is None or trainer.max_epochs == cfg.trainer.max_epochs
     if benchmark_name in DATA and not (SHARED_DATA / benchmark_name).exists():

@@ -241,7 +241,7 @@ def test_the_attacks_on_the_target_run_on_the_runs_device(attack, monkeypatch):
     )
     monkeypatch.setattr(mia, "token_stats", lambda model, *a: used.append(model) or real_stats(model, *a))
     monkeypatch.setattr(Relearning, "before", lambda self, attack, retain_model: used.append(retain_model))
-    attack.device = "fake:0"
+    attack.evaluator = dataclasses.replace(attack.evaluator, device="fake:0")
     retain_model = copy.deepcopy(attack.model)
     families = {"relearning": Relearning(), "probes": Probes(prefixes=("Recall: ",)), "mia": MembershipInference()}
     Robustness(families).before(attack, retain_model)

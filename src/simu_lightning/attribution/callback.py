@@ -3,7 +3,8 @@ method.trainable=attention_heads_and_down_proj, critical-head masks: the same ru
 
 Scores depend only on the target, the attributed examples (the forget set; with exclude_retain also
 the retain set), the score (selection.py), m, the quadrature rule, the mode, the dtype they were
-computed in (the model's, or bf16 when FSDP2 all-gathers it in bf16), the
+computed in (the run's compute dtype: the weights', or bf16 under bf16-mixed's autocast or when FSDP2
+all-gathers the weights in bf16), the
 architecture's module names and the attribution code (ATTRIBUTION_FORMAT), so they are cached under
 exactly that key; the threshold t, the random draw and the retain exclusion are applied after the
 cache, which makes a sweep over t (or over seeds of `selection=random`) cost one attribution. Head scores
@@ -50,7 +51,6 @@ class NeuronAttribution(L.Callback):
         output_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
         target_id: str = "",
-        dtype: str = "float32",
         seed: int = 0,
         planted: dict[str, torch.Tensor] | None = None,
     ):
@@ -59,7 +59,7 @@ class NeuronAttribution(L.Callback):
         self.dropped: dict[str, int] = {}  # exclude_retain: neurons dropped per layer as shared with the retain set
         self.output_dir = Path(output_dir) if output_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.target_id, self.dtype = target_id, dtype
+        self.target_id = target_id
         self.seconds = 0.0
         self.kept: dict[str, int] = {}
         self.chosen_t: dict[str, float | None] = {}  # each layer's t (t=auto chooses one per layer)
@@ -245,7 +245,13 @@ class NeuronAttribution(L.Callback):
                 len(samples),
                 score,
             )
-        scores = with_halving(
+        # in the run's compute precision (bf16-mixed: under its autocast), which the cache key names
+        with trainer.precision_plugin.forward_context():
+            scores = self._run_batched(run, model, projs, block, tokenizer, score)
+        return {name: sum_across(score) for name, score in scores.items()}
+
+    def _run_batched(self, run, model, projs, block, tokenizer, score) -> dict[str, torch.Tensor]:
+        return with_halving(
             lambda size: run(
                 model,
                 projs,
@@ -260,7 +266,6 @@ class NeuronAttribution(L.Callback):
             self.settings.max_batch,
             "attribution (attribution.max_batch)",
         )
-        return {name: sum_across(score) for name, score in scores.items()}
 
     def cache_key(self, pl_module, examples: list[dict], unit: str = "neurons") -> str:
         score = score_of(self.settings.selection_of(unit))
@@ -274,7 +279,7 @@ class NeuronAttribution(L.Callback):
             [(e["input_ids"], e["labels"]) for e in examples],
             score,
             *how,
-            pl_module.compute_dtype or self.dtype,  # what attribution ran in: bf16 under FSDP mixed precision
+            pl_module.compute_dtype,  # what attribution ran in: bf16 under bf16-mixed, bf16-true, FSDP's bf16
             architecture,
             *(("heads",) if unit == "heads" else ()),
         )

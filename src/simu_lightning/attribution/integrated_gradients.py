@@ -226,7 +226,8 @@ def _attention_mask(allowed: torch.Tensor, model: nn.Module) -> torch.Tensor:
     if model.config._attn_implementation == "sdpa":
         return allowed
     dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(allowed.device)
+    # made where the mask is: a CUDA mask filling CPU zeros fails
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _copies_as_positions(

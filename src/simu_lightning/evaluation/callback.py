@@ -6,13 +6,14 @@ evaluated by all its processes together (each takes a share of the prompts).
   already evaluated the same target the same way: evaluation/before_cache.py);
 - during: every `every_n_steps` optimiser steps (None: at every epoch's end), the same suite and
   metrics (on at most `during_max_examples` rows per split; truth ratios on `during_truth_ratio_splits`
-  only, when given), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule
+  only, when given; LUME's MMLU never: before and after only), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule
   is checked at each of these points;
   With `probe` (`evaluation.during.full_around`), a point scores only the forget levels' split and what
   the stopping rule reads, and the two points around each level's first crossing are evaluated in full
   (evaluation/probe.py);
 - `after`: the model where unlearning stopped: the evaluation point that met the stopping rule, or
-  the model at the end of the budget.
+  the model at the end of the budget, evaluated in `on_train_end`, before the strategy's teardown moves
+  the model off its device.
 The trajectory, the stopping state and the kept weights of the last probe point are saved in every
 checkpoint, so a resumed run continues the same curve, completes the point before a crossing wherever it
 was pre-empted, and does not unlearn further once it had stopped.
@@ -36,10 +37,13 @@ from simu_lightning.evaluation.evaluate import Evaluator
 from simu_lightning.evaluation.probe import ProbePlan, changing_parameters, snapshot, weights_of
 from simu_lightning.evaluation.splits import view
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic, write_jsonl
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
 
 log = logging.getLogger(__name__)
+
+MMLU_SCORES = {"mmlu", "final_score"}  # the scores that MMLU makes (LUME's final score averages it in)
 
 
 def curve_point(step: int, epoch: int, evaluation: Evaluation, aggregate=None) -> dict:
@@ -86,10 +90,17 @@ class UnlearningEvaluation(L.Callback):
         self.before_cache = before_cache  # where the target's evaluation before unlearning is cached (or None)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.every_n_steps = every_n_steps
+        # MMLU (LUME's, 5-shot through lm-eval) before and after only: at every point it would be most of a run
+        if stop_when is not None and self.settings.mmlu and (read := MMLU_SCORES & stop_when.metrics()):
+            raise SimuError(
+                f"unlearning.stop_when={stop_when} reads {', '.join(sorted(read))}, which needs MMLU; MMLU runs "
+                "before and after unlearning only: stop on task_aggregate or a split's metric"
+            )
         self.during_settings = replace(
             self.settings,
             max_examples=during_max_examples or self.settings.max_examples,
             truth_ratio_splits=during_truth_ratio_splits,
+            mmlu=False,
         )
         self.stop_when = stop_when
         self.probe = probe
@@ -244,7 +255,17 @@ class UnlearningEvaluation(L.Callback):
             evaluation = self._evaluate(pl_module.model, "during", self.during_settings)
         self._add_point(trainer, evaluation, full=False, step=previous["step"], epoch=previous["epoch"])
 
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        """ "after", while the model is still where the strategy put it: Lightning's single-device teardown,
+        which runs before `on_fit_end`, moves it to the CPU (a GPU run would evaluate there)."""
+        self._evaluate_after(trainer, pl_module)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        """A fit whose loop never ran (stopped at "before", or resumed finished) has no `on_train_end`."""
+        if self.after is None:
+            self._evaluate_after(trainer, pl_module)
+
+    def _evaluate_after(self, trainer: L.Trainer, pl_module) -> None:
         step = trainer.global_step
         if self._latest is not None and self._latest[0] == step:
             evaluation = self._latest[1]

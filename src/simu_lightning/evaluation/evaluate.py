@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from simu_lightning.utils.devices import on_device, stage as labelled
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
 
@@ -43,25 +44,29 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
 @dataclass(frozen=True)
 class Evaluator:
     """What every evaluation of a run shares: the tokenizer, the prompt format, the benchmark, the
-    settings, and the retain model's forget truth ratios (TOFU's forget quality). The evaluations before,
-    during and after unlearning, of the base and clean models, and of every attack go through one."""
+    settings, the retain model's forget truth ratios (TOFU's forget quality) and the run's device. The
+    evaluations before, during and after unlearning, of the base and clean models, and of every attack go
+    through one, and each scores its model on the run's device: a model that a fit left on the CPU
+    (Lightning's teardown), or a copy made of it, is moved there first (utils/devices.py)."""
 
     tokenizer: object
     fmt: object
     benchmark: object
     settings: EvalSettings
     retain_ratios: list[float] | None = None
+    device: object = None  # torch.device of the run (None: wherever the model is)
 
     def __call__(self, model, stage: str, settings: EvalSettings | None = None, benchmark=None) -> Evaluation:
         """`model` through the benchmark's suite (or through `benchmark`, a view of other splits, which
         compares nothing with the retain model: forget quality is defined on the whole forget split)."""
         own = benchmark is None or benchmark is self.benchmark
-        return evaluate(
-            model,
-            self.tokenizer,
-            self.fmt,
-            self.benchmark if own else benchmark,
-            stage,
-            settings or self.settings,
-            self.retain_ratios if own else None,
-        )
+        with labelled(stage):
+            return evaluate(
+                on_device(model, self.device),
+                self.tokenizer,
+                self.fmt,
+                self.benchmark if own else benchmark,
+                stage,
+                settings or self.settings,
+                self.retain_ratios if own else None,
+            )

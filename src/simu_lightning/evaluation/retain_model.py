@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from simu_lightning.utils.cache import cache_key, source_identity
+from simu_lightning.utils.devices import on_device, stage
 from simu_lightning.utils.files import atomic
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation.evaluate import evaluation_precision
@@ -64,8 +65,10 @@ def truth_ratio_rows(
     cache_dir: Path,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    device=None,
 ) -> list[dict]:
-    """One row per forget example with the retain model's truth ratio (stage "retain_model")."""
+    """One row per forget example with the retain model's truth ratio (stage "retain_model"), scored on
+    `device` (the run's)."""
     forget = benchmark[benchmark.forget]
     if settings.max_examples is not None and len(forget) > settings.max_examples:
         forget = forget.select(range(settings.max_examples))
@@ -86,8 +89,9 @@ def truth_ratio_rows(
         log.info("reusing the cached forget truth ratios of the retain model %s (%s)", source, cached.parent)
         return json.loads(cached.read_text())
     model, tokenizer = load_pretrained(source, dtype, revision, trust_remote_code=trust_remote_code)
+    model = on_device(model, device)
     log.info("retain model %s: forget truth ratios of %d rows", source, len(forget))
-    with evaluation_precision(model, settings.dtype):
+    with evaluation_precision(model, settings.dtype), stage(STAGE):
         ratios, _ = truth_ratio_values(model, tokenizer, fmt, forget, settings)
     rows = [
         {"split": "forget", "stage": STAGE, "index": i, "question": q, "answer": a, "truth_ratio": r}
@@ -100,7 +104,14 @@ def truth_ratio_rows(
 
 
 def retain_model_rows(
-    benchmark, target, fmt, settings: EvalSettings, dtype: str, cache_dir: Path, results_file: str | None
+    benchmark,
+    target,
+    fmt,
+    settings: EvalSettings,
+    dtype: str,
+    cache_dir: Path,
+    results_file: str | None,
+    device=None,
 ) -> list[dict]:
     """The retain model's forget truth ratios (rows of stage "retain_model"), when the benchmark has
     perturbed answers and a retain model is known: a results file named in the config, or a model
@@ -124,4 +135,5 @@ def retain_model_rows(
         cache_dir,
         target.retain_model_revision,
         target.trust_remote_code,
+        device,
     )

@@ -49,7 +49,8 @@ class FineTune(L.LightningModule):
 
     def configure_optimizers(self):
         if self.masks is None:
-            optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            # torch's AdamW step bit for bit; fp32 masters where the weights are bf16 (optim/master.py)
+            optimizer = MaskedAdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         else:
             optimizer = MaskedAdamW(list(self.masks), lr=self.lr, weight_decay=self.weight_decay, masks=self.masks)
         total = self.trainer.estimated_stepping_batches

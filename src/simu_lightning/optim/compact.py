@@ -24,6 +24,8 @@ import torch
 
 from simu_lightning.optim.masks import local
 
+MASTER = "master"  # the fp32 master copy of a bf16 or fp16 parameter (master.py), laid out as the moments
+
 
 @dataclass(frozen=True)
 class Columns:
@@ -74,12 +76,13 @@ def sharded_like(param: torch.Tensor, columns: Columns, values: torch.Tensor) ->
     )
 
 
-def zeros(param: torch.Tensor, columns: Columns) -> torch.Tensor:
-    """A zero state tensor for the critical neurons of `param`, sharded as `param` is (FSDP2)."""
+def zeros(param: torch.Tensor, columns: Columns, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A zero state tensor for the critical neurons of `param` (in `dtype`, or `param`'s), sharded as
+    `param` is (FSDP2)."""
     shard = local(param)
     shape = list(shard.shape)
     shape[columns.dim] = columns.index.numel()
-    return sharded_like(param, columns, torch.zeros(shape, dtype=shard.dtype, device=shard.device))
+    return sharded_like(param, columns, torch.zeros(shape, dtype=dtype or shard.dtype, device=shard.device))
 
 
 class CompactState:
@@ -99,7 +102,7 @@ class CompactState:
             self.columns[param] = new
         shard = local(param)
         # .get: an empty entry in the state would tell torch.distributed.checkpoint the state exists already
-        for name in [k for k in self.MOMENTS if k in self.state.get(param, {})]:
+        for name in [k for k in (*self.MOMENTS, MASTER) if k in self.state.get(param, {})]:
             tensor = local(self.state[param][name])
             if old is None and tensor.shape != shard.shape:  # loaded compact, for these masks or others
                 if new is None or tensor.shape[new.dim] != new.index.numel():
@@ -108,12 +111,17 @@ class CompactState:
                         "critical columns, not the ones of these masks"
                     )
                 continue
+            if name == MASTER:  # the master copy of a bf16 parameter: its entries in the new layout
+                from simu_lightning.optim.master import master_copy
+
+                self.state[param][name] = master_copy(param, new)
+                continue
             full = old.full(tensor, shard.shape) if old is not None else tensor
             if new is None:
-                state = torch.zeros_like(param)
+                state = torch.zeros_like(param, dtype=tensor.dtype)
                 local(state).copy_(full)
             else:
-                state = zeros(param, new)
+                state = zeros(param, new, tensor.dtype)
                 local(state).copy_(new.gather(full))
             self.state[param][name] = state
 
@@ -127,7 +135,7 @@ class CompactState:
         """A compact state (from a checkpoint) whose masks were never set is refused in one line."""
         for p, state in self.state.items():
             if p not in self.columns and any(
-                local(state[k]).shape != local(p).shape for k in self.MOMENTS if k in state
+                local(state[k]).shape != local(p).shape for k in (*self.MOMENTS, MASTER) if k in state
             ):
                 raise ValueError(
                     f"{type(self).__name__}: the loaded state is compact (critical neurons only): "

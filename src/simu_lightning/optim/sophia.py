@@ -43,6 +43,7 @@ from simu_lightning.distributed import sum_across
 from simu_lightning.optim import compact
 from simu_lightning.optim.fused import Kernels
 from simu_lightning.optim.masks import checked_masks, local
+from simu_lightning.optim.master import is_low_precision, master_copy, write_back
 
 AUTO = "auto"
 
@@ -111,21 +112,26 @@ class Sophia(compact.CompactState, Optimizer):
             self._lay_out(param, mask)
 
     def _state(self, p: torch.Tensor) -> dict:
+        """p's state, made at its first use: the step counter, m and h in fp32 whatever p's dtype (and
+        whatever default dtype Lightning's bf16-true sets around a step), and an fp32 master copy of a
+        bf16 or fp16 p (master.py)."""
         state = self.state[p]
         if not state:
-            state["step"] = torch.tensor(0.0)
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
             for name in ("exp_avg", "hessian"):
                 state[name] = (
-                    compact.zeros(p, self.columns[p])
+                    compact.zeros(p, self.columns[p], torch.float32)
                     if p in self.columns
-                    else torch.zeros_like(p, memory_format=torch.preserve_format)
+                    else torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
                 )
+            if is_low_precision(p):
+                state["master"] = master_copy(p, self.columns.get(p))
         return state
 
     def _local(self, p: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-        """The local shard of a full-size tensor of `p` (its gradient, say), in `p`'s state layout."""
+        """The local shard of a full-size tensor of `p` (its gradient, say), in `p`'s state layout, in fp32."""
         tensor = local(tensor)
-        return self.columns[p].gather(tensor) if p in self.columns else tensor
+        return (self.columns[p].gather(tensor) if p in self.columns else tensor).float()
 
     @torch.no_grad()
     def update_hessian(self) -> None:
@@ -249,12 +255,14 @@ class Sophia(compact.CompactState, Optimizer):
                 state["step"] += 1
                 grad = self._local(p, p.grad)
                 grad = -grad if group["maximize"] else grad
-                theta = self._local(p, p)
+                master = state.get("master")
+                theta = local(master) if master is not None else self._local(p, p)
                 tensors = (theta, grad, local(state["exp_avg"]), local(state["hessian"]))
                 mask = self.masks.get(p)
                 if p in self.columns:
                     stats = self.kernels.call("compact_sophia_update", compiled, *tensors, lr, wd, beta1, rho * bs, eps)
-                    self.columns[p].scatter(local(p), theta)
+                    if master is None:
+                        self.columns[p].scatter(local(p), theta)
                     mask = None  # every compact entry is an updated one
                 elif mask is None:
                     stats = self.kernels.call("sophia_update", compiled, *tensors, lr, wd, beta1, rho * bs, eps)
@@ -262,6 +270,8 @@ class Sophia(compact.CompactState, Optimizer):
                     stats = self.kernels.call(
                         "masked_sophia_update", compiled, *tensors, mask, lr, wd, beta1, rho * bs, eps
                     )
+                if master is not None:
+                    write_back(p, master, self.columns.get(p))
                 clipped.append(stats[0])
                 counted.append(stats[1])  # an int, or (masked) a tensor
                 curvature.append(self._hessian_sum(p, mask) * bs)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from simu_lightning.data.benchmark import Benchmark
@@ -23,6 +24,7 @@ from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.robustness import AttackContext
 from simu_lightning.utils.cache import source_identity
+from simu_lightning.utils.devices import on_device, stage
 from simu_lightning.utils.files import atomic
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,13 @@ class Baselines:
 def evaluator_of(plan: RunPlan, benchmark: Benchmark, models: Models, retain_rows: list[dict]) -> Evaluator:
     settings = plan.evaluation.for_model(plan.cfg.model.max_length, benchmark.max_new_tokens)
     ratios = [row["truth_ratio"] for row in retain_rows] or None
-    return Evaluator(models.tokenizer, models.fmt, benchmark, settings, ratios)
+    return Evaluator(models.tokenizer, models.fmt, benchmark, settings, ratios, run_device(plan.cfg.trainer))
 
 
 def evaluate_base(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evaluation | None:
-    """The model before it was fine-tuned into the target (what it knew to begin with)."""
-    if not plan.evaluation.base:
+    """The model before it was fine-tuned into the target (what it knew to begin with); rank 0 alone
+    reports it, so the other processes of a sharded run do not evaluate it too."""
+    if not plan.evaluation.base or rank_zero_only.rank != 0:
         return None
     if models.target.base is None:
         log.info("evaluation.base: the target was not fine-tuned here, so there is no base model to evaluate")
@@ -57,8 +60,9 @@ def evaluate_base(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evalua
 
 
 def evaluate_clean(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evaluation | None:
-    """On a planted target, the clean model (stage "clean"): what the planted target is measured against."""
-    if not models.target.planted:
+    """On a planted target, the clean model (stage "clean"): what the planted target is measured against
+    (on rank 0 alone, as the base model)."""
+    if not models.target.planted or rank_zero_only.rank != 0:
         return None
     model, _ = load_retain_model(models.target, plan.cfg.model.dtype)
     return evaluator(model, "clean")
@@ -85,9 +89,7 @@ def attack_target(plan: RunPlan, models: Models, evaluator: Evaluator) -> Attack
     when a run of this target already made them (none depends on the seed or the method)."""
     if plan.robustness is None:
         return None
-    context = AttackContext(
-        models.model, evaluator, single_process_trainers(plan.cfg, plan.out), device=run_device(plan.cfg.trainer)
-    )
+    context = AttackContext(models.model, evaluator, single_process_trainers(plan.cfg, plan.out))
     cached = attack_baselines_cache(plan, models, evaluator)
     if cached is not None and cached.exists():
         log.info("reusing the cached attack baselines on the target (%s)", cached.parent)
@@ -110,10 +112,11 @@ def evaluate_harness(plan: RunPlan, model, tokenizer) -> dict | None:
     if not plan.evaluation.harness.tasks:
         return None
     return harness_results(
-        model.to(run_device(plan.cfg.trainer)), tokenizer, plan.evaluation.harness, plan.evaluation.batch_size
+        on_device(model, run_device(plan.cfg.trainer)), tokenizer, plan.evaluation.harness, plan.evaluation.batch_size
     )
 
 
+@stage("baselines")
 def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> Baselines:
     start = time.perf_counter()
     retain_rows = retain_model_rows(
@@ -124,6 +127,7 @@ def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> B
         plan.cfg.model.dtype,
         plan.cache_dir,
         plan.evaluation.retain_model_results,
+        run_device(plan.cfg.trainer),
     )
     evaluator = evaluator_of(plan, benchmark, models, retain_rows)
     base, clean = evaluate_base(plan, models, evaluator), evaluate_clean(plan, models, evaluator)

@@ -37,9 +37,41 @@ def check_optim(optim: DictConfig) -> None:
         raise SimuError(f"optim.fused must be true, false or auto, got {optim.get('fused')!r}")
 
 
+LOW_PRECISION_DTYPES = ("bfloat16", "float16")
+LOW_PRECISION_TRAINERS = ("bf16-true", "16-true", "bf16", "16", "half")
+
+
+def low_precision_weights(cfg: DictConfig) -> str | None:
+    """The setting that makes the trained weights bf16 or fp16 (model.dtype, or a '-true' trainer
+    precision, which converts them), or None."""
+    if str(cfg.model.get("dtype", "float32")) in LOW_PRECISION_DTYPES:
+        return f"model.dtype={cfg.model.dtype}"
+    if str(cfg.trainer.get("precision")) in LOW_PRECISION_TRAINERS:
+        return f"trainer.precision={cfg.trainer.precision}"
+    return None
+
+
+def check_weights_precision(cfg: DictConfig) -> None:
+    """Unlearning in bf16 / fp16 weights only when asked for: a step at an unlearning lr is far below a
+    bf16 weight's rounding step (the optimisers then keep fp32 masters: optim/master.py)."""
+    setting = low_precision_weights(cfg)
+    if (
+        setting
+        and cfg.get("mode", "unlearn") == "unlearn"
+        and not (cfg.get("optim") or {}).get("low_precision_weights")
+    ):
+        raise SimuError(
+            f"{setting}: unlearning in bf16/fp16 weights rounds away most updates at unlearning learning rates; "
+            "keep float32 weights and compute in bf16 with trainer.precision=bf16-mixed (the GPU default, "
+            "trainer.precision=auto), or opt in with optim.low_precision_weights=true (fp32 master weights and "
+            "optimiser state)"
+        )
+
+
 def check(cfg: DictConfig) -> None:
     if cfg.get("mode", "unlearn") not in MODES:
         raise SimuError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    check_weights_precision(cfg)
     # data and trainer are built only at the fit, after the target's fine-tuning: checked here, now
     _positive("data.batch_size", cfg.data.batch_size, integer=True)
     _positive("data.retain_per_forget", cfg.data.get("retain_per_forget", 1), integer=True)
@@ -67,6 +99,12 @@ def check(cfg: DictConfig) -> None:
             "evaluation.during.full_around: probe points run in one process (the weights kept for the point "
             "before a crossing would be one process's shards, which FSDP's gathered copy does not read); "
             "leave it null under several processes"
+        )
+    if cfg.evaluation.get("mmlu") and several_processes(cfg):
+        raise SimuError(
+            "evaluation.mmlu: LUME's MMLU runs through lm-eval in one process (under FSDP every process would "
+            "run all of it); unlearn on one GPU (trainer=default: OLMo-1B fits one 80 GB GPU), or evaluate "
+            "the saved model: python run.py mode=evaluate model.source=<run>/unlearned_model evaluation.mmlu=true"
         )
     if (cfg.evaluation.get("lm_eval") or {}).get("tasks") and several_processes(cfg):
         raise SimuError(

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from simu_lightning.distributed import close_process_group
 from simu_lightning.evaluation.tables import print_examples, print_results
 from simu_lightning.pipeline.baselines import Baselines, evaluate_baselines, evaluate_harness
+from simu_lightning.pipeline.building import use_tensor_cores
 from simu_lightning.pipeline.dashboards import finish, log_results
 from simu_lightning.pipeline.modes import attribute_only, evaluate_checkpoint, prepare_only
 from simu_lightning.pipeline.outputs import write_model, write_run
@@ -34,14 +35,22 @@ from simu_lightning.pipeline.prepare import load_benchmark, load_models
 from simu_lightning.pipeline.requests import unlearn_requests, with_requests
 from simu_lightning.pipeline.results import AfterUnlearning, assemble_results, generation_rows, manifest_keys
 from simu_lightning.pipeline.unlearn import Unlearned, unlearn
+from simu_lightning.utils.devices import recorded_forwards, stage
 from simu_lightning.utils.logging import quiet_libraries
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict | None:
-    """The whole run; with several processes every one runs it, and rank 0 writes the outputs."""
+    """The whole run; with several processes every one runs it, and rank 0 writes the outputs. With
+    SIMU_FORWARD_DEVICES set, the device of every forward pass is recorded by stage (utils/devices.py)."""
+    with recorded_forwards():
+        return run_stages(cfg)
+
+
+def run_stages(cfg: DictConfig) -> dict | None:
     plan = RunPlan.of(cfg)
+    use_tensor_cores(plan.cfg.trainer)
     quiet_libraries()
     if (finished := finished_results(plan)) is not None:
         return finished
@@ -80,6 +89,7 @@ def finished_results(plan: RunPlan) -> dict | None:
     return None
 
 
+@stage("attacks")
 def evaluate_unlearned(plan: RunPlan, models, baselines: Baselines, unlearned: Unlearned) -> AfterUnlearning:
     """Stage 5, beyond the suite's "after": the attack families on copies of the unlearned model (their
     baselines ran on the target), and lm-eval's tasks on it."""

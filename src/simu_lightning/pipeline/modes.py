@@ -46,6 +46,7 @@ def prepare_only(plan, benchmark) -> None:
         plan.cfg.model.dtype,
         plan.cache_dir,
         plan.evaluation.retain_model_results,
+        run_device(plan.cfg.trainer),
     )
     log.info("prepare_only: target %s and retain model %s are ready", target.target, target.retain_model)
 
@@ -108,7 +109,8 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
         cfg.model.get("tokenizer"),
         bool(cfg.model.get("trust_remote_code", False)),
     )
-    model = model.to(run_device(cfg.trainer))
+    device = run_device(cfg.trainer)
+    model = model.to(device)
     settings = plan.evaluation.for_model(cfg.model.max_length, benchmark.max_new_tokens)
     retain_rows = retain_model_rows(
         benchmark,
@@ -118,6 +120,7 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
         cfg.model.dtype,
         plan.cache_dir,
         plan.evaluation.retain_model_results,
+        device,
     )
     log.info(
         "evaluating %s on %s (%s)",
@@ -125,7 +128,7 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
         benchmark.name,
         ", ".join(f"{n} {len(benchmark[n])}" for n in benchmark.eval_splits),
     )
-    evaluator = Evaluator(tokenizer, fmt, benchmark, settings, [r["truth_ratio"] for r in retain_rows] or None)
+    evaluator = Evaluator(tokenizer, fmt, benchmark, settings, [r["truth_ratio"] for r in retain_rows] or None, device)
     result = evaluator(model, STAGE)
     results = {
         "mode": "evaluate",
@@ -140,9 +143,7 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
     if plan.evaluation.harness.tasks:
         results["lm_eval"] = {STAGE: harness_results(model, tokenizer, plan.evaluation.harness, settings.batch_size)}
     if plan.robustness:  # the attacks on the checkpoint
-        context = AttackContext(
-            model, evaluator, single_process_trainers(cfg, plan.out), device=run_device(cfg.trainer)
-        )
+        context = AttackContext(model, evaluator, single_process_trainers(cfg, plan.out))
         plan.robustness.after(context)
         results["robustness"], rows = context.results, rows + context.rows
     write_run(plan.out, cfg, results, rows, {"evaluated": source})

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.pipeline import checks
-from simu_lightning.pipeline.building import build
+from simu_lightning.pipeline.building import build, with_resolved_precision
 from simu_lightning.unlearning.methods import Method
 from simu_lightning.unlearning.stopping import StoppingRule
 from simu_lightning.utils.cache import cache_root
@@ -40,6 +40,7 @@ class RunPlan:
 
     @classmethod
     def of(cls, cfg: DictConfig) -> RunPlan:
+        cfg = with_resolved_precision(cfg)
         checks.check(cfg)
         return cls(
             cfg=cfg,

@@ -13,6 +13,7 @@ from simu_lightning.models.planting import load_planted
 from simu_lightning.models.target import Target, load_target, prepare_target
 from simu_lightning.pipeline.building import build, finetune_trainer_settings, single_process_trainers
 from simu_lightning.pipeline.plan import RunPlan
+from simu_lightning.utils.devices import stage
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def prepare_targets(plan: RunPlan, benchmark: Benchmark) -> Target:
     )
 
 
+@stage("prepare")
 def load_models(plan: RunPlan, benchmark: Benchmark) -> Models:
     start = time.perf_counter()
     target = prepare_targets(plan, benchmark)

@@ -35,6 +35,7 @@ from simu_lightning.evaluation.callback import curve_point, curve_rows
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.evaluation.types import Evaluation
 from simu_lightning.pipeline.baselines import Baselines, evaluator_of
+from simu_lightning.pipeline.building import run_device
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.unlearn import Unlearned, before_cache, neuron_attribution, unlearn
@@ -122,7 +123,14 @@ def request_evaluator(plan: RunPlan, view: Benchmark, models: Models, baselines:
     else:
         settings = plan.evaluation.for_model(plan.cfg.model.max_length, view.max_new_tokens)
         retain = retain_model_rows(
-            view, models.target, models.fmt, settings, plan.cfg.model.dtype, plan.cache_dir, None
+            view,
+            models.target,
+            models.fmt,
+            settings,
+            plan.cfg.model.dtype,
+            plan.cache_dir,
+            None,
+            run_device(plan.cfg.trainer),
         )
     return evaluator_of(plan, view, models, retain)
 

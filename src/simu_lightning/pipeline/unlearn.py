@@ -28,6 +28,7 @@ from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.progress import ProgressLines, wanted
 from simu_lightning.unlearning.module import UnlearningModule
+from simu_lightning.utils.devices import stage
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ def neuron_attribution(plan: RunPlan, models: Models, kind=NeuronAttribution, **
         output_dir=plan.out,
         cache_dir=plan.cache_dir,
         target_id=models.target.target_id,
-        dtype=plan.cfg.model.dtype,
         seed=plan.seed,
         planted=models.planted,
         **extra,
@@ -91,6 +91,7 @@ def before_cache(plan: RunPlan, models: Models, baselines: Baselines) -> Path | 
     )
 
 
+@stage("unlearn")
 def unlearn(
     plan: RunPlan,
     benchmark: Benchmark,

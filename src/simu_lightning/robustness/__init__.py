@@ -67,7 +67,9 @@ class Robustness:
             family.before(context, retain_model)
 
     def after(self, context: AttackContext) -> None:
-        """On the unlearned model (`context.model`), every family in turn."""
+        """On the unlearned model (`context.model`), every family in turn; the model first goes back to the
+        run's device (the fit's teardown left it on the CPU)."""
+        context.model = context.on_device(context.model)
         for family in self.families.values():
             family.after(context)
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from datasets import Dataset
 
 from simu_lightning.evaluation import Evaluator
 from simu_lightning.evaluation.splits import limited
+from simu_lightning.utils.devices import on_device
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ class AttackContext:
     model: object  # what the attacks start from
     evaluator: Evaluator
     make_trainer: Callable | None = None  # a single-process Lightning trainer (relearning)
-    device: torch.device | str | None = None  # the run's device: the attacks on the target run there too
     results: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
 
@@ -48,9 +47,15 @@ class AttackContext:
     def settings(self):
         return self.evaluator.settings
 
+    @property
+    def device(self):
+        """The run's device (the evaluator's): every attack scores its models there."""
+        return self.evaluator.device
+
     def on_device(self, model):
-        """`model` on the run's device (on a GPU node, a 7B target's generations must not run on the CPU)."""
-        return model if self.device is None else model.to(self.device)
+        """`model` on the run's device (on a GPU node, a 7B target's generations must not run on the CPU,
+        nor a model that a relearning fit's teardown left there)."""
+        return on_device(model, self.device)
 
     def forget_split(self) -> Dataset:
         return limited(self.benchmark[self.benchmark.forget], self.settings.max_examples)

@@ -9,6 +9,7 @@ import time
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from simu_lightning.distributed import local_bytes, parallelize
@@ -75,11 +76,17 @@ class UnlearningModule(L.LightningModule):
                 )
 
     @property
-    def compute_dtype(self) -> str | None:
-        """The dtype the forward passes compute in when it is not the weights' own: bfloat16 on a model
-        sharded with parallel.mixed_precision=bf16 (FSDP2 all-gathers the parameters in bf16)."""
+    def compute_dtype(self) -> str:
+        """The dtype the forward passes compute in: bfloat16 on a model sharded with
+        parallel.mixed_precision=bf16 (FSDP2 all-gathers the parameters in bf16), the autocast dtype of a
+        mixed-precision trainer (bf16-mixed, 16-mixed), else the weights' own (bf16-true converts them)."""
         sharded = any(hasattr(p, "device_mesh") for p in self.model.parameters())
-        return "bfloat16" if sharded and self.parallel.get("mixed_precision") == "bf16" else None
+        if sharded and self.parallel.get("mixed_precision") == "bf16":
+            return "bfloat16"
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        if isinstance(plugin, MixedPrecision):
+            return "bfloat16" if plugin.precision == "bf16-mixed" else "float16"
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hessian_tokens"] = self.hessian_tokens  # Sophia's bs until the next estimate
@@ -231,16 +238,41 @@ class UnlearningModule(L.LightningModule):
             mean_ce, count = sampled_label_loss(logits, part["labels"], uniforms)
             parts.append((mean_ce, count))
         local_tokens = sum(count for _, count in parts)
+        # an integer tensor: under bf16-true the default dtype is bf16, which counts exactly only to 256
         total_tokens = int(
-            self.trainer.strategy.reduce(torch.tensor(float(local_tokens), device=self.device), reduce_op="sum")
+            self.trainer.strategy.reduce(
+                torch.tensor(local_tokens, dtype=torch.int64, device=self.device), reduce_op="sum"
+            )
         )
         loss = sum(mean_ce * count for mean_ce, count in parts) * (self.trainer.world_size / max(total_tokens, 1))
         self.refuse_non_finite(loss, "Hessian-estimate loss")
         self.manual_backward(loss)
-        if total_tokens > 0:  # a batch with no answer token anywhere leaves h (and bs) as they were
+        # a batch with no answer token anywhere leaves h (and bs) as they were; so does an estimate that
+        # overflowed under 16-mixed's grad scaler
+        if total_tokens > 0 and self.unscale_hessian_gradients():
             optimizer.optimizer.update_hessian()
             self.hessian_tokens = total_tokens
         optimizer.zero_grad()
+
+    def unscale_hessian_gradients(self) -> bool:
+        """Under 16-mixed, `manual_backward` multiplied the GNB loss by the grad scaler's scale S, and the
+        scaler unscales only at the loss step: divide the estimate's gradients by S here (h would grow by
+        S^2), and say whether they are all finite (an overflow must not stay in h for ever). Every process
+        takes the same decision."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None:
+            return True
+        inverse = scaler.get_scale() ** -1
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        for param in self.model.parameters():
+            if param.grad is not None:
+                grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
+                grad.mul_(inverse)
+                finite &= torch.isfinite(grad).all()
+        overflowed = self.trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
+        if overflowed:
+            log.warning("step %d: the GNB estimate overflowed under 16-mixed; h kept as it was", self.global_step)
+        return not overflowed
 
     def _uniforms(self, rows: torch.Tensor, split_id: int, length: int, device) -> torch.Tensor:
         return label_uniforms(rows, self.seed, self.global_step, split_id, length, device)

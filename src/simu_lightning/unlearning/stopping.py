@@ -47,6 +47,10 @@ class Condition:
 class StoppingRule:
     conditions: tuple[Condition, ...]
 
+    def metrics(self) -> set[str]:
+        """The metrics the rule reads ("split.metric" or a score's name)."""
+        return {condition.metric for condition in self.conditions}
+
     @classmethod
     def parse(cls, text: str | None, setting: str = "unlearning.stop_when") -> "StoppingRule | None":
         if text is None or str(text).strip() in ("", "null", "None"):

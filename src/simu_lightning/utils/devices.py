@@ -1,0 +1,115 @@
+"""Where a model computes. One rule: every model that a stage scores is on the run's device first.
+
+Lightning's single-device strategy moves the LightningModule to the CPU in its teardown, which runs
+after every fit and before `on_fit_end` (lightning.pytorch.strategies.Strategy.teardown). So on a GPU
+node the model that a fit leaves behind, and every copy made of it, sits on the CPU until a stage puts
+it back: `on_device` is how every stage does.
+
+`ForwardDevices` records the device of every forward pass of a whole model, by stage: the device
+check (perf/device_check.sh, through SIMU_FORWARD_DEVICES) asserts that no stage ran on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RECORD_ENV = "SIMU_FORWARD_DEVICES"  # a JSON file: {stage: {device type: forward passes}}
+
+_stage: contextvars.ContextVar[str] = contextvars.ContextVar("simu_stage", default="")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether the model's parameters are FSDP2 shards (DTensors)."""
+    return any(hasattr(p, "device_mesh") for p in model.parameters())
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def on_device(model: nn.Module, device: torch.device | str | None) -> nn.Module:
+    """`model` on `device` (moved in place, as `Module.to` does; None: left where it is). A sharded
+    model stays where the strategy put its shards: every process holds its own."""
+    if device is None or is_sharded(model):
+        return model
+    return model.to(device)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Label the forward passes inside with the stage `name`, nested in the enclosing stage's label
+    ("unlearn/after"), for `ForwardDevices`; also a decorator of a stage function."""
+    outer = _stage.get()
+    token = _stage.set(f"{outer}/{name}" if outer else name)
+    try:
+        yield
+    finally:
+        _stage.reset(token)
+
+
+def current_stage() -> str:
+    return _stage.get() or "run"
+
+
+class ForwardDevices:
+    """Counts, by stage and device type, the forward passes of whole models (transformers' models:
+    their submodules' passes are not counted). A global forward pre-hook, on only while entered."""
+
+    def __init__(self):
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        self._handle = None
+
+    def _record(self, module: nn.Module, args) -> None:
+        from transformers import PreTrainedModel
+
+        if isinstance(module, PreTrainedModel):
+            parameter = next(module.parameters(), None)
+            if parameter is not None:
+                self.counts[current_stage()][parameter.device.type] += 1
+
+    def __enter__(self) -> ForwardDevices:
+        self._handle = nn.modules.module.register_module_forward_pre_hook(self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {name: dict(counts) for name, counts in self.counts.items()}
+
+    def off_device(self, device_type: str) -> dict[str, dict[str, int]]:
+        """The stages that ran forward passes on another device type than `device_type`, and how many."""
+        return {
+            name: {kind: n for kind, n in counts.items() if kind != device_type}
+            for name, counts in self.as_dict().items()
+            if set(counts) - {device_type}
+        }
+
+
+@contextmanager
+def recorded_forwards() -> Iterator[ForwardDevices | None]:
+    """When SIMU_FORWARD_DEVICES names a file, record every forward pass's device and add the counts
+    to that file at the end (several runs of one check add up); otherwise record nothing."""
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        yield None
+        return
+    with ForwardDevices() as recorder:
+        try:
+            yield recorder
+        finally:
+            file = Path(path)
+            total = json.loads(file.read_text()) if file.exists() else {}
+            for name, counts in recorder.as_dict().items():
+                for kind, n in counts.items():
+                    total.setdefault(name, {})[kind] = total.get(name, {}).get(kind, 0) + n
+            file.write_text(json.dumps(total, indent=1, sort_keys=True))

@@ -1,0 +1,267 @@
+"""What a GPU node would break and a CPU machine never shows, each simulated on the CPU: the model off its
+device after Lightning's teardown (tests/fake_gpu.py), a grad scaler's scale, bf16 tensors, CUDA masks."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from conftest import composed_run, run_here
+from fake_gpu import FakeGpu
+from simu_lightning.attribution.integrated_gradients import _attention_mask
+from simu_lightning.data import synthetic
+from simu_lightning.data.datamodule import UnlearningDataModule
+from simu_lightning.data.formatting import IGNORE_INDEX
+from simu_lightning.models.architecture import architecture_of
+from simu_lightning.models.loading import load_pretrained
+from simu_lightning.optim import MaskedAdamW, Sophia
+from simu_lightning.pipeline.plan import RunPlan
+from simu_lightning.unlearning.losses import GradDiff
+from simu_lightning.unlearning.module import UnlearningModule
+from simu_lightning.utils.errors import SimuError
+from test_run import SMALL
+from test_unlearning_module import SO
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    gpu = FakeGpu(monkeypatch)
+    yield gpu
+    gpu.close()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+ON_ONE_GPU = [*SMALL, "trainer.precision=32-true", "evaluation.base=true", "evaluation.cache_before=false"]
+
+
+@pytest.mark.slow
+def test_every_model_a_run_scores_after_the_fit_is_on_the_gpu_attacks_included(fake_gpu, cache, tmp_path):
+    """Lightning's teardown moves the LightningModule to the CPU before `on_fit_end`: "after" (no point
+    during the run here, so it is evaluated on its own), the attacks on the unlearned model and on the
+    copies relearned by their own fits, and the retain model's and the base model's evaluations must all
+    run on the run's device."""
+    attacks = [
+        "robustness=standard",
+        "robustness.families.relearning.steps=1",
+        "robustness.families.quantization.schemes=[rtn8]",
+        "robustness.families.probes.prefixes=[Recall:]",
+        "robustness.families.mia.gradnorm=false",
+    ]
+    results = run_here([*ON_ONE_GPU, "method=simu", *attacks], tmp_path, cache)
+    assert "relearn_forget" in results["robustness"] and results["after"]["forget"]
+    assert len(fake_gpu.forwards) > 100 and fake_gpu.on_cpu() == []
+    stages = {stage for stage, _, _ in fake_gpu.forwards}
+    assert {"unlearn/after", "attacks/relearn_forget", "baselines/base", "baselines/retain_model"} <= stages
+
+
+@pytest.mark.slow
+def test_continual_requests_evaluate_the_whole_benchmark_on_the_gpu_after_each_fit(fake_gpu, cache, tmp_path):
+    requests = [
+        *ON_ONE_GPU,
+        "benchmark.num_authors=6",
+        "benchmark.forget_fraction=0.34",
+        "unlearning/requests=sequential",
+        "unlearning.requests.count=2",
+    ]
+    results = run_here([*requests, "method=simu"], tmp_path, cache)
+    assert len(results["requests"]) == 2
+    curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    assert len({row["step"] for row in curve}) == 3  # the target, then the whole benchmark after each request
+    assert fake_gpu.on_cpu() == []
+
+
+# -- precision ---------------------------------------------------------------------------------------
+def fit_so(model, tokenizer, benchmark, fmt, steps: int, batch_size: int = 2, **trainer):
+    """A few SO-GradDiff steps (Sophia on every parameter, a GNB estimate at each) in one Lightning fit."""
+
+    L.seed_everything(0, verbose=False)
+    module = UnlearningModule(model, SO, GradDiff(), architecture_of(model))
+    data = UnlearningDataModule(benchmark, tokenizer, fmt, batch_size=batch_size, max_length=64)
+    L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer,
+    ).fit(module, data)
+    return module
+
+
+def hessians(module) -> list:
+    optimizer = module.trainer.optimizers[0]
+    return [optimizer.state[p]["hessian"] for p in module.model.parameters() if p in optimizer.state]
+
+
+def scaled_16_mixed(scale: float):
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=10**6)
+    return MixedPrecision("16-mixed", "cpu", scaler)
+
+
+def test_16_mixed_leaves_sophias_hessian_as_an_unscaled_pass_gives_it(tiny_model_dir, small_benchmark, prompt_format):
+    """The GNB backward goes through the grad scaler (manual_backward multiplies by S): unscaled, h is the
+    h of a scale-1 run up to fp16 rounding; scaled, it would be S^2 = 2^32 times larger."""
+    runs = {}
+    for scale in (1.0, 2.0**16):
+        model, tokenizer = load_pretrained(tiny_model_dir)
+        module = fit_so(model, tokenizer, small_benchmark, prompt_format, steps=2, plugins=[scaled_16_mixed(scale)])
+        runs[scale] = torch.cat([h.flatten() for h in hessians(module)])
+    assert runs[1.0].sum() > 0
+    ratio = runs[2.0**16].sum() / runs[1.0].sum()
+    assert 0.9 < float(ratio) < 1.1
+
+
+def test_an_overflowed_hessian_estimate_under_16_mixed_is_skipped_not_kept(
+    tiny_model_dir, small_benchmark, prompt_format
+):
+    """With a scale that overflows fp16's gradients, the estimate is dropped: h holds no inf or NaN."""
+    model, tokenizer = load_pretrained(tiny_model_dir)
+    module = fit_so(model, tokenizer, small_benchmark, prompt_format, steps=2, plugins=[scaled_16_mixed(2.0**120)])
+    assert all(torch.isfinite(h).all() for h in hessians(module))
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+
+
+def small_bf16_steps(optimizer_class, steps: int, masks=None, lr: float = 5e-6, **settings):
+    """`steps` optimiser steps on a bf16 weight of 0.02-sized entries, with a fixed gradient, under the
+    bf16 default dtype that Lightning's bf16-true sets around every step."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter((0.02 + 0.005 * torch.rand(8, 6)).to(torch.bfloat16))
+    start = weight.detach().clone()
+    optimizer = optimizer_class([weight], lr=lr, weight_decay=0.0, **settings)
+    if masks is not None:
+        optimizer.set_masks({weight: masks})
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        for _ in range(steps):
+            weight.grad = torch.full_like(weight, 0.5)
+            if hasattr(optimizer, "update_hessian"):
+                optimizer.update_hessian()
+                optimizer.step(bs=1)
+            else:
+                optimizer.step()
+    finally:
+        torch.set_default_dtype(default)
+    return weight, start, optimizer
+
+
+@pytest.mark.parametrize("optimizer", ["sophia", "adamw"])
+def test_bf16_weights_take_updates_far_below_their_rounding_step(optimizer):
+    """At lr 5e-6 a step moves a 0.02-sized weight by 5e-6, a twentieth of its bf16 spacing (2^-13): 40 steps
+    add up to 2e-4, which the weights show only if each step was kept in fp32 (a master copy)."""
+    kind = {"sophia": lambda params, **kw: Sophia(params, rho=1e-30, **kw), "adamw": MaskedAdamW}[optimizer]
+    weight, start, opt = small_bf16_steps(kind, 40)
+    moved = (start.float() - weight.float()).abs()
+    assert float((moved > 0).float().mean()) > 0.9  # bf16 updates straight into the weights: almost none moves
+    # every step of both is lr (Sophia clipped, AdamW's m / sqrt(v) = 1 for a constant gradient): the weights
+    # moved by 40 lr to within one bf16 spacing (2^-13 between 2^-6 and 2^-5)
+    assert float((moved - 40 * 5e-6).abs().max()) <= 2**-13
+    state = opt.state[weight]
+    assert all(t.dtype == torch.float32 for t in state.values() if isinstance(t, torch.Tensor))
+
+
+def test_sophias_step_counter_counts_past_256_under_the_bf16_default_dtype():
+    weight, _, opt = small_bf16_steps(lambda params, **kw: Sophia(params, rho=0.04, **kw), 300, lr=1e-4)
+    assert float(opt.state[weight]["step"]) == 300.0
+
+
+@pytest.mark.parametrize("compact_state", [True, False])
+@pytest.mark.parametrize("optimizer", ["sophia", "adamw"])
+def test_a_masked_bf16_weight_keeps_its_other_entries_bit_identical(optimizer, compact_state):
+    kind = {"sophia": lambda params, **kw: Sophia(params, rho=1e-30, **kw), "adamw": MaskedAdamW}[optimizer]
+    mask = torch.tensor([[True, False, False, True, False, True]])
+    weight, start, _ = small_bf16_steps(kind, 40, masks=mask, compact_state=compact_state)
+    assert torch.equal(weight[:, ~mask[0]], start[:, ~mask[0]])
+    assert float((weight[:, mask[0]] != start[:, mask[0]]).float().mean()) > 0.9
+
+
+def test_the_hessians_token_count_is_exact_past_256_under_bf16_true(tiny_model_dir, prompt_format):
+    """bf16-true makes bf16 the default dtype around a step: a float token count rounds above 256."""
+    benchmark = synthetic.load(num_authors=6, forget_fraction=0.5, holdout_fraction=0.2, seed=0)
+    model, tokenizer = load_pretrained(tiny_model_dir)
+    batches = []
+
+    class Keep(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            batches.append(batch)
+
+    module = fit_so(
+        model, tokenizer, benchmark, prompt_format, steps=1, batch_size=24, precision="bf16-true", callbacks=[Keep()]
+    )
+    (batch,) = batches
+    tokens = sum(int((batch[split]["labels"][:, 1:] != IGNORE_INDEX).sum()) for split in ("forget", "retain"))
+    assert tokens > 300 and module.hessian_tokens == tokens
+    assert all(h.dtype == torch.float32 for h in hessians(module))
+
+
+@pytest.mark.parametrize(
+    "override, setting",
+    [("model.dtype=bfloat16", "model.dtype=bfloat16"), ("trainer.precision=bf16-true", "trainer.precision=bf16-true")],
+)
+def test_unlearning_in_bf16_weights_is_refused_unless_opted_into(override, setting, tmp_path):
+    with pytest.raises(SimuError, match=f"^{setting}: .*optim.low_precision_weights=true"):
+        RunPlan.of(composed_run([override], tmp_path, tmp_path / "cache"))
+    RunPlan.of(composed_run([override, "optim.low_precision_weights=true"], tmp_path, tmp_path / "cache"))
+    RunPlan.of(composed_run([override, "mode=evaluate"], tmp_path, tmp_path / "cache"))  # nothing trains
+
+
+def test_on_a_gpu_the_default_precision_is_bf16_mixed_with_tf32_matmuls(monkeypatch, tmp_path):
+    from simu_lightning.pipeline.building import use_tensor_cores
+
+    chosen = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", chosen.append)
+    cpu = RunPlan.of(composed_run([], tmp_path, tmp_path / "cache"))
+    use_tensor_cores(cpu.cfg.trainer)
+    assert cpu.cfg.trainer.precision == "32-true" and chosen == []  # the CPU's figures stay float32's
+    gpu = FakeGpu(monkeypatch)
+    try:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        plan = RunPlan.of(composed_run([], tmp_path, tmp_path / "cache"))
+        use_tensor_cores(plan.cfg.trainer)
+    finally:
+        gpu.close()
+    assert plan.cfg.trainer.precision == "bf16-mixed" and chosen == ["high"]
+
+
+def test_the_eager_attention_mask_is_made_on_the_masks_device(tiny_model):
+    """A CUDA mask filling zeros made on the CPU fails; the meta device stands in for CUDA here."""
+    model, _ = tiny_model
+    model.config._attn_implementation = "eager"
+    allowed = torch.tensor([[[[True, False, True]]]])
+    assert _attention_mask(allowed.to("meta"), model).device.type == "meta"
+    minimum = torch.finfo(torch.float32).min
+    assert torch.equal(_attention_mask(allowed, model), torch.tensor([[[[0.0, minimum, 0.0]]]]))
+
+
+# -- what runs where ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_lumes_mmlu_runs_before_and_after_unlearning_only(monkeypatch, cache, tmp_path):
+    """5-shot MMLU at every evaluation point would be most of a LUME run on OLMo-1B."""
+    from simu_lightning.evaluation import lume
+    from test_run import TINY, write_lume_folder
+
+    stages = []
+    monkeypatch.setattr(lume, "mmlu_accuracy", lambda *a, **k: stages.append("mmlu") or 0.5)
+    write_lume_folder(tmp_path / "lume")
+    overrides = ["benchmark=lume", f"benchmark.path={tmp_path / 'lume'}", "evaluation.max_new_tokens=4", *TINY]
+    during = ["evaluation.mmlu=true", "evaluation.every_n_steps=1", "trainer.max_epochs=3"]
+    results = run_here([*overrides, *during], tmp_path / "run", cache)
+    curve = [json.loads(line) for line in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
+    assert len({row["step"] for row in curve}) >= 3  # before, a point during, after
+    assert stages == ["mmlu", "mmlu"] and results["scores"]["after"]["mmlu"] == 0.5
+    with pytest.raises(SimuError, match="reads final_score, which needs MMLU"):
+        run_here([*overrides, "evaluation.mmlu=true", "unlearning.stop_when='final_score>=0.5'"], tmp_path, cache)
+
+
+def test_mmlu_under_several_processes_is_refused_in_one_line(tmp_path):
+    with pytest.raises(SimuError, match="^evaluation.mmlu: LUME's MMLU runs through lm-eval in one process"):
+        RunPlan.of(composed_run(["evaluation.mmlu=true", "trainer=fsdp"], tmp_path, tmp_path / "cache"))
