@@ -46,6 +46,26 @@ def test_masked_sophia_holds_on_weights_sharded_along_either_dimension():
     assert result.stdout.count("sharded masks hold") == 2
 
 
+def test_a_sharded_evaluation_gathers_each_layer_once_not_once_per_generated_token(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tests" / "distributed" / "unsharded_generation.py"),
+            str(tmp_path / "model"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("gathered once per evaluation") == 2
+
+
 @pytest.mark.slow
 def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cache_dir):
     run_py([*SMALL, "method=simu", "evaluation.every_n_steps=1", f"hydra.run.dir={tmp_path / 'one'}"], cache_dir)

@@ -265,3 +265,41 @@ def test_lumes_mmlu_runs_before_and_after_unlearning_only(monkeypatch, cache, tm
 def test_mmlu_under_several_processes_is_refused_in_one_line(tmp_path):
     with pytest.raises(SimuError, match="^evaluation.mmlu: LUME's MMLU runs through lm-eval in one process"):
         RunPlan.of(composed_run(["evaluation.mmlu=true", "trainer=fsdp"], tmp_path, tmp_path / "cache"))
+
+
+# -- memory on one device ----------------------------------------------------------------------------
+def test_activation_checkpointing_holds_on_one_device_too(tiny_model, small_benchmark, prompt_format):
+    """parallel.activation_checkpointing was applied only under FSDP: a decoder layer's MLP runs once more in
+    the backward (the layer's recomputation) when it holds."""
+    from test_unlearning_module import FO
+
+    model, tokenizer = tiny_model
+    calls = {}
+    for checkpointing in (False, True):
+        # a pre-hook: transformers checkpoints a layer's forward inside its hooks, and torch's recomputation
+        # stops as soon as it has what the backward needs, before the MLP returns
+        layer = model.model.layers[0].mlp
+        handle = layer.register_forward_pre_hook(
+            lambda *a, key=checkpointing: calls.update({key: calls.get(key, 0) + 1})
+        )
+        module = UnlearningModule(
+            model, FO, GradDiff(), architecture_of(model), parallel={"activation_checkpointing": checkpointing}
+        )
+        data = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
+        L.Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).fit(module, data)
+        handle.remove()
+    assert calls == {False: 2, True: 4}  # forget and retain forward; with checkpointing, again in the backward
+
+
+def test_parallel_mixed_precision_on_one_device_computes_in_bf16_with_fp32_masters(tmp_path):
+    plan = RunPlan.of(composed_run(["parallel.mixed_precision=bf16"], tmp_path, tmp_path / "cache"))
+    assert plan.cfg.trainer.precision == "bf16-mixed"
+    sharded = RunPlan.of(composed_run(["parallel.mixed_precision=bf16", "trainer=fsdp"], tmp_path, tmp_path / "c"))
+    assert sharded.cfg.trainer.precision == "32-true"  # FSDP2's own policy gathers in bf16 there

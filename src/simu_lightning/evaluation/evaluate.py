@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from simu_lightning.distributed import unsharded
 from simu_lightning.utils.devices import on_device, stage as labelled
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
@@ -60,7 +61,7 @@ class Evaluator:
         """`model` through the benchmark's suite (or through `benchmark`, a view of other splits, which
         compares nothing with the retain model: forget quality is defined on the whole forget split)."""
         own = benchmark is None or benchmark is self.benchmark
-        with labelled(stage):
+        with labelled(stage), unsharded(model):
             return evaluate(
                 on_device(model, self.device),
                 self.tokenizer,

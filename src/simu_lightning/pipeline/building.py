@@ -54,11 +54,14 @@ def run_device(trainer_cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def trainer_precision(trainer_cfg: DictConfig) -> str:
+def trainer_precision(trainer_cfg: DictConfig, mixed_precision: str | None = None) -> str:
     """trainer.precision with `auto` resolved: bf16-mixed where the run computes on a CUDA GPU with bf16
     (bf16 matmuls under autocast, float32 master weights and optimiser state), 32-true elsewhere (a CPU's
-    figures stay those of float32)."""
+    figures stay those of float32). On one device, parallel.mixed_precision=bf16 (FSDP's bf16 gathers
+    when sharded) asks for the same: bf16-mixed."""
     precision = str(trainer_cfg.get("precision", "32-true"))
+    if mixed_precision == "bf16" and "strategy" not in trainer_cfg and precision in ("auto", "32-true", "32"):
+        return "bf16-mixed"
     if precision != "auto":
         return precision
     cuda = run_device(trainer_cfg).type == "cuda"
@@ -66,13 +69,14 @@ def trainer_precision(trainer_cfg: DictConfig) -> str:
 
 
 def with_resolved_precision(cfg: DictConfig) -> DictConfig:
-    """`cfg` with trainer.precision=auto resolved (the trainer, the cache keys and config.yaml all see the
-    precision that ran)."""
-    if str(cfg.trainer.get("precision")) != "auto":
+    """`cfg` with trainer.precision resolved (`auto`, and parallel.mixed_precision on one device): the
+    trainer, the cache keys and config.yaml all see the precision that ran."""
+    precision = trainer_precision(cfg.trainer, (cfg.get("parallel") or {}).get("mixed_precision"))
+    if str(cfg.trainer.get("precision")) == precision:
         return cfg
     cfg = copy.deepcopy(cfg)  # interpolations kept
     with open_dict(cfg):
-        cfg.trainer.precision = trainer_precision(cfg.trainer)
+        cfg.trainer.precision = precision
     return cfg
 
 

@@ -61,9 +61,15 @@ class UnlearningModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under Lightning's ModelParallelStrategy: shard the model (and NPO's frozen target) with
-        FSDP2 over the strategy's device mesh. Single-device strategies leave the model as it is."""
+        FSDP2 over the strategy's device mesh. On one device the model stays whole, and
+        parallel.activation_checkpointing applies all the same (mixed precision there is the trainer's
+        bf16-mixed: pipeline/building.py)."""
         mesh = self.device_mesh if isinstance(self.trainer.strategy, ModelParallelStrategy) else None
-        if mesh is None or hasattr(next(self.model.parameters()), "device_mesh"):
+        if mesh is None:
+            if self.parallel.get("activation_checkpointing") is True:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+        if hasattr(next(self.model.parameters()), "device_mesh"):
             return
         for model in (self.model, self.frozen_target):
             if model is not None:
