@@ -303,3 +303,25 @@ def test_parallel_mixed_precision_on_one_device_computes_in_bf16_with_fp32_maste
     assert plan.cfg.trainer.precision == "bf16-mixed"
     sharded = RunPlan.of(composed_run(["parallel.mixed_precision=bf16", "trainer=fsdp"], tmp_path, tmp_path / "c"))
     assert sharded.cfg.trainer.precision == "32-true"  # FSDP2's own policy gathers in bf16 there
+
+
+# -- host memory of a sharded run --------------------------------------------------------------------
+def test_in_a_sharded_run_only_rank_0_reads_the_weights_and_no_process_copies_them(monkeypatch, cache, tmp_path):
+    """Every process of an 8-process Llama-2-7B run read the whole fp32 model (27 GB), and NPO's objective
+    deep-copied it: 216-432 GB of host memory. Rank 1 now builds the architecture on the meta device, and
+    the frozen copy is meta on every rank: rank 0's weights reach both when they are sharded."""
+    from simu_lightning.pipeline.prepare import load_benchmark, load_models
+    from simu_lightning.pipeline.unlearn import unlearning_module
+
+    overrides = [*SMALL, "trainer=fsdp", "trainer.accelerator=cpu", "loss=npo"]
+    plan = RunPlan.of(composed_run(overrides, tmp_path, cache))
+    benchmark = load_benchmark(plan)
+    rank0 = load_models(plan, benchmark)
+    assert not any(p.is_meta for p in rank0.model.parameters())
+    monkeypatch.setenv("LOCAL_RANK", "1")  # as Lightning's launcher starts the second process
+    rank1 = load_models(plan, benchmark)
+    assert all(p.is_meta for p in rank1.model.parameters())
+    assert [n for n, _ in rank1.model.named_parameters()] == [n for n, _ in rank0.model.named_parameters()]
+    for models in (rank0, rank1):
+        frozen = unlearning_module(plan, models).frozen_target
+        assert all(p.is_meta for p in frozen.parameters())

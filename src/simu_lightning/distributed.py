@@ -147,6 +147,22 @@ def unsharded(model: nn.Module) -> Iterator[None]:
             module.set_reshard_after_forward(module is not model, recurse=False)
 
 
+def load_from_rank0(model: nn.Module, whole: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Every process's shards of a sharded `model` from rank 0's whole state dict (`whole`; empty on the
+    other processes, whose models were built on the meta device and read no weights): shards allocated on
+    `device`, the weights broadcast from rank 0, and the buffers no state dict holds (rotary tables) too."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole, options=options)
+    kept = set(model.state_dict())
+    for name, buffer in model.named_buffers():
+        if name not in kept:
+            dist.broadcast(buffer, src=0)
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict on CPU; collective under FSDP, complete on rank 0."""
     if not any(hasattr(p, "device_mesh") for p in model.parameters()):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import suppress
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from simu_lightning.utils.errors import SimuError
 
@@ -34,9 +35,11 @@ def load_pretrained(
     revision: str | None = None,
     tokenizer_source: str | None = None,
     trust_remote_code: bool = False,
+    weights: bool = True,
 ):
     """(model, tokenizer) from a hub id or a local folder; one clear line if neither works. Code shipped
-    with a hub model runs only when the config says so (`model.trust_remote_code=true`)."""
+    with a hub model runs only when the config says so (`model.trust_remote_code=true`). `weights=False`:
+    the architecture alone, on the meta device (a process of a sharded run whose weights come from rank 0)."""
     source = str(source)
     try:
         tokenizer = load_tokenizer(
@@ -44,9 +47,16 @@ def load_pretrained(
             revision=None if tokenizer_source else revision,
             trust_remote_code=trust_remote_code,
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code
-        )
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code
+            )
+        else:
+            model = without_weights(
+                AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code), dtype
+            )
+            with suppress(OSError):  # as from_pretrained: the folder's own generation settings, if it has them
+                model.generation_config = GenerationConfig.from_pretrained(source, revision=revision)
     except OSError as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if Path(source).exists():
@@ -58,6 +68,14 @@ def load_pretrained(
         ) from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def without_weights(config, dtype: str, attn_implementation: str | None = None):
+    """The model of `config` on the meta device: its parameters have shapes and no memory."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(
+            config, dtype=torch_dtype(dtype), attn_implementation=attn_implementation
+        )
 
 
 def gguf_file(source: str) -> Path:

@@ -48,9 +48,11 @@ class Target:
     planted: bool = False  # a planted target: `retain_model` is the clean model, P lies in the target's folder
 
 
-def load_target(target: Target, dtype: str):
-    """(model, tokenizer) of the target, at its pinned revision."""
-    return load_pretrained(target.target, dtype, target.revision, target.tokenizer, target.trust_remote_code)
+def load_target(target: Target, dtype: str, weights: bool = True):
+    """(model, tokenizer) of the target, at its pinned revision (`weights=False`: on the meta device)."""
+    return load_pretrained(
+        target.target, dtype, target.revision, target.tokenizer, target.trust_remote_code, weights=weights
+    )
 
 
 def load_retain_model(target: Target, dtype: str):

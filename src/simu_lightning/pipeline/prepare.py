@@ -12,8 +12,10 @@ from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models.planting import load_planted
 from simu_lightning.models.target import Target, load_target, prepare_target
 from simu_lightning.pipeline.building import build, finetune_trainer_settings, single_process_trainers
+from simu_lightning.pipeline import checks
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.utils.devices import stage
+from simu_lightning.utils.processes import launch_rank
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,20 @@ def prepare_targets(plan: RunPlan, benchmark: Benchmark) -> Target:
 
 
 @stage("prepare")
+def loads_weights(plan: RunPlan) -> bool:
+    """Whether this process reads the target's weights: in a sharded run only rank 0 does (the others
+    receive their shards from it: distributed.load_from_rank0), so a 7B target on 8 processes costs one
+    copy of host memory, not eight."""
+    return launch_rank() == 0 or not checks.several_processes(plan.cfg)
+
+
 def load_models(plan: RunPlan, benchmark: Benchmark) -> Models:
     start = time.perf_counter()
     target = prepare_targets(plan, benchmark)
-    model, tokenizer = load_target(target, plan.cfg.model.dtype)
+    weights = loads_weights(plan)
+    model, tokenizer = load_target(target, plan.cfg.model.dtype, weights=weights)
+    if not weights:
+        log.info("rank %d: the target's architecture on the meta device; rank 0 sends its weights", launch_rank())
     seconds = time.perf_counter() - start
     log.info(
         "target %s (%.1fM parameters) ready in %.0f s",

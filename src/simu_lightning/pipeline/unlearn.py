@@ -24,6 +24,8 @@ from simu_lightning.pipeline.baselines import Baselines
 from simu_lightning.pipeline.building import devices_of, loggers, make_trainer
 from simu_lightning.pipeline.checkpointing import checkpointing
 from simu_lightning.pipeline.dashboards import log_attribution, log_config
+from simu_lightning.models.loading import without_weights
+from simu_lightning.pipeline import checks
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.progress import ProgressLines, wanted
@@ -42,8 +44,17 @@ class Unlearned:
     weights: dict  # the whole unlearned state dict, gathered from the shards (complete on rank 0)
 
 
+def frozen_copy(plan: RunPlan, model):
+    """The frozen target an objective compares with (NPO's reference): a copy of the target, or in a
+    sharded run its architecture on the meta device, which receives rank 0's weights when it is sharded
+    (no process holds a second whole copy)."""
+    if not checks.several_processes(plan.cfg):
+        return copy.deepcopy(model)
+    return without_weights(model.config, plan.cfg.model.dtype, model.config._attn_implementation)
+
+
 def unlearning_module(plan: RunPlan, models: Models) -> UnlearningModule:
-    frozen_target = copy.deepcopy(models.model) if plan.loss.needs_frozen_target else None
+    frozen_target = frozen_copy(plan, models.model) if plan.loss.needs_frozen_target else None
     return UnlearningModule(
         models.model,
         plan.method,

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from simu_lightning.distributed import local_bytes, parallelize
+from simu_lightning.distributed import load_from_rank0, local_bytes, parallelize
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.unlearning.losses import Forward
 from simu_lightning.models.architecture import Architecture, decoder_layers
@@ -71,6 +71,8 @@ class UnlearningModule(L.LightningModule):
             return
         if hasattr(next(self.model.parameters()), "device_mesh"):
             return
+        # rank 0 alone read the target's weights (pipeline/prepare.py): its whole state, sent to every shard
+        whole = self.model.state_dict() if self.global_rank == 0 else {}
         for model in (self.model, self.frozen_target):
             if model is not None:
                 parallelize(
@@ -80,6 +82,7 @@ class UnlearningModule(L.LightningModule):
                     self.parallel.get("mixed_precision"),
                     self.parallel.get("activation_checkpointing", False),
                 )
+                load_from_rank0(model, whole, self.trainer.strategy.root_device)
 
     @property
     def compute_dtype(self) -> str:
