@@ -4,11 +4,13 @@ device after Lightning's teardown (tests/fake_gpu.py), a grad scaler's scale, bf
 from __future__ import annotations
 
 import json
+import traceback
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
+from torch.overrides import TorchFunctionMode
 
 from conftest import composed_run, run_here
 from fake_gpu import FakeGpu
@@ -16,7 +18,7 @@ from simu_lightning.attribution.integrated_gradients import _attention_mask
 from simu_lightning.data import synthetic
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.data.formatting import IGNORE_INDEX
-from simu_lightning.models.architecture import architecture_of
+from simu_lightning.models.architecture import architecture_of, down_projections
 from simu_lightning.models.loading import load_pretrained
 from simu_lightning.optim import MaskedAdamW, Sophia
 from simu_lightning.pipeline.plan import RunPlan
@@ -325,3 +327,110 @@ def test_in_a_sharded_run_only_rank_0_reads_the_weights_and_no_process_copies_th
     for models in (rank0, rank1):
         frozen = unlearning_module(plan, models).frozen_target
         assert all(p.is_meta for p in frozen.parameters())
+
+
+# -- host synchronisations ---------------------------------------------------------------------------
+class HostReads(TorchFunctionMode):
+    """Counts the reads of a tensor's value on the host that the project's own code makes (each waits for a
+    GPU to finish its queue): .item(), .tolist(), bool(), int(), float(), .cpu(), .numpy()."""
+
+    READS = {"item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.sites: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            caller = traceback.extract_stack(limit=2)[0]
+            if "simu_lightning" in caller.filename:
+                self.sites.append(f"{caller.filename.rsplit('/', 1)[-1]}:{caller.name}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method, reads", [("fo", 1), ("so", 3), ("simu", 3)])
+def test_an_unlearning_step_reads_the_device_from_the_host_at_most_once_per_stage(
+    method, reads, tiny_model, small_benchmark, prompt_format
+):
+    """The non-finite check before the step; with Sophia also the GNB estimate's token count (with its
+    check) and the step's win rate and curvature: about 20 reads at fd925a2. The rows' indices, from which
+    the GNB labels are drawn, stay on the host."""
+    from test_unlearning_module import FO, SIMU
+
+    model, tokenizer = tiny_model
+    kind = {"fo": FO, "so": SO, "simu": SIMU}[method]
+    module = UnlearningModule(model, kind, GradDiff(), architecture_of(model))
+    if method == "simu":  # the masks the attribution would set, without running it here
+        module.on_fit_start = lambda: module.set_critical_neurons(
+            {
+                name: torch.rand(p.weight.shape[1]) < 0.3
+                for name, p in down_projections(model, architecture_of(model)).items()
+            }
+        )
+    real, counted = module.unlearning_step, []
+
+    def step(batch):
+        with HostReads() as host:
+            out = real(batch)
+        counted.append(host.sites)
+        return out
+
+    module.unlearning_step = step
+    data = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
+    L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module, data)
+    assert len(counted[-1]) <= reads, counted[-1]
+    batch = data.on_before_batch_transfer(next(iter(data.train_dataloader())))
+    indices = batch["forget"]["index"].tolist()
+    moved = data.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["forget"]["input_ids"].is_meta and moved["forget"]["index"] == indices
+
+
+def test_undial_allocates_nothing_larger_than_the_float_logits():
+    """Its target lowered the answer logit through an int64 one-hot of the vocabulary: twice the float
+    logits' bytes, for a figure that needs none (at 7B, 32 x 512 x 32000 x 8 bytes = 4.2 GB)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from simu_lightning.unlearning.losses import UNDIAL
+    from test_losses import Given
+
+    rows, length, vocab = 2, 16, 32000
+    student, teacher = torch.randn(rows, length, vocab), torch.randn(rows, length, vocab)
+    labels = torch.randint(0, vocab, (rows, length))
+    labels[:, :4] = IGNORE_INDEX
+    given = Given(logits=lambda split, frozen=False: teacher if frozen else student, labels=lambda split: labels)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+        loss, _ = UNDIAL(beta=10.0)(given)
+    largest = max(event.cpu_memory_usage for event in profiled.events())
+    assert largest <= rows * length * vocab * 4
+    # the definition, with the one-hot: the same loss
+    target = torch.softmax(teacher[:, :-1] - 10.0 * torch.nn.functional.one_hot(labels[:, 1:].clamp(min=0), vocab), -1)
+    by_position = -(target * torch.log_softmax(student[:, :-1], -1)).sum(-1)
+    assert torch.equal(loss, by_position[labels[:, 1:] != IGNORE_INDEX].mean())
+
+
+def test_running_out_of_memory_in_a_compiled_step_is_raised_and_leaves_the_kernels_compiled(monkeypatch):
+    """A CUDA OOM in the first compiled step marked torch.compile unavailable for the rest of the process."""
+    from simu_lightning.optim import fused
+
+    def out_of_memory(fn, **kwargs):
+        def compiled(*args):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return compiled
+
+    monkeypatch.setattr(fused.torch, "compile", out_of_memory)
+    monkeypatch.setattr(fused.Kernels, "_compiled", {})
+    monkeypatch.setattr(fused.Kernels, "_unavailable", None)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = Sophia([weight], lr=0.1, fused=True)
+    weight.grad = torch.ones(3)
+    with pytest.raises(torch.OutOfMemoryError):
+        optimizer.update_hessian()
+    assert fused.Kernels._unavailable is None and optimizer.kernels.use_compiled(10)

@@ -223,6 +223,18 @@ class UnlearningDataModule(L.LightningDataModule):
             paired["alternate"] = self.collate([self.alternate[e["index"]] for e in batch])
         return paired
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """Every tensor of the paired batch to the device but the rows' indices, which stay on the host as
+        lists: the GNB labels are drawn there from them (reading them back from a GPU would wait for it at
+        every step)."""
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        rows = {split: part.pop("index") for split, part in batch.items() if "index" in part}
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        for split, index in rows.items():
+            batch[split]["index"] = index.tolist()
+        return batch
+
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = collate(examples, self.tokenizer.pad_token_id)
         batch["index"] = torch.tensor([e["index"] for e in examples])

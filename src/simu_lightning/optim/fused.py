@@ -17,6 +17,8 @@ import logging
 
 import torch
 
+from simu_lightning.utils.memory import is_out_of_memory
+
 log = logging.getLogger(__name__)
 
 # Below this many updated elements an eager step costs less than the first compilation (about 16 s
@@ -75,7 +77,8 @@ def compact_hessian_update(hessian, grad, beta2):
 class Kernels:
     """The six functions above, compiled when `fused` is on (True, or "auto" with enough elements to
     update), eager otherwise or where compilation fails (no C++ compiler, no Triton): then once a warning
-    and the eager path for the rest of the process."""
+    and the eager path for the rest of the process. Running out of memory is not a failure to compile:
+    it is raised as itself, and the kernels stay compiled."""
 
     FUNCTIONS = {
         f.__name__: f
@@ -108,6 +111,8 @@ class Kernels:
                     fn = Kernels._compiled[name] = torch.compile(self.FUNCTIONS[name], dynamic=True, fullgraph=True)
                 return fn(*args)
             except Exception as error:  # compilation failed before any tensor was written
+                if is_out_of_memory(error):  # the step's memory, not the compiler: the caller's to handle
+                    raise
                 Kernels._unavailable = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 log.warning(
                     "Sophia: torch.compile is unavailable here (%s); using the eager update", Kernels._unavailable

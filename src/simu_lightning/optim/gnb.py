@@ -18,16 +18,18 @@ def sample_labels(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, uniforms.unsqueeze(-1).to(cdf.dtype)).squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
 
-def sampled_label_loss(logits: torch.Tensor, labels: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, int]:
+def sampled_label_loss(
+    logits: torch.Tensor, labels: torch.Tensor, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean CE at the scored (answer) positions against labels sampled from softmax(logits), and how
-    many positions were scored. `labels` are aligned with the inputs (logits at t predict t + 1);
-    `uniforms` holds one draw per predicting position (batch x (length - 1))."""
+    many positions were scored (a tensor: read on the host only once per step, by the caller). `labels`
+    are aligned with the inputs (logits at t predict t + 1); `uniforms` holds one draw per predicting
+    position (batch x (length - 1)). With nothing to score (answers truncated away) the loss is a zero
+    that still reaches every parameter's graph, so that sharded backward passes stay collective."""
     scored = labels[:, 1:] != IGNORE_INDEX
-    if not scored.any():
-        # nothing to score (answers truncated away): a zero that still reaches every parameter's graph, so
-        # that sharded backward passes stay collective, instead of the NaN of an empty mean
-        return logits.sum() * 0.0, 0
+    count = scored.sum()
     logits = logits[:, :-1][scored].float()
     with torch.no_grad():
         sampled = sample_labels(logits, uniforms[scored])
-    return F.cross_entropy(logits, sampled, reduction="mean"), int(scored.sum())
+    # the sum over the count is the mean's arithmetic, without its NaN for an empty batch
+    return F.cross_entropy(logits, sampled, reduction="sum") / count.clamp(min=1), count

@@ -278,7 +278,9 @@ class Sophia(compact.CompactState, Optimizer):
         if counted:
             total = sum(counted)
             total = torch.as_tensor(total).clamp(min=1) if isinstance(total, torch.Tensor) else max(total, 1)
-            self.clip_rate = (torch.stack(clipped).sum() / total).item()
+            # one read on the host for both (each .item() would wait for the device)
+            self.clip_rate, self.hessian_mean = torch.stack(
+                [torch.stack(clipped).sum() / total, torch.stack(curvature).sum() / total]
+            ).tolist()
             self.win_rate = 1.0 - self.clip_rate
-            self.hessian_mean = (torch.stack(curvature).sum() / total).item()
         return loss

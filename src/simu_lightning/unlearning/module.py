@@ -222,13 +222,16 @@ class UnlearningModule(L.LightningModule):
         naming the step (every process stops together: the decision is shared)."""
         bad = not bool(torch.isfinite(value.detach()).all())
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
-            raise SimuError(
-                f"non-finite {what} ({value.item()}) at unlearning step {self.global_step} "
-                f"(epoch {self.current_epoch}); the weights were not updated; "
-                f"{'the last good checkpoint is ' + last if last else 'no checkpoint was written yet'}, "
-                "and the evaluations so far are in curve.jsonl"
-            )
+            raise self.non_finite(what, value)
+
+    def non_finite(self, what: str, value: torch.Tensor) -> SimuError:
+        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
+        return SimuError(
+            f"non-finite {what} ({value.item()}) at unlearning step {self.global_step} "
+            f"(epoch {self.current_epoch}); the weights were not updated; "
+            f"{'the last good checkpoint is ' + last if last else 'no checkpoint was written yet'}, "
+            "and the evaluations so far are in curve.jsonl"
+        )
 
     def estimate_hessian(self, batch, optimizer) -> None:
         """The GNB estimate: backprop the CE on labels sampled from the model's own softmax over the
@@ -244,17 +247,17 @@ class UnlearningModule(L.LightningModule):
                 input_ids=part["input_ids"], attention_mask=part["attention_mask"], position_ids=part["position_ids"]
             ).logits
             uniforms = self._uniforms(part["index"], split_id, part["input_ids"].shape[1] - 1, logits.device)
-            mean_ce, count = sampled_label_loss(logits, part["labels"], uniforms)
-            parts.append((mean_ce, count))
-        local_tokens = sum(count for _, count in parts)
-        # an integer tensor: under bf16-true the default dtype is bf16, which counts exactly only to 256
-        total_tokens = int(
-            self.trainer.strategy.reduce(
-                torch.tensor(local_tokens, dtype=torch.int64, device=self.device), reduce_op="sum"
-            )
+            parts.append(sampled_label_loss(logits, part["labels"], uniforms))
+        # the predicted tokens of all processes (Sophia's bs) and whether a part is not finite, in one
+        # collective and one read on the host (integers: under bf16-true the default dtype is bf16, which
+        # counts exactly only to 256)
+        local = torch.stack(
+            [sum(count for _, count in parts), sum((~mean_ce.isfinite()).long() for mean_ce, _ in parts)]
         )
+        total_tokens, non_finite = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
         loss = sum(mean_ce * count for mean_ce, count in parts) * (self.trainer.world_size / max(total_tokens, 1))
-        self.refuse_non_finite(loss, "Hessian-estimate loss")
+        if non_finite:
+            raise self.non_finite("Hessian-estimate loss", loss)
         self.manual_backward(loss)
         # a batch with no answer token anywhere leaves h (and bs) as they were; so does an estimate that
         # overflowed under 16-mixed's grad scaler
@@ -287,8 +290,10 @@ class UnlearningModule(L.LightningModule):
         return label_uniforms(rows, self.seed, self.global_step, split_id, length, device)
 
 
-def label_uniforms(rows: torch.Tensor, seed: int, step: int, split_id: int, length: int, device) -> torch.Tensor:
-    """The uniforms the GNB estimate samples labels from, one generator per (seed, step, split, row).
-    numpy's Generator streams are prefix-stable: a row's draws do not depend on the padded length."""
-    draws = [np.random.default_rng([seed, step, split_id, row]).random(length) for row in rows.tolist()]
+def label_uniforms(rows, seed: int, step: int, split_id: int, length: int, device) -> torch.Tensor:
+    """The uniforms the GNB estimate samples labels from, one generator per (seed, step, split, row) (`rows`:
+    the rows' indices, a list, as the module keeps them on the host, or a tensor). numpy's Generator streams
+    are prefix-stable: a row's draws do not depend on the padded length."""
+    rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows
+    draws = [np.random.default_rng([seed, step, split_id, row]).random(length) for row in rows]
     return torch.as_tensor(np.stack(draws), dtype=torch.float32, device=device)

@@ -8,6 +8,7 @@ tokens alone, the ones the method is defined on."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 
@@ -21,7 +22,11 @@ class UNDIAL:
         logits, teacher = forward.logits("forget")[:, :-1], forward.logits("forget", frozen=True)[:, :-1]
         labels = forward.labels("forget")[:, 1:]
         scored = labels != -100
-        target = F.softmax(teacher.float() - self.beta * F.one_hot(labels.clamp(min=0), teacher.shape[-1]), dim=-1)
+        # beta off the answer token's logit, in place of a vocabulary-sized int64 one-hot (the same bits)
+        lowered = teacher.float().scatter_add(
+            -1, labels.clamp(min=0).unsqueeze(-1), torch.full((*labels.shape, 1), -self.beta, device=labels.device)
+        )
+        target = F.softmax(lowered, dim=-1)
         cross_entropy = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)
         undial = cross_entropy[scored].mean()
         if not self.retain_weight:  # (open-unlearning's default: distillation alone, no retain pass)
