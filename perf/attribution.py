@@ -18,6 +18,7 @@ import time
 import torch
 from scipy.stats import spearmanr
 
+from perf.common import device, sync
 from simu_lightning.attribution.integrated_gradients import (
     SharedPrefix,
     activations,
@@ -50,13 +51,20 @@ CONFIGS = [
 ]
 
 
+def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch on the suite's device (where the model is: on CUDA, the GPU)."""
+    return {k: v.to(device()) for k, v in batch.items()}
+
+
 def forward_backward_seconds(model, tokenizer, forget: list[dict], batch_size: int = 16) -> float:
     """One forward+backward of the answer NLL over the forget set: the unit of cost."""
     model.train().requires_grad_(True)
+    sync()
     start = time.perf_counter()
     for i in range(0, len(forget), batch_size):
-        batch = collate(forget[i : i + batch_size], tokenizer.pad_token_id)
+        batch = to_device(collate(forget[i : i + batch_size], tokenizer.pad_token_id))
         answer_nll(model, batch).mean.mean().backward()
+    sync()
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     model.eval().requires_grad_(False)
@@ -67,7 +75,7 @@ def completeness_error(model, projs, samples, pad_token_id, mode, rule, m, batch
     """Median relative completeness error over samples (and layers, layer-wise and first order)."""
     errors = []
     alphas, weights = quadrature(rule, m)
-    for batch in batches(samples, batch_size, pad_token_id):
+    for batch in map(to_device, batches(samples, batch_size, pad_token_id)):
         prefix = SharedPrefix(model, batch)
         betas = activations(model, projs, batch, prefix)
         if mode == "joint":

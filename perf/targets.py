@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from perf.common import device
 from simu_lightning.utils.cache import cache_root
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
@@ -31,7 +32,8 @@ SETUPS = {
 
 
 def trained_target(setup: str):
-    """(model, tokenizer, encoded forget rows) of the setup's fine-tuned target (no reference model)."""
+    """(model, tokenizer, encoded forget rows) of the setup's fine-tuned target (no reference model), the model
+    on the suite's device (on CUDA, the GPU) in the precision the setup loads it in."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["paths.output_dir=outputs/perf", *SETUPS[setup]])
     benchmark, fmt = instantiate(cfg.benchmark), PromptFormat(**cfg.model.prompt)
@@ -42,5 +44,6 @@ def trained_target(setup: str):
         base, benchmark, benchmark.target_splits, cfg.model, fmt, cache, trainer, finetune_trainer_settings(cfg.trainer)
     )  # the same cache key as a run's
     model, tokenizer = load_pretrained(target, cfg.model.dtype, tokenizer_source=cfg.model.get("tokenizer"))
+    model = model.to(device())
     forget = encode_split(benchmark[benchmark.forget], tokenizer, fmt, cfg.model.max_length)
     return model, tokenizer, forget

@@ -20,15 +20,32 @@ from simu_lightning.attribution.integrated_gradients import attribute, predictio
 from simu_lightning.models.architecture import architecture_of, down_projections
 from simu_lightning.optim import Sophia
 
-# dense bf16 peaks (tensor cores, no sparsity), by the name torch.cuda.get_device_name() gives
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+# Dense bf16 peaks (tensor cores, no sparsity), by a part of the name torch.cuda.get_device_name() gives. One
+# chip comes in forms with different clocks and power: "NVIDIA H100 80GB HBM3" is the SXM form (989),
+# "NVIDIA H100 PCIe" 756, "NVIDIA H100 NVL" 835; the lookup tries the longest key first, so "H100 PCIe" wins
+# over "H100", "L40S" over "L40" over "L4", "A100" over "A10".
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,  # SXM
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "A10": 125.0,
+    "L4": 121.0,
+}
+
+
+def peak_for(name: str) -> float | None:
+    """The dense bf16 peak of the GPU called `name`: its most specific (longest) matching key's."""
+    return next((PEAK_BF16_TFLOPS[key] for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True) if key in name), None)
 
 
 def peak_tflops() -> float | None:
     if device().type != "cuda":
         return None
-    name = torch.cuda.get_device_name()
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+    return peak_for(torch.cuda.get_device_name())
 
 
 def flops_per_token(size: str, context: int) -> float:
@@ -59,6 +76,7 @@ def step_utilisation(size: str, rows: int, length: int, repeats: int) -> list[di
     out = []
     for method in ("fo", "so", "simu"):
         out.append(method_step(size, method, rows, length, repeats))
+        print(f"utilisation: {out[-1]}", flush=True)  # in the log as it comes (a time-boxed run may be cut short)
         if device().type == "cuda":
             torch.cuda.empty_cache()  # the previous method's model and state are gone
     return out

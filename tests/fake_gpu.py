@@ -3,7 +3,7 @@
 torch says CUDA is there; `Module.to("cuda")` (and `.cuda()`) marks a model and its submodules as placed
 on the GPU while their tensors stay on the CPU; Lightning's single-device strategy places the
 LightningModule there at setup, as it would on a GPU node; `Module.cpu()` and `.to("cpu")` (what
-Lightning's teardown does after every fit) take the mark off. A global forward pre-hook records, for
+Lightning's teardown does after every fit) take the mark off. The device's properties give its memory. A global forward pre-hook records, for
 every forward pass of a whole model (a transformers model), whether it was placed: on a GPU node, a pass
 of an unplaced model is one that ran on the CPU.
 """
@@ -11,6 +11,7 @@ of an unplaced model is one that ran on the CPU.
 from __future__ import annotations
 
 import weakref
+from types import SimpleNamespace
 
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -27,7 +28,7 @@ def _stage() -> str:
 
 
 class FakeGpu:
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, total_memory: int = 80 * 2**30):
         self.placed: weakref.WeakSet = weakref.WeakSet()
         self.forwards: list[tuple[str, str, bool]] = []  # (stage, model class, placed)
         real_to, real_cpu = nn.Module.to, nn.Module.cpu
@@ -50,6 +51,8 @@ class FakeGpu:
         monkeypatch.setattr(nn.Module, "cpu", cpu)
         monkeypatch.setattr(nn.Module, "cuda", lambda module, device=None: fake.place(module) or module)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        properties = SimpleNamespace(name="Fake GPU", total_memory=total_memory)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
         # Lightning's setup moves the module to its root device: the GPU, on a GPU node
         monkeypatch.setattr(SingleDeviceStrategy, "model_to_device", lambda strategy: fake.place(strategy.model))
         self._hook = nn.modules.module.register_module_forward_pre_hook(self._record)

@@ -67,6 +67,29 @@ def test_a_sharded_evaluation_gathers_each_layer_once_not_once_per_generated_tok
 
 
 @pytest.mark.slow
+def test_the_attacks_run_on_a_model_fsdp_sharded_in_one_process_as_on_the_plain_model(tmp_path, cache_dir):
+    """An FSDP2 module cannot be copied, and the attacks copy the model they attack: they work on a plain
+    model of the gathered weights, and find what they find on the same model unsharded."""
+    attacks = [
+        *SMALL,
+        "method=simu",
+        "robustness=standard",
+        "robustness.families.relearning.steps=2",
+        "robustness.families.quantization.schemes=[rtn8]",
+        "robustness.families.mia.gradnorm=false",
+        "robustness.families.probes.paraphrase=false",
+    ]
+    sharded = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1"]
+    run_py([*attacks, f"hydra.run.dir={tmp_path / 'plain'}"], cache_dir)
+    run_py([*attacks, *sharded, f"hydra.run.dir={tmp_path / 'sharded'}"], cache_dir)
+    plain, one = (json.loads((tmp_path / d / "results.json").read_text())["robustness"] for d in ("plain", "sharded"))
+    assert {"relearn_forget", "relearn_benign", "rtn8", "mia"} <= set(one)
+    for attack in ("relearn_forget", "relearn_benign", "rtn8"):
+        for split, values in plain[attack].items():
+            assert one[attack][split] == pytest.approx(values, abs=1e-3), (attack, split)
+
+
+@pytest.mark.slow
 def test_two_processes_reproduce_one_and_keep_non_critical_columns(tmp_path, cache_dir):
     run_py([*SMALL, "method=simu", "evaluation.every_n_steps=1", f"hydra.run.dir={tmp_path / 'one'}"], cache_dir)
     run_py([*SMALL, "method=simu", "evaluation.every_n_steps=1", *FSDP, f"hydra.run.dir={tmp_path / 'two'}"], cache_dir)

@@ -434,3 +434,53 @@ def test_running_out_of_memory_in_a_compiled_step_is_raised_and_leaves_the_kerne
     with pytest.raises(torch.OutOfMemoryError):
         optimizer.update_hessian()
     assert fused.Kernels._unavailable is None and optimizer.kernels.use_compiled(10)
+
+
+# -- will it fit -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_gpu_run_plans_its_memory_and_refuses_to_start_where_it_would_not_fit(monkeypatch, cache, tmp_path, caplog):
+    """Between the plan with activation checkpointing and the plan without it, `auto` turns it on (each
+    layer's MLP then runs again in the backward); below both, the run refuses in one line before the fit."""
+    from transformers.models.olmo import modeling_olmo
+
+    from simu_lightning.memory import plan_memory
+    from simu_lightning.pipeline.fits import longest_row
+    from simu_lightning.pipeline.prepare import load_benchmark, load_models
+    from simu_lightning.pipeline.unlearn import unlearning_data
+
+    overrides = [*SMALL, "trainer.precision=bf16-mixed", "method=fo"]
+    plan = RunPlan.of(composed_run(overrides, tmp_path / "probe", cache))
+    benchmark = load_benchmark(plan)
+    length = longest_row(unlearning_data(plan, benchmark, load_models(plan, benchmark)))
+    sizes = {}
+    for checkpointing in (True, False):
+        setting = [*overrides, f"parallel.activation_checkpointing={str(checkpointing).lower()}"]
+        cfg = RunPlan.of(composed_run(setting, tmp_path / "probe", cache)).cfg
+        sizes[checkpointing] = plan_memory(cfg, length=length, device_bytes=2**40).total
+    assert sizes[True] < sizes[False]
+    real, calls = modeling_olmo.OlmoMLP.forward, []
+    # the passes with gradients: the unlearning steps' (the evaluations run without)
+    monkeypatch.setattr(
+        modeling_olmo.OlmoMLP, "forward", lambda self, x: calls.append(torch.is_grad_enabled()) or real(self, x)
+    )
+    mlp_passes, logged = {}, {}
+    for name, total in (("roomy", 2**40), ("between", (sizes[True] + sizes[False]) // 2)):
+        gpu = FakeGpu(monkeypatch, total_memory=total)
+        calls.clear()
+        caplog.clear()
+        try:
+            with caplog.at_level("INFO"):
+                run_here(overrides, tmp_path / name, cache)
+        finally:
+            gpu.close()
+        mlp_passes[name], logged[name] = sum(calls), caplog.text
+    assert "activation checkpointing off" in logged["roomy"] and "activation checkpointing on" in logged["between"]
+    assert mlp_passes["between"] > mlp_passes["roomy"]  # the recomputations in the backward
+    gpu = FakeGpu(monkeypatch, total_memory=sizes[True] - 2**20)
+    calls.clear()
+    try:
+        with pytest.raises(SimuError, match=r"^memory plan: [\d.]+ GiB per GPU > [\d.]+ GiB on cuda:0 \(weights "):
+            run_here(overrides, tmp_path / "too_big", cache)
+    finally:
+        gpu.close()
+    assert not any(calls)  # refused before the fit's first step

@@ -27,8 +27,8 @@ def loads(monkeypatch):
     monkeypatch.setattr(
         target_module,
         "load_pretrained",
-        lambda source, dtype="float32", revision=None, tokenizer_source=None, trust_remote_code=False: calls.append(
-            (source, revision, trust_remote_code)
+        lambda source, dtype="float32", revision=None, tokenizer_source=None, trust_remote_code=False, **_: (
+            calls.append((source, revision, trust_remote_code))
         ),
     )
     return calls

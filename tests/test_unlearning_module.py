@@ -200,9 +200,7 @@ def test_the_gnb_estimate_is_scaled_by_the_batch_token_count(tiny_model, small_b
         ).logits[:, :-1]
         # the documented draws: one generator per (seed, step, split, row), here at step 0
         uniforms = torch.tensor(
-            np.stack(
-                [np.random.default_rng([0, 0, split_id, row]).random(logits.shape[1]) for row in part["index"]]
-            ),
+            np.stack([np.random.default_rng([0, 0, split_id, row]).random(logits.shape[1]) for row in part["index"]]),
             dtype=torch.float32,
         )
         scored = part["labels"][:, 1:] != -100

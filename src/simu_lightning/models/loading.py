@@ -48,8 +48,14 @@ def load_pretrained(
             trust_remote_code=trust_remote_code,
         )
         if weights:
+            # use_kernels=False: transformers would otherwise fetch hub kernels at train()/eval() switches on a
+            # GPU (none offline, on a cluster's compute nodes), and the figures are torch's own arithmetic
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=trust_remote_code
+                source,
+                dtype=torch_dtype(dtype),
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                use_kernels=False,
             )
         else:
             model = without_weights(

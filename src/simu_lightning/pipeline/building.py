@@ -112,8 +112,12 @@ def single_process_trainers(cfg: DictConfig, out: Path):
 
 
 def finetune_trainer_settings(trainer_cfg: DictConfig) -> dict:
-    """The trainer settings that target fine-tuning inherits and that change its result."""
-    return {
+    """The trainer settings that target fine-tuning inherits and that change its result (the precision as
+    it runs: `auto` resolved, so a key never says auto)."""
+    settings = {
         name: trainer_cfg.get(name)
         for name in ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
     }
+    if settings["precision"] is not None:
+        settings["precision"] = trainer_precision(trainer_cfg)
+    return settings

@@ -77,6 +77,9 @@ def check(cfg: DictConfig) -> None:
     _positive("data.retain_per_forget", cfg.data.get("retain_per_forget", 1), integer=True)
     _positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), integer=True)
     check_optim(cfg.get("optim") or {})
+    checkpointing = (cfg.get("parallel") or {}).get("activation_checkpointing", False)
+    if checkpointing not in (True, False, "auto"):
+        raise SimuError(f"parallel.activation_checkpointing must be true, false or auto, got {checkpointing!r}")
     if cfg.attribution.get("selection") == "planted" and not (cfg.benchmark.get("planted") or {}).get("fraction"):
         raise SimuError(
             "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"

@@ -34,7 +34,7 @@ from simu_lightning.pipeline.plan import RunPlan, log_tuned
 from simu_lightning.pipeline.prepare import load_benchmark, load_models
 from simu_lightning.pipeline.requests import unlearn_requests, with_requests
 from simu_lightning.pipeline.results import AfterUnlearning, assemble_results, generation_rows, manifest_keys
-from simu_lightning.pipeline.unlearn import Unlearned, unlearn
+from simu_lightning.pipeline.unlearn import Unlearned, unlearn, unsharded_model
 from simu_lightning.utils.devices import recorded_forwards, stage
 from simu_lightning.utils.logging import quiet_libraries
 
@@ -94,11 +94,12 @@ def evaluate_unlearned(plan: RunPlan, models, baselines: Baselines, unlearned: U
     """Stage 5, beyond the suite's "after": the attack families on copies of the unlearned model (their
     baselines ran on the target), and lm-eval's tasks on it."""
     start = time.perf_counter()
+    model = unsharded_model(plan, unlearned)
     if baselines.attacks is not None:
-        baselines.attacks.model = unlearned.module.model
+        baselines.attacks.model = model
         plan.robustness.after(baselines.attacks)
     attacked = time.perf_counter()
-    harness = evaluate_harness(plan, unlearned.module.model, models.tokenizer)
+    harness = evaluate_harness(plan, model, models.tokenizer)
     return AfterUnlearning(attacked - start if baselines.attacks is not None else None, harness)
 
 

@@ -24,13 +24,14 @@ from simu_lightning.pipeline.baselines import Baselines
 from simu_lightning.pipeline.building import devices_of, loggers, make_trainer
 from simu_lightning.pipeline.checkpointing import checkpointing
 from simu_lightning.pipeline.dashboards import log_attribution, log_config
+from simu_lightning.pipeline.fits import parallel_settings
 from simu_lightning.models.loading import without_weights
 from simu_lightning.pipeline import checks
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.progress import ProgressLines, wanted
 from simu_lightning.unlearning.module import UnlearningModule
-from simu_lightning.utils.devices import stage
+from simu_lightning.utils.devices import is_sharded, stage
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,25 @@ class Unlearned:
     weights: dict  # the whole unlearned state dict, gathered from the shards (complete on rank 0)
 
 
+def unsharded_model(plan: RunPlan, unlearned: Unlearned):
+    """The unlearned model as the stages after the fit use it: the fit's own, or, where the fit sharded it
+    (trainer=fsdp in one process; several are refused), a plain model of its gathered weights. The attacks
+    copy the model they attack, and an FSDP2 module cannot be copied."""
+    model = unlearned.module.model
+    if not is_sharded(model):
+        return model
+    plain = without_weights(model.config, plan.cfg.model.dtype, model.config._attn_implementation)
+    plain.load_state_dict(unlearned.weights, assign=True)
+    held = set(unlearned.weights)
+    for name, buffer in model.named_buffers():  # what no state dict holds (rotary tables): the fit's own
+        if name not in held:
+            owner, _, attribute = name.rpartition(".")
+            plain.get_submodule(owner).register_buffer(attribute, buffer.detach().clone(), persistent=False)
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain.eval()
+
+
 def frozen_copy(plan: RunPlan, model):
     """The frozen target an objective compares with (NPO's reference): a copy of the target, or in a
     sharded run its architecture on the meta device, which receives rank 0's weights when it is sharded
@@ -53,7 +73,8 @@ def frozen_copy(plan: RunPlan, model):
     return without_weights(model.config, plan.cfg.model.dtype, model.config._attn_implementation)
 
 
-def unlearning_module(plan: RunPlan, models: Models) -> UnlearningModule:
+def unlearning_module(plan: RunPlan, models: Models, parallel: dict | None = None) -> UnlearningModule:
+    """`parallel`: the run's parallel settings as resolved for it (pipeline/fits.py; None: as configured)."""
     frozen_target = frozen_copy(plan, models.model) if plan.loss.needs_frozen_target else None
     return UnlearningModule(
         models.model,
@@ -62,7 +83,7 @@ def unlearning_module(plan: RunPlan, models: Models) -> UnlearningModule:
         architecture_of(models.model, plan.cfg.model.get("architecture")),
         frozen_target=frozen_target,
         seed=plan.seed,
-        parallel=plan.cfg.get("parallel"),
+        parallel=plan.cfg.get("parallel") if parallel is None else parallel,
     )
 
 
@@ -113,7 +134,8 @@ def unlearn(
 ) -> Unlearned:
     """`attribution`: a stage 1 other than the plan's own (a continual request's, pipeline/requests.py);
     `cache_before=false`: the model is not the target, so its evaluation before is not the cached one."""
-    module, data = unlearning_module(plan, models), unlearning_data(plan, benchmark, models)
+    data = unlearning_data(plan, benchmark, models)
+    module = unlearning_module(plan, models, parallel_settings(plan, data))  # a GPU run that cannot fit stops here
     attribution = attribution or neuron_attribution(plan, models)
     evaluations = UnlearningEvaluation(
         baselines.evaluator,

@@ -32,6 +32,8 @@ IGNORED = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
+    # the architecture written out for the memory planner (conf/model/*.yaml): the model is model.source
+    "model.config",
     # which points between the levels are complete: the values at the levels are the same (evaluation/probe.py)
     "evaluation.during.full_around",
 )

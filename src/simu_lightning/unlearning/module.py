@@ -80,7 +80,7 @@ class UnlearningModule(L.LightningModule):
                     list(decoder_layers(model, self.architecture)),
                     mesh,
                     self.parallel.get("mixed_precision"),
-                    self.parallel.get("activation_checkpointing", False),
+                    self.parallel.get("activation_checkpointing") is True,  # (auto is resolved before: fits.py)
                 )
                 load_from_rank0(model, whole, self.trainer.strategy.root_device)
 
