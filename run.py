@@ -11,8 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from simu_lightning.pipeline.cli import process_count, unknown_group_option, unquoted_condition
+from simu_lightning.pipeline.cli import unknown_group_option, unquoted_condition
 from simu_lightning.utils.errors import SimuError
+from simu_lightning.utils.processes import process_count
 
 SCRIPT = Path(__file__).resolve()
 CONF = SCRIPT.parent / "conf"

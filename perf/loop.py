@@ -96,7 +96,7 @@ def plain_step(model, optimizer, batch: dict, loss=None, step: int = 0, seed: in
             ).logits
             u = label_uniforms(p["index"], seed, step, split_id, p["input_ids"].shape[1] - 1, logits.device)
             parts.append(sampled_label_loss(logits, p["labels"], u))
-        bs = sum(count for _, count in parts)
+        bs = int(sum(count for _, count in parts))  # (the counts are tensors: read once on the host)
         (sum(ce * count for ce, count in parts) / max(bs, 1)).backward()
         optimizer.update_hessian()
         optimizer.zero_grad()

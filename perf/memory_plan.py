@@ -105,7 +105,7 @@ def hessian_estimate(model, optimizer, batch: dict, step: int, seed: int = 0) ->
         ).logits
         uniforms = label_uniforms(part["index"], seed, step, split_id, part["input_ids"].shape[1] - 1, logits.device)
         parts.append(sampled_label_loss(logits, part["labels"], uniforms))
-    tokens = sum(count for _, count in parts)
+    tokens = int(sum(count for _, count in parts))
     (sum(ce * count for ce, count in parts) / max(tokens, 1)).backward()
     optimizer.update_hessian()
     optimizer.zero_grad()

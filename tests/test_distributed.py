@@ -27,43 +27,26 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def test_masked_sophia_holds_on_weights_sharded_along_either_dimension():
+def two_processes(script: str, *args) -> str:
+    """What tests/distributed/`script` printed, run under torchrun with two processes (it must succeed)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(ROOT / "tests" / "distributed" / "sophia_shards.py"),
-        ],
+        [*command, str(ROOT / "tests" / "distributed" / script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("sharded masks hold") == 2
+    return result.stdout
+
+
+def test_masked_sophia_holds_on_weights_sharded_along_either_dimension():
+    assert two_processes("sophia_shards.py").count("sharded masks hold") == 2
 
 
 def test_a_sharded_evaluation_gathers_each_layer_once_not_once_per_generated_token(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(ROOT / "tests" / "distributed" / "unsharded_generation.py"),
-            str(tmp_path / "model"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("gathered once per evaluation") == 2
+    assert two_processes("unsharded_generation.py", tmp_path / "model").count("gathered once per evaluation") == 2
 
 
 @pytest.mark.slow

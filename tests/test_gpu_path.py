@@ -81,12 +81,8 @@ def test_continual_requests_evaluate_the_whole_benchmark_on_the_gpu_after_each_f
 
 
 # -- precision ---------------------------------------------------------------------------------------
-def fit_so(model, tokenizer, benchmark, fmt, steps: int, batch_size: int = 2, **trainer):
-    """A few SO-GradDiff steps (Sophia on every parameter, a GNB estimate at each) in one Lightning fit."""
-
-    L.seed_everything(0, verbose=False)
-    module = UnlearningModule(model, SO, GradDiff(), architecture_of(model))
-    data = UnlearningDataModule(benchmark, tokenizer, fmt, batch_size=batch_size, max_length=64)
+def fit(module, data, steps: int, **trainer):
+    """`steps` unlearning steps of `module` in one Lightning fit on the CPU."""
     L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -97,6 +93,14 @@ def fit_so(model, tokenizer, benchmark, fmt, steps: int, batch_size: int = 2, **
         **trainer,
     ).fit(module, data)
     return module
+
+
+def fit_so(model, tokenizer, benchmark, fmt, steps: int, batch_size: int = 2, **trainer):
+    """A few SO-GradDiff steps (Sophia on every parameter, a GNB estimate at each) in one Lightning fit."""
+    L.seed_everything(0, verbose=False)
+    module = UnlearningModule(model, SO, GradDiff(), architecture_of(model))
+    data = UnlearningDataModule(benchmark, tokenizer, fmt, batch_size=batch_size, max_length=64)
+    return fit(module, data, steps, **trainer)
 
 
 def hessians(module) -> list:
@@ -287,15 +291,7 @@ def test_activation_checkpointing_holds_on_one_device_too(tiny_model, small_benc
         module = UnlearningModule(
             model, FO, GradDiff(), architecture_of(model), parallel={"activation_checkpointing": checkpointing}
         )
-        data = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
-        L.Trainer(
-            max_steps=1,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        ).fit(module, data)
+        fit(module, UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64), 1)
         handle.remove()
     assert calls == {False: 2, True: 4}  # forget and retain forward; with checkpointing, again in the backward
 
@@ -377,14 +373,7 @@ def test_an_unlearning_step_reads_the_device_from_the_host_at_most_once_per_stag
 
     module.unlearning_step = step
     data = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, max_length=64)
-    L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(module, data)
+    fit(module, data, 3)
     assert len(counted[-1]) <= reads, counted[-1]
     batch = data.on_before_batch_transfer(next(iter(data.train_dataloader())))
     indices = batch["forget"]["index"].tolist()

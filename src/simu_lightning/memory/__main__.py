@@ -68,7 +68,7 @@ def command_line_checks():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simu_lightning.memory.plan import GiB, check_fits, longest_length, plan_memory
+    from simu_lightning.memory import GiB, check_fits, longest_length, plan_memory
     from simu_lightning.utils.errors import SimuError
 
     args = parse(sys.argv[1:] if argv is None else argv)

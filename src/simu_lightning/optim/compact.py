@@ -76,6 +76,20 @@ def sharded_like(param: torch.Tensor, columns: Columns, values: torch.Tensor) ->
     )
 
 
+def copy_of(param: torch.Tensor, columns: Columns | None, dtype: torch.dtype) -> torch.Tensor:
+    """A copy in `dtype` of this process's entries of `param` (its critical columns when `columns` is
+    given), sharded as `param` is."""
+    shard = local(param).detach()
+    values = (columns.gather(shard) if columns is not None else shard).to(dtype, copy=True)
+    if columns is not None:
+        return sharded_like(param, columns, values)
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(values, param.device_mesh, param.placements, run_check=False, shape=param.shape)
+    return values
+
+
 def zeros(param: torch.Tensor, columns: Columns, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A zero state tensor for the critical neurons of `param` (in `dtype`, or `param`'s), sharded as
     `param` is (FSDP2)."""
@@ -112,9 +126,7 @@ class CompactState:
                     )
                 continue
             if name == MASTER:  # the master copy of a bf16 parameter: its entries in the new layout
-                from simu_lightning.optim.master import master_copy
-
-                self.state[param][name] = master_copy(param, new)
+                self.state[param][name] = copy_of(param, new, torch.float32)
                 continue
             full = old.full(tensor, shard.shape) if old is not None else tensor
             if new is None:

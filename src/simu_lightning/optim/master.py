@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from simu_lightning.optim.compact import Columns, sharded_like
+from simu_lightning.optim.compact import Columns, copy_of
 from simu_lightning.optim.masks import local
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -26,15 +26,7 @@ def is_low_precision(param: torch.Tensor) -> bool:
 def master_copy(param: torch.Tensor, columns: Columns | None) -> torch.Tensor:
     """An fp32 copy of this process's entries of `param` (its critical columns when `columns` is given),
     sharded as `param` is."""
-    shard = local(param).detach()
-    values = (columns.gather(shard) if columns is not None else shard).to(torch.float32, copy=True)
-    if columns is not None:
-        return sharded_like(param, columns, values)
-    if hasattr(param, "device_mesh"):
-        from torch.distributed.tensor import DTensor
-
-        return DTensor.from_local(values, param.device_mesh, param.placements, run_check=False, shape=param.shape)
-    return values
+    return copy_of(param, columns, torch.float32)
 
 
 def write_back(param: torch.Tensor, master: torch.Tensor, columns: Columns | None) -> None:

@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from simu_lightning.utils.devices import resolved_precision
 from simu_lightning.utils.processes import is_launched_externally
 from simu_lightning.utils.errors import SimuError
 
@@ -55,17 +56,10 @@ def run_device(trainer_cfg: DictConfig) -> torch.device:
 
 
 def trainer_precision(trainer_cfg: DictConfig, mixed_precision: str | None = None) -> str:
-    """trainer.precision with `auto` resolved: bf16-mixed where the run computes on a CUDA GPU with bf16
-    (bf16 matmuls under autocast, float32 master weights and optimiser state), 32-true elsewhere (a CPU's
-    figures stay those of float32). On one device, parallel.mixed_precision=bf16 (FSDP's bf16 gathers
-    when sharded) asks for the same: bf16-mixed."""
-    precision = str(trainer_cfg.get("precision", "32-true"))
-    if mixed_precision == "bf16" and "strategy" not in trainer_cfg and precision in ("auto", "32-true", "32"):
-        return "bf16-mixed"
-    if precision != "auto":
-        return precision
-    cuda = run_device(trainer_cfg).type == "cuda"
-    return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+    """trainer.precision as this run's device runs it (utils/devices.resolved_precision)."""
+    device, precision = run_device(trainer_cfg).type, str(trainer_cfg.get("precision", "32-true"))
+    bf16 = device == "cuda" and precision == "auto" and torch.cuda.is_bf16_supported()  # (asked only if needed)
+    return resolved_precision(precision, device, mixed_precision, sharded="strategy" in trainer_cfg, bf16=bf16)
 
 
 def with_resolved_precision(cfg: DictConfig) -> DictConfig:

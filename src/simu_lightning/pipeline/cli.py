@@ -31,18 +31,3 @@ def unquoted_condition(argv: list[str]) -> str | None:
         if sep and key.endswith("stop_when") and any(c in value for c in "<>") and value[:1] not in "\"'":
             return f"{key}: quote the condition for Hydra, e.g. '{key}=\"{value}\"'"
     return None
-
-
-def process_count(trainer) -> int:
-    """How many processes a trainer config runs (devices x nodes)."""
-    devices = trainer.get("devices", 1)
-    if devices in ("auto", -1, "-1"):
-        import torch
-
-        gpus = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        devices = torch.cuda.device_count() if gpus else 1
-    elif isinstance(devices, str):
-        devices = int(devices) if devices.isdigit() else len([d for d in devices.split(",") if d.strip()])
-    elif not isinstance(devices, int):
-        devices = len(devices)
-    return int(devices) * int(trainer.get("num_nodes", 1) or 1)

@@ -44,6 +44,19 @@ def on_device(model: nn.Module, device: torch.device | str | None) -> nn.Module:
     return model.to(device)
 
 
+def resolved_precision(
+    precision: str, device_type: str, mixed_precision: str | None = None, sharded: bool = False, bf16: bool = True
+) -> str:
+    """trainer.precision as it runs. `auto`: bf16-mixed on a CUDA GPU with bf16 (bf16 matmuls under autocast,
+    float32 weights, gradients and optimiser state), 32-true elsewhere (a CPU's figures stay float32's). On
+    one device parallel.mixed_precision=bf16 asks for bf16-mixed too (sharded, it is FSDP2's bf16 gathers)."""
+    if mixed_precision == "bf16" and not sharded and precision in ("auto", "32-true", "32"):
+        return "bf16-mixed"
+    if precision == "auto":
+        return "bf16-mixed" if device_type == "cuda" and bf16 else "32-true"
+    return precision
+
+
 @contextmanager
 def stage(name: str) -> Iterator[None]:
     """Label the forward passes inside with the stage `name`, nested in the enclosing stage's label

@@ -29,3 +29,18 @@ def launch_rank() -> int:
 
 def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def process_count(trainer) -> int:
+    """How many processes a trainer config runs (devices x nodes)."""
+    devices = trainer.get("devices", 1)
+    if devices in ("auto", -1, "-1"):
+        import torch
+
+        gpus = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if gpus else 1
+    elif isinstance(devices, str):
+        devices = int(devices) if devices.isdigit() else len([d for d in devices.split(",") if d.strip()])
+    elif not isinstance(devices, int):
+        devices = len(devices)
+    return int(devices) * int(trainer.get("num_nodes", 1) or 1)
