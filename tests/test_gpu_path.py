@@ -473,3 +473,25 @@ def test_a_gpu_run_plans_its_memory_and_refuses_to_start_where_it_would_not_fit(
     finally:
         gpu.close()
     assert not any(calls)  # refused before the fit's first step
+
+
+def test_the_forward_pass_record_counts_whole_models_by_stage_and_device(tiny_model, tmp_path, monkeypatch):
+    """What the device check reads (SIMU_FORWARD_DEVICES): a pass of a whole model counts once, by the
+    stage labels around it, and the counts of several runs add up in the file."""
+    import copy
+
+    from simu_lightning.utils.devices import RECORD_ENV, recorded_forwards, stage
+
+    model, _ = tiny_model
+    elsewhere = copy.deepcopy(model).to("meta")
+    ids = torch.tensor([[3, 4, 5]])
+    record = tmp_path / "forwards.json"
+    monkeypatch.setenv(RECORD_ENV, str(record))
+    for _ in range(2):
+        with recorded_forwards() as recorder, stage("unlearn"):
+            model(input_ids=ids)
+            with stage("after"):
+                elsewhere(input_ids=ids.to("meta"))
+    assert recorder.as_dict() == {"unlearn": {"cpu": 1}, "unlearn/after": {"meta": 1}}
+    assert recorder.off_device("cpu") == {"unlearn/after": {"meta": 1}}
+    assert json.loads(record.read_text()) == {"unlearn": {"cpu": 2}, "unlearn/after": {"meta": 2}}

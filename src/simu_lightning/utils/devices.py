@@ -1,12 +1,15 @@
-"""Where a model computes. One rule: every model that a stage scores is on the run's device first.
+"""Where a model computes, and in which precision. One rule: every model that a stage scores is on the run's
+device first.
 
 Lightning's single-device strategy moves the LightningModule to the CPU in its teardown, which runs
 after every fit and before `on_fit_end` (lightning.pytorch.strategies.Strategy.teardown). So on a GPU
 node the model that a fit leaves behind, and every copy made of it, sits on the CPU until a stage puts
 it back: `on_device` is how every stage does.
 
-`ForwardDevices` records the device of every forward pass of a whole model, by stage: the device
-check (perf/device_check.sh, through SIMU_FORWARD_DEVICES) asserts that no stage ran on the CPU.
+`resolved_precision` is the trainer precision a device runs (`auto`: bf16-mixed on a CUDA GPU, 32-true on a
+CPU), shared by the run and the memory planner. `ForwardDevices` records the device of every forward pass
+of a whole model, by stage: the device check (perf/device_check.sh, through SIMU_FORWARD_DEVICES) asserts
+that no stage ran on the CPU.
 """
 
 from __future__ import annotations
@@ -74,27 +77,44 @@ def current_stage() -> str:
 
 
 class ForwardDevices:
-    """Counts, by stage and device type, the forward passes of whole models (transformers' models:
-    their submodules' passes are not counted). A global forward pre-hook, on only while entered."""
+    """Counts, by stage and device type, the forward passes of whole models (transformers' models; a pass
+    counts once, not again for the base model inside a causal LM, nor for any submodule). Global forward
+    hooks, on only while entered."""
 
     def __init__(self):
         self.counts: dict[str, Counter] = defaultdict(Counter)
-        self._handle = None
+        self._handles = []
+        self._depth = 0  # whole models entered and not yet left (a causal LM holds its base model)
 
-    def _record(self, module: nn.Module, args) -> None:
+    @staticmethod
+    def _whole(module: nn.Module) -> bool:
         from transformers import PreTrainedModel
 
-        if isinstance(module, PreTrainedModel):
-            parameter = next(module.parameters(), None)
-            if parameter is not None:
-                self.counts[current_stage()][parameter.device.type] += 1
+        return isinstance(module, PreTrainedModel)
+
+    def _enter(self, module: nn.Module, args) -> None:
+        if not self._whole(module):
+            return
+        self._depth += 1
+        parameter = next(module.parameters(), None)
+        if self._depth == 1 and parameter is not None:
+            self.counts[current_stage()][parameter.device.type] += 1
+
+    def _leave(self, module: nn.Module, args, output) -> None:
+        if self._whole(module):
+            self._depth -= 1
 
     def __enter__(self) -> ForwardDevices:
-        self._handle = nn.modules.module.register_module_forward_pre_hook(self._record)
+        hooks = nn.modules.module
+        self._handles = [
+            hooks.register_module_forward_pre_hook(self._enter),
+            hooks.register_module_forward_hook(self._leave, always_call=True),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {name: dict(counts) for name, counts in self.counts.items()}
