@@ -5,6 +5,8 @@ import csv
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -341,3 +343,238 @@ def test_the_requests_table_follows_each_requests_forget_score_over_the_later_re
         in report
     )
     assert (tmp_path / "requests.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_that_differ_under_a_node_other_runs_lack_are_told_apart(tmp_path, capsys):
+    """Next to a run without continual requests, masks=per_request and masks=union are two groups (not one
+    `unlearning.requests=on` group refused for its repeated seeds); so are relearning.steps=30 and =2 next to
+    a run without the attack stage."""
+    from simu_lightning.report.runs import find_runs
+
+    requests, stop = {"count": 2, "by": "author"}, {"unlearning.stop_when": "forget.exact_match<=0.1"}
+    fake_run(tmp_path / "a" / "0_simu", "simu", 0, FORGET, RETAIN, **stop, **{"unlearning.requests": None})
+    for masks in ("per_request", "union"):
+        in_turn = {"unlearning.requests": requests | {"masks": masks}}
+        fake_run(tmp_path / masks / "0_simu", "simu", 0, FORGET, RETAIN, **stop, **in_turn)
+    assert sorted(r.group for r in find_runs([tmp_path])) == [
+        "simu unlearning.requests.masks=per_request",
+        "simu unlearning.requests.masks=union",
+        "simu unlearning.requests=null",
+    ]
+    assert main([str(tmp_path)]) == 0, capsys.readouterr().err
+    # a run whose configuration lacks the node altogether is named the same way
+    (tmp_path / "a" / "0_simu" / "config.yaml").write_text(yaml.safe_dump(config_of("simu", 0, **stop)))
+    assert "simu unlearning.requests=null" in {r.group for r in find_runs([tmp_path])}
+
+    attacks = tmp_path / "attacks"
+    fake_run(attacks / "none" / "1_simu", "simu", 1, FORGET, RETAIN)  # robustness: null
+    for steps in (30, 2):
+        relearning = {"robustness": {"families": {"relearning": {"steps": steps, "lr": 1e-5}}}}
+        fake_run(attacks / str(steps) / "1_simu", "simu", 1, FORGET, RETAIN, **relearning)
+    assert sorted(r.group for r in find_runs([attacks])) == [
+        "simu robustness.families.relearning.steps=2",
+        "simu robustness.families.relearning.steps=30",
+        "simu robustness=null",
+    ]
+    assert main([str(attacks)]) == 0, capsys.readouterr().err
+
+
+# a hand-worked paired example: arm and reference at three shared seeds
+ARM = [0.50, 0.60, 0.70]
+REFERENCE = [0.60, 0.68, 0.82]  # differences -0.10, -0.08, -0.12
+T_975_2 = 4.302653  # Student's t, 97.5% quantile, 2 degrees of freedom
+
+
+def hand_worked():
+    """The paired differences' mean and 95% half-width, with plain arithmetic."""
+    diffs = [a - b for a, b in zip(ARM, REFERENCE)]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    return diffs, mean, T_975_2 * sd / math.sqrt(3)
+
+
+def test_a_paired_difference_against_a_hand_worked_example_and_scipys_tests():
+    from scipy import stats
+
+    from simu_lightning.report.stats import paired
+
+    diffs, mean, half = hand_worked()
+    assert mean == pytest.approx(-0.10) and half == pytest.approx(4.302653 * 0.02 / math.sqrt(3))
+    found = paired(ARM, REFERENCE)
+    assert (found.mean, found.low, found.high) == pytest.approx((mean, mean - half, mean + half), abs=1e-6)
+    assert found.p == pytest.approx(stats.ttest_rel(ARM, REFERENCE).pvalue)
+    assert (found.ahead, found.behind, found.seeds) == (0, 3, "3 of 3 behind")
+    assert found.verdict == "behind" and found.tost_p is None  # no margin: never "level"
+    # TOST at margin 0.2: both one-sided tests of the differences reject (t = 8.66 and -25.98, 2 dof)
+    wide = paired(ARM, REFERENCE, margin=0.2)
+    lower = stats.ttest_1samp(diffs, -0.2, alternative="greater").pvalue
+    upper = stats.ttest_1samp(diffs, 0.2, alternative="less").pvalue
+    assert lower == pytest.approx(stats.t.sf((mean + 0.2) / (0.02 / math.sqrt(3)), 2))
+    assert wide.tost_p == pytest.approx(max(lower, upper)) and wide.tost_p < 0.05
+    assert wide.verdict == "level"
+    # at margin 0.1 the mean sits on the margin: t = 0, p = 0.5, so the interval decides
+    narrow = paired(ARM, REFERENCE, margin=0.1)
+    assert narrow.tost_p == pytest.approx(0.5) and narrow.verdict == "behind"
+    # an interval that holds 0: "no difference detected"; the seeds still point each way
+    mixed = paired([0.5, 0.6, 0.7], [0.6, 0.5, 0.8])  # -0.1, +0.1, -0.1
+    assert mixed.verdict == "no difference detected" and mixed.seeds == "2 of 3 behind, 1 ahead"
+    assert mixed.p == pytest.approx(stats.ttest_rel([0.5, 0.6, 0.7], [0.6, 0.5, 0.8]).pvalue)
+
+
+def test_groups_without_shared_seeds_get_welch_and_unequal_seed_sets_pair_on_the_shared_ones():
+    from scipy import stats
+
+    from simu_lightning.report.stats import difference
+
+    # Welch by hand: means 2 and 4, variances 1 and 2, so se^2 = 1/3 + 2/2 and dof = (4/3)^2 / ((1/3)^2/2 + 1)
+    first, second = {0: 1.0, 1: 2.0, 2: 3.0}, {5: 3.0, 6: 5.0}
+    found = difference(first, second)
+    se, dof = math.sqrt(4 / 3), (4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + 1)
+    half = stats.t.ppf(0.975, dof) * se
+    assert found.pairing == "Welch" and found.described == "Welch, 3 and 2 runs" and found.seeds == ""
+    assert (found.mean, found.low, found.high) == pytest.approx((-2.0, -2.0 - half, -2.0 + half))
+    assert found.p == pytest.approx(stats.ttest_ind([1, 2, 3], [3, 5], equal_var=False).pvalue)
+    # seeds 0-2 against 1-3: the two shared seeds are paired, the others left out
+    found = difference({0: 0.9, 1: 0.5, 2: 0.7}, {1: 0.6, 2: 0.9, 3: 0.1})
+    diffs = [0.5 - 0.6, 0.7 - 0.9]
+    half = 12.706205 * math.sqrt(sum((d + 0.15) ** 2 for d in diffs)) / math.sqrt(2)  # t(0.975, 1), sd, n = 2
+    assert found.described == "paired on 2 shared seeds (3 and 3 runs)" and found.seeds == "2 of 2 behind"
+    assert (found.mean, found.low, found.high) == pytest.approx((-0.15, -0.15 - half, -0.15 + half))
+
+
+def test_the_report_pairs_arms_by_seed_and_says_level_only_under_a_margin(tmp_path, capsys):
+    """At forget EM 0.3 (met at the third point) each run's retain EM is its third value: simu minus fo is
+    the hand-worked example, paired by seed; a group with other seeds gets Welch's interval."""
+    for seed, (arm, reference) in enumerate(zip(ARM, REFERENCE)):
+        fake_run(tmp_path / f"{seed}_simu", "simu", seed, FORGET, [1.0, 0.9, arm, 0.4])
+        fake_run(tmp_path / f"{seed}_fo", "fo", seed, FORGET, [1.0, 0.9, reference, 0.4])
+    for seed in (7, 8):  # another optimiser on other seeds: nothing to pair
+        fake_run(tmp_path / f"{seed}_so", "so", seed, FORGET, [1.0, 0.9, 0.55 + seed / 100, 0.4])
+    at = ["--at", "forget.exact_match<=0.3", "--y", "retain.exact_match"]
+    assert main([str(tmp_path), *at]) == 0, capsys.readouterr().err
+    _, mean, half = hand_worked()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Differences at matched forgetting: simu minus each group" in report
+    assert (
+        f"| fo | forget.exact_match<=0.3 | {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] "
+        "| paired, 3 seeds | 3 of 3 behind | behind |"
+    ) in report
+    # simu 0.5, 0.6, 0.7 against so 0.62, 0.63: Welch
+    assert "| so | forget.exact_match<=0.3 | -0.025 [" in report
+    assert "| Welch, 3 and 2 runs | – | no difference detected |" in report
+    rows = [r for r in csv.DictReader((tmp_path / "report.csv").open()) if r["table"] == "compared"]
+    fo = next(r for r in rows if r["versus"] == "fo" and r["metric"] == "retain.exact_match")
+    assert (fo["pairs"], fo["ahead"], fo["behind"], fo["verdict"]) == ("3", "0", "3", "behind")
+    assert float(fo["ci_low"]) == pytest.approx(mean - half, abs=1e-6)
+    # with a margin the TOST decides "level" (0.2 holds, 0.1 does not)
+    assert main([str(tmp_path), *at, "--margin", "0.2"]) == 0
+    assert "| paired, 3 seeds | 3 of 3 behind | level |" in (tmp_path / "report.md").read_text()
+    assert main([str(tmp_path), *at, "--margin", "0.1"]) == 0
+    assert "| paired, 3 seeds | 3 of 3 behind | behind |" in (tmp_path / "report.md").read_text()
+    assert main([str(tmp_path), *at, "--compare", "fo"]) == 0
+    assert "## Differences at matched forgetting: fo minus each group" in (tmp_path / "report.md").read_text()
+    capsys.readouterr()
+    assert main([str(tmp_path), *at, "--margin", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --margin must be a positive number, got -1.0"
+
+
+def with_results(run, **entries):
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps(results | entries))
+
+
+def test_sophia_runs_with_a_median_win_rate_outside_its_range_are_flagged(tmp_path, capsys):
+    for seed, rate in enumerate((0.05, 0.3, 0.62)):
+        fake_run(tmp_path / f"{seed}_simu", "simu", seed, FORGET, RETAIN)
+        with_results(tmp_path / f"{seed}_simu", sophia={"median_win_rate": rate, "steps": 6})
+    fake_run(tmp_path / "0_fo", "fo", 0, FORGET, RETAIN)  # AdamW: no win rate
+    assert main([str(tmp_path)]) == 0
+    assert "warning: 2 of 3 Sophia runs have a median win rate outside 0.1-0.5" in capsys.readouterr().err
+    report = (tmp_path / "report.md").read_text()
+    assert "2 of 3 Sophia runs have a median win rate outside 0.1-0.5." in report
+    group = "simu"
+    assert f"| {group} | 0 | 0_simu | 0.050 | **outside** |" in report
+    assert f"| {group} | 1 | 1_simu | 0.300 |  |" in report
+    assert f"| {group} | 2 | 2_simu | 0.620 | **outside** |" in report
+    flags = {r["run"]: r["flag"] for r in csv.DictReader((tmp_path / "report.csv").open()) if r["table"] == "runs"}
+    assert flags == {"0_simu": "outside 0.1-0.5", "1_simu": "", "2_simu": "outside 0.1-0.5"}
+
+
+def test_each_groups_trained_parameters_and_attention_share_are_stated(tmp_path):
+    draws = {"simu": [(1000, 600, 400), (1020, 600, 420)], "fo": [(5000, 1000, 1000), (5000, 1000, 1000)]}
+    for method, counts in draws.items():
+        for seed, (total, attention, down) in enumerate(counts):
+            fake_run(tmp_path / f"{seed}_{method}", method, seed, FORGET, RETAIN)
+            trained = {"total": total, "attention": attention, "down_proj": down}
+            with_results(tmp_path / f"{seed}_{method}", trained_parameters=trained)
+    assert main([str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    shares = (600 / 1000 + 600 / 1020) / 2
+    assert "| group | runs | trained parameters | attention | down_proj | attention share |" in report
+    assert f"| simu | 2 | 1,010 (1,000-1,020) | 600 | 410 (400-420) | {shares:.3f} ({600 / 1020:.3f}-0.600) |" in report
+    assert "| fo | 2 | 5,000 | 1,000 | 1,000 | 0.200 |" in report
+    rows = {(r["group"], r["metric"]): r for r in csv.DictReader((tmp_path / "report.csv").open())}
+    share = rows[("simu", "trained_parameters.attention_share")]
+    assert float(share["mean"]) == pytest.approx(shares) and share["n"] == "2"
+
+
+def test_a_run_whose_seed_tuned_its_settings_is_not_pooled_with_runs_that_report_them(tmp_path, capsys):
+    """tuned.seeds names the seeds that chose a tuned file's values: such a run and the held-out seeds are
+    refused as one group; --exclude-tuning leaves it out. tuned.seeds is not part of a group's identity."""
+    from simu_lightning.report.runs import find_runs
+
+    for seed in range(3):
+        fake_run(tmp_path / f"{seed}_simu", "simu", seed, FORGET, RETAIN, **{"tuned.seeds": [0]})
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: group 'simu' pools tuning runs with the runs that report their settings: seed 0 tuned them "
+        f"(tuned.seeds, in {tmp_path / '0_simu'}), seeds 1, 2 report them; pass --exclude-tuning to leave the "
+        "tuning runs out, or give the report the held-out runs alone"
+    )
+    assert main([str(tmp_path), "--exclude-tuning"]) == 0
+    assert "Left out 1 tuning run(s), whose seed tuned their settings (tuned.seeds): seed 0." in capsys.readouterr().err
+    report = (tmp_path / "report.md").read_text()
+    assert "Seeds per group: simu: 1, 2." in report and "Left out 1 tuning run(s)" in report
+    # a run made before the file recorded its seeds (or re-tuned on other seeds) groups with them
+    fake_run(tmp_path / "3_simu", "simu", 3, FORGET, RETAIN)
+    fake_run(tmp_path / "4_simu", "simu", 4, FORGET, RETAIN, **{"tuned.seeds": [0, 1]})
+    assert {r.group for r in find_runs([tmp_path], exclude_tuning=True)} == {"simu"}
+    assert sorted(r.seed for r in find_runs([tmp_path], exclude_tuning=True)) == [2, 3, 4]
+    # runs without tuned.seeds are accepted as before; a group of tuning runs alone is reported, and said so
+    tuning = tmp_path / "search"
+    fake_run(tuning / "0_fo", "fo", 0, FORGET, RETAIN, **{"tuned.seeds": [0]})
+    assert main([str(tuning)]) == 0
+    assert "warning: Group fo holds only tuning runs (seed 0, in tuned.seeds)" in capsys.readouterr().err
+
+
+SMOLLM2 = Path(__file__).resolve().parents[1] / "docs" / "results" / "smollm2"
+
+
+def test_the_committed_smollm2_runs_pair_simu_and_fo_by_seed_and_flag_the_win_rates(tmp_path, capsys):
+    """The archived SmolLM2 study: SIMU - FO at forget ROUGE-L 0.4 in retain ROUGE-L, paired over seeds 0-2
+    (recomputed here from each run's trajectory with plain arithmetic), and 9 of the 15 Sophia runs outside
+    0.1-0.5 (0.52-0.64, one at 0.097, and 0.98-0.999 for the down projections alone)."""
+    from simu_lightning.report.runs import find_runs
+
+    at = ["--at", "forget.rougeL_recall<=0.4,0.3,0.2", "--y", "retain.rougeL_recall"]
+    folders = [str(SMOLLM2 / "sweep1"), str(SMOLLM2 / "sweep2")]
+    assert main([*folders, "--out", str(tmp_path), *at]) == 0
+    assert "warning: 9 of 15 Sophia runs have a median win rate outside 0.1-0.5" in capsys.readouterr().err
+    runs = find_runs(folders)
+    level = Condition("forget.rougeL_recall", "<=", 0.4)
+    retain = {
+        (r.method, r.seed): at_forget_level(r.curve, level, ["retain.rougeL_recall"])["retain.rougeL_recall"]
+        for r in runs
+        if r.method in ("simu", "fo") and "robustness=on" in r.group
+    }
+    diffs = [retain[("simu", s)] - retain[("fo", s)] for s in range(3)]
+    mean = sum(diffs) / 3
+    half = T_975_2 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3)
+    assert mean == pytest.approx(-0.115, abs=5e-4) and all(d < 0 for d in diffs)
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "| fo method.trainable=all robustness=on | forget.rougeL_recall<=0.4 | "
+        f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | paired, 3 seeds | 3 of 3 behind | behind |"
+    ) in report
+    assert "| fo method.trainable=all robustness=on | forget.rougeL_recall<=0.4 | -0.115 [-0.147, -0.083] |" in report

@@ -7,6 +7,7 @@ import csv
 import math
 from pathlib import Path
 
+from simu_lightning.report.health import trained_parameters
 from simu_lightning.report.matched import at_forget_level
 from simu_lightning.report.runs import Run, by_group, mixed_commits, naming
 from simu_lightning.report.stats import mean_ci
@@ -66,7 +67,8 @@ def after_metrics(run: Run) -> dict[str, float]:
     }
     values |= {name: v for name, v in run.results.get("scores", {}).get("after", {}).items()}
     values["aggregate"] = run.results["aggregate"]["after"]
-    values |= {f"sophia.{k}": v for k, v in run.results.get("sophia", {}).items() if k == "median_win_rate"}
+    values |= {f"sophia.{k}": v for k, v in (run.results.get("sophia") or {}).items() if k == "median_win_rate"}
+    values |= trained_parameters(run)
     harness = (run.results.get("lm_eval") or {}).get("after") or {}
     values |= {f"lm_eval.{task}.{metric}": v for task, by_metric in harness.items() for metric, v in by_metric.items()}
     stopped = run.results.get("stopped")
@@ -245,11 +247,15 @@ def localisation_markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+COLUMNS = ["table", "group", "level", "metric", "n", "reached", "mean", "ci_low", "ci_high"]
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """report.csv: the columns every row has, then those of some tables (`compared`: versus, pairing,
+    verdict...; `runs`: run, flag), empty elsewhere."""
+    columns = list(dict.fromkeys([*COLUMNS, *(k for row in rows for k in row)]))
     with atomic(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(
-            f, fieldnames=["table", "group", "level", "metric", "n", "reached", "mean", "ci_low", "ci_high"]
-        )
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -262,9 +268,9 @@ def cell(row: dict | None) -> str:
     return f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
 
 
-def settings_lines(runs: list[Run]) -> list[str]:
-    """Which settings tell the groups apart (each group's name carries its values), and the groups
-    whose runs come from several commits."""
+def settings_lines(runs: list[Run], notes: list[str] | None = None) -> list[str]:
+    """Which settings tell the groups apart (each group's name carries its values), the groups
+    whose runs come from several commits, and any `notes` (tuning runs left out or reported)."""
     keys, _, shared = naming(runs)
     lines = [
         "Groups are runs with the same resolved configuration but for the seed, the paths and the logging; "
@@ -279,6 +285,8 @@ def settings_lines(runs: list[Run]) -> list[str]:
     ]
     for group, commits in mixed_commits(runs).items():
         lines += [f"Warning: group {group} mixes git commits {', '.join(commits)}.", ""]
+    for note in notes or []:
+        lines += [note, ""]
     return lines
 
 
@@ -289,8 +297,12 @@ def markdown(
     robustness: list[dict] | None = None,
     localisation: list[dict] | None = None,
     sections: list[str] | None = None,
+    unlearning: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
-    """report.md; `sections`: more lines (the continual requests' tables) before the figure."""
+    """report.md; `unlearning`: more lines after the unlearning tables (the differences between groups, the
+    win rates, the trained parameters); `sections`: more lines (the continual requests' tables) before the
+    figure; `notes`: lines after the settings (tuning runs)."""
     index = {(r["table"], r["group"], r["level"], r["metric"]): r for r in summary + matched}
     group_names = list(groups(runs))
     seeds = {g: sorted({r.seed for r in members if r.seed is not None}, key=str) for g, members in groups(runs).items()}
@@ -304,7 +316,7 @@ def markdown(
         + "; ".join(f"{g}: {', '.join(map(str, s)) or '?'}" for g, s in seeds.items())
         + ".",
         "",
-        *settings_lines(runs),
+        *settings_lines(runs, notes),
     ]
     shown = [
         m
@@ -313,6 +325,7 @@ def markdown(
     ]
     if shown:  # runs of mode=attribute unlearn nothing: no after-metrics, no trajectories to match
         lines += unlearning_markdown(index, group_names, shown, matched)
+    lines += unlearning or []
     if robustness:
         lines += robustness_markdown(robustness)
         lines += [
