@@ -108,3 +108,20 @@ def test_a_step_with_a_closure_holds_the_mask_too():
         assert optimizer.step(closure) is not None
     kept = mask.expand(3, 4)
     assert torch.equal(net.weight.detach()[~kept], start[~kept]) and not torch.equal(net.weight[kept], start[kept])
+
+
+def test_a_loaded_compact_state_is_refused_for_other_columns_of_the_same_count():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    first = torch.tensor([[True, False, True, False, False, False]])
+    opt = MaskedAdamW([w], lr=0.01, masks={w: first})
+    w.grad = torch.randn(4, 6)
+    opt.step()
+    saved = opt.state_dict()
+    resumed = MaskedAdamW([w], lr=0.01)
+    resumed.load_state_dict(saved)
+    resumed.set_masks({w: first})  # its own columns: taken
+    shifted = MaskedAdamW([w], lr=0.01)
+    shifted.load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"holds 2 critical columns \[0, 2\], not the ones of these masks \[4, 5\]"):
+        shifted.set_masks({w: torch.tensor([[False, False, False, False, True, True]])})

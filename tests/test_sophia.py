@@ -212,8 +212,13 @@ def test_a_compact_state_survives_a_checkpoint_and_a_new_mask():
         unmasked.step(bs=4)
     other = Sophia([w], lr=0.01, rho=0.1)
     other.load_state_dict(saved)
-    with pytest.raises(ValueError, match="the loaded state holds 2 critical columns, not the ones of these masks"):
+    with pytest.raises(ValueError, match=r"the loaded state holds 2 critical columns \[0, 2\], not the ones"):
         other.set_masks({w: torch.tensor([[True, True, True, False, False, False]])})
+    # as many columns, other ones: the moments would move onto neurons they were never of
+    shifted = Sophia([w], lr=0.01, rho=0.1)
+    shifted.load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"holds 2 critical columns \[0, 2\], not the ones of these masks \[1, 3\]"):
+        shifted.set_masks({w: torch.tensor([[False, True, False, True, False, False]])})
 
 
 def test_masks_that_do_not_fit_are_refused():

@@ -25,6 +25,7 @@ import torch
 from simu_lightning.optim.masks import local
 
 MASTER = "master"  # the fp32 master copy of a bf16 or fp16 parameter (master.py), laid out as the moments
+COLUMNS = "columns"  # which critical columns (local indices) a compact state holds, saved with it
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,7 @@ class CompactState:
         for name in [k for k in (*self.MOMENTS, MASTER) if k in self.state.get(param, {})]:
             tensor = local(self.state[param][name])
             if old is None and tensor.shape != shard.shape:  # loaded compact, for these masks or others
-                if new is None or tensor.shape[new.dim] != new.index.numel():
-                    raise ValueError(
-                        f"{type(self).__name__}.set_masks: the loaded state holds {tensor.shape[tensor.dim() - 1]} "
-                        "critical columns, not the ones of these masks"
-                    )
+                self._check_loaded(param, tensor, new)
                 continue
             if name == MASTER:  # the master copy of a bf16 parameter: its entries in the new layout
                 self.state[param][name] = copy_of(param, new, torch.float32)
@@ -136,6 +133,27 @@ class CompactState:
                 state = zeros(param, new, tensor.dtype)
                 local(state).copy_(new.gather(full))
             self.state[param][name] = state
+        self.record_columns(param)
+
+    def _check_loaded(self, param: torch.Tensor, tensor: torch.Tensor, new: Columns | None) -> None:
+        """A compact state loaded from a checkpoint must hold the very columns of the new mask (a state saved
+        before its columns were recorded: their count)."""
+        held = self.state[param].get(COLUMNS)
+        wanted = new.index.tolist() if new is not None else None
+        fits = new is not None and (held == wanted if held is not None else tensor.shape[new.dim] == len(wanted))
+        if not fits:
+            raise ValueError(
+                f"{type(self).__name__}.set_masks: the loaded state holds {tensor.shape[tensor.dim() - 1]} "
+                f"critical columns{f' {held}' if held is not None else ''}, not the ones of these masks"
+                f"{f' {wanted}' if wanted is not None else ''}"
+            )
+
+    def record_columns(self, param: torch.Tensor) -> None:
+        """Save with a compact state which columns it holds (read once, when the layout is made)."""
+        if param in self.columns and self.state.get(param):
+            self.state[param][COLUMNS] = self.columns[param].index.tolist()
+        elif self.state.get(param):
+            self.state[param].pop(COLUMNS, None)
 
     def state_of(self, p: torch.Tensor, name: str) -> torch.Tensor:
         """State `name` of `p`'s local shard at the shard's full size: a compact one expanded with zeros,

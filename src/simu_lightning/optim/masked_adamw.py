@@ -145,6 +145,8 @@ class MaskedAdamW(compact.CompactState, torch.optim.AdamW):
         for p, stand_in in stand_ins.items():
             self.state[p] = self.state.pop(stand_in)
             stand_in.grad = None
+            if compact.COLUMNS not in self.state[p]:  # the moments torch's step just made
+                self.record_columns(p)
 
     def _write_back(self, stand_ins: dict[torch.Tensor, torch.Tensor]) -> None:
         """The stand-ins' values into their parameters: a master copy's rounding, or the critical columns."""

@@ -126,6 +126,7 @@ class Sophia(compact.CompactState, Optimizer):
                 )
             if is_low_precision(p):
                 state["master"] = master_copy(p, self.columns.get(p))
+            self.record_columns(p)
         return state
 
     def _local(self, p: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
