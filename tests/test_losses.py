@@ -71,6 +71,11 @@ def test_simnpo_is_length_normalised_with_a_margin_and_no_reference():
     simnpo = -(math.log(sig(3)) + math.log(sig(5))) / 2
     assert terms["simnpo"].item() == pytest.approx(simnpo, rel=1e-6)
     assert loss.item() == pytest.approx(simnpo + 0.875, rel=1e-6)
+    # open-unlearning's SimNPO weights the forget term (its SimNPO.yaml: 0.125)
+    weighted, _ = SimNPO(beta=2.0, gamma=1.0, retain_weight=0.5, forget_weight=0.125)(
+        Given({"forget": FORGET, "retain": RETAIN})
+    )
+    assert weighted.item() == pytest.approx(0.125 * simnpo + 0.875, rel=1e-6)
 
 
 def test_idk_nll_learns_the_refusal_and_idk_dpo_prefers_it_to_the_answer():

@@ -132,6 +132,23 @@ class FixedLogits(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
+def test_min_k_leaves_out_the_last_token_only_where_it_is_the_eos(tiny_model):
+    """A QA answer ends with the EOS (its prediction is left out, as open-unlearning does); a document, as
+    MUSE and LUME score them, has none: every token counts."""
+    from simu_lightning.data.formatting import PromptFormat, encode_document, encode_example
+
+    model, tokenizer = tiny_model
+    answer = encode_example(tokenizer, PromptFormat(), "Where was she born?", "In the town of Vel by the sea", 64)
+    document = encode_document(tokenizer, "The harbour of Vel opened in 1901 by the sea.", 64)
+    qa_stats, document_stats = mia_scores.token_stats(
+        model, [answer, document], tokenizer.pad_token_id, 4, tokenizer.eos_token_id
+    )
+    assert qa_stats.ends_with_eos and not document_stats.ends_with_eos
+    for stats, counted in ((qa_stats, qa_stats.log_probs[:-1]), (document_stats, document_stats.log_probs)):
+        lowest = sorted(counted.tolist())[: max(1, int(len(counted) * 0.4))]  # the definition, by hand
+        assert mia_scores.min_k_score(stats, 0.4) == pytest.approx(-sum(lowest) / len(lowest))
+
+
 def test_token_statistics_are_the_answer_tokens_log_probs_and_the_distributions_mean_and_variance():
     batch = {
         "input_ids": torch.tensor([[0, 1, 2]]),

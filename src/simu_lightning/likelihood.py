@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simu_lightning.data.formatting import IGNORE_INDEX
+from simu_lightning.utils.errors import SimuError
 
 
 def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +88,25 @@ class AnswerNLL:
         device count.
         """
         return self.total / self.count.clamp(min=1)
+
+    def reduced(self, reduction: str = "example") -> torch.Tensor:
+        """The batch's NLL (loss.reduction): "example", the mean over examples of each answer's mean, every
+        example weighing the same (and a batch's loss the mean of its shards' at any device count);
+        "token", the mean over every answer token of the batch, as Hugging Face's `outputs.loss`,
+        open-unlearning's and TOFU's code take it (long answers weigh more; the learning rates they publish
+        assume it)."""
+        if reduction == "example":
+            return self.mean.mean()
+        return self.total.sum() / self.count.sum().clamp(min=1)
+
+
+REDUCTIONS = ("example", "token")
+
+
+def checked_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise SimuError(f"loss.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    return reduction
 
 
 def answer_nll(model, batch: dict[str, torch.Tensor]) -> AnswerNLL:

@@ -10,8 +10,9 @@ its answer tokens (the whole document for LUME), higher meaning "more likely a n
 - `min_k`: minus the mean of the lowest k% token log-probabilities (Shi et al. 2024);
 - `min_k++`: the same over z-scores (log p(x_t) - mu_t) / sigma_t, mu_t and sigma_t^2 the mean and
   variance of log p under the model's own next-token distribution (Zhang et al. 2024).
-min-k and min-k++ leave out the last answer token's prediction (the EOS), as open-unlearning does, and
-use k = 0.4 (its TOFU setting). AUC: forget rows labelled 0, held-out rows 1, so 1.0 means the forget
+min-k and min-k++ leave out the last answer token's prediction when it is the EOS, as open-unlearning does
+for QA answers (a document, as MUSE and LUME score them, has none: every token counts), and use k = 0.4
+(its TOFU setting). AUC: forget rows labelled 0, held-out rows 1, so 1.0 means the forget
 rows are far more likely than unseen ones (still memorised) and a model that never saw them sits near
 what a retain-only model gets (about 0.5 when the two sets are alike).
 """
@@ -41,6 +42,10 @@ class TokenStats:
     log_probs: torch.Tensor
     mu: torch.Tensor
     sigma2: torch.Tensor
+    ends_with_eos: bool = True  # whether the last scored token is the EOS (left out of min-k and min-k++)
+
+    def without_eos(self, values: torch.Tensor) -> torch.Tensor:
+        return values[:-1] if self.ends_with_eos else values
 
 
 def loss_score(stats: TokenStats) -> float:
@@ -59,12 +64,12 @@ def _lowest_mean(values: torch.Tensor, k: float) -> float:
 
 
 def min_k_score(stats: TokenStats, k: float) -> float:
-    return _lowest_mean(stats.log_probs[:-1], k)
+    return _lowest_mean(stats.without_eos(stats.log_probs), k)
 
 
 def min_k_plus_plus_score(stats: TokenStats, k: float) -> float:
     z = (stats.log_probs - stats.mu) / stats.sigma2.clamp(min=MIN_SIGMA2).sqrt()
-    return _lowest_mean(z[:-1], k)
+    return _lowest_mean(stats.without_eos(z), k)
 
 
 def scores(stats: TokenStats, text: str, k: float) -> dict[str, float]:
@@ -76,8 +81,19 @@ def scores(stats: TokenStats, text: str, k: float) -> dict[str, float]:
     }
 
 
+def ends_with(labels: torch.Tensor, token_id: int | None) -> list[bool]:
+    """Per row of (shifted) labels, whether its last scored token is `token_id` (None: every row does)."""
+    if token_id is None:
+        return [True] * len(labels)
+    ends = []
+    for row in labels.tolist():
+        scored = [token for token in row if token != IGNORE_INDEX]
+        ends.append(bool(scored) and scored[-1] == token_id)
+    return ends
+
+
 @torch.no_grad()
-def batch_token_stats(model, batch: dict[str, torch.Tensor]) -> list[TokenStats]:
+def batch_token_stats(model, batch: dict[str, torch.Tensor], eos_token_id: int | None = None) -> list[TokenStats]:
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
     ).logits[:, :-1]
@@ -88,13 +104,18 @@ def batch_token_stats(model, batch: dict[str, torch.Tensor]) -> list[TokenStats]
     mu = (p * log_p).sum(-1)
     sigma2 = (p * log_p.square()).sum(-1) - mu.square()
     scored = labels != IGNORE_INDEX
+    eos = ends_with(labels, eos_token_id)
     return [
-        TokenStats(target[i][scored[i]].cpu(), mu[i][scored[i]].cpu(), sigma2[i][scored[i]].cpu())
+        TokenStats(target[i][scored[i]].cpu(), mu[i][scored[i]].cpu(), sigma2[i][scored[i]].cpu(), eos[i])
         for i in range(len(labels))
     ]
 
 
-def token_stats(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[TokenStats]:
+def token_stats(
+    model, examples: list[dict], pad_token_id: int, batch_size: int, eos_token_id: int | None = None
+) -> list[TokenStats]:
+    """Each example's TokenStats; `eos_token_id` tells an answer that ends with the EOS from a document
+    that does not (None: every example is taken to end with it)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -103,7 +124,7 @@ def token_stats(model, examples: list[dict], pad_token_id: int, batch_size: int)
         out = []
         for start in range(0, len(examples), size):
             batch = collate(examples[start : start + size], pad_token_id)
-            out += batch_token_stats(model, {k: v.to(device) for k, v in batch.items()})
+            out += batch_token_stats(model, {k: v.to(device) for k, v in batch.items()}, eos_token_id)
         return out
 
     try:
@@ -112,11 +133,13 @@ def token_stats(model, examples: list[dict], pad_token_id: int, batch_size: int)
         model.train(was_training)
 
 
-def gradient_norms(model, examples: list[dict], pad_token_id: int, p: float = 2.0) -> list[float]:
+def gradient_norms(
+    model, examples: list[dict], pad_token_id: int, p: float = 2.0, eos_token_id: int | None = None
+) -> list[float]:
     """GradNorm (Wang et al. 2024; open-unlearning's GradNormAttack): per example, the mean over the
     model's parameter tensors of the p-norm of the gradient of its answer loss (the mean NLL of the answer
-    tokens, the EOS left out as in min-k). Every parameter takes part (flags are restored after); the
-    model's own .grad is never written (torch.autograd.grad)."""
+    tokens, the EOS left out as in min-k: only where the answer ends with it). Every parameter takes part
+    (flags are restored after); the model's own .grad is never written (torch.autograd.grad)."""
     params = list(model.parameters())
     flags = [q.requires_grad for q in params]
     device = params[0].device
@@ -130,7 +153,9 @@ def gradient_norms(model, examples: list[dict], pad_token_id: int, p: float = 2.
             batch = {k: v.to(device) for k, v in collate([example], pad_token_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             labels = batch["labels"][:, 1:]
-            positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)[1][:-1]  # the EOS prediction left out
+            positions = (labels != IGNORE_INDEX).nonzero(as_tuple=True)[1]
+            if ends_with(labels, eos_token_id)[0]:
+                positions = positions[:-1]  # the EOS prediction left out
             if len(positions) == 0:
                 norms.append(0.0)
                 continue

@@ -100,7 +100,8 @@ def min_k_auc(model, tokenizer, benchmark, settings: EvalSettings) -> float:
             {"input_ids": ids, "labels": ids}
             for ids in (tokenizer(d)["input_ids"][: settings.max_length] for d in documents)
         ]
-        return [min_k_score(s, MIN_K) for s in token_stats(model, encoded, tokenizer.pad_token_id, settings.batch_size)]
+        stats = token_stats(model, encoded, tokenizer.pad_token_id, settings.batch_size, tokenizer.eos_token_id)
+        return [min_k_score(s, MIN_K) for s in stats]
 
     return mia_auc(scores(benchmark["mia_member"]["document"]), scores(benchmark["mia_nonmember"]["document"]))
 

@@ -80,13 +80,14 @@ class MembershipInference:
             encoded = [
                 encode_example(tokenizer, context.fmt, r["question"], r["answer"], settings.max_length) for r in rows
             ]
-        stats = token_stats(model, encoded, tokenizer.pad_token_id, settings.batch_size)
+        stats = token_stats(model, encoded, tokenizer.pad_token_id, settings.batch_size, tokenizer.eos_token_id)
         texts = [
             tokenizer.decode([t for t in e["labels"] if t != IGNORE_INDEX], skip_special_tokens=True) for e in encoded
         ]
         scored = [{**row, **scores(s, text, self.k)} for row, s, text in zip(rows, stats, texts)]
         if self.gradnorm:
-            for row, norm in zip(scored, gradient_norms(model, encoded, tokenizer.pad_token_id, self.p)):
+            norms = gradient_norms(model, encoded, tokenizer.pad_token_id, self.p, tokenizer.eos_token_id)
+            for row, norm in zip(scored, norms):
                 row["gradnorm"] = norm
         return scored
 

@@ -8,6 +8,8 @@ forget questions, each with a refusal drawn from a fixed list (conf/loss/refusal
 
 from __future__ import annotations
 
+from simu_lightning.likelihood import checked_reduction
+
 import torch.nn.functional as F
 
 from simu_lightning.utils.errors import SimuError
@@ -27,11 +29,15 @@ class IdkNLL:
     needs_frozen_target = False
     needs_alternates = True
 
-    def __init__(self, refusals=(), retain_weight: float = 1.0):
+    def __init__(self, refusals=(), retain_weight: float = 1.0, reduction: str = "example"):
         self.refusals, self.retain_weight = checked_refusals(refusals), retain_weight
+        self.reduction = checked_reduction(reduction)
 
     def __call__(self, forward):
-        refusal_nll, retain_nll = forward.nll("alternate").mean.mean(), forward.nll("retain").mean.mean()
+        refusal_nll, retain_nll = (
+            forward.nll("alternate").reduced(self.reduction),
+            forward.nll("retain").reduced(self.reduction),
+        )
         return refusal_nll + self.retain_weight * retain_nll, {"refusal_nll": refusal_nll, "retain_nll": retain_nll}
 
 
@@ -39,18 +45,19 @@ class IdkDPO:
     needs_frozen_target = True
     needs_alternates = True
 
-    def __init__(self, refusals=(), beta: float = 0.1, retain_weight: float = 1.0):
+    def __init__(self, refusals=(), beta: float = 0.1, retain_weight: float = 1.0, reduction: str = "example"):
         self.refusals, self.beta, self.retain_weight = checked_refusals(refusals), beta, retain_weight
+        self.reduction = checked_reduction(reduction)
 
     def __call__(self, forward):
         def log_ratio(split):
             return forward.nll(split, frozen=True).total - forward.nll(split).total
 
         dpo = -2.0 / self.beta * F.logsigmoid(self.beta * (log_ratio("alternate") - log_ratio("forget"))).mean()
-        retain_nll = forward.nll("retain").mean.mean()
+        retain_nll = forward.nll("retain").reduced(self.reduction)
         return dpo + self.retain_weight * retain_nll, {
             "dpo": dpo,
-            "forget_nll": forward.nll("forget").mean.mean(),
-            "refusal_nll": forward.nll("alternate").mean.mean(),
+            "forget_nll": forward.nll("forget").reduced(self.reduction),
+            "refusal_nll": forward.nll("alternate").reduced(self.reduction),
             "retain_nll": retain_nll,
         }

@@ -8,6 +8,8 @@ tokens alone, the ones the method is defined on."""
 
 from __future__ import annotations
 
+from simu_lightning.likelihood import checked_reduction
+
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 class UNDIAL:
     needs_frozen_target = True
 
-    def __init__(self, beta: float = 10.0, retain_weight: float = 0.0):
+    def __init__(self, beta: float = 10.0, retain_weight: float = 0.0, reduction: str = "example"):
+        self.reduction = checked_reduction(reduction)
         self.beta, self.retain_weight = beta, retain_weight
 
     def __call__(self, forward):
@@ -31,5 +34,5 @@ class UNDIAL:
         undial = cross_entropy[scored].mean()
         if not self.retain_weight:  # (open-unlearning's default: distillation alone, no retain pass)
             return undial, {"undial": undial}
-        retain_nll = forward.nll("retain").mean.mean()
+        retain_nll = forward.nll("retain").reduced(self.reduction)
         return undial + self.retain_weight * retain_nll, {"undial": undial, "retain_nll": retain_nll}
