@@ -192,3 +192,15 @@ def test_the_alternate_batch_pairs_each_forget_question_with_one_refusal(tiny_mo
     assert paired["alternate"]["index"].tolist() == paired["forget"]["index"].tolist()
     again = UnlearningDataModule(small_benchmark, tokenizer, prompt_format, batch_size=2, alternates=refusals)
     assert [e["input_ids"] for e in again.alternate] == [e["input_ids"] for e in data.alternate]  # fixed per row
+
+
+def test_the_nll_terms_average_over_answers_or_over_every_answer_token():
+    """loss.reduction: example (each answer's mean NLL, averaged: 2 and 3 -> 2.5) or token (every answer token
+    of the batch alike, as Hugging Face's outputs.loss: 11 / 4 = 2.75)."""
+    nll = AnswerNLL(total=torch.tensor([2.0, 9.0]), count=torch.tensor([1, 3]))
+    assert nll.reduced("example").item() == pytest.approx(2.5) and nll.reduced("token").item() == pytest.approx(2.75)
+    given = Given({"forget": nll, "retain": nll})
+    assert GradDiff(retain_weight=2.0, reduction="token")(given)[0].item() == pytest.approx(-2.75 + 2 * 2.75)
+    assert GradDiff(retain_weight=2.0)(given)[0].item() == pytest.approx(-2.5 + 2 * 2.5)
+    with pytest.raises(SimuError, match="^loss.reduction must be one of example, token, got 'sum'"):
+        GradDiff(reduction="sum")
