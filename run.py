@@ -1,5 +1,6 @@
 """simu-lightning entry point: `python run.py [group=option ...] [key=value ...]` (see README.md)."""
 
+import copy
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simu_lightning.pipeline.cli import unknown_group_option, unquoted_condition
 from simu_lightning.utils.errors import SimuError
@@ -97,6 +98,23 @@ def outside_slurm():
     return mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, clear=True)
 
 
+def tuning_trial(cfg: DictConfig) -> float:
+    """A search trial tuned on several seeds (objective.seeds): the run once per seed, in <trial>/seed_<s>,
+    each recording the seeds that tuned it (tuned.seeds, which the report keeps out of reported groups); the
+    trial's value is the mean of theirs."""
+    from simu_lightning.pipeline import run
+
+    seeds, values, folder = [int(s) for s in cfg.objective.seeds], [], cfg.paths.output_dir
+    for seed in seeds:
+        trial = copy.deepcopy(cfg)  # (interpolations kept: the loggers' folders follow paths.output_dir)
+        with open_dict(trial):
+            trial.seed = seed
+            trial.paths.output_dir = f"{folder}/seed_{seed}"
+            trial.tuned = {"seeds": seeds}
+        values.append(search_value(run(trial)))
+    return sum(values) / len(values)
+
+
 def search_value(results: dict) -> float | None:
     """What an Optuna sweep maximises: the utility at matched forgetting when an `objective` is configured
     (hparams_search=optuna), else the aggregate (after unlearning, or of an evaluation-only run)."""
@@ -119,6 +137,8 @@ def main(cfg: DictConfig) -> float | None:
             if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # hydra/launcher=slurm: srun started every task
                 return sweep_job_under_slurm(cfg, processes)
             return sweep_job_under_torchrun(cfg, processes)
+        if (cfg.get("objective") or {}).get("seeds"):
+            return tuning_trial(cfg)
         results = run(cfg)
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)

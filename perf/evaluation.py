@@ -69,7 +69,7 @@ def measure(cfg, benchmark, fmt, model, tokenizer, forget: list[dict], repeats: 
     settings = instantiate(cfg.evaluation).for_model(cfg.model.max_length, benchmark.max_new_tokens)
     evaluator = Evaluator(tokenizer, fmt, benchmark, settings)
     prompts = {
-        name: [encode_prompt(tokenizer, fmt, q) for q in limited(benchmark[name], settings.max_examples)["question"]]
+        name: [encode_prompt(tokenizer, fmt, q) for q in limited(benchmark, name, settings)["question"]]
         for name in benchmark.eval_splits
     }
     new, size = settings.max_new_tokens, settings.batch_size

@@ -95,14 +95,16 @@ def allocated_state(model: nn.Module, method, share: float) -> list[torch.Tensor
     if hasattr(optimizer, "_state"):
         for p in params:  # one parameter's state at a time: a compact one is real memory
             held += [
-                torch.empty(t.shape, dtype=t.dtype, device="meta") for t in optimizer._state(p).values() if t.dim()
+                torch.empty(t.shape, dtype=t.dtype, device="meta")
+                for t in optimizer._state(p).values()
+                if isinstance(t, torch.Tensor) and t.dim()
             ]
             optimizer.state.pop(p)
         return held
     for p in params:
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    return [t for state in optimizer.state.values() for t in state.values() if t.dim()]
+    return [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor) and t.dim()]
 
 
 @pytest.mark.parametrize("method_name", METHODS)

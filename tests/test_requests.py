@@ -106,9 +106,9 @@ def test_a_run_of_requests_unlearns_each_from_the_model_the_one_before_left(tmp_
     rows = [r["rows"] for r in requests]
     assert sorted(i for r in rows for i in r) == list(range(len(rows[0]) * 3))  # a partition of the forget rows
     assert [list(r["after"]) for r in requests] == [
-        ["forget", "retain", "world_facts"],
-        ["forget", "request_1", "retain", "world_facts"],
-        ["forget", "request_1", "request_2", "retain", "world_facts"],
+        ["forget", "retain", "retain_heldout", "world_facts"],
+        ["forget", "request_1", "retain", "retain_heldout", "world_facts"],
+        ["forget", "request_1", "request_2", "retain", "retain_heldout", "world_facts"],
     ]
     curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
     steps = sorted({row["step"] for row in curve})
@@ -148,3 +148,143 @@ def test_requests_run_under_every_method_and_report_sophia_over_all_steps(tmp_pa
     taken = sum(r["stopped"]["step"] for r in results["requests"])
     assert results["sophia"]["steps"] == taken == sum(r["sophia"]["steps"] for r in results["requests"])
     assert "critical_neurons" not in results["requests"][0]
+
+
+def request_callbacks(scores: list[dict], settings, requests: Requests, seed: int = 0, unit: str = "neurons"):
+    """Each request's RequestAttribution in turn, given each request's constructed (integrated-gradient)
+    scores, as unlearn_requests chains them: the callbacks, and each one's mask."""
+    from types import SimpleNamespace
+
+    from simu_lightning.pipeline.requests import RequestAttribution
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[]))
+    callbacks, chosen = [], []
+    for k, own in enumerate(scores):
+        callback = RequestAttribution(settings, seed=seed, requests=requests, index=k, earlier=list(callbacks))
+        callback.compute = lambda trainer, pl_module, examples, split, unit, own=own: own
+        select = callback.select if unit == "neurons" else callback.select_heads
+        chosen.append(select(trainer, None)[1])
+        callbacks.append(callback)
+    return callbacks, chosen
+
+
+def top(count: int, n: int = 1000, layers: int = 4) -> dict[str, torch.Tensor]:
+    """Scores whose threshold at t = 0.5 keeps `count` of each layer's n neurons."""
+    return {f"layer{i}": (torch.arange(n) < count).float() + 0.01 for i in range(layers)}
+
+
+def independent_jaccard(a: int, b: int, n: int) -> float:
+    """The Jaccard index two independent uniform draws of a and b of n neurons come to (per layer, the
+    intersection's mean is a b / n; with 4 layers of 1000 the spread is about 0.01)."""
+    both = a * b / n
+    return both / (a + b - both)
+
+
+def test_random_requests_draw_independently_and_the_first_draws_as_a_run_without_requests():
+    """D2: every request drew from the run's seed, so each random mask was a prefix of one permutation
+    (Jaccard 200/300 = 0.67 for counts 200 and 300, where independent draws give 0.14). Each request now
+    draws with its own seed; the first with the run's, as a run without requests."""
+    from simu_lightning.attribution.settings import AttributionSettings
+
+    settings = AttributionSettings(t=0.5, selection="random")
+    callbacks, _ = request_callbacks([top(200), top(300), top(400)], settings, Requests(count=3), seed=5)
+    draws = [c.attributed for c in callbacks]
+    assert [sum(int(m.sum()) for m in d.values()) for d in draws] == [800, 1200, 1600]
+    found = overlaps(draws)
+    for k, j, (a, b) in ((1, 0, (300, 200)), (2, 0, (400, 200)), (2, 1, (400, 300))):
+        assert found[k][f"request_{j + 1}"] == pytest.approx(independent_jaccard(a, b, 1000), abs=0.03)
+    alone, _ = request_callbacks([top(200)], settings, Requests(count=1), seed=5)
+    assert same(alone[0].attributed, draws[0])
+    from simu_lightning.attribution.callback import NeuronAttribution
+    from types import SimpleNamespace
+
+    plain = NeuronAttribution(settings, seed=5)
+    plain.compute = lambda trainer, pl_module, examples, split, unit: top(200)
+    assert same(plain.select(SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[])), None)[1], draws[0])
+
+
+def test_protect_earlier_under_random_neurons_leaves_what_independent_draws_leave():
+    """D2: with 300 of 1000 neurons per layer drawn per request, protect_earlier leaves request 2 the
+    neurons of its draw outside request 1's (300 x 0.7 = 210 per layer expected) and request 3 those outside
+    both (300 x 0.49 = 147); nested draws of equal counts left nothing."""
+    from simu_lightning.attribution.settings import AttributionSettings
+    from simu_lightning.unlearning.requests import union
+
+    settings = AttributionSettings(t=0.5, selection="random")
+    callbacks, masks = request_callbacks([top(300)] * 3, settings, Requests(count=3, protect_earlier=True))
+    draws = [c.attributed for c in callbacks]
+    assert same(masks[0], draws[0])
+    for k in (1, 2):
+        protected = union(draws[:k])
+        assert same(masks[k], {name: draws[k][name] & ~protected[name] for name in draws[k]})
+    kept = [sum(int(m.sum()) for m in mask.values()) / 4 for mask in masks]
+    assert kept[0] == 300
+    assert kept[1] == pytest.approx(300 * 0.7, abs=15) and kept[2] == pytest.approx(300 * 0.7**2, abs=15)
+
+
+HEAD_SCORES = [  # each request's head scores: at t = 0.5, request 1 keeps heads {0, 1}, 2 {1, 2}, 3 {2, 3}
+    {"o0": torch.tensor([1.0, 0.9, 0.1, 0.0])},
+    {"o0": torch.tensor([0.0, 1.0, 0.8, 0.2])},
+    {"o0": torch.tensor([0.1, 0.0, 0.7, 1.0])},
+]
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(masks="per_request"), [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]),
+        (dict(masks="union"), [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]),
+        (dict(protect_earlier=True), [[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+        (dict(masks="reuse_first"), [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]),
+    ],
+)
+def test_head_masks_follow_the_request_settings(settings, expected):
+    """D5: the critical heads of each request are combined with the earlier requests' attributed heads as
+    the neurons are (union, protect_earlier), and reuse_first takes the first request's without attributing."""
+    from simu_lightning.attribution.settings import AttributionSettings
+
+    scores = HEAD_SCORES if settings.get("masks") != "reuse_first" else [HEAD_SCORES[0], None, None]
+    callbacks, masks = request_callbacks(
+        scores, AttributionSettings(t=0.5), Requests(count=3, **settings), unit="heads"
+    )
+    assert [m["o0"].int().tolist() for m in masks] == expected
+    attributed = [c.attributed_heads["o0"].int().tolist() for c in callbacks]
+    own = [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+    assert attributed == ([own[0]] * 3 if settings.get("masks") == "reuse_first" else own)
+
+
+def test_random_neurons_and_heads_under_protect_earlier_end_to_end(tmp_path, cache):
+    """A run of 3 requests with random neurons and heads and protect_earlier: each request's own draw is the
+    one its seed gives (request 1's the run's seed), its mask that draw without every earlier request's, for
+    the neurons and the heads alike; results.json counts the parameters any request could change."""
+    from simu_lightning.attribution.neurons import critical_neurons
+    from simu_lightning.attribution.selection import random_like, request_seed
+    from simu_lightning.unlearning.requests import union
+
+    args = [*REQUESTS, "method=simu", "attribution.selection=random", "unlearning.requests.protect_earlier=true"]
+    results = run_here(
+        [*args, "method.trainable=attention_heads_and_down_proj", "attribution.head_t=0.5"], tmp_path, cache
+    )
+    requests, draws, masks = results["requests"], [], []
+    for k in range(3):
+        folder = tmp_path / "requests" / str(k + 1) / "attribution"
+        scores = torch.load(folder / "scores.pt")  # the integrated-gradient scores whose counts are drawn
+        drawn, _ = random_like(critical_neurons(scores, 0.1), request_seed(0, k))
+        assert requests[k]["attributed_neurons"] == {name: int(m.sum()) for name, m in drawn.items()}
+        masks.append(torch.load(folder / "critical_neurons.pt"))
+        protected = union(draws) if draws else {name: torch.zeros_like(m) for name, m in drawn.items()}
+        assert same(masks[k], {name: drawn[name] & ~protected[name] for name in drawn})
+        draws.append(drawn)
+        heads = requests[k]["critical_heads"]
+        for j in range(k):  # no request's heads are among those an earlier request attributed
+            for name, kept in heads.items():
+                assert not set(kept) & set(requests[j]["attributed_heads"][name])
+    for k in (1, 2):
+        assert requests[k]["overlap"] == {
+            f"request_{j + 1}": pytest.approx(jaccard(draws[k], draws[j])) for j in range(k)
+        }
+    assert not same(draws[0], draws[1])
+    hidden = 32  # (SMALL's model.tiny.hidden_size) the rows of each down projection's kept column
+    every = union(masks)
+    assert results["trained_parameters"]["down_proj"] == hidden * sum(int(m.sum()) for m in every.values())
+    assert all(r["trained_parameters"]["down_proj"] == hidden * sum(r["critical_neurons"].values()) for r in requests)

@@ -78,7 +78,7 @@ def test_a_run_leaves_results_generations_masks_and_the_model(simu_run):
     results = json.loads((simu_run / "results.json").read_text())
     assert results["method"] == "simu" and results["benchmark"] == "synthetic" and results["model"] == "tiny"
     for stage in ("before", "after"):
-        assert set(results[stage]) == {"forget", "retain", "world_facts"}
+        assert set(results[stage]) == {"forget", "retain", "retain_heldout", "world_facts"}
         for by_metric in results[stage].values():
             assert {"exact_match", "rougeL_recall", "answer_prob", "truth_ratio"} <= set(by_metric)
             assert all(0.0 <= v <= 1.0 for v in by_metric.values())
@@ -166,7 +166,9 @@ def test_evaluations_during_unlearning_can_leave_out_the_forget_truth_ratios_and
     full, kept = points(simu_run), points(lean)
     last = max(step for step, _, _ in full)
     during = {key for key in full if 0 < key[0] < last}
-    left_out = {("forget", "truth_ratio"), ("forget", "normalised_prob"), ("scores", "forget_quality")}
+    # the truth ratios of the splits model utility does not read (forget, the held-out retain authors)
+    left_out = {(s, m) for s in ("forget", "retain_heldout") for m in ("truth_ratio", "normalised_prob")}
+    left_out.add(("scores", "forget_quality"))
     assert during and {key for key in during if key[1:] not in left_out} == {key for key in kept if 0 < key[0] < last}
     assert all(kept[key] == pytest.approx(full[key], rel=1e-6) for key in kept)
     assert all((step, "scores", "model_utility") in kept for step in range(last + 1))
@@ -257,16 +259,52 @@ def test_a_second_run_on_the_same_target_reuses_its_evaluation_before_unlearning
 
 @pytest.mark.parametrize("rule", ["mass", "knee"])
 def test_t_auto_chooses_each_layers_t_from_its_scores_and_reports_it(rule, cache_dir, tmp_path):
-    from simu_lightning.attribution.threshold import auto_critical_neurons
+    """The run's masks and t per layer, of its neurons and of its heads, against the rule stated plainly
+    here, on the scores the run saved: mass, the largest first until they hold half the layer's positive
+    total; knee, the point of the sorted scores (both axes scaled to [0, 1]) farthest below the chord, the
+    scores above it kept, unless there are fewer than three or it lies under sqrt(ln(100) / (2 n)) below
+    (no knee: mass). Ties at the smallest kept score are kept."""
+    import math
 
-    results = run_here([*SMALL, "attribution.t=auto", f"attribution.auto.rule={rule}"], tmp_path, cache_dir)
-    scores = torch.load(tmp_path / "attribution" / "scores.pt")
-    masks, chosen = auto_critical_neurons(scores, rule, 0.5)  # the rule, on the run's own scores
-    assert results["critical_neurons"] == {name: int(mask.sum()) for name, mask in masks.items()}
-    assert results["critical_neurons_t"] == pytest.approx(chosen)
-    saved = json.loads((tmp_path / "attribution" / "critical_neurons.json").read_text())
-    assert {name: layer["t"] for name, layer in saved["layers"].items()} == pytest.approx(chosen)
-    assert saved["t"] == "auto"
+    def by_the_rule(values: list[float]) -> tuple[list[bool], float, bool]:
+        positive = sorted((v for v in values if v > 0), reverse=True)
+        total, n = math.fsum(positive), len(positive)
+        cut = next(v for i, v in enumerate(positive) if math.fsum(positive[: i + 1]) >= 0.5 * total)
+        has_knee = n >= 3 and positive[0] > positive[-1]
+        if has_knee:
+            low, high = positive[-1], positive[0]
+            below = [(1 - i / (n - 1)) - (v - low) / (high - low) for i, v in enumerate(positive)]
+            knee = below.index(max(below))
+            has_knee = below[knee] >= math.sqrt(math.log(100) / (2 * n))
+            if rule == "knee" and has_knee:
+                cut = positive[max(knee - 1, 0)]
+        kept = [v > 0 and v >= cut for v in values]
+        kept_values = [v for v, k in zip(values, kept) if k]
+        assert min(kept_values) >= max([v for v in positive if v < cut], default=0.0)  # the largest are kept
+        if rule == "mass" or not has_knee:  # they hold half the positive mass, without the smallest of them not
+            assert math.fsum(kept_values) >= 0.5 * total > math.fsum(kept_values) - min(kept_values)
+        return kept, cut / max(values), has_knee
+
+    heads = ["method.trainable=attention_heads_and_down_proj", "attribution.head_t=auto"]
+    overrides = [*SMALL, *heads, "attribution.t=auto", f"attribution.auto.rule={rule}"]
+    results = run_here(overrides, tmp_path, cache_dir)
+    for unit, scores_file, masks_file, summary, in_results in (
+        ("neurons", "scores.pt", "critical_neurons.pt", "critical_neurons.json", "critical_neurons"),
+        ("heads", "head_scores.pt", "critical_heads.pt", "critical_heads.json", "critical_heads"),
+    ):
+        scores = torch.load(tmp_path / "attribution" / scores_file)
+        masks = torch.load(tmp_path / "attribution" / masks_file)
+        saved = json.loads((tmp_path / "attribution" / summary).read_text())
+        assert saved["t"] == "auto" and set(masks) == set(scores) == set(results[f"{in_results}_t"]), unit
+        for name, s in scores.items():
+            kept, t, has_knee = by_the_rule(s.tolist())
+            assert masks[name].tolist() == kept, (unit, name)
+            reported = [i for i, k in enumerate(kept) if k] if unit == "heads" else sum(kept)  # indices, or a count
+            assert results[in_results][name] == reported == saved["layers"][name]["critical"], (unit, name)
+            assert results[f"{in_results}_t"][name] == pytest.approx(t, rel=1e-12), (unit, name)
+            assert saved["layers"][name]["t"] == pytest.approx(t, rel=1e-12), (unit, name)
+            # the tiny model's 64 neurons per layer show a clear knee; its 2 heads per layer cannot
+            assert has_knee == (unit == "neurons"), (unit, name)
 
 
 @pytest.mark.slow
@@ -439,8 +477,9 @@ def test_a_sweep_over_t_attributes_once_and_the_later_jobs_say_they_reused_it(tm
 
 @pytest.mark.slow
 def test_an_optuna_search_maximises_utility_at_matched_forgetting(cache_dir, tmp_path):
-    """Two trials; each returns the retain ROUGE-L where its trajectory first reaches the forget level
-    (0 when it never does), and the sweeper's best is the best of those."""
+    """Two trials, each run at both tuning seeds; a trial returns the mean of its runs' held-out retain
+    ROUGE-L where their trajectories first reach the forget level (0 when one never does), the sweeper's
+    best is the best of those, and every run records the seeds that tuned it."""
     run_py(
         [
             *SMALL,
@@ -456,17 +495,22 @@ def test_an_optuna_search_maximises_utility_at_matched_forgetting(cache_dir, tmp
     from simu_lightning.pipeline.objective import matched_utility
     from simu_lightning.report.runs import curve_points
 
-    jobs = sorted(p.parent for p in tmp_path.glob("*/results.json"))
-    trials = [json.loads((job / "results.json").read_text()) for job in jobs]
+    trials = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / "seed_10").exists())
     assert len(trials) == 2
-    for job, results in zip(jobs, trials):
-        objective = results["objective"]
-        assert objective["metric"] == "retain.rougeL_recall" and objective["at"] == "forget.exact_match<=0.5"
-        # the value the report would read off the saved trajectory
-        expected = matched_utility(curve_points(job / "curve.jsonl"), objective["at"], objective["metric"])
-        assert objective["value"] == pytest.approx(expected["value"]) and objective["reached"] == expected["reached"]
+    values = []
+    for trial in trials:
+        runs = [trial / f"seed_{seed}" for seed in (10, 11)]
+        for run in runs:
+            objective = json.loads((run / "results.json").read_text())["objective"]
+            assert objective["metric"] == "retain_heldout.rougeL_recall"
+            # the value the report would read off the saved trajectory
+            expected = matched_utility(curve_points(run / "curve.jsonl"), objective["at"], objective["metric"])
+            assert objective["value"] == pytest.approx(expected["value"])
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            assert config["seed"] == int(run.name.removeprefix("seed_")) and config["tuned"]["seeds"] == [10, 11]
+        values.append(sum(json.loads((r / "results.json").read_text())["objective"]["value"] for r in runs) / 2)
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(r["objective"]["value"] for r in trials))
+    assert best["best_value"] == pytest.approx(max(values))
     assert set(best["best_params"]) == {"attribution.t", "method.optimizer.lr", "loss.retain_weight"}
 
 
@@ -678,9 +722,9 @@ def write_lume_folder(folder):
 def test_lume_run_reports_tasks_task_aggregate_and_mia(tmp_path, cache_dir):
     write_lume_folder(tmp_path / "lume")
     out = tmp_path / "run"
-    run_here(
-        ["benchmark=lume", f"benchmark.path={tmp_path / 'lume'}", "evaluation.max_new_tokens=8", *TINY], out, cache_dir
-    )
+    lume = ["benchmark=lume", f"benchmark.path={tmp_path / 'lume'}", "evaluation.max_new_tokens=8"]
+    # (one retain document per task here: none held out, so every task stays in the retain loss's rows)
+    run_here([*lume, "benchmark.heldout_fraction=0", *TINY], out, cache_dir)
     results = json.loads((out / "results.json").read_text())
     assert results["benchmark"] == "lume"
     for split in ("forget", "retain"):
@@ -708,7 +752,7 @@ def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
             "benchmark=tofu",
             f"benchmark.path={TOFU_DATA}",
             "benchmark.forget_split=forget01",
-            "benchmark.max_authors=3",
+            "benchmark.max_authors=5",  # 2 forget authors, 1 the retain loss trains on, 2 held out
             "evaluation.max_new_tokens=8",
             "evaluation.max_examples=6",
             *TINY,
@@ -717,7 +761,10 @@ def test_tofu_run_reports_every_tofu_metric(tmp_path, cache_dir):
         cache_dir,
     )
     results = json.loads((out / "results.json").read_text())
-    assert set(results["after"]) == {"forget", "retain", "real_authors", "world_facts"}
+    assert set(results["after"]) == {"forget", "retain", "retain_heldout", "real_authors", "world_facts"}
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    forget = [r["row"] for r in rows if r["split"] == "forget" and r["stage"] == "after"]
+    assert sorted(r // 20 for r in forget) == [0, 0, 0, 1, 1, 1]  # 6 rows: 3 of each forget author
     for by_metric in results["after"].values():
         assert {
             "exact_match",

@@ -7,7 +7,9 @@ computed in (the run's compute dtype: the weights', or bf16 under bf16-mixed's a
 all-gathers the weights in bf16), the
 architecture's module names and the attribution code (ATTRIBUTION_FORMAT), so they are cached under
 exactly that key; the threshold t, the random draw and the retain exclusion are applied after the
-cache, which makes a sweep over t (or over seeds of `selection=random`) cost one attribution. Head scores
+cache, which makes a sweep over t (or over seeds of `selection=random`) cost one attribution. A control
+that keeps the attribution's per-layer counts (`activation`, `gradient` under match_counts) reads the
+integrated-gradient scores from the same cache (or computes and caches them) beside its own. Head scores
 are cached beside them under the same key with "heads" added. The masks travel in every checkpoint: a
 resumed run reuses them and never attributes on half-unlearned weights.
 """
@@ -27,7 +29,15 @@ import torch
 from simu_lightning.attribution.integrated_gradients import attribute, attribute_heads, passes, prediction_samples
 from simu_lightning.attribution.localisation import localisation
 from simu_lightning.attribution.neurons import select_critical
-from simu_lightning.attribution.selection import PLANTED_HEADS, exclude_shared, random_like, score_of
+from simu_lightning.attribution.selection import (
+    ATTRIBUTION,
+    PLANTED_HEADS,
+    counts_of,
+    exclude_shared,
+    random_like,
+    score_of,
+    top_counts,
+)
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.utils.cache import cache_key
 from simu_lightning.distributed import agree, share, sum_across
@@ -131,10 +141,10 @@ class NeuronAttribution(L.Callback):
         scores, neurons, self.chosen_t, self.dropped = self._thresholded(trainer, pl_module, "neurons")
         ranking = scores
         if self.settings.selection == "random":
-            neurons, ranking = random_like(neurons, self.seed)
+            neurons, ranking = random_like(neurons, self.draw_seed)
             log.info(
                 "attribution.selection=random: the attribution's per-layer counts at random positions (seed %d)",
-                self.seed,
+                self.draw_seed,
             )
         return scores, neurons, ranking
 
@@ -146,8 +156,13 @@ class NeuronAttribution(L.Callback):
         scores, heads, self.head_t, self.heads_dropped = self._thresholded(trainer, pl_module, "heads")
         ranking = scores
         if self.settings.selection_of("heads") == "random":
-            heads, ranking = random_like(heads, self.seed)
+            heads, ranking = random_like(heads, self.draw_seed)
         return scores, heads, ranking
+
+    @property
+    def draw_seed(self) -> int:
+        """The seed of `selection=random`'s draw: the run's (a continual request derives its own)."""
+        return self.seed
 
     def attend_heads(self, trainer: L.Trainer, pl_module) -> None:
         """Select the critical heads (or take them from the checkpoint) and mask q/k/v/o to them."""
@@ -175,11 +190,27 @@ class NeuronAttribution(L.Callback):
 
     def _thresholded(self, trainer: L.Trainer, pl_module, unit: str) -> tuple[dict, dict, dict, dict[str, int]]:
         """The forget set's scores of `unit` (neurons or heads), those at t (or t=auto) of each layer's
-        largest, each layer's t, and, with exclude_retain, how many were dropped per layer."""
+        largest, each layer's t, and, with exclude_retain, how many were dropped per layer. A selection
+        that keeps the attribution's counts (settings.counted) keeps, per layer, as many of its own
+        highest-scoring units as the integrated-gradient scores hold at t; the t reported is theirs."""
         data = trainer.datamodule
         scores = self._cached_scores(trainer, pl_module, data.forget, "forget", unit)
         t = self.settings.t_of(unit)
-        selected, chosen_t = select_critical(scores, t, self.settings.auto)
+        counted = self.settings.counted(unit)
+        if counted:
+            counts_from = self._cached_scores(trainer, pl_module, data.forget, "forget", unit, ATTRIBUTION)
+            attributed, chosen_t = select_critical(counts_from, t, self.settings.auto)
+            selected, _ = top_counts(scores, counts_of(attributed))
+            log.info(
+                "attribution.selection=%s, match_counts: %s per layer as integrated gradients keeps (%s), "
+                "the highest by %s",
+                self.settings.selection_of(unit),
+                unit,
+                " ".join(str(n) for n in counts_of(attributed).values()),
+                self.settings.selection_of(unit),
+            )
+        else:
+            selected, chosen_t = select_critical(scores, t, self.settings.auto)
         if t == "auto":
             log.info(
                 "attribution.%s=auto (%s), %s: t per layer %s",
@@ -191,8 +222,15 @@ class NeuronAttribution(L.Callback):
         dropped = {}
         if self.settings.exclude_retain:
             retain_scores = self._cached_scores(trainer, pl_module, data.retain, "retain", unit)
-            retain, _ = select_critical(retain_scores, t, self.settings.auto)
-            selected, dropped = exclude_shared(selected, retain)
+            if counted:  # each side in the attribution's counts; the forget side in its count after exclusion
+                retain_attribution = self._cached_scores(trainer, pl_module, data.retain, "retain", unit, ATTRIBUTION)
+                attributed_retain, _ = select_critical(retain_attribution, t, self.settings.auto)
+                left, _ = exclude_shared(attributed, attributed_retain)
+                retain, _ = top_counts(retain_scores, counts_of(attributed_retain))
+                selected, dropped = top_counts(scores, counts_of(left), excluded=retain)
+            else:
+                retain, _ = select_critical(retain_scores, t, self.settings.auto)
+                selected, dropped = exclude_shared(selected, retain)
             log.info(
                 "attribution.exclude_retain: dropped %d of %d critical %s that are critical for the "
                 "retain set too (per layer: %s)",
@@ -208,11 +246,17 @@ class NeuronAttribution(L.Callback):
         return sum(int(m.sum()) for m in neurons.values()) / sum(m.numel() for m in neurons.values())
 
     def compute(
-        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str = "forget", unit: str = "neurons"
+        self,
+        trainer: L.Trainer,
+        pl_module,
+        examples: list[dict],
+        split: str = "forget",
+        unit: str = "neurons",
+        score: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Scores of `unit` (every down projection's neurons, or every layer's heads) over the whole split;
-        with several processes each scores its share (padding weighted 0) and the shares are summed, so
-        every process derives the same masks."""
+        """Scores of `unit` (every down projection's neurons, or every layer's heads) over the whole split,
+        by `score` (None: the selection's); with several processes each scores its share (padding weighted
+        0) and the shares are summed, so every process derives the same masks."""
         tokenizer = trainer.datamodule.tokenizer
         samples = prediction_samples(examples, tokenizer.eos_token_id)
         if not samples:
@@ -224,8 +268,8 @@ class NeuronAttribution(L.Callback):
             projs, run = output_projections(model, arch), partial(attribute_heads, heads=head_shape(model, arch).count)
         else:
             projs, run = down_projections(model, arch), attribute
-        score = score_of(self.settings.selection_of(unit))
-        if score == "integrated_gradients":
+        score = score or score_of(self.settings.selection_of(unit))
+        if score == ATTRIBUTION:
             log.info(
                 "attribution (%s, %s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
                 split,
@@ -267,9 +311,9 @@ class NeuronAttribution(L.Callback):
             "attribution (attribution.max_batch)",
         )
 
-    def cache_key(self, pl_module, examples: list[dict], unit: str = "neurons") -> str:
-        score = score_of(self.settings.selection_of(unit))
-        how = (self.settings.m, self.settings.quadrature, self.settings.mode) if score == "integrated_gradients" else ()
+    def cache_key(self, pl_module, examples: list[dict], unit: str = "neurons", score: str | None = None) -> str:
+        score = score or score_of(self.settings.selection_of(unit))
+        how = (self.settings.m, self.settings.quadrature, self.settings.mode) if score == ATTRIBUTION else ()
         # where q, k, v hold the heads changes no score (and the neurons' keys stay those of earlier code)
         architecture = {k: v for k, v in asdict(pl_module.architecture).items() if k != "qkv"}
         return cache_key(
@@ -285,13 +329,21 @@ class NeuronAttribution(L.Callback):
         )
 
     def _cached_scores(
-        self, trainer: L.Trainer, pl_module, examples: list[dict], split: str, unit: str = "neurons"
+        self,
+        trainer: L.Trainer,
+        pl_module,
+        examples: list[dict],
+        split: str,
+        unit: str = "neurons",
+        score: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        compute = lambda: self.compute(trainer, pl_module, examples, split, unit)  # noqa: E731
+        """The split's scores of `unit` by `score` (None: the selection's own), from the cache or computed."""
+        by = {"score": score} if score else {}  # (compute is called as the selection's own when no score is named)
+        compute = lambda: self.compute(trainer, pl_module, examples, split, unit, **by)  # noqa: E731
         if self.cache_dir is None:
             return compute()
-        name = split if unit == "neurons" else f"{split}_{unit}"
-        self.keys[name] = self.cache_key(pl_module, examples, unit)
+        name = (split if unit == "neurons" else f"{split}_{unit}") + (f"_{score}" if score else "")
+        self.keys[name] = self.cache_key(pl_module, examples, unit, score)
         path = self.cache_dir / "attribution" / self.keys[name]
         if agree((path / "scores.pt").exists()):
             log.info(
@@ -299,7 +351,7 @@ class NeuronAttribution(L.Callback):
                 split,
                 unit,
                 path,
-                score_of(self.settings.selection_of(unit)),
+                score or score_of(self.settings.selection_of(unit)),
                 self.settings.m,
                 self.settings.quadrature,
                 self.settings.mode,
@@ -342,6 +394,7 @@ class NeuronAttribution(L.Callback):
             "quadrature": self.settings.quadrature,
             "mode": self.settings.mode,
             "selection": self.settings.selection,
+            "match_counts": self.settings.match_counts,
             "exclude_retain": self.settings.exclude_retain,
             "kept_fraction": self.kept_fraction(neurons),
             "layers": {
@@ -369,6 +422,7 @@ class NeuronAttribution(L.Callback):
         summary = {
             "t": self.settings.t_of("heads"),
             "selection": self.settings.selection_of("heads"),
+            "match_counts": self.settings.match_counts,
             "exclude_retain": self.settings.exclude_retain,
             "layers": {
                 name: {

@@ -2,22 +2,33 @@
 update: SIMU's critical neurons, or a control that tells whether the attribution matters. Heads follow the
 same rules over each layer's head scores (`planted` has no heads: refused).
 
-- `integrated_gradients` (SIMU): thresholded integrated-gradient scores.
-- `activation`, `gradient`: the same threshold t on mean |activation| or on |gradient x activation|
-  over the forget set's answer tokens (one pass each).
+- `integrated_gradients` (SIMU): thresholded integrated-gradient scores (the attribution: its `mode`, `m` and
+  `quadrature`, so `attribution=first_order` or `joint` is this rule on another score, not a control).
+- `activation`, `gradient`: mean |activation| or |gradient x activation| over the forget set's answer tokens
+  (one pass each). By default (`match_counts=true`) each layer keeps as many neurons as the attribution keeps
+  there (t or t=auto on the integrated-gradient scores, which are computed and cached for it), its own
+  highest-scoring ones (`top_counts`): the same budget in the same layers, chosen by another score. With
+  `match_counts=false` the rule thresholds its own scores at t, and keeps however many that is.
 - `random`: per layer, as many neurons as the integrated-gradient selection keeps, drawn uniformly at
-  random (seeded): the same budget in the same layers, without the attribution's choice.
-- `planted`: on a planted target, the planted neurons themselves (the oracle mask; no attribution).
+  random (seeded): the same budget in the same layers, without the attribution's choice (always matched).
+- `planted`: on a planted target, the planted neurons themselves (the oracle mask; no attribution). Its size
+  is P's, not the attribution's: the oracle is what the planting wrote, and a mask of another size would
+  not be it (results.json `trained_parameters` and `planted.neurons` state the size).
 
 `exclude_retain` drops the neurons that are critical for the retain set as well (the same scores and t
 on the retain answers): neurons the forget and retain answers share, which an update would take from both.
+Under matched counts the retain set's own-score selection keeps the attribution's retain counts, and the
+forget selection then keeps the attribution's count left after its exclusion, skipping the retain set's.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 
+ATTRIBUTION = "integrated_gradients"  # the score SIMU selects by, whose per-layer counts the controls keep
 SELECTIONS = ("integrated_gradients", "random", "activation", "gradient", "planted")
 PLANTED_HEADS = (
     "attribution.selection=planted plants no heads: with method.trainable=attention_heads_and_down_proj choose "
@@ -28,7 +39,43 @@ PLANTED_HEADS = (
 def score_of(selection: str) -> str | None:
     """The score a selection thresholds (`random` copies the integrated-gradient selection's counts;
     `planted` needs none)."""
-    return {"random": "integrated_gradients", "planted": None}.get(selection, selection)
+    return {"random": ATTRIBUTION, "planted": None}.get(selection, selection)
+
+
+def request_seed(seed: int, request: int) -> int:
+    """The seed of continual request `request`'s random draw (0-based): the run's seed for the first (so it
+    draws what a run without requests draws), and for the others a seed derived from (seed, request), so
+    that each request's draw is independent of the others' (one seed for all made each draw a prefix of the
+    same permutation: nested masks)."""
+    if request == 0:
+        return seed
+    digest = hashlib.sha256(f"random neurons: seed {seed}, request {request}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # (manual_seed takes any non-negative 63-bit integer)
+
+
+def counts_of(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {name: int(mask.sum()) for name, mask in masks.items()}
+
+
+def top_counts(
+    scores: dict[str, torch.Tensor], counts: dict[str, int], excluded: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Per layer, the `counts[name]` highest-scoring units (ties broken by the lower index, so exactly that
+    many), skipping those `excluded` marks (all the others when fewer are left); and, per layer, how many
+    excluded units ranked above the last one kept (the units the exclusion dropped)."""
+    kept, dropped = {}, {}
+    for name, s in scores.items():
+        order = torch.sort(s.flatten(), descending=True, stable=True).indices
+        skip = excluded[name].flatten()[order] if excluded is not None else torch.zeros(len(order), dtype=torch.bool)
+        places = (~skip).nonzero().flatten()[: counts[name]]  # the kept units' places in the ranking
+        chosen = torch.zeros(s.numel(), dtype=torch.bool)
+        chosen[order[places]] = True
+        kept[name] = chosen.view_as(s)
+        if counts[name] > len(places):  # fewer left than the count: every excluded unit was in the way
+            dropped[name] = int(skip.sum())
+        else:
+            dropped[name] = int(skip[: int(places[-1]) + 1].sum()) if len(places) else 0
+    return kept, dropped
 
 
 def random_like(neurons: dict[str, torch.Tensor], seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES
-from simu_lightning.attribution.selection import SELECTIONS
+from simu_lightning.attribution.selection import ATTRIBUTION, SELECTIONS, score_of
 from simu_lightning.attribution.threshold import RULES
 from simu_lightning.utils.errors import SimuError
 
@@ -18,7 +18,8 @@ HEAD_SELECTIONS = tuple(s for s in SELECTIONS if s != "planted")  # a planted ta
 class AttributionSettings:
     """Neuron k of a layer is critical when Att_k >= t * max Att (t in (0, 1]); m integrated-gradient
     steps (quadrature nodes) by `quadrature`, layers scaled by `mode`; `selection` picks what the mask
-    keeps (selection.py); `exclude_retain` drops the neurons critical for the retain set too."""
+    keeps (selection.py), in the attribution's per-layer counts unless `match_counts` is false;
+    `exclude_retain` drops the neurons critical for the retain set too."""
 
     t: float | str = 0.1  # or "auto": chosen per layer from the scores by `auto.rule` (threshold.py)
     m: int = 20
@@ -26,6 +27,10 @@ class AttributionSettings:
     mode: str = "layerwise"
     selection: str = "integrated_gradients"
     exclude_retain: bool = False
+    # the controls' size (selection.py): true, `activation` and `gradient` keep the attribution's per-layer
+    # counts (integrated gradients at t), their own top-scoring units; false, they threshold their own
+    # scores at t (sizes of their own). `random` always takes the attribution's counts, `planted` is P.
+    match_counts: bool = True
     max_batch: int = 512  # sequences per forward pass (the m scaled copies of a sample count m times)
     auto: dict = field(default_factory=dict)  # {rule: mass | knee, mass: share}: how t=auto chooses
     # the critical heads' selection (method.trainable=attention_heads_and_down_proj), when it is not the
@@ -63,8 +68,9 @@ class AttributionSettings:
                 f"attribution.head_selection must be null or one of {', '.join(HEAD_SELECTIONS)}, "
                 f"got {self.head_selection!r}"
             )
-        if not isinstance(self.exclude_retain, bool):
-            raise SimuError(f"attribution.exclude_retain must be true or false, got {self.exclude_retain!r}")
+        for name in ("exclude_retain", "match_counts"):
+            if not isinstance(getattr(self, name), bool):
+                raise SimuError(f"attribution.{name} must be true or false, got {getattr(self, name)!r}")
 
     def t_of(self, unit: str) -> float | str:
         """The threshold of `unit` (neurons or heads)."""
@@ -73,3 +79,8 @@ class AttributionSettings:
     def selection_of(self, unit: str) -> str:
         """What selects the critical `unit`s (neurons or heads)."""
         return self.head_selection or self.selection if unit == "heads" else self.selection
+
+    def counted(self, unit: str) -> bool:
+        """Whether the `unit`s' selection ranks by a score of its own and keeps the attribution's per-layer
+        counts (match_counts: activation, gradient), rather than thresholding its score at t."""
+        return self.match_counts and score_of(self.selection_of(unit)) not in (None, ATTRIBUTION)

@@ -72,11 +72,25 @@ class Benchmark:
     info: dict = field(default_factory=dict)
     planted: object | None = None  # models/planting.Planting: the forget set planted into known neurons
     forgotten_splits: tuple[str, ...] = ()  # earlier continual requests' forget rows: scored as forget rows
+    # how a split's rows group (an author's questions, a document's prompts): a column's name, or a number of
+    # consecutive rows (TOFU lists each author's 20 questions together); an evaluation of fewer rows than the
+    # split draws from every group (evaluation/splits.py)
+    groups: dict[str, str | int] = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> Dataset:
         if split not in self.splits:
             raise SimuError(f"benchmark {self.name!r} has no split {split!r} (it has: {', '.join(self.splits)})")
         return self.splits[split]
+
+    def group_ids(self, split: str) -> list | None:
+        """Each row's group in `split` (None: its rows are not grouped)."""
+        rule = self.groups.get(split)
+        if rule is None:
+            return None
+        rows = self[split]
+        if isinstance(rule, int):
+            return [i // rule for i in range(len(rows))]
+        return list(rows[rule]) if rule in rows.column_names else None
 
     def aggregate_of(self, summary: dict[str, dict[str, float]]) -> float | None:
         return self.aggregate(summary) if self.aggregate is not None else None

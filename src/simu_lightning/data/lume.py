@@ -107,6 +107,23 @@ def first_documents(rows: list[dict], count: int) -> list[dict]:
     return [row for row in rows if row["document"] in keep]
 
 
+def hold_out(splits: dict[str, Dataset], fraction: float) -> tuple[str, ...]:
+    """Move the last `fraction` of the retain documents (at least one, whole documents) to `retain_heldout`:
+    documents the target knows and the retain loss never sees. The split names added."""
+    if not 0 <= fraction < 1:
+        raise SimuError(f"benchmark.heldout_fraction must be in [0, 1), got {fraction}")
+    if not fraction:
+        return ()
+    retain = splits["retain"]
+    documents = list(dict.fromkeys(retain["document"]))
+    held = set(documents[len(documents) - max(1, round(fraction * len(documents))) :])
+    if len(held) == len(documents):
+        raise SimuError(f"benchmark.heldout_fraction={fraction} leaves no retain document for the retain loss")
+    splits["retain_heldout"] = retain.select([i for i, d in enumerate(retain["document"]) if d in held])
+    splits["retain"] = retain.select([i for i, d in enumerate(retain["document"]) if d not in held])
+    return ("retain_heldout",)
+
+
 def _mia(folder: Path | None) -> dict[str, Dataset]:
     if folder is None:
         return {}
@@ -124,6 +141,7 @@ def load(
     max_new_tokens: int = 256,
     suite=None,
     aggregate=None,
+    heldout_fraction: float = 0.0,
 ) -> Benchmark:
     folder = Path(path) if path else None
     if folder is not None and not folder.is_dir():
@@ -135,6 +153,7 @@ def load(
         if max_documents is not None:
             rows = first_documents(rows, max_documents)
         splits[stem] = Dataset.from_list(rows)
+    heldout = hold_out(splits, heldout_fraction)
     splits.update(_mia(folder))
     return Benchmark(
         max_new_tokens=max_new_tokens,
@@ -142,11 +161,13 @@ def load(
         aggregate=aggregate,
         name="lume",
         splits=splits,
-        target_splits=("forget", "retain"),  # a model without a LUME target is first tuned on both
+        # a model without a LUME target is first tuned on all of them (the held-out documents too)
+        target_splits=("forget", "retain", *heldout),
         retain_model_splits=(),  # LUME's metrics need no retain-only model
-        eval_splits=("forget", "retain"),
+        eval_splits=("forget", "retain", *heldout),
         utility_splits=(),
         prompt=PromptFormat(template="{question}", answer_prefix=" "),  # the official evaluation's raw input
+        groups={"forget": "document", "retain": "document", "retain_heldout": "document"},
         info={
             "fold": fold,
             "documents": {

@@ -5,8 +5,10 @@ Every author gets the same eight kinds of fact; each fact is asked and answered 
 in the answer's wording (`perturbed_answer`), so the same metrics run here as on TOFU. The whole
 benchmark is a function of its arguments: the same seed gives the same rows, byte for byte.
 
-Splits: `full` = `retain` + `forget` (the authors the target memorises), `holdout` (authors it never
-sees), and `world_facts` (general knowledge it is also trained on and must keep).
+Splits: `full` = `retain` + `retain_heldout` + `forget` (the authors the target memorises), `holdout`
+(authors it never sees), and `world_facts` (general knowledge it is also trained on and must keep).
+`retain` is what the retain loss trains on; `retain_heldout` (`heldout_retain_fraction` of the authors)
+are retain authors the target knows and the loss never sees: utility on rows the loss never saw.
 """
 
 from __future__ import annotations
@@ -276,6 +278,7 @@ def generate(
     holdout_fraction: float = 0.1,
     seed: int = 0,
     num_perturbed: int = 3,
+    heldout_retain_fraction: float = 0.0,
 ) -> dict[str, list[dict]]:
     """Rows of every split as plain dicts (see the module docstring for the splits)."""
     if num_authors < 2:
@@ -283,10 +286,16 @@ def generate(
     for setting, value in (("forget_fraction", forget_fraction), ("holdout_fraction", holdout_fraction)):
         if not 0 < value < 1:
             raise SimuError(f"benchmark.{setting} must be in (0, 1), got {value}")
+    if not 0 <= heldout_retain_fraction < 1:
+        raise SimuError(f"benchmark.heldout_retain_fraction must be in [0, 1), got {heldout_retain_fraction}")
     num_forget = max(1, round(num_authors * forget_fraction))
     num_holdout = max(1, round(num_authors * holdout_fraction))
-    if num_forget >= num_authors:
-        raise SimuError(f"benchmark.forget_fraction={forget_fraction} leaves no retain authors out of {num_authors}")
+    num_heldout_retain = max(1, round(num_authors * heldout_retain_fraction)) if heldout_retain_fraction else 0
+    if num_forget + num_heldout_retain >= num_authors:
+        raise SimuError(
+            f"benchmark.forget_fraction={forget_fraction} and heldout_retain_fraction={heldout_retain_fraction} "
+            f"leave no retain authors for the retain loss out of {num_authors}"
+        )
 
     rng = random.Random(seed)
     total = num_authors + num_holdout
@@ -304,12 +313,15 @@ def generate(
     authors = [(name, _draw_values(rng, pools)) for name in names]
     rows = [_author_rows(name, values, pools, rng, num_perturbed) for name, values in authors]
 
-    # As in TOFU, the forget authors are the last ones of `full`, and holdout authors are never in it.
+    # As in TOFU, the forget authors are the last ones of `full`, and holdout authors are never in it; the
+    # held-out retain authors come just before the forget authors (the target learns them with the rest)
     full = [r for author in rows[:num_authors] for r in author]
+    trained = num_authors - num_forget - num_heldout_retain
     forget = [r for author in rows[num_authors - num_forget : num_authors] for r in author]
     return {
         "full": full,
-        "retain": full[: len(full) - len(forget)],
+        "retain": [r for author in rows[:trained] for r in author],
+        "retain_heldout": [r for author in rows[trained : num_authors - num_forget] for r in author],
         "forget": forget,
         "holdout": [r for author in rows[num_authors:] for r in author],
         "world_facts": _world_fact_rows(rng, num_perturbed),
@@ -326,11 +338,17 @@ def load(
     suite=None,
     aggregate=None,
     planted=None,
+    heldout_retain_fraction: float = 0.0,
 ) -> Benchmark:
     """The synthetic benchmark: the target memorises `full` + `world_facts`, then forgets `forget`.
     With `planted` (models/planting.Planting, a fraction set) the target is instead the clean model
-    (retain + world facts) with the forget rows planted into known neurons."""
-    rows = generate(num_authors, forget_fraction, holdout_fraction, seed, num_perturbed)
+    (retain + world facts) with the forget rows planted into known neurons. With a
+    `heldout_retain_fraction`, `retain_heldout` is evaluated beside `retain` (the retain model, which never
+    sees the forget set, learns both)."""
+    rows = generate(num_authors, forget_fraction, holdout_fraction, seed, num_perturbed, heldout_retain_fraction)
+    heldout = ("retain_heldout",) if rows["retain_heldout"] else ()
+    if not heldout:
+        del rows["retain_heldout"]
     return Benchmark(
         planted=planted if planted is not None and planted.active else None,
         max_new_tokens=max_new_tokens,
@@ -339,7 +357,8 @@ def load(
         name="synthetic",
         splits={name: Dataset.from_list(split) for name, split in rows.items()},
         target_splits=("full", "world_facts"),
-        retain_model_splits=("retain", "world_facts"),
-        eval_splits=("forget", "retain", "world_facts"),
+        retain_model_splits=("retain", *heldout, "world_facts"),
+        eval_splits=("forget", "retain", *heldout, "world_facts"),
         utility_splits=("retain", "world_facts"),
+        groups={name: "author" for name in ("forget", "retain", "retain_heldout", "holdout", "full")},
     )

@@ -10,6 +10,10 @@ Splits the rest of the code sees:
 - `retain`       retain_perturbed (the 400 retain rows TOFU evaluates on)
 - `real_authors`, `world_facts`  the *_perturbed files (general knowledge to keep)
 - `full`         what a target is fine-tuned on; `holdout` holdoutXX
+- `retain_heldout` the last `heldout_authors` authors of `retain` (with their perturbed answers), which
+                 the target learns (they stay in `full`) and the retain loss never sees: they leave
+                 `retain_train` and `retain`, so `retain` is the rows the loss trains on and
+                 `retain_heldout` utility on rows it never saw; the retain model learns both
 """
 
 from __future__ import annotations
@@ -60,6 +64,26 @@ def _first_authors(split: Dataset, count: int) -> Dataset:
     return split.select(range(min(len(split), count * AUTHOR_ROWS)))
 
 
+def hold_out(splits: dict[str, Dataset], authors: int) -> tuple[str, ...]:
+    """Move the last `authors` authors of `retain` (retain_perturbed) to `retain_heldout`, and their
+    questions out of `retain_train` (the retain loss's rows); `full` keeps them. The split names added."""
+    if not authors:
+        return ()
+    retain = splits["retain"]
+    if authors >= _authors(retain):
+        raise SimuError(
+            f"benchmark.heldout_authors={authors} must be fewer than the {_authors(retain)} authors of "
+            "TOFU's retain_perturbed, to leave some for the retain loss"
+        )
+    cut = len(retain) - authors * AUTHOR_ROWS
+    splits["retain_heldout"] = retain.select(range(cut, len(retain)))
+    splits["retain"] = retain.select(range(cut))
+    held = set(splits["retain_heldout"]["question"])
+    train = splits["retain_train"]
+    splits["retain_train"] = train.select([i for i, q in enumerate(train["question"]) if q not in held])
+    return ("retain_heldout",)
+
+
 def load(
     path: str | None = None,
     forget_split: str = "forget10",
@@ -68,6 +92,7 @@ def load(
     max_new_tokens: int = 200,
     suite=None,
     aggregate=None,
+    heldout_authors: int = 0,
 ) -> Benchmark:
     if forget_split not in RETAIN_FOR:
         raise SimuError(f"benchmark.forget_split={forget_split!r} must be one of {', '.join(RETAIN_FOR)}")
@@ -89,12 +114,19 @@ def load(
                 f"authors of {forget_split}, to leave some retain authors"
             )
         keep = max_authors - forget_authors
+        if keep <= heldout_authors:
+            raise SimuError(
+                f"benchmark.max_authors={max_authors} leaves {keep} retain authors, and benchmark.heldout_authors="
+                f"{heldout_authors} of them are held out: set max_authors to at least "
+                f"{forget_authors + heldout_authors + 1}"
+            )
         splits["retain_train"] = _first_authors(splits["retain_train"], keep)
         splits["retain"] = _first_authors(splits["retain"], keep)
         splits["holdout"] = _first_authors(splits["holdout"], forget_authors)
     forget_qa = splits["forget"].select_columns(["question", "answer"])
     retain_qa = splits["retain_train"].select_columns(["question", "answer"])
     splits["full"] = Dataset.from_list(retain_qa.to_list() + forget_qa.to_list())
+    heldout = hold_out(splits, heldout_authors)
     return Benchmark(
         max_new_tokens=max_new_tokens,
         suite=suite,
@@ -103,8 +135,11 @@ def load(
         splits=splits,
         retain="retain_train",
         target_splits=("full",),
-        retain_model_splits=("retain_train",),
-        eval_splits=("forget", "retain", "real_authors", "world_facts"),
+        retain_model_splits=("retain_train", *heldout),
+        eval_splits=("forget", "retain", *heldout, "real_authors", "world_facts"),
         utility_splits=("retain", "real_authors", "world_facts"),
         info={"forget_split": forget_split, "forget_authors": forget_authors},
+        groups={
+            name: AUTHOR_ROWS for name in ("forget", "retain", "retain_heldout", "retain_train", "holdout", "full")
+        },
     )

@@ -199,7 +199,7 @@ def forget_quality(ratios: list[float], retain_ratios: list[float] | None) -> fl
 def all_generations(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings) -> dict[str, list[str]]:
     """The greedy answer to every evaluated question of every split, in one pass."""
     start = time.perf_counter()
-    questions = {name: limited(benchmark[name], settings.max_examples)["question"] for name in benchmark.eval_splits}
+    questions = {name: limited(benchmark, name, settings)["question"] for name in benchmark.eval_splits}
     prompts = {name: [encode_prompt(tokenizer, fmt, q) for q in split] for name, split in questions.items()}
     generations = generations_by_split(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     level = logging.DEBUG if stage == "during" else logging.INFO

@@ -16,6 +16,7 @@ from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation.evaluate import evaluation_precision
 from simu_lightning.evaluation.types import EvalSettings
 from simu_lightning.evaluation.qa import truth_ratio_values
+from simu_lightning.evaluation.splits import limited
 from simu_lightning.models.loading import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,7 @@ def truth_ratio_rows(
 ) -> list[dict]:
     """One row per forget example with the retain model's truth ratio (stage "retain_model"), scored on
     `device` (the run's)."""
-    forget = benchmark[benchmark.forget]
-    if settings.max_examples is not None and len(forget) > settings.max_examples:
-        forget = forget.select(range(settings.max_examples))
+    forget = limited(benchmark, benchmark.forget, settings)  # the rows the evaluations read
     key = cache_key(
         "reference-truth-ratios",
         REFERENCE_FORMAT,
@@ -81,6 +80,7 @@ def truth_ratio_rows(
         asdict(fmt),
         settings.max_length,
         settings.max_examples,
+        *([settings.sample_seed] if settings.max_examples is not None else []),  # (unlimited keys kept)
         dtype,
         *([settings.dtype] if settings.dtype else []),
     )  # (keys from before evaluation.dtype stay valid)

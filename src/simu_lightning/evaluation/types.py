@@ -46,6 +46,7 @@ class EvalSettings:
     max_new_tokens: int
     batch_size: int
     max_examples: int | None = None
+    sample_seed: int = 0  # which rows max_examples keeps: a stratified draw of its own (evaluation/splits.py)
     mmlu: bool = False  # LUME: MMLU through lm-eval (needs the network)
     mmlu_num_fewshot: int = 5  # the official LUME protocol
     dtype: str | None = None  # compute dtype of the evaluation (None: the model's own)
@@ -71,6 +72,7 @@ class EvaluationSettings:
     batch_size: int = 64
     max_new_tokens: int | None = None  # null: the benchmark's own
     max_examples: int | None = None  # rows per split (null: all)
+    sample_seed: int = 0  # the draw of those rows, by author / document; not the run's seed
     mmlu: bool = False
     mmlu_num_fewshot: int = 5
     dtype: str | None = None
@@ -86,6 +88,7 @@ class EvaluationSettings:
         if not isinstance(self.cache_before, bool):
             raise SimuError(f"evaluation.cache_before must be true or false, got {self.cache_before!r}")
         _count("mmlu_num_fewshot", self.mmlu_num_fewshot, allow_zero=True)
+        _count("sample_seed", self.sample_seed, allow_zero=True)
         for name in ("max_new_tokens", "max_examples"):
             if getattr(self, name) is not None:
                 _count(name, getattr(self, name))
@@ -146,6 +149,7 @@ class EvaluationSettings:
             max_new_tokens=self.max_new_tokens or benchmark_max_new_tokens,
             batch_size=self.batch_size,
             max_examples=self.max_examples,
+            sample_seed=self.sample_seed,
             mmlu=self.mmlu,
             mmlu_num_fewshot=self.mmlu_num_fewshot,
             dtype=self.dtype,

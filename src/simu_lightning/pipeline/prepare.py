@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.formatting import PromptFormat
+from simu_lightning.evaluation.splits import check_limits
+from simu_lightning.pipeline.objective import check_metric
 from simu_lightning.models.planting import load_planted
 from simu_lightning.models.target import Target, load_target, prepare_target
 from simu_lightning.pipeline.building import build, finetune_trainer_settings, single_process_trainers
@@ -37,6 +39,11 @@ def load_benchmark(plan: RunPlan) -> Benchmark:
         benchmark.name,
         ", ".join(f"{name} {len(split)}" for name, split in benchmark.splits.items()),
     )
+    limits = {"evaluation.max_examples": plan.evaluation.max_examples}
+    limits["evaluation.during.max_examples"] = plan.evaluation.during_max_examples
+    check_limits(benchmark, limits)  # every author (document) evaluated: refused before any work
+    if plan.cfg.get("objective"):
+        check_metric(benchmark, plan.cfg.objective.metric)
     if shared := benchmark.shared_rows():
         log.warning(
             "benchmark %s: %d forget rows also appear in the retain split %r: GradDiff pushes them both ways",

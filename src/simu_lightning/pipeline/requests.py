@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from simu_lightning.attribution.callback import NeuronAttribution
+from simu_lightning.attribution.selection import request_seed
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.evaluation.before_cache import read_before, write_before
 from simu_lightning.evaluation.callback import curve_point, curve_rows
@@ -39,7 +40,8 @@ from simu_lightning.pipeline.building import run_device
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.unlearn import Unlearned, before_cache, neuron_attribution, unlearn
-from simu_lightning.unlearning.requests import Requests, overlaps, request_masks, request_rows
+from simu_lightning.pipeline.results import fit_trained_parameters, trained_parameters
+from simu_lightning.unlearning.requests import Requests, overlaps, request_masks, request_rows, union
 from simu_lightning.unlearning.module import win_rate_summary
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET
 from simu_lightning.utils.files import write_jsonl
@@ -50,23 +52,54 @@ REQUEST_SPLIT = "request_{}"  # an earlier request's forget rows in a later requ
 
 
 class RequestAttribution(NeuronAttribution):
-    """Request k's stage 1: its own attribution (on the model the earlier requests left), made into its
-    mask with the earlier requests' attributed neurons (`request_masks`); under masks=reuse_first, from
-    the second request on, the first request's neurons without attributing again."""
+    """Request k's stage 1 (`index` k, 0-based): its own attribution (on the model the earlier requests
+    left), made into its mask with the earlier requests' attributed neurons (`request_masks`); under
+    masks=reuse_first, from the second request on, the first request's neurons without attributing again.
+    The critical heads (method.trainable=attention_heads_and_down_proj) follow the same rules, with the
+    earlier requests' attributed heads. `earlier`: the earlier requests' callbacks, in order.
 
-    def __init__(self, *args, requests: Requests, earlier: list[dict], reuse: dict | None = None, **kwargs):
+    `selection=random` draws each request's neurons (and heads) with a seed of its own (selection.
+    request_seed): the first request's is the run's, so it draws what a run without requests draws."""
+
+    def __init__(self, *args, requests: Requests, index: int, earlier: list[RequestAttribution], **kwargs):
         super().__init__(*args, **kwargs)
-        self.requests, self.earlier, self.reuse = requests, earlier, reuse
+        self.requests, self.index, self.earlier = requests, index, earlier
         self.attributed: dict[str, torch.Tensor] | None = None  # before the earlier requests' are combined in
+        self.attributed_heads: dict[str, torch.Tensor] | None = None  # the same for the critical heads
+
+    @property
+    def draw_seed(self) -> int:
+        return request_seed(self.seed, self.index)
+
+    @property
+    def reused(self) -> RequestAttribution | None:
+        """masks=reuse_first, from the second request on: the first request's callback, whose masks are taken."""
+        return self.earlier[0] if self.requests.masks == "reuse_first" and self.earlier else None
 
     def select(self, trainer, pl_module):
-        if self.reuse is not None:
+        if (first := self.reused) is not None:
             log.info("unlearning.requests.masks=reuse_first: the first request's critical neurons, not attributed")
-            self.attributed = self.reuse
-            return None, {k: m.clone() for k, m in self.reuse.items()}, {k: m.float() for k, m in self.reuse.items()}
+            self.attributed = first.attributed
+            return None, clone(first.attributed), {k: m.float() for k, m in first.attributed.items()}
         scores, attributed, ranking = super().select(trainer, pl_module)
         self.attributed = attributed
-        return scores, request_masks(attributed, self.earlier, self.requests), ranking
+        earlier = [e.attributed for e in self.earlier if e.attributed is not None]
+        return scores, request_masks(attributed, earlier, self.requests), ranking
+
+    def select_heads(self, trainer, pl_module):
+        if (first := self.reused) is not None and first.attributed_heads is not None:
+            log.info("unlearning.requests.masks=reuse_first: the first request's critical heads, not attributed")
+            self.attributed_heads = first.attributed_heads
+            heads = first.attributed_heads
+            return None, clone(heads), {k: m.float() for k, m in heads.items()}
+        scores, attributed, ranking = super().select_heads(trainer, pl_module)
+        self.attributed_heads = attributed
+        earlier = [e.attributed_heads for e in self.earlier if e.attributed_heads is not None]
+        return scores, request_masks(attributed, earlier, self.requests), ranking
+
+
+def clone(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: mask.clone() for name, mask in masks.items()}
 
 
 @dataclass
@@ -148,7 +181,8 @@ def evaluate_target(plan: RunPlan, models: Models, baselines: Baselines) -> Eval
 
 def request_entry(k: int, rows: list[int], unlearned: Unlearned, attribution: RequestAttribution) -> dict:
     """results.json `requests[k]`: its rows, where it stopped, its view's evaluations before and after
-    (its own forget split, the earlier requests', retain, ...), its critical neurons, its time."""
+    (its own forget split, the earlier requests', retain, ...), its critical neurons (and heads: the mask,
+    and its own attribution's), the parameters its fit could change, its time."""
     evaluations = unlearned.evaluations
     return {
         "request": k + 1,
@@ -163,6 +197,17 @@ def request_entry(k: int, rows: list[int], unlearned: Unlearned, attribution: Re
             if attribution.attributed is not None
             else {}
         ),
+        **({"critical_heads": attribution.heads_kept} if attribution.heads is not None else {}),
+        **(
+            {
+                "attributed_heads": {
+                    name: m.nonzero().flatten().tolist() for name, m in attribution.attributed_heads.items()
+                }
+            }
+            if attribution.attributed_heads is not None
+            else {}
+        ),
+        "trained_parameters": fit_trained_parameters(unlearned.module, attribution),
         **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
         "timings_s": {
             "evaluation": round(evaluations.seconds, 2),
@@ -177,6 +222,7 @@ class RequestsOutcome:
     last: Unlearned  # the last request's fit, its evaluations replaced by the whole benchmark's
     entries: list[dict]  # results.json `requests`
     win_rates: list[float]  # Sophia's win rate at every step of every request
+    trained_parameters: dict[str, int]  # what any request could change: under the union of their masks
 
 
 def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines) -> RequestsOutcome:
@@ -187,7 +233,7 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
     whole = WholeBenchmark(before=evaluate_target(plan, models, baselines))
     whole.seconds = time.perf_counter() - start
     whole.points.append(curve_point(0, 0, whole.before, benchmark.aggregate))
-    attributed: list[dict] = []
+    attributions: list[RequestAttribution] = []
     entries, win_rates, steps, met = [], [], 0, True
     current = models
     for k, request in enumerate(rows):
@@ -201,20 +247,14 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
                 ),
             )
         attribution = neuron_attribution(
-            plan_k,
-            current,
-            RequestAttribution,
-            requests=requests,
-            earlier=list(attributed),
-            reuse=attributed[0] if requests.masks == "reuse_first" and attributed else None,
+            plan_k, current, RequestAttribution, requests=requests, index=k, earlier=list(attributions)
         )
         log.info("request %d of %d: %d forget rows", k + 1, len(rows), len(request))
         request_baselines = dataclasses.replace(
             baselines, evaluator=request_evaluator(plan, view, models, baselines, request), attacks=None
         )
         unlearned = unlearn(plan_k, view, current, request_baselines, attribution=attribution, cache_before=k == 0)
-        if attribution.attributed is not None:
-            attributed.append(attribution.attributed)
+        attributions.append(attribution)
         entries.append(request_entry(k, request, unlearned, attribution))
         win_rates += [r for r in unlearned.module.win_rates if r == r]
         steps += unlearned.evaluations.stopped["step"]
@@ -224,8 +264,11 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
         whole.seconds += time.perf_counter() - start
         whole.points.append(curve_point(steps, k + 1, evaluation, benchmark.aggregate))
         whole.after = evaluation
-    for entry, overlap in zip(entries, overlaps(attributed) if len(attributed) == len(rows) else []):
-        entry["overlap"] = overlap
+    for unit, key in (("attributed", "overlap"), ("attributed_heads", "head_overlap")):
+        attributed = [getattr(a, unit) for a in attributions]
+        if all(masks is not None for masks in attributed):
+            for entry, overlap in zip(entries, overlaps(attributed)):
+                entry[key] = overlap
     # every request met the stopping rule, or not; the steps of all requests together
     whole.stopped = {
         "reason": CONDITION_MET if met else BUDGET_EXHAUSTED,
@@ -237,12 +280,23 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
         whole.after.summary, whole.after.scores, [{**r, "stage": "after"} for r in whole.after.rows]
     )
     write_jsonl(plan.out / "curve.jsonl", curve_rows(whole.points))
-    return RequestsOutcome(dataclasses.replace(unlearned, evaluations=whole), entries, win_rates)
+    return RequestsOutcome(
+        dataclasses.replace(unlearned, evaluations=whole), entries, win_rates, run_trained(unlearned, attributions)
+    )
+
+
+def run_trained(unlearned: Unlearned, attributions: list[RequestAttribution]) -> dict[str, int]:
+    """trained_parameters of a run of requests: the entries that any request's fit could change (the union
+    of the requests' masks; each request's own count is in its entry)."""
+    method, module = unlearned.module.method, unlearned.module
+    neurons = union([a.neurons for a in attributions]) if method.needs_attribution else None
+    heads = union([a.heads for a in attributions]) if method.critical_head_mask else None
+    return trained_parameters(module.model, module.architecture, neurons, heads)
 
 
 def with_requests(results: dict, outcome: RequestsOutcome) -> dict:
-    """results.json of a run of requests: one entry per request, and the run's timings and win rate over
-    every request (assemble_results saw the last request's fit only)."""
+    """results.json of a run of requests: one entry per request, and the run's timings, win rate and
+    trained parameters over every request (assemble_results saw the last request's fit only)."""
     parts = outcome.entries[0]["timings_s"]
     totals = {part: round(sum(e["timings_s"][part] for e in outcome.entries), 2) for part in parts}
     # the evaluations on the whole benchmark (the target, each request's point) come on top of the views'
@@ -252,5 +306,6 @@ def with_requests(results: dict, outcome: RequestsOutcome) -> dict:
         **{k: v for k, v in results.items() if k != "sophia"},
         **({"sophia": sophia} if sophia else {}),
         "timings_s": {**results["timings_s"], **totals},
+        "trained_parameters": outcome.trained_parameters,
         "requests": outcome.entries,
     }

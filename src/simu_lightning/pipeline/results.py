@@ -5,8 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
+
 from simu_lightning.evaluation import Evaluation
+from simu_lightning.models.architecture import attention_projections, down_projections
+from simu_lightning.models.heads import head_masks
 from simu_lightning.models.planting import KEEPS, KNOWS, planted_check
+from simu_lightning.evaluation.splits import evaluated_rows
 from simu_lightning.pipeline.objective import matched_utility
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,48 @@ def selection_results(attribution) -> dict:
     }
 
 
+def trained_parameters(
+    model: torch.nn.Module,
+    arch,
+    neurons: dict[str, torch.Tensor] | None = None,
+    heads: dict[str, torch.Tensor] | None = None,
+) -> dict[str, int]:
+    """results.json `trained_parameters`: how many parameter entries the optimiser may change, in total and in
+    the attention projections (q/k/v/o, or a fused qkv) and the MLP down projections. A trainable parameter
+    (requires_grad) counts whole, except where a mask confines it: a down projection masked to its critical
+    `neurons` counts its rows x kept columns, a q/k/v/o weight or bias masked to the critical `heads` its
+    kept rows or columns (models/heads.py). `neurons` and `heads` are the masks the fit gave the optimiser."""
+    masks: dict[str, torch.Tensor] = {}
+    if neurons:
+        shape = [1, 1]
+        shape[arch.neuron_dim] = -1
+        masks |= {f"{name}.weight": mask.reshape(shape) for name, mask in neurons.items()}
+    if heads:
+        masks |= head_masks(model, arch, heads)
+    attention, down = set(attention_projections(model, arch)), set(down_projections(model, arch))
+    counts = {"total": 0, "attention": 0, "down_proj": 0}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        n = int(masks[name].expand(param.shape).sum()) if name in masks else param.numel()
+        module = name.rsplit(".", 1)[0]
+        counts["total"] += n
+        counts["attention"] += n if module in attention else 0
+        counts["down_proj"] += n if module in down else 0
+    return counts
+
+
+def fit_trained_parameters(module, attribution) -> dict[str, int]:
+    """trained_parameters of a fit: its module's trainable parameters under the masks its attribution set."""
+    method = module.method
+    return trained_parameters(
+        module.model,
+        module.architecture,
+        attribution.neurons if method.needs_attribution else None,
+        attribution.heads if method.critical_head_mask else None,
+    )
+
+
 @dataclass(frozen=True)
 class AfterUnlearning:
     attack_seconds: float | None  # the attack families on the unlearned model (robustness)
@@ -79,6 +126,18 @@ def timings(models, baselines, unlearned, attack_seconds: float | None) -> dict[
     return {name: round(value, 2) for name, value in parts.items()}
 
 
+def limited_rows(plan, benchmark) -> dict:
+    """results.json `evaluated_rows`, where evaluation.max_examples cut a split: the rows read (their places
+    in the split), the same for every run seed (evaluation.sample_seed; evaluation/splits.py)."""
+    settings = plan.evaluation
+    rows = {
+        name: evaluated_rows(benchmark, name, settings.max_examples, settings.sample_seed)
+        for name in benchmark.eval_splits
+    }
+    cut = {name: picked for name, picked in rows.items() if len(picked) < len(benchmark[name])}
+    return {"evaluated_rows": cut} if cut else {}
+
+
 def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: AfterUnlearning | None = None) -> dict:
     evaluations = unlearned.evaluations
     before, after = evaluations.before, evaluations.after
@@ -96,6 +155,7 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: Afte
         "timings_s": timings(models, baselines, unlearned, beyond.attack_seconds if beyond else None),
         "processes": unlearned.trainer.world_size,
         "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.module.memory_bytes().items()},
+        "trained_parameters": fit_trained_parameters(unlearned.module, unlearned.attribution),
         **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
         **({"base": baselines.base.summary} if baselines.base else {}),
         **(
@@ -106,6 +166,7 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: Afte
         **({"robustness": baselines.attacks.results} if baselines.attacks else {}),
         **({"lm_eval": {"before": baselines.harness, "after": beyond.harness}} if baselines.harness else {}),
         **selection_results(unlearned.attribution),
+        **limited_rows(plan, benchmark),
     }
     if plan.cfg.get("objective"):
         results["objective"] = matched_utility(evaluations.points, **plan.cfg.objective)

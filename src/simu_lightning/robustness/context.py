@@ -58,7 +58,7 @@ class AttackContext:
         return on_device(model, self.device)
 
     def forget_split(self) -> Dataset:
-        return limited(self.benchmark[self.benchmark.forget], self.settings.max_examples)
+        return limited(self.benchmark, self.benchmark.forget, self.settings)
 
     def record(self, name: str, summary: dict, rows: list[dict]) -> None:
         self.results[name] = summary

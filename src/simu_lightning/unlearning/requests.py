@@ -3,8 +3,9 @@ unlearned from the model the previous one left (the SIMU paper's stated limit: "
 requests require recomputing critical neuron masks for each new request").
 
 What is here is plain bookkeeping, testable without a model: the requests' rows, and each request's
-critical neurons from its own attribution and the earlier requests' (`masks`, `protect_earlier`), and how
-the requests' masks overlap. pipeline/requests.py runs them.
+critical neurons (and, with method.trainable=attention_heads_and_down_proj, critical heads: the same rules)
+from its own attribution and the earlier requests' (`masks`, `protect_earlier`), and how the requests'
+masks overlap. pipeline/requests.py runs them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ class Requests:
     by: `author` (whole authors per request, by the split's `author` column), `rows` (consecutive rows,
         as even as they divide: TOFU's forget splits hold each author's 20 rows together), or `auto`
         (author where the column exists).
-    masks: each request's critical neurons: `per_request` (its own attribution, on the model the earlier
-        requests left), `union` (its own and every earlier request's), `reuse_first` (the first request's,
-        attributed once: what the paper would do without recomputing).
-    protect_earlier: leave the neurons critical for earlier requests out of this request's mask, so a
-        later request cannot undo (or redo) what an earlier one changed there.
+    masks: each request's critical neurons (and heads): `per_request` (its own attribution, on the model the
+        earlier requests left), `union` (its own and every earlier request's), `reuse_first` (the first
+        request's, attributed once: what the paper would do without recomputing).
+    protect_earlier: leave the neurons (and heads) critical for earlier requests out of this request's mask,
+        so a later request cannot undo (or redo) what an earlier one changed there.
     """
 
     count: int = 5
@@ -82,7 +83,7 @@ def request_rows(forget: Dataset, requests: Requests, split: str = "forget") -> 
 
 
 def union(masks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Per layer, the neurons critical for any of `masks`."""
+    """Per layer, the neurons (or heads) critical for any of `masks`."""
     combined = {name: mask.clone() for name, mask in masks[0].items()}
     for more in masks[1:]:
         for name, mask in more.items():
@@ -93,8 +94,8 @@ def union(masks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def request_masks(
     attributed: dict[str, torch.Tensor], earlier: list[dict[str, torch.Tensor]], requests: Requests
 ) -> dict[str, torch.Tensor]:
-    """The critical neurons request k unlearns with: its own `attributed` ones, combined with the earlier
-    requests' attributed ones (`earlier`, in order) as `masks` and `protect_earlier` say. Under
+    """The critical neurons (or heads) request k unlearns with: its own `attributed` ones, combined with the
+    earlier requests' attributed ones (`earlier`, in order) as `masks` and `protect_earlier` say. Under
     reuse_first the caller attributes only the first request and passes its masks as `attributed`."""
     if requests.masks == "union" and earlier:
         return union([*earlier, attributed])
@@ -112,7 +113,7 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float | N
 
 
 def overlaps(attributed: list[dict[str, torch.Tensor]]) -> list[dict[str, float | None]]:
-    """For each request, the Jaccard overlap of its attributed neurons with each earlier request's."""
+    """For each request, the Jaccard overlap of its attributed neurons (or heads) with each earlier request's."""
     return [
         {f"request_{j + 1}": jaccard(attributed[k], attributed[j]) for j in range(k)} for k in range(len(attributed))
     ]
