@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from scipy.stats import mannwhitneyu
 
 from datasets import Dataset
 
@@ -354,6 +355,57 @@ def test_gradnorm_is_the_mean_gradient_norm_of_the_answer_loss_by_hand():
     assert norm == pytest.approx(math.sqrt(0.5)) and not model.w.requires_grad and model.w.grad is None
 
 
+class TwoTensorLogits(torch.nn.Module):
+    """A 'model' of two parameter tensors of different sizes: logits = bias + table[input token], bias of 4
+    entries and table of 4 x 4, seeded. The mean of their gradients' norms, the sum, and the norm of the two
+    gradients laid end to end are three different numbers here."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.bias = torch.nn.Parameter(torch.randn(4, generator=generator))
+        self.table = torch.nn.Parameter(torch.randn(4, 4, generator=generator))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return SimpleNamespace(logits=self.bias + self.table[input_ids])
+
+
+def test_gradnorm_is_the_mean_over_parameter_tensors_of_each_tensors_gradient_norm():
+    """GradNorm's definition: the mean over the model's parameter tensors of the p-norm of the gradient of
+    the answer loss (the mean NLL of the answer tokens, the EOS left out where the answer ends with it)."""
+    model, eos = TwoTensorLogits(), 3
+    ends_with_eos = {"input_ids": [2, 1, 0, 2, 3], "labels": [IGNORE_INDEX, IGNORE_INDEX, 0, 2, 3]}
+    ends_without = {"input_ids": [1, 2, 0, 1], "labels": [IGNORE_INDEX, 2, 0, 1]}
+
+    def gradients(example, answer_positions):
+        """The gradients of the mean NLL of the tokens at `answer_positions`, each predicted at the one before."""
+        ids = example["input_ids"]
+        logits = model(torch.tensor([ids])).logits[0]
+        loss = -torch.stack([logits[t - 1].log_softmax(-1)[ids[t]] for t in answer_positions]).mean()
+        return torch.autograd.grad(loss, [model.bias, model.table])
+
+    def p_norm(values, p):
+        return float(values.flatten().abs().pow(p).sum().pow(1 / p))
+
+    for p in (2.0, 1.0):
+        expected = []
+        # the first answer's EOS (position 4) is left out; the second answer ends without it: all three count
+        for example, positions in ((ends_with_eos, [2, 3]), (ends_without, [1, 2, 3])):
+            norms = [p_norm(g, p) for g in gradients(example, positions)]
+            mean = sum(norms) / len(norms)
+            assert min(norms) > 0 and norms[0] != pytest.approx(norms[1])  # two tensors, two different norms
+            assert mean != pytest.approx(sum(norms))  # not the sum over tensors
+            concatenated = p_norm(torch.cat([g.flatten() for g in gradients(example, positions)]), p)
+            assert mean != pytest.approx(concatenated)  # nor the norm of every gradient entry together
+            expected.append(mean)
+        # the second answer's last token is not the EOS: leaving it out would give another value
+        dropped = [p_norm(g, p) for g in gradients(ends_without, [1, 2])]
+        assert expected[1] != pytest.approx(sum(dropped) / len(dropped))
+        norms = mia_scores.gradient_norms(model, [ends_with_eos, ends_without], pad_token_id=0, p=p, eos_token_id=eos)
+        assert norms == pytest.approx(expected, rel=1e-6), p
+    assert model.bias.grad is None and model.table.grad is None  # (torch.autograd.grad: no .grad written)
+
+
 def test_privleak_is_musees_relative_auc_gap_in_percent():
     assert mia_scores.privleak(0.5, 0.5) == pytest.approx(0.0)  # as the retain model
     assert mia_scores.privleak(1.0, 0.5) == pytest.approx(-100.0, abs=1e-6)  # the forget rows still stand out
@@ -363,10 +415,13 @@ def test_privleak_is_musees_relative_auc_gap_in_percent():
 
 def test_the_reference_attack_scores_the_loss_beyond_the_retain_models(attack):
     family = MembershipInference(gradnorm=False)
+    # a retain model that differs from the model, and whose min-k AUC differs too (scaled alone, it ranked
+    # the rows as the model did: PrivLeak 0, whatever its formula)
     retain_model = copy.deepcopy(attack.model)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in retain_model.parameters():
-            p.mul_(0.9)
+            p.mul_(0.9).add_(0.05 * torch.randn(p.shape, generator=generator))
     family.before(attack, retain_model)
     family.after(attack)
     rows = {(r["stage"], r["split"], r["index"]): r for r in attack.rows}
@@ -375,5 +430,18 @@ def test_the_reference_attack_scores_the_loss_beyond_the_retain_models(attack):
             assert row["reference"] == pytest.approx(row["loss"] - rows["mia_retain_model", split, index]["loss"])
     aucs = attack.results["mia"]["forget_vs_holdout"]
     retain = attack.results["mia_retain_model"]["forget_vs_holdout"]
-    assert aucs["privleak"] == pytest.approx(mia_scores.privleak(aucs["min_k_auc"], retain["min_k_auc"]))
+
+    # MUSE's PrivLeak by hand, from the per-example min-k scores of the unlearned and the retain model:
+    # MUSE's AUC is the chance that a forget row scores above a holdout row (ties count half), Mann-Whitney's
+    # U of the forget rows over n_forget n_holdout; PrivLeak = (AUC_unlearned - AUC_retain) / AUC_retain x 100
+    def muse_auc(stage):
+        forget, holdout = (
+            [row["min_k"] for (s, split, _), row in rows.items() if s == stage and split == name]
+            for name in ("forget", "holdout")
+        )
+        return mannwhitneyu(forget, holdout).statistic / (len(forget) * len(holdout))
+
+    unlearned_auc, retain_auc = muse_auc("mia"), muse_auc("mia_retain_model")
+    assert retain_auc > 0 and unlearned_auc != pytest.approx(retain_auc)  # a gap for PrivLeak to measure
+    assert aucs["privleak"] == pytest.approx((unlearned_auc - retain_auc) / retain_auc * 100, rel=1e-6)
     assert "privleak" not in retain and "reference_auc" not in retain

@@ -4,6 +4,7 @@ wherever it can be, and `run.py` in a subprocess where the command line itself i
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -15,9 +16,10 @@ import pytest
 import torch
 import yaml
 from scipy.stats import ks_2samp
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, run_here, write_muse_folder
+from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat, encode_example
 from simu_lightning.pipeline.checks import ONE_PROCESS
 from simu_lightning.report.matched import at_forget_level
 from simu_lightning.report.runs import find_runs
@@ -996,24 +998,94 @@ OBJECTIVES = {
 }
 
 
+# What lets the direction each objective moves the forget answers be seen in 4 steps (measured, issue 41):
+# - a target that knows them: SMALL's 2-epoch target gives them probability 0.005, where an objective that
+#   pushes them away has nothing to push (SimNPO's and WGA's forget terms vanish); 40 epochs at 1e-2: 0.66;
+# - the objective's own term alone (retain weight 0): under the tuned retain weight 10 the retain term
+#   decided the direction (WGA with its forget term's sign flipped still made the forget answers less likely);
+# - one learning rate for every pair, 2e-3: at the tuned rates 4 steps of RMU under SIMU moved their NLL by
+#   2e-4; at 2e-3 the least moved pair (SIMU with SimNPO) raises it by 0.010 (0.438 -> 0.448).
+WHERE_FORGETTING_SHOWS = [
+    "model.finetune.epochs=40",
+    "model.finetune.lr=1e-2",
+    "loss.retain_weight=0",
+    "method.optimizer.lr=2e-3",
+]
+TEACHES_A_REFUSAL = {"idk_nll", "idk_dpo"}
+# every objective here but IdkNLL pushes the forget answer away (IdkDPO prefers the refusal *to* it);
+# IdkNLL only teaches the refusal
+PUSHES_THE_ANSWER_AWAY = set(OBJECTIVES) - {"idk_nll"}
+
+
+def answer_log_probs(model_dir, pairs: list[tuple[str, str]]) -> list[float]:
+    """Per (question, answer): the mean log-probability of the answer's tokens, its EOS included, after the
+    prompt, from the model's plain logits, one pair at a time (what `answer_prob` exponentiates)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    out = []
+    for question, answer in pairs:
+        example = encode_example(tokenizer, PromptFormat(), question, answer, max_length=128)
+        ids, labels = torch.tensor(example["input_ids"]), torch.tensor(example["labels"])
+        with torch.no_grad():
+            log_probs = model(ids[None]).logits[0].log_softmax(-1)
+        positions = (labels != IGNORE_INDEX).nonzero().flatten()  # the token at t is predicted at t - 1
+        out.append(log_probs[positions - 1, labels[positions]].mean().item())
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fo", "so", "simu"])
 @pytest.mark.parametrize("loss", sorted(OBJECTIVES))
 def test_every_objective_unlearns_end_to_end_under_every_method(loss, method, cache_dir, tmp_path):
-    """Method and objective are separate choices: each objective under AdamW, Sophia and SIMU's mask."""
+    """Method and objective are separate choices: each objective under AdamW, Sophia and SIMU's mask. Each
+    moves the forget answers its own way, and each method moves only what it trains."""
     small = [o for o in SMALL if not o.startswith("trainer.max_epochs")]
     layer = ["loss.layer=1"] if loss == "rmu" else []  # the small model has 2 layers
-    results = run_here(
-        [*small, f"loss={loss}", f"method={method}", "trainer.max_epochs=2", *layer], tmp_path, cache_dir
-    )
+    overrides = [*small, *WHERE_FORGETTING_SHOWS, f"loss={loss}", f"method={method}", "trainer.max_epochs=2", *layer]
+    results = run_here(overrides, tmp_path, cache_dir)
     assert results["stopped"]["step"] == 4 and results["method"] == method
     header = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert f"unlearn/{OBJECTIVES[loss]}" in header
     weights, target = (
         AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (tmp_path / "unlearned_model", results["target"])
     )
-    assert any(not torch.equal(weights[k], target[k]) for k in weights)  # it moved
     assert all(torch.isfinite(w).all() for w in weights.values())
+    moved = {name for name in weights if not torch.equal(weights[name], target[name])}
+    if method == "simu":
+        # the mask held: every column of a down projection outside its critical neurons is the target's
+        critical = torch.load(tmp_path / "attribution" / "critical_neurons.pt")
+        assert set(critical) == {f"model.layers.{i}.mlp.down_proj" for i in range(2)}
+        for layer_name, neurons in critical.items():
+            name = f"{layer_name}.weight"
+            assert 0 < int(neurons.sum()) < len(neurons), name  # else "outside the mask" says nothing
+            assert torch.equal(weights[name][:, ~neurons], target[name][:, ~neurons]), f"{name}: outside the mask"
+            assert not torch.equal(weights[name][:, neurons], target[name][:, neurons]), name
+        # and nothing outside SIMU's parameters (attention and down projections) moved
+        assert moved == {n for n in weights if ".self_attn." in n or ".mlp.down_proj." in n}
+    else:
+        # fo and so train every parameter: every one the objective's gradient reaches moved. RMU's loss reads
+        # the activations of the last layer (loss.layer=1), so it never reaches the output head.
+        assert moved == set(weights) - ({"lm_head.weight"} if loss == "rmu" else set())
+
+    # the forget answers' probability by hand, before (the target) and after (the saved model): the run
+    # recorded the same, and each objective moved it its own way
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    forget = [(r["question"], r["answer"]) for r in rows if r["split"] == "forget" and r["stage"] == "after"]
+    assert len(forget) == 8  # 1 forget author of 4, 8 questions each
+    unlearned = tmp_path / "unlearned_model"
+    before, after = (answer_log_probs(d, forget) for d in (results["target"], unlearned))
+    prob_before, prob_after = (sum(math.exp(lp) for lp in lps) / len(lps) for lps in (before, after))
+    nll_before, nll_after = (-sum(lps) / len(lps) for lps in (before, after))
+    assert results["before"]["forget"]["answer_prob"] == pytest.approx(prob_before, rel=1e-4)
+    assert results["after"]["forget"]["answer_prob"] == pytest.approx(prob_after, rel=1e-4)
+    assert prob_before > 0.5  # a target that knows them: there is something to push away
+    if loss in PUSHES_THE_ANSWER_AWAY:
+        assert prob_after < prob_before and nll_after > nll_before
+    if loss in TEACHES_A_REFUSAL:  # every refusal of the run's list after every forget question: more likely
+        refusals = yaml.safe_load((tmp_path / "config.yaml").read_text())["loss"]["refusals"]
+        pairs = [(question, refusal) for question, _ in forget for refusal in refusals]
+        refusal_before, refusal_after = (answer_log_probs(d, pairs) for d in (results["target"], unlearned))
+        assert -sum(refusal_after) / len(pairs) < -sum(refusal_before) / len(pairs)  # a lower mean NLL
 
 
 BASELINES = {"mia_target", "mia_retain_model", "paraphrase_target", "prefixes_target", "relearn_forget_retain_model"}
