@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simu_lightning.data.formatting import IGNORE_INDEX, collate
+from simu_lightning.utils.phase_progress import advance, phase
 
 log = logging.getLogger(__name__)
 
@@ -460,45 +461,47 @@ def attribute(
     scores = {name: None for name in names}
     per_batch = max(1, max_batch // len(alphas))
     total, start = -(-len(samples) // per_batch), time.perf_counter()
-    try:
-        for number, batch in enumerate(batches(samples, per_batch, pad_token_id), 1):
-            batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-            prefix = SharedPrefix(model, batch)
-            betas = activations(model, projs, batch, prefix)
-            for group in groups:
-                if mode == "activation":
-                    atts = [beta.abs() for beta in betas]
-                elif mode == "gradient":
-                    atts = [att.abs() for att in gradient_times_activation(model, projs, batch, betas, prefix)]
-                elif mode == "first_order":
-                    atts = gradient_times_activation(model, projs, batch, betas, prefix)
-                else:
-                    atts = integrated_gradients(
-                        model,
-                        [projs[i] for i in group],
-                        batch,
-                        [betas[i] for i in group],
-                        alphas,
-                        weights,
-                        prefix,
-                        layout,
-                    )
-                for i, att in zip(group, atts):
-                    att = (att * batch["weight"][:, None]).sum(0)
-                    scores[names[i]] = att if scores[names[i]] is None else scores[names[i]] + att
-            elapsed = time.perf_counter() - start
-            log.info(
-                "attribution: batch %d of %d done (%d layers, %.0f s; about %.0f s to go)",
-                number,
-                total,
-                len(projs),
-                elapsed,
-                elapsed / number * (total - number),
-            )
-    finally:
-        model.train(was_training)
-        for p, flag in zip(model.parameters(), requires_grad):
-            p.requires_grad_(flag)
+    with phase(f"attribution ({mode}, {len(projs)} layers)", total, "batches"):
+        try:
+            for number, batch in enumerate(batches(samples, per_batch, pad_token_id), 1):
+                batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+                prefix = SharedPrefix(model, batch)
+                betas = activations(model, projs, batch, prefix)
+                for group in groups:
+                    if mode == "activation":
+                        atts = [beta.abs() for beta in betas]
+                    elif mode == "gradient":
+                        atts = [att.abs() for att in gradient_times_activation(model, projs, batch, betas, prefix)]
+                    elif mode == "first_order":
+                        atts = gradient_times_activation(model, projs, batch, betas, prefix)
+                    else:
+                        atts = integrated_gradients(
+                            model,
+                            [projs[i] for i in group],
+                            batch,
+                            [betas[i] for i in group],
+                            alphas,
+                            weights,
+                            prefix,
+                            layout,
+                        )
+                    for i, att in zip(group, atts):
+                        att = (att * batch["weight"][:, None]).sum(0)
+                        scores[names[i]] = att if scores[names[i]] is None else scores[names[i]] + att
+                advance()
+                elapsed = time.perf_counter() - start
+                log.debug(
+                    "attribution: batch %d of %d done (%d layers, %.0f s; about %.0f s to go)",
+                    number,
+                    total,
+                    len(projs),
+                    elapsed,
+                    elapsed / number * (total - number),
+                )
+        finally:
+            model.train(was_training)
+            for p, flag in zip(model.parameters(), requires_grad):
+                p.requires_grad_(flag)
     return {name: score.cpu() for name, score in scores.items()}
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from simu_lightning.data.formatting import IGNORE_INDEX, collate
 from simu_lightning.utils.memory import with_halving
+from simu_lightning.utils.phase_progress import advance
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def token_stats(
         for start in range(0, len(examples), size):
             batch = collate(examples[start : start + size], pad_token_id)
             out += batch_token_stats(model, {k: v.to(device) for k, v in batch.items()}, eos_token_id)
+            advance(len(batch["input_ids"]))
         return out
 
     try:
@@ -158,10 +160,12 @@ def gradient_norms(
                 positions = positions[:-1]  # the EOS prediction left out
             if len(positions) == 0:
                 norms.append(0.0)
+                advance()
                 continue
             log_p = F.log_softmax(logits[0, positions].float(), dim=-1).gather(-1, labels[0, positions].unsqueeze(-1))
             grads = torch.autograd.grad(-log_p.mean(), params, allow_unused=True)
             norms.append(float(torch.stack([g.norm(p) for g in grads if g is not None]).mean()))
+            advance()
     finally:
         for q, flag in zip(params, flags):
             q.requires_grad_(flag)

@@ -34,6 +34,7 @@ from simu_lightning.models.architecture import Architecture, architecture_of, do
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import load_pretrained
 from simu_lightning.utils.seeding import seeded
+from simu_lightning.utils.phase_progress import fit_steps
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def planted_target(
             warmup_ratio=0.0,
             masks=neuron_parameters(model, arch, planted, planting.parameters),
         )
-        trainer = make_trainer(max_epochs=planting.epochs)
+        trainer = make_trainer(max_epochs=planting.epochs, callbacks=[fit_steps("planting")])
         trainer.fit(module, loader)
     with atomic(path, keep_existing=True) as tmp:
         model.save_pretrained(tmp)

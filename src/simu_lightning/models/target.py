@@ -25,6 +25,7 @@ from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
 from simu_lightning.models.planting import planted_target
 from simu_lightning.utils.seeding import seeded
+from simu_lightning.utils.phase_progress import fit_steps
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,9 @@ def finetuned(
     loader = answer_loader(tokenizer, fmt, rows, model_cfg.max_length, settings["batch_size"], seed)
     start = time.perf_counter()
     with seeded(seed):  # the run's own draws do not depend on whether this target was cached
-        trainer = make_trainer(max_epochs=settings["epochs"])
+        trainer = make_trainer(
+            max_epochs=settings["epochs"], callbacks=[fit_steps(f"fine-tuning on {'+'.join(splits)}")]
+        )
         module = FineTune(
             model.train(), settings["lr"], settings.get("weight_decay", 0.0), settings.get("warmup_ratio", 0.05)
         )

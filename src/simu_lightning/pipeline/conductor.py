@@ -36,6 +36,7 @@ from simu_lightning.pipeline.requests import unlearn_requests, with_requests
 from simu_lightning.pipeline.results import AfterUnlearning, assemble_results, generation_rows, manifest_keys
 from simu_lightning.pipeline.unlearn import Unlearned, unlearn, unsharded_model
 from simu_lightning.utils.devices import recorded_forwards, stage
+from simu_lightning.utils import phase_progress
 from simu_lightning.utils.logging import quiet_libraries
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def run_stages(cfg: DictConfig) -> dict | None:
     plan = RunPlan.of(cfg)
     use_tensor_cores(plan.cfg.trainer)
     quiet_libraries()
+    phase_progress.configure((plan.cfg.get("progress") or {}).get("every_seconds", 30))
     if (finished := finished_results(plan)) is not None:
         return finished
     log_tuned(cfg)

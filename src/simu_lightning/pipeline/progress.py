@@ -11,6 +11,8 @@ import time
 
 import lightning as L
 
+from simu_lightning.utils.phase_progress import duration
+
 log = logging.getLogger(__name__)
 
 
@@ -18,12 +20,6 @@ def wanted(every_n_steps: int, stream=None) -> bool:
     """Lines only where no progress bar is seen (stdout is a file or a pipe), and only if asked for."""
     stream = stream or sys.stdout
     return bool(every_n_steps) and not (hasattr(stream, "isatty") and stream.isatty())
-
-
-def duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
 class ProgressLines(L.Callback):

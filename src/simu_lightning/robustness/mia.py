@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from simu_lightning.data.formatting import IGNORE_INDEX, encode_document, encode_example
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.membership import ATTACKS, gradient_norms, privleak, scores, token_stats
+from simu_lightning.utils.phase_progress import phase
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,15 @@ class MembershipInference:
             encoded = [
                 encode_example(tokenizer, context.fmt, r["question"], r["answer"], settings.max_length) for r in rows
             ]
-        stats = token_stats(model, encoded, tokenizer.pad_token_id, settings.batch_size, tokenizer.eos_token_id)
+        with phase("membership attack: token statistics", len(encoded), "rows"):
+            stats = token_stats(model, encoded, tokenizer.pad_token_id, settings.batch_size, tokenizer.eos_token_id)
         texts = [
             tokenizer.decode([t for t in e["labels"] if t != IGNORE_INDEX], skip_special_tokens=True) for e in encoded
         ]
         scored = [{**row, **scores(s, text, self.k)} for row, s, text in zip(rows, stats, texts)]
         if self.gradnorm:
-            norms = gradient_norms(model, encoded, tokenizer.pad_token_id, self.p, tokenizer.eos_token_id)
+            with phase("membership attack: gradient norms", len(encoded), "rows"):
+                norms = gradient_norms(model, encoded, tokenizer.pad_token_id, self.p, tokenizer.eos_token_id)
             for row, norm in zip(scored, norms):
                 row["gradnorm"] = norm
         return scored

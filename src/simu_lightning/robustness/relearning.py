@@ -28,6 +28,7 @@ from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.evaluation.splits import view
 from simu_lightning.utils.seeding import seeded
+from simu_lightning.utils.phase_progress import fit_steps
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ class Relearning:
             context.tokenizer, context.fmt, rows, context.settings.max_length, self.batch_size, seed=ROWS_SEED
         )
         with seeded(ROWS_SEED):
-            trainer = context.make_trainer(max_steps=self.steps, max_epochs=-1)
+            trainer = context.make_trainer(
+                max_steps=self.steps, max_epochs=-1, callbacks=[fit_steps("relearning attack")]
+            )
             trainer.fit(FineTune(model.train(), self.lr, warmup_ratio=0.0), loader)
         return model.eval()
 
