@@ -11,6 +11,7 @@ Writes one JSON file (--out) and prints a table per benchmark.
     python -m perf --profile smoke                # every benchmark at a tiny size (the tests run this)
     python -m perf --only utilisation             # on a GPU: the step's MFU at OLMo-1B size, attribution tokens/s
     python -m perf --only evaluation              # evaluation against a plain generate loop and the step; its share
+                                                  # of a run at the default and with every point full (3 seeds)
 """
 
 from __future__ import annotations
@@ -173,6 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--attribution-setup", default="default", choices=["default", "smollm2_tofu"])
     parser.add_argument(
+        "--evaluation-setup",
+        default="default",
+        choices=["default", "smollm2_tofu"],
+        help="the whole run whose evaluation share is measured (smollm2_tofu: three SmolLM2 runs, over an hour)",
+    )
+    parser.add_argument(
         "--attribution-configs",
         type=parse_configs,
         default=None,
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "overhead": lambda: overhead.run(**settings["overhead"]),
         "memory": lambda: memory.run(**settings["memory"]),
-        "evaluation": lambda: evaluation.run(**settings["evaluation"]),
+        "evaluation": lambda: evaluation.run(**settings["evaluation"], setup=args.evaluation_setup),
         "scaling": lambda: scaling.run(**settings["scaling"]),
         "utilisation": lambda: utilisation.run(**settings["utilisation"]),
     }

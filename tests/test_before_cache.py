@@ -18,10 +18,9 @@ from simu_lightning.evaluation import before_cache, qa
 from simu_lightning.evaluation import muse as muse_suite
 from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.evaluate import Evaluator
-from simu_lightning.evaluation.probe import probe_plan
 from simu_lightning.evaluation.types import EvalSettings, EvaluationSettings
 from simu_lightning.pipeline.baselines import evaluator_of
-from simu_lightning.pipeline.unlearn import before_cache as production_before_cache
+from simu_lightning.pipeline.unlearn import before_cache as production_before_cache, points_in_full
 from simu_lightning.unlearning.stopping import StoppingRule
 
 DEVICES = {"accelerator": "cpu", "devices": "1", "num_nodes": "1", "precision": "32-true", "strategy": "auto"}
@@ -97,12 +96,14 @@ NOT_THE_NUMBERS = [
     "evaluation/tables.py",  # the reports
     "evaluation/muse.py",  # another benchmark's suite
     "distributed.py",  # how the prompts are shared among processes
+    "utils/phase_progress.py",  # the progress bars and log lines
 ]
 # the QA suite's numbers
 THE_NUMBERS = [
     "evaluation/qa.py",  # the suite the benchmark names
     "evaluation/metrics.py",  # its metrics
     "evaluation/generation.py",  # its generations and likelihoods
+    "evaluation/shared_prompts.py",  # the likelihoods of answers that share a prompt
     "evaluation/splits.py",  # its rows per split and their summaries
     "evaluation/evaluate.py",  # the dispatch (the autocast to evaluation.dtype)
     "likelihood.py",  # the answer tokens' log-probabilities
@@ -242,9 +243,7 @@ def unlearning_evaluation(plan, benchmark: Benchmark):
             else None
         ),
         before_cache=cached,
-        probe=probe_plan(
-            plan.evaluation.during_full_around, plan.stop_when, benchmark.eval_splits, qa.TRUTH_RATIO_METRICS
-        ),
+        probe=points_in_full(plan, benchmark),
     )
     return callback, cached
 
@@ -255,18 +254,19 @@ def test_settings_of_the_evaluations_during_unlearning_leave_the_key_alone(tmp_p
     as a run builds them; the settings the evaluation before runs with (rows, new tokens) are a new key."""
     benchmark = tofu_like()
     plain, cached = unlearning_evaluation(run_plan(tmp_path, max_examples=3), benchmark)
-    assert plain.during_settings == plain.settings  # every point in full, as the evaluation before
+    assert plain.point_settings == plain.settings and plain.sample_settings is None  # as the evaluation before
     during = {
         "every_n_steps": 2,
         "during": {"max_examples": 2, "truth_ratios": "needed", "full_around": "forget.rougeL_recall<=0.6"},
     }
     swept, swept_cached = unlearning_evaluation(run_plan(tmp_path, max_examples=3, **during), benchmark)
-    assert swept.during_settings != swept.settings  # the points during unlearning do run otherwise
-    assert swept.during_settings.truth_ratio_splits == ("retain", "world")
+    assert swept.point_settings != swept.settings  # the points during unlearning do run otherwise
+    assert swept.point_settings.truth_ratio_splits == ("retain", "world")
+    assert swept.sample_settings.max_examples == 2 and swept.point_settings.max_examples == 3
     assert swept.probe is not None and swept.every_n_steps == 2
     assert swept.settings == plain.settings and swept_cached == cached is not None
     # the evaluation before is what the key holds: its settings, not those of the points during unlearning
-    assert before_key(tmp_path, dataclasses.replace(swept.evaluator, settings=swept.during_settings)) != (
+    assert before_key(tmp_path, dataclasses.replace(swept.evaluator, settings=swept.sample_settings)) != (
         cached.parent.name
     )
     for changed in ({"max_examples": 2}, {"max_examples": 3, "max_new_tokens": 6}):

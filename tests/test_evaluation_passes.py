@@ -82,6 +82,42 @@ def test_batched_answer_likelihoods_equal_one_example_forwards(tiny_model, small
         assert total / count == pytest.approx(plain_mean_log_prob(model, example), rel=1e-5, abs=1e-6)
 
 
+def test_answers_to_one_question_run_its_prompt_once_and_score_as_one_example_forwards_do(
+    tiny_model, small_benchmark, prompt_format
+):
+    """A truth-ratio row's answers share the question's pass (evaluation/shared_prompts.py): the model sees
+    each distinct prompt in one row of the prompt pass and each answer in one row of the answer pass, and
+    every answer's log-probability, argmax hits and extraction prefix are those of its own forward alone."""
+    model, tokenizer = tiny_model
+    model.eval()
+    split = small_benchmark["retain"]
+    pairs = [
+        (q, a)
+        for q, a, wrongs in zip(split["question"], split["answer"], split["perturbed_answer"])
+        for a in [a, *wrongs]
+    ]
+    examples = [encode_example(tokenizer, prompt_format, q, a, 64) for q, a in pairs]
+    rows = {"prompt": 0, "answer": 0}
+
+    def count(module, args, kwargs):
+        rows["answer" if kwargs.get("cache") is not None else "prompt"] += kwargs["input_ids"].shape[0]
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
+    scored = answer_log_likelihoods(model, examples, tokenizer.pad_token_id, batch_size=8)
+    hook.remove()
+    assert rows == {"prompt": len(set(split["question"])), "answer": len(examples)}
+    for example, (total, count_, hits, counted, prefix) in zip(examples, scored):
+        ids = torch.tensor([example["input_ids"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        labels = example["labels"][1:]
+        answer = [t for t, label in enumerate(labels) if label != IGNORE_INDEX][:-1]  # the EOS not counted
+        misses = [k for k, t in enumerate(answer) if int(logits[t].argmax()) != labels[t]]
+        assert count_ == len(answer) + 1 and counted == len(answer)
+        assert hits == len(answer) - len(misses) and prefix == (misses[-1] + 1 if misses else 0)
+        assert total / count_ == pytest.approx(plain_mean_log_prob(model, example), rel=1e-5, abs=1e-6)
+
+
 def test_batched_document_likelihoods_never_score_a_first_token_from_the_padding(tiny_model):
     """Every token of a document is labelled; left-padded, its first token would be predicted from a pad
     position. Each document's mean NLL must be the one it has alone, which predicts its n - 1 last tokens."""

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, run_here, write_muse_folder
 from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat, encode_example
 from simu_lightning.pipeline.checks import ONE_PROCESS
+from simu_lightning.report.__main__ import runs_levels
 from simu_lightning.report.matched import at_forget_level
 from simu_lightning.report.runs import find_runs
 from simu_lightning.unlearning.stopping import Condition
@@ -44,6 +45,9 @@ SMALL = [
     # the tuned default stops where forget EM <= 0.1, which a 2-epoch target may already meet: run the budget
     "unlearning.stop_when=null",
     "evaluation.every_n_steps=0",
+    # every point in full where a test sets evaluation.every_n_steps (the default, auto, completes only the
+    # points around the benchmark's forget levels: tested on its own)
+    "evaluation.during.full_around=null",
 ]
 
 
@@ -208,21 +212,40 @@ def assert_probes_match(full: list[dict], probed: list[dict], op: str, levels: l
 
 
 def test_probe_points_leave_the_values_at_matched_forgetting_as_full_points_give_them(cache_dir, tmp_path):
-    """evaluation.during.full_around: the same run, where every point scores only the forget split except
-    the two around each level's first crossing (the earlier one from the weights kept at it), which are
-    complete; the report's values at those levels, and results.json, are those of a run with every point
-    complete."""
+    """The default, evaluation.during.full_around=auto, on the benchmark's levels (benchmark.levels): the
+    same run, where every point scores only the forget split except the two around each level's first
+    crossing (the earlier one from the weights kept at it), which are complete; the report's values at
+    those levels (at its default --at, the levels the runs record), and results.json, are those of a run
+    with every point complete. With evaluation.during.max_examples, the points that are not complete also
+    score the other splits on a fixed sample of rows, which the report keeps apart."""
     every_step = [*SMALL, "evaluation.every_n_steps=1", "trainer.max_epochs=3", "method=so"]
     run_here(every_step, tmp_path / "full", cache_dir)
     full = find_runs([tmp_path / "full"])[0].curve
     op, levels, firsts = crossed_levels(full)
     at = f"forget.answer_prob{op}" + ",".join(repr(v) for v in levels)
-    run_here([*every_step, f'evaluation.during.full_around="{at}"'], tmp_path / "probed", cache_dir)
+    auto = ["evaluation.during.full_around=auto", f'benchmark.levels="{at}"', "evaluation.during.max_examples=2"]
+    run_here([*every_step, *auto], tmp_path / "probed", cache_dir)
     probed = find_runs([tmp_path / "probed"])[0].curve
     assert_probes_match(full, probed, op, levels, firsts, {"rel": 1e-6, "abs": 1e-9})
-    after = [json.loads((tmp_path / d / "results.json").read_text())["after"] for d in ("full", "probed")]
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "probed")]
+    after = [r["after"] for r in results]
     assert after[0].keys() == after[1].keys()
     assert all(after[1][split] == pytest.approx(after[0][split], rel=1e-6) for split in after[0])
+    complete = sorted({0, max(p["step"] for p in full)} | {s for k in firsts for s in (k - 1, k)})
+    assert results[1]["points"]["full"] == complete and results[0]["points"]["levels"] is None
+    assert results[0]["points"]["full"] == [p["step"] for p in full] and not results[0]["points"]["not_full"]
+    assert runs_levels(find_runs([tmp_path / "probed"])) == results[1]["points"]["levels"]
+    # the sample: two rows of every other split at each point that is not complete, apart from its values
+    rows = [json.loads(line) for line in (tmp_path / "probed" / "curve.jsonl").read_text().splitlines()]
+    sampled = {(r["step"], r["split"]) for r in rows if r["rows"] == "sample"}
+    not_full = {p["step"] for p in probed} - set(complete)
+    others = set(full[0]["summary"]) - {"forget"}
+    assert {"retain", "world_facts"} <= others
+    assert sampled == {(step, split) for step in not_full for split in others}
+    assert all(not r["full"] for r in rows if r["rows"] == "sample")
+    assert all(set(p.get("sample", {})) == others for p in probed if p["step"] in not_full)
+    em = {r["step"]: r["value"] for r in rows if r["rows"] == "sample" and r["metric"] == "exact_match"}
+    assert em and all(v in (0.0, 0.5, 1.0) for v in em.values())  # two rows: a mean of two hits or misses
 
 
 @pytest.mark.slow
@@ -622,7 +645,7 @@ BAD_SETTINGS = [
         'evaluation.during.full_around="forget.exact_match<=0.5" trainer=fsdp',
         "evaluation.during.full_around: probe points run in one process (the weights kept for the point "
         "before a crossing would be one process's shards, which FSDP's gathered copy does not read); "
-        "leave it null under several processes",
+        "leave it auto or null under several processes",
     ),
     (
         "robustness=standard robustness.families.quantization.schemes=[rtn8,int3]",

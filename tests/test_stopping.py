@@ -9,7 +9,7 @@ import torch
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation import callback as evaluation_callback
 from simu_lightning.evaluation.metrics import unlearning_aggregate
-from simu_lightning.evaluation.probe import probe_plan, snapshot, weights_of
+from simu_lightning.evaluation.probe import probe_plan, resolved_full_around, snapshot, weights_of
 from simu_lightning.evaluation.types import EvalSettings, Evaluation
 from simu_lightning.unlearning.stopping import ForgetLevels, StoppingRule
 
@@ -236,3 +236,26 @@ def test_forget_levels_name_each_levels_first_crossing():
     assert not levels.all_reached(points[:3]) and levels.all_reached(points)
     with pytest.raises(SimuError, match=r"^--at='forget.rougeL_recall=0.4': expected METRIC<=LEVELS"):
         ForgetLevels.parse("forget.rougeL_recall=0.4")
+
+
+@pytest.mark.parametrize(
+    "full_around, levels, rule, processes, expected",
+    [
+        ("auto", "forget.exact_match<=0.5,0.2,0.1", "forget.exact_match<=0.1", 1, "forget.exact_match<=0.5,0.2,0.1"),
+        ("auto", None, "forget.rougeL_recall<=0.3", 1, "forget.rougeL_recall<=0.3"),
+        ("auto", None, "forget.exact_match<=0.1 and retain.exact_match>=0.9", 1, None),  # two conditions
+        ("auto", None, "forget_quality>=0.05", 1, None),  # a score reads every split
+        ("auto", None, None, 1, None),
+        ("auto", "forget.exact_match<=0.5", None, 2, None),  # sharded: every point in full
+        ("forget.answer_prob<=0.2", "forget.exact_match<=0.5", None, 1, "forget.answer_prob<=0.2"),
+        (None, "forget.exact_match<=0.5", "forget.exact_match<=0.1", 1, None),
+    ],
+)
+def test_auto_completes_the_points_around_the_benchmarks_levels_else_the_stopping_rules(
+    full_around, levels, rule, processes, expected
+):
+    stop = StoppingRule.parse(rule) if rule else None
+    got, _ = resolved_full_around(full_around, levels, stop, processes)
+    assert got == expected
+    if expected is not None:  # what the callback is given evaluates the same levels
+        assert str(probe_plan(got, stop, ("forget", "retain"), ()).levels) == str(ForgetLevels.parse(expected))

@@ -69,6 +69,9 @@ class Benchmark:
     aggregate: Callable | None = None  # split summaries -> one figure
     prompt: PromptFormat | None = None  # a prompt format the benchmark imposes on every model
     max_new_tokens: int = 32  # generation length for evaluation (answers' typical length)
+    # the forget levels runs are compared at (the report's --at), e.g. "forget.exact_match<=0.5,0.2,0.1": the
+    # points around their first crossings are evaluated in full (evaluation.during.full_around=auto)
+    levels: str | None = None
     info: dict = field(default_factory=dict)
     planted: object | None = None  # models/planting.Planting: the forget set planted into known neurons
     forgotten_splits: tuple[str, ...] = ()  # earlier continual requests' forget rows: scored as forget rows

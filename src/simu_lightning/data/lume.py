@@ -139,6 +139,7 @@ def load(
     max_documents: int | None = None,
     hub_id: str = HUB_ID,
     max_new_tokens: int = 256,
+    levels: str | None = None,
     suite=None,
     aggregate=None,
     heldout_fraction: float = 0.0,
@@ -157,6 +158,7 @@ def load(
     splits.update(_mia(folder))
     return Benchmark(
         max_new_tokens=max_new_tokens,
+        levels=levels,
         suite=suite,
         aggregate=aggregate,
         name="lume",

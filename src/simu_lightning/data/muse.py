@@ -63,6 +63,7 @@ def load(
     corpus: str = "News",
     max_documents: int | None = None,
     max_new_tokens: int = 128,
+    levels: str | None = None,
     suite=None,
     aggregate=None,
 ) -> Benchmark:
@@ -91,5 +92,6 @@ def load(
         aggregate=aggregate,
         prompt=PromptFormat(template="{question}", answer_prefix=" "),  # MUSE prompts the raw text
         max_new_tokens=max_new_tokens,
+        levels=levels,
         info={"corpus": corpus},
     )

@@ -335,6 +335,7 @@ def load(
     seed: int = 0,
     num_perturbed: int = 3,
     max_new_tokens: int = 32,
+    levels: str | None = None,
     suite=None,
     aggregate=None,
     planted=None,
@@ -352,6 +353,7 @@ def load(
     return Benchmark(
         planted=planted if planted is not None and planted.active else None,
         max_new_tokens=max_new_tokens,
+        levels=levels,
         suite=suite,
         aggregate=aggregate,
         name="synthetic",

@@ -90,6 +90,7 @@ def load(
     max_authors: int | None = None,
     hub_id: str = HUB_ID,
     max_new_tokens: int = 200,
+    levels: str | None = None,
     suite=None,
     aggregate=None,
     heldout_authors: int = 0,
@@ -129,6 +130,7 @@ def load(
     heldout = hold_out(splits, heldout_authors)
     return Benchmark(
         max_new_tokens=max_new_tokens,
+        levels=levels,
         suite=suite,
         aggregate=aggregate,
         name="tofu",

@@ -39,6 +39,7 @@ PROJECT = "simu_lightning"
 #   evaluation/qa.py          the metrics per example, truth ratios, model utility, forget quality
 #   evaluation/metrics.py     exact match, ROUGE-L, AUC
 #   evaluation/generation.py  greedy generation, answer likelihoods and argmax hits, in batches
+#   evaluation/shared_prompts.py  the answers' likelihoods from each prompt's pass, run once
 #   evaluation/splits.py      the rows of every split (max_examples) and their summaries
 #   evaluation/types.py       the means of the summaries (and the settings' checks)
 #   evaluation/harness.py     lm-eval (LUME's MMLU), with utils/seeding.py, its seed; reached through types.py
@@ -63,6 +64,8 @@ NOT_COMPUTING = {
     # halves a batch only when it ran out of memory, where there would otherwise be no numbers at all
     "simu_lightning.utils.memory": "a batch retried at half its size after running out of memory",
     "simu_lightning.utils.errors": "the error type",
+    # counts the rows done, for the progress bars and log lines
+    "simu_lightning.utils.phase_progress": "the progress of the phases",
     # types.py checks evaluation.during.full_around with its parser; a rule reads evaluations, makes none
     "simu_lightning.unlearning.stopping": "the stopping rule",
 }
@@ -167,7 +170,8 @@ def suite_id(suite) -> list:
 # evaluation of the target; every field is one of them (tests/test_before_cache.py checks that a new field
 # is placed). The settings of the evaluations during unlearning (evaluation.every_n_steps, during.*,
 # cache_before) are EvaluationSettings' and never reach an EvalSettings of the evaluation before:
-# UnlearningEvaluation runs the points during unlearning with a copy of its own (during_settings).
+# UnlearningEvaluation runs the points during unlearning with copies of its own (point_settings,
+# sample_settings).
 BEFORE_SETTINGS = {
     "max_length": "prompts, answers and documents are cut to it",
     "max_new_tokens": "how long the generations are (exact match, ROUGE-L)",

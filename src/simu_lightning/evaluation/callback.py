@@ -5,12 +5,14 @@ evaluated by all its processes together (each takes a share of the prompts).
   target, not the half-unlearned checkpoint it restarts from; read from `before_cache` when another run
   already evaluated the same target the same way: evaluation/before_cache.py);
 - during: every `every_n_steps` optimiser steps (None: at every epoch's end), the same suite and
-  metrics (on at most `during_max_examples` rows per split; truth ratios on `during_truth_ratio_splits`
-  only, when given; LUME's MMLU never: before and after only), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule
-  is checked at each of these points;
+  metrics (truth ratios on `during_truth_ratio_splits` only, when given; LUME's MMLU never: before and
+  after only), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule is
+  checked at each of these points.
   With `probe` (`evaluation.during.full_around`), a point scores only the forget levels' split and what
   the stopping rule reads, and the two points around each level's first crossing are evaluated in full
-  (evaluation/probe.py);
+  (evaluation/probe.py). With `during_max_examples`, a point that is not full also scores the other splits
+  on a fixed sample of that many rows each, kept apart (`sample` in the point, `rows: "sample"` in
+  curve.jsonl, `eval_sample/<split>/<metric>` on the dashboards): a utility curve between the full points;
 - `after`: the model where unlearning stopped: the evaluation point that met the stopping rule, or
   the model at the end of the budget, evaluated in `on_train_end`, before the strategy's teardown moves
   the model off its device.
@@ -46,12 +48,19 @@ log = logging.getLogger(__name__)
 MMLU_SCORES = {"mmlu", "final_score"}  # the scores that MMLU makes (LUME's final score averages it in)
 
 
-def curve_point(step: int, epoch: int, evaluation: Evaluation, aggregate=None) -> dict:
-    """One point of the trajectory: the split summaries and the scores (with the benchmark's aggregate)."""
+def curve_point(
+    step: int, epoch: int, evaluation: Evaluation, aggregate=None, full: bool = True, sample: Evaluation | None = None
+) -> dict:
+    """One point of the trajectory: the split summaries and the scores (with the benchmark's aggregate);
+    `full`: every evaluation split on all its evaluated rows; `sample`: the other splits' summaries on the
+    fixed sample of a point that is not full (never read as the point's own values)."""
     scores = dict(evaluation.scores)
     if aggregate is not None and {"forget", "retain"} <= set(evaluation.summary):
         scores["aggregate"] = aggregate(evaluation.summary)
-    return {"step": step, "epoch": epoch, "summary": evaluation.summary, "scores": scores}
+    point = {"step": step, "epoch": epoch, "summary": evaluation.summary, "scores": scores, "full": full}
+    if sample is not None:
+        point["sample"] = sample.summary
+    return point
 
 
 def _present(value) -> bool:
@@ -65,12 +74,34 @@ def point_values(point: dict) -> list[tuple[str, str, float]]:
     return [(split, metric, v) for split, metric, v in values if _present(v)]
 
 
-def curve_rows(points: list[dict]) -> list[dict]:
-    """`curve.jsonl`: one row per (point, split, metric); benchmark-level scores have split "scores"."""
+def sample_values(point: dict) -> list[tuple[str, str, float]]:
+    """(split, metric, value) of a point's values on the fixed sample of rows (see `curve_point`)."""
     return [
-        {"step": point["step"], "epoch": point["epoch"], "split": split, "metric": metric, "value": v}
+        (split, metric, v)
+        for split, by_metric in point.get("sample", {}).items()
+        for metric, v in by_metric.items()
+        if _present(v)
+    ]
+
+
+def curve_rows(points: list[dict]) -> list[dict]:
+    """`curve.jsonl`: one row per (point, split, metric); benchmark-level scores have split "scores";
+    `full`: whether the point scored every split on all its rows; `rows`: "all", or "sample" for a value
+    on the fixed sample of rows (evaluation.during.max_examples), which the report never reads as a
+    point's value."""
+    return [
+        {
+            "step": point["step"],
+            "epoch": point["epoch"],
+            "split": split,
+            "metric": metric,
+            "value": v,
+            "full": point.get("full", True),
+            "rows": rows,
+        }
         for point in points
-        for split, metric, v in point_values(point)
+        for rows, values in (("all", point_values(point)), ("sample", sample_values(point)))
+        for split, metric, v in values
     ]
 
 
@@ -96,11 +127,11 @@ class UnlearningEvaluation(L.Callback):
                 f"unlearning.stop_when={stop_when} reads {', '.join(sorted(read))}, which needs MMLU; MMLU runs "
                 "before and after unlearning only: stop on task_aggregate or a split's metric"
             )
-        self.during_settings = replace(
-            self.settings,
-            max_examples=during_max_examples or self.settings.max_examples,
-            truth_ratio_splits=during_truth_ratio_splits,
-            mmlu=False,
+        # a full point during unlearning: every split on the rows "before" and "after" read
+        self.point_settings = replace(self.settings, truth_ratio_splits=during_truth_ratio_splits, mmlu=False)
+        # the other splits of a point that is not full, on a fixed sample (evaluation.during.max_examples)
+        self.sample_settings = (
+            replace(self.point_settings, max_examples=during_max_examples) if during_max_examples else None
         )
         self.stop_when = stop_when
         self.probe = probe
@@ -132,6 +163,8 @@ class UnlearningEvaluation(L.Callback):
             f"eval/{metric}" if split == "scores" else f"eval/{split}/{metric}": v
             for split, metric, v in point_values(point)
         }
+        metrics |= {f"eval_sample/{split}/{metric}": v for split, metric, v in sample_values(point)}
+        metrics["eval/full_point"] = float(point.get("full", True))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=point["step"])
 
@@ -152,12 +185,21 @@ class UnlearningEvaluation(L.Callback):
         return before
 
     def _add_point(
-        self, trainer: L.Trainer, evaluation: Evaluation, full: bool, step: int | None = None, epoch: int | None = None
+        self,
+        trainer: L.Trainer,
+        evaluation: Evaluation,
+        reusable: bool,
+        step: int | None = None,
+        epoch: int | None = None,
+        sample: Evaluation | None = None,
+        full: bool = True,
     ) -> dict:
+        """`reusable`: the evaluation is the one "after" would make at this step (its settings, its rows);
+        `full`: it scored every split on all its rows (a probe point does not)."""
         step = trainer.global_step if step is None else step
-        point = curve_point(step, self._epoch if epoch is None else epoch, evaluation, self._aggregate)
+        point = curve_point(step, self._epoch if epoch is None else epoch, evaluation, self._aggregate, full, sample)
         self.points = sorted([p for p in self.points if p["step"] != step] + [point], key=lambda p: p["step"])
-        if full:
+        if reusable:
             self._latest = (step, evaluation)
         self._log(trainer, point)
         self._write_curve(trainer)
@@ -178,12 +220,12 @@ class UnlearningEvaluation(L.Callback):
         if self.stop_when is not None:
             self.stop_when.check_names(curve_point(0, 0, self.before, self._aggregate))
         if self.probe is not None:
-            levels = StoppingRule(self.probe.levels.conditions)
-            levels.check_names(curve_point(0, 0, self.before, self._aggregate), "evaluation.during.full_around")
+            levels = StoppingRule(self.probe.levels.conditions if self.probe.levels else ())
+            levels.check_names(curve_point(0, 0, self.before, self._aggregate), self.probe.setting)
         if trainer.is_global_zero and self.saved_before is not None:
             with atomic(self.saved_before) as tmp:
                 tmp.write_text(json.dumps(self.before.to_dict()))
-        point = self._add_point(trainer, self.before, full=True)
+        point = self._add_point(trainer, self.before, reusable=True)
         self._check_stop(trainer, point)
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
@@ -206,21 +248,28 @@ class UnlearningEvaluation(L.Callback):
         if self.every_n_steps is None:
             self._evaluate_during(trainer, pl_module)
 
+    @property
+    def _reusable(self) -> bool:
+        """Whether a full point during unlearning is what "after" would evaluate (no MMLU, every truth ratio)."""
+        return self.point_settings == self.settings
+
     def _evaluate_during(self, trainer: L.Trainer, pl_module) -> None:
-        full = self.during_settings == self.settings
         if self.probe is None:
-            evaluation = self._evaluate(pl_module.model, "during", self.during_settings)
-            self._check_stop(trainer, self._add_point(trainer, evaluation, full))
+            evaluation = self._evaluate(pl_module.model, "during", self.point_settings)
+            self._check_stop(trainer, self._add_point(trainer, evaluation, self._reusable))
             return
         probed = self._evaluate_probe(pl_module.model)
         point = curve_point(trainer.global_step, self._epoch, probed, self._aggregate)
         earlier = [p for p in self.points if p["step"] < trainer.global_step]
-        crossed = self.probe.levels.first_reached(earlier, point)
+        crossed = self.probe.levels.first_reached(earlier, point) if self.probe.levels else ()
         if crossed:
             self._complete_previous(trainer, pl_module, earlier[-1] if earlier else None, crossed)
-            probed = self._evaluate(pl_module.model, "during", self.during_settings)
-        point = self._add_point(trainer, probed, full and bool(crossed))
-        if self.probe.levels.all_reached(self.points):
+            evaluation = self._evaluate(pl_module.model, "during", self.point_settings)
+            point = self._add_point(trainer, evaluation, self._reusable)
+        else:
+            full = set(self.evaluator.benchmark.eval_splits) <= set(probed.summary)
+            point = self._add_point(trainer, probed, False, sample=self._evaluate_sample(pl_module.model), full=full)
+        if self.probe.levels is None or self.probe.levels.all_reached(self.points):
             self._probed = None
         else:
             self._keep_probed(trainer)
@@ -230,17 +279,28 @@ class UnlearningEvaluation(L.Callback):
         self._probed, self._probed_step = snapshot(changing_parameters(trainer.optimizers)), trainer.global_step
 
     def _evaluate_probe(self, model) -> Evaluation:
+        """The splits the levels and the stopping rule read, on all their evaluated rows."""
+        if not self.probe.splits:
+            return Evaluation()
         benchmark = self.evaluator.benchmark
         splits = view(benchmark, **{name: benchmark[name] for name in self.probe.splits})
-        settings = replace(self.during_settings, truth_ratio_splits=self.probe.truth_ratio_splits)
+        settings = replace(self.point_settings, truth_ratio_splits=self.probe.truth_ratio_splits)
         return self._evaluate(model, "during", settings, benchmark=splits)
 
-    def _is_full(self, point: dict) -> bool:
-        return set(self.evaluator.benchmark.eval_splits) <= set(point["summary"])
+    def _evaluate_sample(self, model) -> Evaluation | None:
+        """The other splits on the fixed sample of rows (None without evaluation.during.max_examples)."""
+        benchmark = self.evaluator.benchmark
+        others = [name for name in benchmark.eval_splits if name not in self.probe.splits]
+        if self.sample_settings is None or not others:
+            return None
+        splits = view(benchmark, **{name: benchmark[name] for name in others})
+        return self._evaluate(model, "during", self.sample_settings, benchmark=splits)
 
     def _complete_previous(self, trainer: L.Trainer, pl_module, previous: dict | None, crossed) -> None:
         """Evaluate in full the last point before a crossing, from the weights kept at it."""
-        if previous is None or self._is_full(previous):
+        if previous is None or previous.get(
+            "full", set(self.evaluator.benchmark.eval_splits) <= set(previous["summary"])
+        ):
             return
         if self._probed is None:  # resumed from a checkpoint written before checkpoints kept the copy
             log.warning(
@@ -252,8 +312,8 @@ class UnlearningEvaluation(L.Callback):
             )
             return
         with weights_of(changing_parameters(trainer.optimizers), self._probed):
-            evaluation = self._evaluate(pl_module.model, "during", self.during_settings)
-        self._add_point(trainer, evaluation, full=False, step=previous["step"], epoch=previous["epoch"])
+            evaluation = self._evaluate(pl_module.model, "during", self.point_settings)
+        self._add_point(trainer, evaluation, False, step=previous["step"], epoch=previous["epoch"])
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         """ "after", while the model is still where the strategy put it: Lightning's single-device teardown,
@@ -271,7 +331,7 @@ class UnlearningEvaluation(L.Callback):
             evaluation = self._latest[1]
         else:
             evaluation = self._evaluate(pl_module.model, "after", self.settings)
-            self._add_point(trainer, evaluation, full=True)
+            self._add_point(trainer, evaluation, reusable=True)
         self.after = Evaluation(
             evaluation.summary, evaluation.scores, [{**row, "stage": "after"} for row in evaluation.rows]
         )

@@ -15,8 +15,10 @@ import torch
 
 from simu_lightning.data.formatting import collate
 from simu_lightning.distributed import is_distributed, map_sharded
+from simu_lightning.evaluation.shared_prompts import PromptGroup, batches, prompt_groups, shared_prompt_likelihoods
 from simu_lightning.likelihood import answer_log_likelihood, labelled_span
 from simu_lightning.utils.memory import with_halving
+from simu_lightning.utils.phase_progress import advance
 
 
 def _device(model) -> torch.device:
@@ -66,7 +68,11 @@ def answer_log_likelihoods(
     model, examples: list[dict], pad_token_id: int, batch_size: int
 ) -> list[tuple[float, int, int, int, int]]:
     """(sum of answer-token log-probs, number of answer tokens, argmax hits, tokens the hits are counted
-    over: all but the EOS, the extraction prefix) for each encoded example."""
+    over: all but the EOS, the extraction prefix) for each encoded example. Examples that share a prompt
+    run it once (evaluation/shared_prompts.py), where the model keeps last logits only (every registered
+    architecture does); `batch_size` counts answers."""
+    if keeps_last_logits(model) and "cache" in inspect.signature(model.forward).parameters:
+        return shared_prompt_log_likelihoods(model, examples, pad_token_id, batch_size)
     return by_length(
         examples,
         lambda example: len(example["input_ids"]),
@@ -79,6 +85,54 @@ def answer_log_likelihoods(
             ordered,
         ),
     )
+
+
+def shared_prompt_log_likelihoods(model, examples: list[dict], pad_token_id: int, batch_size: int) -> list[tuple]:
+    # sorted so that like prompts pad together, and like answers too
+    groups = sorted(prompt_groups(examples), key=lambda g: (len(g.prompt), g.tokens))
+    most = max((len(g.answers) for g in groups), default=1)
+
+    def score(block: list[PromptGroup], size: int) -> list[tuple]:
+        per_batch = []
+        for part in batches(block, size, most):
+            per_batch.append(shared_prompt_likelihoods(model, part, pad_token_id))
+            advance(sum(len(g.answers) for g in part))
+        return [result for results in per_batch for result in results]
+
+    scored = map_sharded(
+        lambda block: _regrouped(
+            block,
+            with_halving(
+                lambda size: _in_eval_mode(model, lambda: score(block, size)),
+                batch_size,
+                "answer likelihoods (evaluation.batch_size)",
+            ),
+        ),
+        groups,
+    )
+    results = [None] * len(examples)
+    for group, group_results in zip(groups, scored):
+        for (place, _, _), result in zip(group.answers, group_results):
+            results[place] = result
+    return results
+
+
+def _regrouped(block: list[PromptGroup], flat: list[tuple]) -> list[list[tuple]]:
+    """The answers' results of `block`, one list per group (what map_sharded hands back per item)."""
+    out, start = [], 0
+    for group in block:
+        out.append(flat[start : start + len(group.answers)])
+        start += len(group.answers)
+    return out
+
+
+def _in_eval_mode(model, compute: Callable[[], list]) -> list:
+    was_training = model.training
+    model.eval()
+    try:
+        return compute()
+    finally:
+        model.train(was_training)
 
 
 def keeps_last_logits(model) -> bool:
@@ -110,6 +164,7 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, b
                 synced_gpus=is_distributed(),
             )
             texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            advance(len(output))
     finally:
         model.train(was_training)
     return texts
@@ -130,6 +185,7 @@ def _log_likelihoods(
             span = labelled_span(block["labels"]) if keep else None
             outputs = answer_log_likelihood(model, batch, with_hits=True, last_positions=span)
             results += list(zip(*(t.tolist() for t in outputs)))
+            advance(len(block["input_ids"]))
     finally:
         model.train(was_training)
     return results

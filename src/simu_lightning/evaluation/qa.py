@@ -38,6 +38,7 @@ from simu_lightning.evaluation import metrics
 from simu_lightning.evaluation.splits import evaluate_splits, limited
 from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, generations_by_split
+from simu_lightning.utils.phase_progress import phase
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,8 @@ def all_generations(model, tokenizer, fmt, benchmark, stage: str, settings: Eval
     start = time.perf_counter()
     questions = {name: limited(benchmark, name, settings)["question"] for name in benchmark.eval_splits}
     prompts = {name: [encode_prompt(tokenizer, fmt, q) for q in split] for name, split in questions.items()}
-    generations = generations_by_split(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
+    with phase(f"evaluation ({stage}): generation", sum(map(len, prompts.values())), "prompts", bar=stage != "during"):
+        generations = generations_by_split(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     level = logging.DEBUG if stage == "during" else logging.INFO
     log.log(
         level,
@@ -213,15 +215,31 @@ def all_generations(model, tokenizer, fmt, benchmark, stage: str, settings: Eval
     return generations
 
 
+def scored_answers(benchmark, settings: EvalSettings) -> int:
+    """How many answers an evaluation scores: each row's answer, and where its truth ratio is scored, its
+    paraphrased answer and its perturbed answers (the likelihood phase's total)."""
+    total = 0
+    for name in benchmark.eval_splits:
+        split = limited(benchmark, name, settings)
+        total += len(split)
+        if with_truth_ratios(split, settings, name):
+            total += len(split) * ("paraphrased_answer" in split.column_names)
+            total += sum(map(len, split["perturbed_answer"]))
+    return total
+
+
 def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
     generations = all_generations(model, tokenizer, fmt, benchmark, stage, settings)
-    result = evaluate_splits(
-        benchmark,
-        stage,
-        settings,
-        lambda name, split: split_rows(model, tokenizer, fmt, split, settings, name, generations[name]),
-        lambda name, rows: summarise(rows, forget=name == "forget" or name in benchmark.forgotten_splits),
-    )
+    with phase(
+        f"evaluation ({stage}): likelihoods", scored_answers(benchmark, settings), "answers", bar=stage != "during"
+    ):
+        result = evaluate_splits(
+            benchmark,
+            stage,
+            settings,
+            lambda name, split: split_rows(model, tokenizer, fmt, split, settings, name, generations[name]),
+            lambda name, rows: summarise(rows, forget=name == "forget" or name in benchmark.forgotten_splits),
+        )
     result.scores["model_utility"] = model_utility(result.summary, benchmark.utility_splits)
     result.scores["forget_quality"] = forget_quality(result.values("forget", "truth_ratio"), retain_ratios)
     return result

@@ -58,6 +58,18 @@ class EvalSettings:
 DURING_TRUTH_RATIOS = ("all", "needed")
 
 
+def split_levels(text: str, setting: str) -> ForgetLevels:
+    """Forget levels on a split's metric (e.g. forget.rougeL_recall): a score (model utility, ...) is
+    computed from every split, so no point could score less than all of them."""
+    levels = ForgetLevels.parse(text, setting)
+    if "." not in levels.metric:
+        raise SimuError(
+            f"{setting}={text!r}: the levels must be on a split's metric (e.g. forget.rougeL_recall), "
+            f"not on the score {levels.metric!r}"
+        )
+    return levels
+
+
 def _count(name: str, value, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -110,13 +122,8 @@ class EvaluationSettings:
                 f"evaluation.during: unknown setting(s) {', '.join(sorted(unknown))} "
                 "(known: max_examples, truth_ratios, full_around)"
             )
-        if self.during_full_around is not None:
-            levels = ForgetLevels.parse(self.during_full_around, "evaluation.during.full_around")
-            if "." not in levels.metric:  # a score (model utility, ...) is computed from every split
-                raise SimuError(
-                    f"evaluation.during.full_around={self.during_full_around!r}: the levels must be on a "
-                    f"split's metric (e.g. forget.rougeL_recall), not on the score {levels.metric!r}"
-                )
+        if self.during_full_around not in (None, "auto"):
+            split_levels(self.during_full_around, "evaluation.during.full_around")
         if self.during_truth_ratios not in DURING_TRUTH_RATIOS:
             raise SimuError(
                 f"evaluation.during.truth_ratios must be one of {', '.join(DURING_TRUTH_RATIOS)}, "

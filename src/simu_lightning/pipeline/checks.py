@@ -97,11 +97,11 @@ def check(cfg: DictConfig) -> None:
             "unlearning.requests: continual requests run in one process (each request's fit starts from the "
             "model the one before left, which a sharded fit would have to gather and shard again)"
         )
-    if (cfg.evaluation.get("during") or {}).get("full_around") and several_processes(cfg):
+    if (cfg.evaluation.get("during") or {}).get("full_around") not in (None, "auto") and several_processes(cfg):
         raise SimuError(
             "evaluation.during.full_around: probe points run in one process (the weights kept for the point "
             "before a crossing would be one process's shards, which FSDP's gathered copy does not read); "
-            "leave it null under several processes"
+            "leave it auto or null under several processes"
         )
     if cfg.evaluation.get("mmlu") and several_processes(cfg):
         raise SimuError(

@@ -112,6 +112,7 @@ class WholeBenchmark:
     points: list[dict] = dataclasses.field(default_factory=list)
     stopped: dict | None = None
     seconds: float = 0.0
+    probe: None = None  # no probe: each request's point is evaluated in full
 
 
 def request_view(benchmark: Benchmark, rows: list[list[int]], k: int) -> Benchmark:

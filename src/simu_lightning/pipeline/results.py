@@ -138,6 +138,18 @@ def limited_rows(plan, benchmark) -> dict:
     return {"evaluated_rows": cut} if cut else {}
 
 
+def points_record(evaluations) -> dict:
+    """results.json `points`: the forget levels whose crossings were evaluated in full (null: every point
+    was), the steps of the full points, and those of the points that scored only what the levels and the
+    stopping rule read."""
+    probe = evaluations.probe
+    return {
+        "levels": str(probe.levels) if probe is not None and probe.levels is not None else None,
+        "full": [p["step"] for p in evaluations.points if p.get("full", True)],
+        "not_full": [p["step"] for p in evaluations.points if not p.get("full", True)],
+    }
+
+
 def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: AfterUnlearning | None = None) -> dict:
     evaluations = unlearned.evaluations
     before, after = evaluations.before, evaluations.after
@@ -167,6 +179,7 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: Afte
         **({"lm_eval": {"before": baselines.harness, "after": beyond.harness}} if baselines.harness else {}),
         **selection_results(unlearned.attribution),
         **limited_rows(plan, benchmark),
+        "points": points_record(evaluations),
     }
     if plan.cfg.get("objective"):
         results["objective"] = matched_utility(evaluations.points, **plan.cfg.objective)

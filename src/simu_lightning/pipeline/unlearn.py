@@ -17,7 +17,7 @@ from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.distributed import full_state_dict
 from simu_lightning.evaluation.before_cache import before_cache_path
 from simu_lightning.evaluation.callback import UnlearningEvaluation
-from simu_lightning.evaluation.probe import probe_plan
+from simu_lightning.evaluation.probe import ProbePlan, probe_plan, resolved_full_around
 from simu_lightning.evaluation.qa import TRUTH_RATIO_METRICS, truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.pipeline.baselines import Baselines
@@ -123,6 +123,24 @@ def before_cache(plan: RunPlan, models: Models, baselines: Baselines) -> Path | 
     )
 
 
+def points_in_full(plan: RunPlan, benchmark: Benchmark) -> ProbePlan | None:
+    """Which points during unlearning are evaluated in full (evaluation.during.full_around; None: all)."""
+    levels, setting = resolved_full_around(
+        plan.evaluation.during_full_around,
+        benchmark.levels,
+        plan.stop_when,
+        processes=2 if checks.several_processes(plan.cfg) else 1,
+    )
+    return probe_plan(
+        levels,
+        plan.stop_when,
+        benchmark.eval_splits,
+        TRUTH_RATIO_METRICS,
+        setting,
+        sample=plan.evaluation.during_max_examples is not None,
+    )
+
+
 @stage("unlearn")
 def unlearn(
     plan: RunPlan,
@@ -149,9 +167,7 @@ def unlearn(
             else None
         ),
         before_cache=before_cache(plan, models, baselines) if cache_before else None,
-        probe=probe_plan(
-            plan.evaluation.during_full_around, plan.stop_when, benchmark.eval_splits, TRUTH_RATIO_METRICS
-        ),
+        probe=points_in_full(plan, benchmark),
     )
     checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
     every = (plan.cfg.get("progress") or {}).get("every_n_steps", 0)

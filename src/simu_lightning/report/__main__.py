@@ -49,14 +49,24 @@ def tuning_notes(found: list, runs: list, tuning: set, excluded: bool) -> list[s
     ]
 
 
+DEFAULT_AT = "forget.exact_match<=0.5,0.2,0.1"
+
+
+def runs_levels(runs) -> str:
+    """The levels the runs evaluated in full around (results.json points.levels), when they all agree."""
+    levels = {(run.results.get("points") or {}).get("levels") for run in runs}
+    return levels.pop() if len(levels) == 1 and None not in levels else DEFAULT_AT
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simu_lightning.report", description=__doc__)
     parser.add_argument("folders", nargs="+", help="run directories or sweep folders (multirun/<date>/<time>)")
     parser.add_argument("--out", help="where to write report.md, report.csv, pareto.png (default: the first folder)")
     parser.add_argument(
         "--at",
-        default="forget.exact_match<=0.5,0.2,0.1",
-        help="the forget metric and levels to match runs at (default: %(default)s)",
+        default=None,
+        help="the forget metric and levels to match runs at (default: the runs' own, results.json "
+        f"points.levels, when they all have the same; else {DEFAULT_AT})",
     )
     parser.add_argument(
         "--y", default="retain.exact_match", help="the retain metric of the figure (default: %(default)s)"
@@ -87,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.margin is not None and not args.margin > 0:
             raise SimuError(f"--margin must be a positive number, got {args.margin}")
-        at = ForgetLevels.parse(args.at)
-        metric, op, levels = at.metric, at.op, list(at.values)
         found = load_runs(args.folders)
+        at = ForgetLevels.parse(args.at or runs_levels(found))
+        metric, op, levels = at.metric, at.op, list(at.values)
         tuning = tuning_runs(found)
         runs = label_runs(found, tuning, args.exclude_tuning)
         notes = tuning_notes(found, runs, tuning, args.exclude_tuning)

@@ -37,6 +37,9 @@ IGNORED = (
     "model.config",
     # which points between the levels are complete: the values at the levels are the same (evaluation/probe.py)
     "evaluation.during.full_around",
+    "benchmark.levels",
+    # the utility curve on a fixed sample between the full points: kept apart, never read at the levels
+    "evaluation.during.max_examples",
     # which seeds chose a tuned file's values: where the values came from, not what the run does (TUNED)
     "tuned.seeds",
 )
@@ -61,7 +64,8 @@ class Run:
 
 
 def curve_points(path: Path) -> list[dict]:
-    """`curve.jsonl` rows folded back into points {"step", "epoch", "summary": {split: {metric: v}}, "scores"}."""
+    """`curve.jsonl` rows folded back into points {"step", "epoch", "summary": {split: {metric: v}}, "scores",
+    "full"}, with the values on the fixed sample of rows apart ("sample": {split: {metric: v}})."""
     points: dict[int, dict] = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -71,7 +75,10 @@ def curve_points(path: Path) -> list[dict]:
             point = points.setdefault(
                 row["step"], {"step": row["step"], "epoch": row["epoch"], "summary": {}, "scores": {}}
             )
-            if row["split"] == "scores":
+            point["full"] = row.get("full", True)
+            if row.get("rows", "all") == "sample":  # the fixed sample of a point that is not full: apart
+                point.setdefault("sample", {}).setdefault(row["split"], {})[row["metric"]] = row["value"]
+            elif row["split"] == "scores":
                 point["scores"][row["metric"]] = row["value"]
             else:
                 point["summary"].setdefault(row["split"], {})[row["metric"]] = row["value"]
