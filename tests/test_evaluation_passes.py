@@ -171,6 +171,29 @@ def test_a_split_left_out_of_truth_ratio_splits_scores_no_perturbed_answer(tiny_
     assert all(row["answer_prob"] > 0 for row in rows)
 
 
+def test_a_split_left_out_of_likelihood_splits_runs_no_forward_and_keeps_its_generation_metrics(
+    tiny_model, small_benchmark, prompt_format
+):
+    """A probe point read only through forget exact match: the split's rows are its generations' metrics,
+    the same as with likelihoods, and the model is never called (a model that raises stands in for it)."""
+    model, tokenizer = tiny_model
+    split = small_benchmark["forget"].select(range(3))
+    generations = [split[0]["answer"], "something else", f" {split[2]['answer']} "]
+    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=5, likelihood_splits=("retain",))
+
+    class NoForward(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("a split without likelihoods ran the model")
+
+    rows = qa.split_rows(NoForward(), tokenizer, prompt_format, split, settings, "forget", generations)
+    full = qa.split_rows(model, tokenizer, prompt_format, split, EvalSettings(64, 4, 5), "forget", generations)
+    assert [r["exact_match"] for r in rows] == [1.0, 0.0, 1.0]  # the answer itself, stripped
+    generation_metrics = {"question", "answer", "generation", *qa.GENERATION_METRICS}
+    assert all(set(row) == generation_metrics for row in rows)
+    assert rows == [{k: v for k, v in row.items() if k in generation_metrics} for row in full]
+    assert set(qa.summarise(rows, forget=True)) == set(qa.GENERATION_METRICS)
+
+
 class Benchmark:
     utility_splits = ("retain", "world_facts")
 

@@ -137,12 +137,13 @@ class ByWeight:
 
     def __init__(self):
         self.benchmark = TwoSplits({"forget": "forget rows", "retain": "retain rows"})
-        self.calls = []
+        self.calls, self.likelihoods = [], []  # the splits of each call, and those given likelihoods
 
     def __call__(self, model, stage, settings=None, benchmark=None):
         w = float(model.weight.detach())
         splits = (benchmark or self.benchmark).eval_splits
         self.calls.append(splits)
+        self.likelihoods.append(getattr(settings, "likelihood_splits", None))
         values = {"forget": w, "retain": round(1 - w, 6)}
         return Evaluation({s: {"exact_match": values[s]} for s in splits}, {}, [])
 
@@ -153,7 +154,9 @@ def probe_run(tmp_path, restart_at=None, old_checkpoint=False):
     (`old_checkpoint`: one written before checkpoints kept the probe point's weights)."""
     model = torch.nn.Linear(1, 1, bias=False)
     evaluator = ByWeight()
-    probe = probe_plan("forget.exact_match<=0.75,0.3", None, ("forget", "retain"), ())
+    probe = probe_plan(
+        "forget.exact_match<=0.75,0.3", None, ("forget", "retain"), (), generation_metrics=("exact_match",)
+    )
 
     def callback():
         return evaluation_callback.UnlearningEvaluation(evaluator, tmp_path, every_n_steps=2, probe=probe)
@@ -193,12 +196,37 @@ def complete_points(cb) -> dict[int, float]:
     return {p["step"]: p["summary"]["retain"]["exact_match"] for p in cb.points if "retain" in p["summary"]}
 
 
+@pytest.mark.parametrize(
+    "levels, stop_when, likelihoods, truth_ratios",
+    [
+        ("forget.exact_match<=0.5,0.1", "forget.exact_match<=0.1", (), ()),  # generations only
+        ("forget.rougeL_recall<=0.4", "forget.answer_prob<=0.1", ("forget",), ()),
+        ("forget.exact_match<=0.5", "retain.truth_ratio>=0.5", ("retain",), ("retain",)),
+    ],
+)
+def test_a_probe_point_scores_likelihoods_only_on_splits_read_through_them(
+    levels, stop_when, likelihoods, truth_ratios
+):
+    probe = probe_plan(
+        levels,
+        StoppingRule.parse(stop_when),
+        ("forget", "retain"),
+        ("truth_ratio", "normalised_prob"),
+        generation_metrics=("exact_match", "rougeL_recall", "contains_answer"),
+    )
+    assert (probe.likelihood_splits, probe.truth_ratio_splits) == (likelihoods, truth_ratios)
+
+
 def test_probe_points_complete_the_point_before_a_crossing_from_the_weights_kept_at_it(tmp_path):
     cb, evaluator = probe_run(tmp_path)
     # forget 0.8 at step 2, 0.6 at 4 (reaches 0.75), 0.4 at 6, 0.2 at 8 (reaches 0.3), 0.0 at 10
     assert complete_points(cb) == {0: 0.0, 2: 0.2, 4: 0.4, 6: 0.6, 8: 0.8}
     assert set(cb.points[-1]["summary"]) == {"forget"} and cb.points[-1]["step"] == 10  # a probe
     assert evaluator.calls.count(("forget",)) == 5  # one probe a point; complete points on top
+    # the probes read forget exact match alone: no likelihood; the complete points score every split's
+    probes = [i for i, splits in enumerate(evaluator.calls) if splits == ("forget",)]
+    assert all(evaluator.likelihoods[i] == () for i in probes)
+    assert all(evaluator.likelihoods[i] is None for i in range(len(evaluator.calls)) if i not in probes)
     assert cb._probed is None  # no copy is kept once every level is reached
 
 

@@ -187,6 +187,8 @@ BEFORE_SETTINGS = {
     # None (every split) in the evaluation before, as plan.evaluation.for_model makes it; only the
     # evaluations during unlearning set it (evaluation.during.truth_ratios=needed, probe points)
     "truth_ratio_splits": "the splits whose perturbed answers are scored",
+    # None as well before unlearning; only probe points set it (a split read only through its generations)
+    "likelihood_splits": "the splits whose answer likelihoods are scored",
 }
 
 

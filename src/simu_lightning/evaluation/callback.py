@@ -284,7 +284,11 @@ class UnlearningEvaluation(L.Callback):
             return Evaluation()
         benchmark = self.evaluator.benchmark
         splits = view(benchmark, **{name: benchmark[name] for name in self.probe.splits})
-        settings = replace(self.point_settings, truth_ratio_splits=self.probe.truth_ratio_splits)
+        settings = replace(
+            self.point_settings,
+            truth_ratio_splits=self.probe.truth_ratio_splits,
+            likelihood_splits=self.probe.likelihood_splits,
+        )
         return self._evaluate(model, "during", settings, benchmark=splits)
 
     def _evaluate_sample(self, model) -> Evaluation | None:

@@ -32,12 +32,15 @@ AUTO = "auto"
 @dataclass(frozen=True)
 class ProbePlan:
     """What a probe point evaluates: `splits` (the levels' split and every split the stopping rule reads),
-    with the perturbed answers of `truth_ratio_splits` only; `setting` names where the levels came from."""
+    the answer likelihoods of `likelihood_splits` only (a split read only through its generations, as by
+    forget exact match, needs none) and the perturbed answers of `truth_ratio_splits` only; `setting`
+    names where the levels came from."""
 
     levels: ForgetLevels | None  # None: no point is completed (the other splits on the sample only)
     splits: tuple[str, ...]
     truth_ratio_splits: tuple[str, ...]
     setting: str = "evaluation.during.full_around"
+    likelihood_splits: tuple[str, ...] | None = None  # None: every split of the probe
 
 
 def resolved_full_around(full_around: str | None, benchmark_levels: str | None, stop_when, processes: int = 1):
@@ -65,17 +68,19 @@ def probe_plan(
     truth_ratio_metrics,
     setting: str = "evaluation.during.full_around",
     sample: bool = False,
+    generation_metrics=(),
 ) -> ProbePlan | None:
     """None (every point in full) without levels and without a sample of the other splits
     (`sample`: evaluation.during.max_examples), or when the stopping rule reads a benchmark-level score,
     which needs every split anyway. `truth_ratio_metrics`: the suite's metrics that come from the
-    perturbed answers (the QA suite's truth ratio and normalised probability)."""
+    perturbed answers (the QA suite's truth ratio and normalised probability); `generation_metrics`: those
+    that come from the greedy generations alone (a split read only through them skips its likelihoods)."""
     if full_around is None and not sample:
         return None
     levels = split_levels(full_around, setting) if full_around is not None else None
     conditions = [(c, f"{setting}={full_around!r}") for c in (levels.conditions if levels else ())]
     conditions += [(c, f"unlearning.stop_when={stop_when}") for c in (stop_when.conditions if stop_when else ())]
-    splits, truth_ratio_splits = [], []
+    splits, truth_ratio_splits, likelihood_splits = [], [], []
     for condition, source in conditions:
         split, _, metric = condition.metric.rpartition(".")
         if not split:  # a score of the stopping rule reads every split: no point can be a probe
@@ -87,7 +92,15 @@ def probe_plan(
         splits.append(split)
         if metric in truth_ratio_metrics:
             truth_ratio_splits.append(split)
-    return ProbePlan(levels, tuple(dict.fromkeys(splits)), tuple(dict.fromkeys(truth_ratio_splits)), setting)
+        if metric not in generation_metrics:
+            likelihood_splits.append(split)
+    return ProbePlan(
+        levels,
+        tuple(dict.fromkeys(splits)),
+        tuple(dict.fromkeys(truth_ratio_splits)),
+        setting,
+        tuple(dict.fromkeys(likelihood_splits)),
+    )
 
 
 def changing_parameters(optimizers) -> list[torch.Tensor]:

@@ -103,10 +103,15 @@ def truth_ratio_values(
     return truth_ratios_from(logp[: len(questions)], perturbed, logp[len(questions) :])
 
 
+def with_likelihoods(settings: EvalSettings, name: str) -> bool:
+    """Whether this evaluation scores the split's answer likelihoods (`likelihood_splits`: None, all)."""
+    return settings.likelihood_splits is None or name in settings.likelihood_splits
+
+
 def with_truth_ratios(split: Dataset, settings: EvalSettings, name: str) -> bool:
     """Whether this evaluation scores the split's perturbed answers (`truth_ratio_splits`: None, all)."""
     wanted = settings.truth_ratio_splits is None or name in settings.truth_ratio_splits
-    return wanted and "perturbed_answer" in split.column_names
+    return wanted and with_likelihoods(settings, name) and "perturbed_answer" in split.column_names
 
 
 def split_rows(
@@ -114,7 +119,8 @@ def split_rows(
 ) -> list[dict]:
     """Every example's generation metrics (of `generations`, one per row) and likelihood metrics. The
     likelihoods of the answers, the paraphrased answers and the perturbed answers are one length-sorted
-    pass; where a split has no paraphrase, the truth ratio's correct answer is the answer, scored once."""
+    pass; where a split has no paraphrase, the truth ratio's correct answer is the answer, scored once.
+    Without likelihoods (`likelihood_splits`), a row has its generation metrics only."""
     questions, answers = list(split["question"]), list(split["answer"])
     generations = [g.strip() for g in generations]
     pairs = list(zip(questions, answers))
@@ -124,8 +130,7 @@ def split_rows(
         perturbed = list(split["perturbed_answer"])
         pairs += list(zip(questions, split["paraphrased_answer"])) if paraphrased else []
         pairs += [(q, wrong) for q, wrongs in zip(questions, perturbed) for wrong in wrongs]
-    scored = answer_scores(model, tokenizer, fmt, [q for q, _ in pairs], [a for _, a in pairs], settings)
-    rows = [
+    generated = [
         {
             "question": q,
             "answer": a,
@@ -133,11 +138,20 @@ def split_rows(
             "exact_match": metrics.exact_match(g, a),
             "rougeL_recall": metrics.rouge_l_recall(g, a),
             "contains_answer": metrics.contains_answer(g, a),
+        }
+        for q, a, g in zip(questions, answers, generations)
+    ]
+    if not with_likelihoods(settings, name):
+        return generated
+    scored = answer_scores(model, tokenizer, fmt, [q for q, _ in pairs], [a for _, a in pairs], settings)
+    rows = [
+        {
+            **row,
             "answer_prob": math.exp(score.mean_log_prob),
             "exact_memorization": score.memorised,
             "extraction_strength": score.extraction,
         }
-        for q, a, g, score in zip(questions, answers, generations, scored)
+        for row, score in zip(generated, scored)
     ]
     if truth_ratios:
         n = len(questions)
@@ -221,7 +235,7 @@ def scored_answers(benchmark, settings: EvalSettings) -> int:
     total = 0
     for name in benchmark.eval_splits:
         split = limited(benchmark, name, settings)
-        total += len(split)
+        total += len(split) * with_likelihoods(settings, name)
         if with_truth_ratios(split, settings, name):
             total += len(split) * ("paraphrased_answer" in split.column_names)
             total += sum(map(len, split["perturbed_answer"]))
@@ -247,6 +261,8 @@ def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSetting
 
 # the QA suite's metrics that come from the perturbed answers, and the score that reads the forget split's
 TRUTH_RATIO_METRICS = ("truth_ratio", "normalised_prob")
+# those that come from the greedy generations alone (a point that reads only these scores no likelihood)
+GENERATION_METRICS = ("exact_match", "rougeL_recall", "contains_answer")
 NOT_FROM_TRUTH_RATIOS = ("aggregate", "model_utility")
 
 

@@ -51,6 +51,7 @@ class EvalSettings:
     mmlu_num_fewshot: int = 5  # the official LUME protocol
     dtype: str | None = None  # compute dtype of the evaluation (None: the model's own)
     truth_ratio_splits: tuple[str, ...] | None = None  # the splits whose perturbed answers are scored (None: all)
+    likelihood_splits: tuple[str, ...] | None = None  # the splits whose answer likelihoods are scored (None: all)
 
 
 # evaluation.during.truth_ratios: score every split's perturbed answers at every point, or only where a

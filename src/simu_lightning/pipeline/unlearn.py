@@ -18,7 +18,7 @@ from simu_lightning.distributed import full_state_dict
 from simu_lightning.evaluation.before_cache import before_cache_path
 from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.probe import ProbePlan, probe_plan, resolved_full_around
-from simu_lightning.evaluation.qa import TRUTH_RATIO_METRICS, truth_ratio_splits_needed
+from simu_lightning.evaluation.qa import GENERATION_METRICS, TRUTH_RATIO_METRICS, truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.pipeline.baselines import Baselines
 from simu_lightning.pipeline.building import devices_of, loggers, make_trainer
@@ -138,6 +138,7 @@ def points_in_full(plan: RunPlan, benchmark: Benchmark) -> ProbePlan | None:
         TRUTH_RATIO_METRICS,
         setting,
         sample=plan.evaluation.during_max_examples is not None,
+        generation_metrics=GENERATION_METRICS,
     )
 
 
