@@ -138,20 +138,24 @@ class ByWeight:
     def __init__(self):
         self.benchmark = TwoSplits({"forget": "forget rows", "retain": "retain rows"})
         self.calls, self.likelihoods = [], []  # the splits of each call, and those given likelihoods
+        self.given = []  # the settings of each call
 
     def __call__(self, model, stage, settings=None, benchmark=None):
         w = float(model.weight.detach())
         splits = (benchmark or self.benchmark).eval_splits
         self.calls.append(splits)
         self.likelihoods.append(getattr(settings, "likelihood_splits", None))
+        self.given.append(settings)
         values = {"forget": w, "retain": round(1 - w, 6)}
         return Evaluation({s: {"exact_match": values[s]} for s in splits}, {}, [])
 
 
-def probe_run(tmp_path, restart_at=None, old_checkpoint=False):
+def probe_run(tmp_path, restart_at=None, old_checkpoint=False, stop_when=None, during_truth_ratio_splits=None):
     """Ten steps of -0.1 on w = 1.0, a point every 2 steps, forget levels 0.75 and 0.3; `restart_at`: a
     new process takes over after that step, with the callback's state as a checkpoint file gives it back
-    (`old_checkpoint`: one written before checkpoints kept the probe point's weights)."""
+    (`old_checkpoint`: one written before checkpoints kept the probe point's weights); with `stop_when`,
+    the loop ends where it stops, and the fit with it."""
+    stop_when = StoppingRule.parse(stop_when) if stop_when else None
     model = torch.nn.Linear(1, 1, bias=False)
     evaluator = ByWeight()
     probe = probe_plan(
@@ -159,7 +163,14 @@ def probe_run(tmp_path, restart_at=None, old_checkpoint=False):
     )
 
     def callback():
-        return evaluation_callback.UnlearningEvaluation(evaluator, tmp_path, every_n_steps=2, probe=probe)
+        return evaluation_callback.UnlearningEvaluation(
+            evaluator,
+            tmp_path,
+            every_n_steps=2,
+            probe=probe,
+            stop_when=stop_when,
+            during_truth_ratio_splits=during_truth_ratio_splits,
+        )
 
     optimizer = SimpleNamespace(param_groups=[{"params": [model.weight]}])
     trainer = SimpleNamespace(
@@ -189,11 +200,27 @@ def probe_run(tmp_path, restart_at=None, old_checkpoint=False):
                 state.pop("probed")
             cb.load_state_dict(state)
             cb.on_train_start(trainer, module)
+        if trainer.should_stop:
+            break
+    if stop_when is not None:
+        cb.on_train_end(trainer, module)
     return cb, evaluator
 
 
 def complete_points(cb) -> dict[int, float]:
     return {p["step"]: p["summary"]["retain"]["exact_match"] for p in cb.points if "retain" in p["summary"]}
+
+
+def test_the_point_a_run_stops_at_is_evaluated_once_with_the_settings_of_after(tmp_path):
+    """The points during score only model utility's truth ratios (retain); the run stops at step 8, where
+    forget EM 0.2 first meets the rule: that point is "after", scored once, with every truth ratio."""
+    cb, evaluator = probe_run(tmp_path, stop_when="forget.exact_match<=0.3", during_truth_ratio_splits=("retain",))
+    assert cb.stopped["step"] == 8 and cb.points[-1]["step"] == 8
+    complete = [s for s in evaluator.given if s is not None and s.likelihood_splits is None]
+    # before; step 2 and step 4 (reaches 0.75); step 6 and step 8: after's settings there, and no more
+    assert [s.truth_ratio_splits for s in complete] == [None, ("retain",), ("retain",), ("retain",), None]
+    assert cb.after.summary == cb.points[-1]["summary"]
+    assert cb.after.summary["retain"]["exact_match"] == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize(

@@ -264,8 +264,13 @@ class UnlearningEvaluation(L.Callback):
         crossed = self.probe.levels.first_reached(earlier, point) if self.probe.levels else ()
         if crossed:
             self._complete_previous(trainer, pl_module, earlier[-1] if earlier else None, crossed)
-            evaluation = self._evaluate(pl_module.model, "during", self.point_settings)
-            point = self._add_point(trainer, evaluation, self._reusable)
+        # the point the stopping rule stops at is "after": scored once, with after's settings (every truth
+        # ratio, where the points during score only those they need), not once as a point and again
+        stops = self.stop_when is not None and self.stop_when.holds(point)
+        if crossed or stops:
+            settings = self.settings if stops else self.point_settings
+            evaluation = self._evaluate(pl_module.model, "after" if stops else "during", settings)
+            point = self._add_point(trainer, evaluation, stops or self._reusable)
         else:
             full = set(self.evaluator.benchmark.eval_splits) <= set(probed.summary)
             point = self._add_point(trainer, probed, False, sample=self._evaluate_sample(pl_module.model), full=full)
