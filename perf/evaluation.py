@@ -131,6 +131,11 @@ def one_run(overrides: list[str], out: Path) -> dict:
     return {"results": results, "curve": find_runs([out])[0].curve}
 
 
+def wall(results: dict) -> float:
+    """The run's time in its stages (timings_s), without starting Python."""
+    return sum(results["timings_s"].values())
+
+
 def share(results: dict) -> float:
     timings = results["timings_s"]
     return round(timings["evaluation"] / sum(timings.values()), 3)
@@ -148,9 +153,20 @@ def at_levels(curve: list[dict], metric: str, levels=DEFAULT_LEVELS) -> dict:
 
 # the SmolLM2 setup of docs/results.md, its levels the report's there
 SMOLLM2 = ("experiment=laptop_smollm2_tofu", "method=simu", f"benchmark.path={ROOT.parent / 'shared/data/tofu'}")
+# the limit per setup (issue 42): the default's evaluation share; SmolLM2's wall time against every point in full
 SHARE_SETUPS = {
-    "default": {"overrides": (), "metric": "forget.exact_match", "levels": DEFAULT_LEVELS},
-    "smollm2_tofu": {"overrides": SMOLLM2, "metric": "forget.rougeL_recall", "levels": (0.4, 0.3, 0.2)},
+    "default": {
+        "overrides": (),
+        "metric": "forget.exact_match",
+        "levels": DEFAULT_LEVELS,
+        "limit": ("share_default", EVALUATION_SHARE_LIMIT),
+    },
+    "smollm2_tofu": {
+        "overrides": SMOLLM2,
+        "metric": "forget.rougeL_recall",
+        "levels": (0.4, 0.3, 0.2),
+        "limit": ("wall_ratio", 0.5),
+    },
 }
 
 
@@ -159,8 +175,11 @@ def run_share(seeds: tuple[int, ...] = (0,), setup: str = "default") -> dict:
     run with every point in full, side by side in this process, per seed: the evaluations' share of each
     run (timings_s; target and "before" cached, as in every run of a sweep after the first) and whether the
     report's values at forget EM 0.5 / 0.2 / 0.1 are equal (to the last digit) where the two runs stop at the
-    same step. Limit: a share of at most EVALUATION_SHARE_LIMIT at the default."""
-    overrides, metric, levels = (SHARE_SETUPS[setup][k] for k in ("overrides", "metric", "levels"))
+    same step. Limit (SHARE_SETUPS): the default's share at most EVALUATION_SHARE_LIMIT; SmolLM2's run at
+    most half as long as with every point in full."""
+    overrides, metric, levels, (limited, limit) = (
+        SHARE_SETUPS[setup][k] for k in ("overrides", "metric", "levels", "limit")
+    )
     rows = []
     with tempfile.TemporaryDirectory() as out:
         one_run([*overrides, "seed=0"], Path(out) / "warm")  # the target and its evaluation before, cached
@@ -175,20 +194,23 @@ def run_share(seeds: tuple[int, ...] = (0,), setup: str = "default") -> dict:
                 {
                     "seed": seed,
                     "steps": [full["results"]["stopped"]["step"], cheap["results"]["stopped"]["step"]],
-                    "wall_s": [round(sum(run["results"]["timings_s"].values()), 1) for run in (full, cheap)],
+                    "wall_s": [round(wall(run["results"]), 1) for run in (full, cheap)],
                     "share_every_point_full": share(full["results"]),
                     "share_default": share(cheap["results"]),
+                    "wall_ratio": round(wall(cheap["results"]) / wall(full["results"]), 3),
                     "timings_every_point_full_s": full["results"]["timings_s"],
                     "timings_default_s": cheap["results"]["timings_s"],
                     "full_points_default": cheap["results"]["points"]["full"],
                     "values_at_levels_equal": values[0] == values[1] if same else None,
                 }
             )
-    worst = max(row["share_default"] for row in rows)
+    worst = max(row[limited] for row in rows)
     return {
         "setup": setup,
         "default_run": rows,
-        "default_run_evaluation_share": worst,
-        "default_run_evaluation_share_limit": EVALUATION_SHARE_LIMIT,
-        "default_run_within_limit": worst <= EVALUATION_SHARE_LIMIT,
+        "default_run_evaluation_share": max(row["share_default"] for row in rows),
+        "default_run_limited": limited,
+        "default_run_limit": limit,
+        "default_run_within_limit": worst <= limit,
+        "default_run_values_at_levels_equal": all(row["values_at_levels_equal"] is not False for row in rows),
     }
