@@ -20,8 +20,9 @@ FORGET = [1.0, 0.6, 0.3, 0.0]
 RETAIN = [1.0, 0.9, 0.8, 0.5]
 
 
-def curve(forget=FORGET, retain=RETAIN, every=2):
-    return [
+def curve(forget=FORGET, retain=RETAIN, every=2, heldout=None):
+    """`heldout`: the held-out retain authors' EM at each point (a split of its own), when given."""
+    points = [
         {
             "step": i * every,
             "epoch": 0,
@@ -30,6 +31,9 @@ def curve(forget=FORGET, retain=RETAIN, every=2):
         }
         for i, (f, r) in enumerate(zip(forget, retain))
     ]
+    for point, h in zip(points, heldout or []):
+        point["summary"]["retain_heldout"] = {"exact_match": h}
+    return points
 
 
 @pytest.mark.parametrize(
@@ -88,9 +92,9 @@ def config_of(method, seed, **settings):
     return config
 
 
-def fake_run(folder, method, seed, forget, retain, commit="c0ffee", **settings):
+def fake_run(folder, method, seed, forget, retain, commit="c0ffee", heldout=None, **settings):
     folder.mkdir(parents=True)
-    points = curve(forget, retain)
+    points = curve(forget, retain, heldout=heldout)
     after = points[-1]
     results = {
         "method": method,
@@ -123,6 +127,19 @@ def test_the_report_groups_runs_by_method_and_writes_its_three_files(tmp_path):
     report = (sweep / "report.md").read_text()
     assert "| fo | 2/2 |" in report and "| simu | 0/1 |" in report
     assert (sweep / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_held_out_retain_authors_are_read_at_matched_forgetting_and_after(tmp_path):
+    """The utility a comparison reports is the held-out retain split's: at forget EM <= 0.5 it is
+    interpolated a third of the way from step 2 (0.9) to step 4 (0.6), 0.8; after, 0.4."""
+    fake_run(tmp_path / "0_simu", "simu", 0, [1.0, 0.6, 0.3, 0.0], [1.0, 0.9, 0.8, 0.5], heldout=[1.0, 0.9, 0.6, 0.4])
+    assert main([str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    at = {(r["table"], r["level"], r["metric"]): float(r["mean"]) for r in rows}
+    assert at[("matched", "forget.exact_match<=0.5", "retain_heldout.exact_match")] == pytest.approx(0.8)
+    assert at[("after", "", "retain_heldout.exact_match")] == pytest.approx(0.4)
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("held-out retain EM") >= 2  # the after table and each level's
 
 
 def test_a_folder_without_runs_is_refused_in_one_line(tmp_path, capsys):

@@ -18,6 +18,9 @@ from simu_lightning.utils.files import atomic
 UTILITY = (
     "retain.exact_match",
     "retain.rougeL_recall",
+    # the retain authors the loss never saw (benchmark.heldout_authors): the utility a comparison reports
+    "retain_heldout.exact_match",
+    "retain_heldout.rougeL_recall",
     "world_facts.exact_match",
     "world_facts.contains_answer",
     "real_authors.rougeL_recall",
@@ -30,6 +33,8 @@ HEADLINE = (
     "forget.rougeL_recall",
     "retain.exact_match",
     "retain.rougeL_recall",
+    "retain_heldout.exact_match",
+    "retain_heldout.rougeL_recall",
     "world_facts.exact_match",
     "model_utility",
     "forget_quality",
@@ -42,6 +47,8 @@ LABELS = {
     "forget.rougeL_recall": "forget ROUGE-L",
     "retain.exact_match": "retain EM",
     "retain.rougeL_recall": "retain ROUGE-L",
+    "retain_heldout.exact_match": "held-out retain EM",
+    "retain_heldout.rougeL_recall": "held-out retain ROUGE-L",
     "world_facts.exact_match": "world facts EM",
     "world_facts.contains_answer": "world facts contains",
     "real_authors.rougeL_recall": "real authors ROUGE-L",
