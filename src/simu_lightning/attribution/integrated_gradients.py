@@ -55,7 +55,6 @@ import contextlib
 import copy
 import logging
 import os
-import time
 from collections.abc import Iterator
 from unittest import mock
 
@@ -425,6 +424,20 @@ def gradient_times_activation(
     return [beta * grad for beta, grad in zip(betas, grads)]
 
 
+def group_attributions(mode, model, projs, group, batch, betas, prefix, nodes, layout) -> list[torch.Tensor]:
+    """One batch's per-example scores of the projections in `group` (`nodes`: the quadrature's alphas
+    and weights; layout: where the scaled copies go)."""
+    if mode == "activation":
+        return [betas[i].abs() for i in group]
+    if mode in ("gradient", "first_order"):
+        atts = gradient_times_activation(model, projs, batch, betas, prefix)
+        return [att.abs() for att in atts] if mode == "gradient" else atts
+    alphas, weights = nodes
+    return integrated_gradients(
+        model, [projs[i] for i in group], batch, [betas[i] for i in group], alphas, weights, prefix, layout
+    )
+
+
 def attribute(
     model: nn.Module,
     projs: dict[str, nn.Module],
@@ -460,44 +473,21 @@ def attribute(
     groups = [[i] for i in range(len(projs))] if mode == "layerwise" else [list(range(len(projs)))]
     scores = {name: None for name in names}
     per_batch = max(1, max_batch // len(alphas))
-    total, start = -(-len(samples) // per_batch), time.perf_counter()
+    total = -(-len(samples) // per_batch)
     with phase(f"attribution ({mode}, {len(projs)} layers)", total, "batches"):
         try:
-            for number, batch in enumerate(batches(samples, per_batch, pad_token_id), 1):
+            for batch in batches(samples, per_batch, pad_token_id):
                 batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
                 prefix = SharedPrefix(model, batch)
                 betas = activations(model, projs, batch, prefix)
                 for group in groups:
-                    if mode == "activation":
-                        atts = [beta.abs() for beta in betas]
-                    elif mode == "gradient":
-                        atts = [att.abs() for att in gradient_times_activation(model, projs, batch, betas, prefix)]
-                    elif mode == "first_order":
-                        atts = gradient_times_activation(model, projs, batch, betas, prefix)
-                    else:
-                        atts = integrated_gradients(
-                            model,
-                            [projs[i] for i in group],
-                            batch,
-                            [betas[i] for i in group],
-                            alphas,
-                            weights,
-                            prefix,
-                            layout,
-                        )
+                    atts = group_attributions(
+                        mode, model, projs, group, batch, betas, prefix, (alphas, weights), layout
+                    )
                     for i, att in zip(group, atts):
                         att = (att * batch["weight"][:, None]).sum(0)
                         scores[names[i]] = att if scores[names[i]] is None else scores[names[i]] + att
-                advance()
-                elapsed = time.perf_counter() - start
-                log.debug(
-                    "attribution: batch %d of %d done (%d layers, %.0f s; about %.0f s to go)",
-                    number,
-                    total,
-                    len(projs),
-                    elapsed,
-                    elapsed / number * (total - number),
-                )
+                advance()  # the phase's progress lines give the batches done and the time to go
         finally:
             model.train(was_training)
             for p, flag in zip(model.parameters(), requires_grad):
