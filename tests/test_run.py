@@ -1010,6 +1010,21 @@ def test_an_attack_family_added_from_a_test_config_runs_in_its_place(cache_dir, 
     assert robustness["toy"]["forget"]["exact_match"] == pytest.approx(sum(shifted) / len(shifted))
 
 
+
+@pytest.mark.slow
+def test_a_loss_added_as_docs_extending_says_is_the_runs_objective(cache_dir, tmp_path):
+    """docs/extending.md, "A loss": one class (tests/toy_loss.py) and one YAML node (tests/conf/loss/toy.yaml),
+    chosen with loss=toy. The run calls it at every step: its terms are logged as unlearn/<name>, and the
+    loss it minimised is the one the class returns from them (-forget + 3 retain)."""
+    search = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
+    run_here([*SMALL, "method=fo", search, "loss=toy"], tmp_path, cache_dir)
+    steps = [row for row in csv.DictReader((tmp_path / "logs" / "metrics.csv").open()) if row.get("unlearn/gap")]
+    assert steps, "no step logged the toy loss's terms"
+    for row in steps:
+        forget, retain = float(row["unlearn/forget"]), float(row["unlearn/retain"])
+        assert float(row["unlearn/gap"]) == pytest.approx(forget - retain, rel=1e-5, abs=1e-6)
+        assert float(row["unlearn/loss"]) == pytest.approx(-forget + 3.0 * retain, rel=1e-5, abs=1e-6)
+
 # each objective and the term it logs (logs/metrics.csv: unlearn/<term>)
 OBJECTIVES = {
     "simnpo": "simnpo",
