@@ -1,155 +1,25 @@
-"""simu-lightning entry point: `python run.py [group=option ...] [key=value ...]` (see README.md)."""
+"""simu-lightning entry point: `python run.py [group=option ...] [key=value ...]` (see README.md).
 
-import copy
-import json
-import os
-import subprocess
+Hydra's main and one call: how the command becomes runs (a sweep's jobs under torchrun or SLURM, tuning
+trials) is pipeline/launch.py, what a run does pipeline/conductor.py."""
+
 import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from simu_lightning.pipeline.cli import unknown_group_option, unquoted_condition
-from simu_lightning.utils.errors import SimuError
-from simu_lightning.utils.processes import process_count
 
 SCRIPT = Path(__file__).resolve()
 CONF = SCRIPT.parent / "conf"
 
 
-def sweep_job_under_torchrun(cfg: DictConfig, processes: int) -> float | None:
-    """One job of a Hydra sweep whose trainer runs several processes.
-
-    Lightning would relaunch this script with the sweep's own command line (the known trap: every
-    relaunched process starts the sweep again), so instead the job prepares its target here, in one
-    process, and then runs itself under torchrun as a single run in the job's directory."""
-    from simu_lightning.utils.processes import is_launched_externally
-    from simu_lightning.pipeline import run
-
-    if int(cfg.trainer.get("num_nodes", 1)) > 1:
-        raise SimuError(
-            "a multi-node job of a Hydra sweep (-m) is a SLURM job: add hydra/launcher=slurm "
-            "(pip install -e '.[cluster]'), or run each job with torchrun or srun (docs/guide.md, 'Several processes')"
-        )
-    if is_launched_externally():
-        raise SimuError("-m under torchrun/srun would start the sweep in every process: drop -m, or drop torchrun")
-    run(OmegaConf.merge(cfg, {"prepare_only": True}))
-    job_dir = HydraConfig.get().runtime.output_dir
-    overrides = list(HydraConfig.get().overrides.task)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        str(SCRIPT),
-        *overrides,
-        f"hydra.run.dir={job_dir}",
-        "hydra.output_subdir=null",
-    ]
-    if subprocess.run(command).returncode != 0:
-        raise SimuError(f"the job's processes failed (command: {' '.join(command)}); see {job_dir}")
-    return search_value(json.loads((Path(job_dir) / "results.json").read_text()))
-
-
-def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
-    """One job of a sweep that the submitit launcher submitted as a SLURM job (hydra/launcher=slurm): srun
-    started this script's job function in each of the job's tasks, one per GPU on every node, and each
-    task is one of the run's processes, as Lightning's SLURM environment sees them. Task 0 prepares the
-    target in one process (the others wait for it), then every task runs."""
-    import time
-
-    from simu_lightning.pipeline import run
-
-    tasks = int(os.environ["SLURM_NTASKS"])
-    if tasks != processes:
-        raise SimuError(
-            f"the SLURM job has {tasks} tasks and the trainer {processes} processes (trainer.devices x "
-            "trainer.num_nodes): one task per GPU, as conf/hydra/launcher/slurm.yaml sets"
-        )
-    job_dir = Path(HydraConfig.get().runtime.output_dir)
-    ready, failed = job_dir / ".target_ready", job_dir / ".target_failed"
-    started = time.time()
-    if int(os.environ["SLURM_PROCID"]) == 0:
-        failed.unlink(missing_ok=True)  # of an earlier try of this job in its folder
-        try:
-            with outside_slurm():
-                run(OmegaConf.merge(cfg, {"prepare_only": True}))
-        except BaseException:
-            failed.touch()  # the other tasks stop waiting
-            raise
-        ready.touch()
-    # (a marker of an earlier try: "ready" means the target is cached; "failed" counts only if it is new)
-    while not ready.exists():
-        if failed.exists() and failed.stat().st_mtime >= started - 60:
-            raise SimuError(f"task 0 could not prepare the target: see its log ({job_dir})")
-        time.sleep(5)
-    results = run(cfg)
-    return search_value(results) if results else None
-
-
-def outside_slurm():
-    """SLURM's task variables hidden for a while, so that one task can work as a single process."""
-    from unittest import mock
-
-    return mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, clear=True)
-
-
-def tuning_trial(cfg: DictConfig) -> float:
-    """A search trial tuned on several seeds (objective.seeds): the run once per seed, in <trial>/seed_<s>,
-    each recording the seeds that tuned it (tuned.seeds, which the report keeps out of reported groups); the
-    trial's value is the mean of theirs."""
-    from simu_lightning.pipeline import run
-
-    seeds, values, folder = [int(s) for s in cfg.objective.seeds], [], cfg.paths.output_dir
-    for seed in seeds:
-        trial = copy.deepcopy(cfg)  # (interpolations kept: the loggers' folders follow paths.output_dir)
-        with open_dict(trial):
-            trial.seed = seed
-            trial.paths.output_dir = f"{folder}/seed_{seed}"
-            trial.tuned = {"seeds": seeds}
-        values.append(search_value(run(trial)))
-    return sum(values) / len(values)
-
-
-def search_value(results: dict) -> float | None:
-    """What an Optuna sweep maximises: the utility at matched forgetting when an `objective` is configured
-    (hparams_search=optuna), else the aggregate (after unlearning, or of an evaluation-only run)."""
-    if "objective" in results:
-        return results["objective"]["value"]
-    if "aggregate" not in results:  # mode=attribute: nothing evaluated
-        return None
-    return results["aggregate"].get("after", results["aggregate"].get("evaluated"))
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from simu_lightning.pipeline import run  # heavy imports after Hydra has parsed the command line
+    from simu_lightning.pipeline.launch import launch  # heavy imports after Hydra has parsed the command line
 
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    try:
-        processes = process_count(cfg.trainer)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and processes > 1:
-            if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # hydra/launcher=slurm: srun started every task
-                return sweep_job_under_slurm(cfg, processes)
-            return sweep_job_under_torchrun(cfg, processes)
-        if (cfg.get("objective") or {}).get("seeds"):
-            return tuning_trial(cfg)
-        results = run(cfg)
-    except SimuError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except SIGTERMException:  # pre-empted: a checkpoint of the last step was saved (see checkpointing.py)
-        print(
-            f"interrupted by SIGTERM: run the same command with hydra.run.dir={cfg.paths.output_dir} to resume",
-            file=sys.stderr,
-        )
-        sys.exit(143)
-    return search_value(results) if results else None  # (only rank 0 of a multi-process run has the results)
+    return launch(cfg, SCRIPT)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ def test_tofu_max_authors_keeps_every_forget_author():
     assert len(bench["forget"]) == 40 and len(bench["retain_train"]) == 80 and len(bench["retain"]) == 80
     assert len(bench["full"]) == 120
     assert set(bench["retain"]["question"]) <= set(bench["retain_train"]["question"])
-    with pytest.raises(SimuError, match="benchmark.max_authors=2"):
+    with pytest.raises(SimuError, match="benchmark.max_authors=2 must exceed the 2 forget authors"):
         tofu.load(path=str(TOFU), forget_split="forget01", max_authors=2)
+    # 2 forget authors and 4 retain authors, all 4 held out: none left for the retain loss
+    with pytest.raises(SimuError, match=r"leaves 4 retain authors, .*heldout_authors=4 .* at least 7$"):
+        tofu.load(path=str(TOFU), forget_split="forget01", max_authors=6, heldout_authors=4)
 
 
 def test_tofu_bad_settings_name_what_is_wrong(tmp_path):

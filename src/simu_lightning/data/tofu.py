@@ -84,6 +84,27 @@ def hold_out(splits: dict[str, Dataset], authors: int) -> tuple[str, ...]:
     return ("retain_heldout",)
 
 
+def _limited_authors(splits: dict, forget_split: str, forget_authors: int, max_authors: int, heldout: int) -> dict:
+    """Every forget author and the first retain authors (whom retain_perturbed also covers), `max_authors`
+    in all; as many holdout authors as forget authors."""
+    if max_authors <= forget_authors:
+        raise SimuError(
+            f"benchmark.max_authors={max_authors} must exceed the {forget_authors} forget "
+            f"authors of {forget_split}, to leave some retain authors"
+        )
+    keep = max_authors - forget_authors
+    if keep <= heldout:
+        raise SimuError(
+            f"benchmark.max_authors={max_authors} leaves {keep} retain authors, and benchmark.heldout_authors="
+            f"{heldout} of them are held out: set max_authors to at least {forget_authors + heldout + 1}"
+        )
+    return {
+        "retain_train": _first_authors(splits["retain_train"], keep),
+        "retain": _first_authors(splits["retain"], keep),
+        "holdout": _first_authors(splits["holdout"], forget_authors),
+    }
+
+
 def load(
     path: str | None = None,
     forget_split: str = "forget10",
@@ -108,22 +129,7 @@ def load(
     }
     forget_authors = _authors(splits["forget"])
     if max_authors is not None:
-        # Keep every forget author and the first retain authors (whom retain_perturbed also covers).
-        if max_authors <= forget_authors:
-            raise SimuError(
-                f"benchmark.max_authors={max_authors} must exceed the {forget_authors} forget "
-                f"authors of {forget_split}, to leave some retain authors"
-            )
-        keep = max_authors - forget_authors
-        if keep <= heldout_authors:
-            raise SimuError(
-                f"benchmark.max_authors={max_authors} leaves {keep} retain authors, and benchmark.heldout_authors="
-                f"{heldout_authors} of them are held out: set max_authors to at least "
-                f"{forget_authors + heldout_authors + 1}"
-            )
-        splits["retain_train"] = _first_authors(splits["retain_train"], keep)
-        splits["retain"] = _first_authors(splits["retain"], keep)
-        splits["holdout"] = _first_authors(splits["holdout"], forget_authors)
+        splits |= _limited_authors(splits, forget_split, forget_authors, max_authors, heldout_authors)
     forget_qa = splits["forget"].select_columns(["question", "answer"])
     retain_qa = splits["retain_train"].select_columns(["question", "answer"])
     splits["full"] = Dataset.from_list(retain_qa.to_list() + forget_qa.to_list())

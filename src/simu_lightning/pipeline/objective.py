@@ -4,7 +4,7 @@ forgetting: a run whose trajectory never reaches the level scores `unreached`.
 
 Configured as `objective: {at: "forget.exact_match<=0.2", metric: retain_heldout.rougeL_recall,
 unreached: 0.0, seeds: [10, 11]}` (conf/hparams_search/optuna.yaml); without it, a run returns its "after"
-aggregate as before. `seeds`: the tuning seeds, each trial run at every one of them (run.py).
+aggregate as before. `seeds`: the tuning seeds, each trial run at every one of them (pipeline/launch.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def check_metric(benchmark, metric: str) -> None:
 def matched_utility(
     curve: list[dict], at: str, metric: str, unreached: float = 0.0, seeds: list[int] | None = None
 ) -> dict:
-    """`metric` where the trajectory first meets `at` (`seeds`, the tuning seeds, are run.py's business)."""
+    """`metric` where the trajectory first meets `at` (`seeds`, the tuning seeds, are launch.py's business)."""
     rule = StoppingRule.parse(at, setting="objective.at")
     if rule is None or len(rule.conditions) != 1:
         raise SimuError(f"objective.at={at!r} must be one condition on a forget metric, e.g. 'forget.exact_match<=0.2'")

@@ -58,7 +58,7 @@ def runs_levels(runs) -> str:
     return levels.pop() if len(levels) == 1 and None not in levels else DEFAULT_AT
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simu_lightning.report", description=__doc__)
     parser.add_argument("folders", nargs="+", help="run directories or sweep folders (multirun/<date>/<time>)")
     parser.add_argument("--out", help="where to write report.md, report.csv, pareto.png (default: the first folder)")
@@ -93,49 +93,66 @@ def main(argv: list[str] | None = None) -> int:
         help=f"leave out the tuning runs (a run whose seed is in its settings' {TUNED}) instead of refusing a group "
         "that pools them with the runs that report their settings",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def reported_runs(args) -> tuple[list, list[str], ForgetLevels]:
+    """The runs the report compares (tuning runs labelled or left out), the notes on them, and the forget
+    levels they are matched at; warnings (tuning runs, mixed commits) on stderr."""
+    if args.margin is not None and not args.margin > 0:
+        raise SimuError(f"--margin must be a positive number, got {args.margin}")
+    found = load_runs(args.folders)
+    at = ForgetLevels.parse(args.at or runs_levels(found))
+    tuning = tuning_runs(found)
+    runs = label_runs(found, tuning, args.exclude_tuning)
+    notes = tuning_notes(found, runs, tuning, args.exclude_tuning)
+    for note in notes:
+        print(f"warning: {note}" if not args.exclude_tuning else note, file=sys.stderr)
+    for group, commits in mixed_commits(runs).items():
+        print(f"warning: group {group!r} mixes git commits {', '.join(commits)} (manifest.json)", file=sys.stderr)
+    return runs, notes, at
+
+
+def write_report(runs: list, notes: list[str], at: ForgetLevels, args, out: Path) -> list[str]:
+    """report.csv, report.md and the figures in `out`: the names of the files written."""
+    metric, op, levels = at.metric, at.op, list(at.values)
+    summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)
+    subject = compared_group(runs, args.compare)
+    compared = comparison_rows(runs, metric, op, levels, args.y, subject, args.margin)
+    robustness, localisation = robustness_rows(runs), localisation_rows(runs)
+    requests = requests_rows(runs, metric, args.y)
+    win_rates, win_rate_warning = win_rate_rows(runs), win_rate_line(runs)
+    if win_rate_warning:
+        print(f"warning: {win_rate_warning} (report.md lists them)", file=sys.stderr)
+    write_csv(out / "report.csv", summary + matched + compared + robustness + localisation + requests + win_rates)
+    written = ["report.md", "report.csv"]
+    if any("after" in run.results for run in runs):  # runs of mode=attribute have no curve
+        pareto(runs, metric, args.y, levels, out / "pareto.png")
+        written.append("pareto.png")
+    if requests:
+        requests_figure(requests, out / "requests.png")
+        written.append("requests.png")
+    with atomic(out / "report.md") as tmp:
+        more = comparison_markdown(compared, args.y, args.margin) + win_rate_markdown(win_rates, win_rate_warning)
+        more += trained_markdown(runs)
+        tmp.write_text(
+            markdown(summary, matched, runs, robustness, localisation, requests_markdown(requests), more, notes)
+        )
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     try:
-        if args.margin is not None and not args.margin > 0:
-            raise SimuError(f"--margin must be a positive number, got {args.margin}")
-        found = load_runs(args.folders)
-        at = ForgetLevels.parse(args.at or runs_levels(found))
-        metric, op, levels = at.metric, at.op, list(at.values)
-        tuning = tuning_runs(found)
-        runs = label_runs(found, tuning, args.exclude_tuning)
-        notes = tuning_notes(found, runs, tuning, args.exclude_tuning)
-        for note in notes:
-            print(f"warning: {note}" if not args.exclude_tuning else note, file=sys.stderr)
-        for group, commits in mixed_commits(runs).items():
-            print(f"warning: group {group!r} mixes git commits {', '.join(commits)} (manifest.json)", file=sys.stderr)
+        runs, notes, at = reported_runs(args)
         out = Path(args.out or args.folders[0])
         out.mkdir(parents=True, exist_ok=True)
-        summary, matched = summary_rows(runs), matched_rows(runs, metric, op, levels)
-        subject = compared_group(runs, args.compare)
-        compared = comparison_rows(runs, metric, op, levels, args.y, subject, args.margin)
-        robustness, localisation = robustness_rows(runs), localisation_rows(runs)
-        requests = requests_rows(runs, metric, args.y)
-        win_rates, win_rate_warning = win_rate_rows(runs), win_rate_line(runs)
-        if win_rate_warning:
-            print(f"warning: {win_rate_warning} (report.md lists them)", file=sys.stderr)
-        write_csv(out / "report.csv", summary + matched + compared + robustness + localisation + requests + win_rates)
-        unlearned = any("after" in run.results for run in runs)  # runs of mode=attribute have no curve
-        if unlearned:
-            pareto(runs, metric, args.y, levels, out / "pareto.png")
-        if requests:
-            requests_figure(requests, out / "requests.png")
-        with atomic(out / "report.md") as tmp:
-            more = comparison_markdown(compared, args.y, args.margin) + win_rate_markdown(win_rates, win_rate_warning)
-            more += trained_markdown(runs)
-            text = markdown(summary, matched, runs, robustness, localisation, requests_markdown(requests), more, notes)
-            tmp.write_text(text)
+        written = write_report(runs, notes, at, args, out)
         if args.archive:
             archive(runs, Path(args.archive))
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    written = (
-        ["report.md", "report.csv"] + (["pareto.png"] if unlearned else []) + (["requests.png"] if requests else [])
-    )
     print(f"{len(runs)} runs -> " + ", ".join(str(out / name) for name in written))
     return 0
 

@@ -2,4 +2,4 @@
 
 
 class SimuError(Exception):
-    """Bad input. `run.py` prints it as one line (`error: ...`) and exits with status 2."""
+    """Bad input. `run.py` (pipeline/launch.py) prints it as one line (`error: ...`) and exits with status 2."""
