@@ -45,15 +45,17 @@ def is_module_worth_a_line(path: Path) -> bool:
 
 
 def test_the_parser_reads_nesting_and_lists():
-    text = "## Package map\n```\nsrc/simu_lightning/\n  data/   the data\n    tofu.py, lume.py  real\n" \
+    text = (
+        "## Package map\n```\nsrc/simu_lightning/\n  data/   the data\n    tofu.py, lume.py  real\n"
         "    inner/  x\n      a.py   y\n  top.py   z\nperf/   not src: loop.py, x.py\n      c.py  z\n```\n"
+    )
     assert package_map(text) == {"data/tofu.py", "data/lume.py", "data/inner/a.py", "top.py"}
 
 
 def test_every_module_has_a_line_in_the_design_map():
     listed = package_map((ROOT / "docs" / "design.md").read_text())
-    modules = {
-        str(path.relative_to(SOURCE)) for path in SOURCE.rglob("*.py") if is_module_worth_a_line(path)
-    }
+    modules = {str(path.relative_to(SOURCE)) for path in SOURCE.rglob("*.py") if is_module_worth_a_line(path)}
     assert not modules - listed, f"docs/design.md's package map leaves out {sorted(modules - listed)}"
-    assert not listed - modules, f"docs/design.md's package map lists modules that do not exist: {sorted(listed - modules)}"
+    assert not listed - modules, (
+        f"docs/design.md's package map lists modules that do not exist: {sorted(listed - modules)}"
+    )

@@ -1010,7 +1010,6 @@ def test_an_attack_family_added_from_a_test_config_runs_in_its_place(cache_dir, 
     assert robustness["toy"]["forget"]["exact_match"] == pytest.approx(sum(shifted) / len(shifted))
 
 
-
 @pytest.mark.slow
 def test_a_loss_added_as_docs_extending_says_is_the_runs_objective(cache_dir, tmp_path):
     """docs/extending.md, "A loss": one class (tests/toy_loss.py) and one YAML node (tests/conf/loss/toy.yaml),
@@ -1024,6 +1023,7 @@ def test_a_loss_added_as_docs_extending_says_is_the_runs_objective(cache_dir, tm
         forget, retain = float(row["unlearn/forget"]), float(row["unlearn/retain"])
         assert float(row["unlearn/gap"]) == pytest.approx(forget - retain, rel=1e-5, abs=1e-6)
         assert float(row["unlearn/loss"]) == pytest.approx(-forget + 3.0 * retain, rel=1e-5, abs=1e-6)
+
 
 # each objective and the term it logs (logs/metrics.csv: unlearn/<term>)
 OBJECTIVES = {
