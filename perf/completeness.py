@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from simu_lightning.attribution.integrated_gradients import (
     SharedPrefix,
@@ -28,6 +29,7 @@ from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models.architecture import architecture_of, down_projections
 from simu_lightning.models.loading import load_pretrained
+from simu_lightning.models.settings import ModelSettings
 from simu_lightning.models.target import prepare_target
 from simu_lightning.pipeline.building import make_trainer
 
@@ -40,7 +42,13 @@ def main(overrides: list[str]) -> dict:
         cfg = compose("config", overrides=["paths.output_dir=outputs/perf", *overrides])
     benchmark, fmt = instantiate(cfg.benchmark), PromptFormat(**cfg.model.prompt)
     trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False)
-    target = prepare_target(cfg.model, benchmark, fmt, cache_root(cfg.paths.cache_dir), trainer)
+    target = prepare_target(
+        ModelSettings.of(OmegaConf.to_container(cfg.model, resolve=True)),
+        benchmark,
+        fmt,
+        cache_root(cfg.paths.cache_dir),
+        trainer,
+    )
     model, tokenizer = load_pretrained(target.target, cfg.model.dtype)
     model.eval().requires_grad_(False)
     forget = encode_split(benchmark[benchmark.forget], tokenizer, fmt, cfg.model.max_length)

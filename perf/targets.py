@@ -8,12 +8,14 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from perf.common import device
 from simu_lightning.utils.cache import cache_root
 from simu_lightning.data.datamodule import encode_split
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models.loading import load_pretrained
+from simu_lightning.models.settings import ModelSettings
 from simu_lightning.models.target import base_model, finetuned
 from simu_lightning.pipeline.building import finetune_trainer_settings, make_trainer
 
@@ -39,9 +41,17 @@ def trained_target(setup: str):
     benchmark, fmt = instantiate(cfg.benchmark), PromptFormat(**cfg.model.prompt)
     cache = cache_root(cfg.paths.cache_dir)
     trainer = partial(make_trainer, cfg.trainer, logger=False, enable_checkpointing=False)
-    base = base_model(cfg.model, benchmark, cache)
+    model_settings = ModelSettings.of(OmegaConf.to_container(cfg.model, resolve=True))
+    base = base_model(model_settings, benchmark, cache)
     target = finetuned(
-        base, benchmark, benchmark.target_splits, cfg.model, fmt, cache, trainer, finetune_trainer_settings(cfg.trainer)
+        base,
+        benchmark,
+        benchmark.target_splits,
+        model_settings,
+        fmt,
+        cache,
+        trainer,
+        finetune_trainer_settings(cfg.trainer),
     )  # the same cache key as a run's
     model, tokenizer = load_pretrained(target, cfg.model.dtype, tokenizer_source=cfg.model.get("tokenizer"))
     model = model.to(device())

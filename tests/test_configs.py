@@ -11,7 +11,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import ROOT, SHARED_DATA, write_muse_folder
-from simu_lightning.pipeline import checks as config
+from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.building import make_trainer
 from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.data.formatting import PromptFormat
@@ -44,7 +44,7 @@ def composed(overrides: list[str], tmp_path: Path):
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
         cfg.paths.cache_dir = str(tmp_path / "cache")
-    config.check(cfg)
+    RunPlan.of(cfg)  # every setting built, and the rules between them checked
     return cfg
 
 

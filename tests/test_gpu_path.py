@@ -226,16 +226,16 @@ def test_on_a_gpu_the_default_precision_is_bf16_mixed_with_tf32_matmuls(monkeypa
     chosen = []
     monkeypatch.setattr(torch, "set_float32_matmul_precision", chosen.append)
     cpu = RunPlan.of(composed_run([], tmp_path, tmp_path / "cache"))
-    use_tensor_cores(cpu.cfg.trainer)
-    assert cpu.cfg.trainer.precision == "32-true" and chosen == []  # the CPU's figures stay float32's
+    use_tensor_cores(cpu.trainer.device)
+    assert cpu.trainer.precision == "32-true" and chosen == []  # the CPU's figures stay float32's
     gpu = FakeGpu(monkeypatch)
     try:
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
         plan = RunPlan.of(composed_run([], tmp_path, tmp_path / "cache"))
-        use_tensor_cores(plan.cfg.trainer)
+        use_tensor_cores(plan.trainer.device)
     finally:
         gpu.close()
-    assert plan.cfg.trainer.precision == "bf16-mixed" and chosen == ["high"]
+    assert plan.trainer.precision == "bf16-mixed" and chosen == ["high"]
 
 
 def test_the_eager_attention_mask_is_made_on_the_masks_device(tiny_model):
@@ -298,9 +298,9 @@ def test_activation_checkpointing_holds_on_one_device_too(tiny_model, small_benc
 
 def test_parallel_mixed_precision_on_one_device_computes_in_bf16_with_fp32_masters(tmp_path):
     plan = RunPlan.of(composed_run(["parallel.mixed_precision=bf16"], tmp_path, tmp_path / "cache"))
-    assert plan.cfg.trainer.precision == "bf16-mixed"
+    assert plan.trainer.precision == "bf16-mixed"
     sharded = RunPlan.of(composed_run(["parallel.mixed_precision=bf16", "trainer=fsdp"], tmp_path, tmp_path / "c"))
-    assert sharded.cfg.trainer.precision == "32-true"  # FSDP2's own policy gathers in bf16 there
+    assert sharded.trainer.precision == "32-true"  # FSDP2's own policy gathers in bf16 there
 
 
 # -- host memory of a sharded run --------------------------------------------------------------------
@@ -433,6 +433,7 @@ def test_a_gpu_run_plans_its_memory_and_refuses_to_start_where_it_would_not_fit(
     from transformers.models.olmo import modeling_olmo
 
     from simu_lightning.memory import plan_memory
+    from simu_lightning.memory.setup import Setup
     from simu_lightning.pipeline.fits import longest_row
     from simu_lightning.pipeline.prepare import load_benchmark, load_models
     from simu_lightning.pipeline.unlearn import unlearning_data
@@ -444,8 +445,8 @@ def test_a_gpu_run_plans_its_memory_and_refuses_to_start_where_it_would_not_fit(
     sizes = {}
     for checkpointing in (True, False):
         setting = [*overrides, f"parallel.activation_checkpointing={str(checkpointing).lower()}"]
-        cfg = RunPlan.of(composed_run(setting, tmp_path / "probe", cache)).cfg
-        sizes[checkpointing] = plan_memory(cfg, length=length, device_bytes=2**40).total
+        setup = Setup.of(composed_run(setting, tmp_path / "probe", cache))
+        sizes[checkpointing] = plan_memory(setup, length=length, device_bytes=2**40).total
     assert sizes[True] < sizes[False]
     real, calls = modeling_olmo.OlmoMLP.forward, []
     # the passes with gradients: the unlearning steps' (the evaluations run without)

@@ -655,7 +655,7 @@ BAD_SETTINGS = [
         "robustness=standard robustness.families.relearning.forget_fraction=1",
         "robustness.families.relearning.forget_fraction=1 must lie in (0, 1)",
     ),
-    ("mode=simulate", "mode must be one of unlearn, evaluate, attribute, got 'simulate'"),
+    ("mode=simulate", "mode must be one of unlearn, evaluate, attribute, prepare, got 'simulate'"),
 ]
 
 
@@ -665,6 +665,15 @@ def test_bad_settings_fail_with_one_line_naming_them_before_any_work(override, m
         run_here(override.split(" "), tmp_path / "run", tmp_path / "cache")
     assert str(refused.value) == message and "\n" not in message
     assert not (tmp_path / "cache").exists()  # failed before any work
+
+
+def test_mode_prepare_caches_the_target_and_its_retain_model_and_stops(tmp_path):
+    """mode=prepare (a multi-process run's first step, in one process): the two fine-tuned models are in
+    the cache, and the run stops there, leaving no results."""
+    assert run_here([*SMALL, "mode=prepare"], tmp_path / "run", tmp_path / "cache") is None
+    prepared = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "models").iterdir())
+    assert prepared.count("finetuned") == 2  # the target and the retain model
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 @pytest.mark.parametrize(

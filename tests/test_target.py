@@ -4,13 +4,15 @@ every input of a fine-tuned target is part of its cache key."""
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.models import target as target_module
+from simu_lightning.models.settings import ModelSettings
+from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.target import Target, finetune_key, load_base, load_target, prepare_target
 
 MODEL = {
+    "name": "base",
     "source": "org/base",
     "revision": "abc123",
     "tokenizer": None,
@@ -35,14 +37,14 @@ def loads(monkeypatch):
 
 
 def test_a_ready_made_target_loads_at_its_pinned_revision(small_benchmark, loads, tmp_path):
-    cfg = OmegaConf.create({**MODEL, "targets": {"synthetic": {"source": "org/target", "revision": "v1.2"}}})
+    cfg = ModelSettings.of({**MODEL, "targets": {"synthetic": {"source": "org/target", "revision": "v1.2"}}})
     target = prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None)
     load_target(target, "float32")
     assert loads == [("org/target", "v1.2", False)]
 
 
 def test_a_hub_model_used_without_fine_tuning_loads_at_model_revision(small_benchmark, loads, tmp_path):
-    cfg = OmegaConf.create({**MODEL, "finetune": None})
+    cfg = ModelSettings.of({**MODEL, "finetune": None})
     load_target(prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None), "float32")
     assert loads == [("org/base", "abc123", False)]
 
@@ -64,15 +66,15 @@ def test_the_base_model_loads_at_its_revision(loads):
 )
 def test_every_model_setting_a_target_depends_on_changes_its_key(small_benchmark, change):
     fmt = PromptFormat()
-    base_key = finetune_key("org/base", small_benchmark, ("full",), OmegaConf.create(MODEL), fmt)
-    assert finetune_key("org/base", small_benchmark, ("full",), OmegaConf.create({**MODEL, **change}), fmt) != base_key
+    base_key = finetune_key("org/base", small_benchmark, ("full",), ModelSettings.of(MODEL), fmt)
+    assert finetune_key("org/base", small_benchmark, ("full",), ModelSettings.of({**MODEL, **change}), fmt) != base_key
 
 
 @pytest.mark.parametrize(
     "numerics", [{"precision": "bf16-mixed"}, {"accumulate_grad_batches": 2}, {"gradient_clip_val": 1.0}]
 )
 def test_the_trainer_numerics_of_fine_tuning_change_the_key(small_benchmark, numerics):
-    cfg, fmt = OmegaConf.create(MODEL), PromptFormat()
+    cfg, fmt = ModelSettings.of(MODEL), PromptFormat()
     plain = {"precision": "32-true", "accumulate_grad_batches": 1, "gradient_clip_val": None}
     assert finetune_key("b", small_benchmark, ("full",), cfg, fmt, plain) != finetune_key(
         "b", small_benchmark, ("full",), cfg, fmt, {**plain, **numerics}
@@ -80,7 +82,7 @@ def test_the_trainer_numerics_of_fine_tuning_change_the_key(small_benchmark, num
 
 
 def test_the_code_version_is_part_of_the_key(small_benchmark, monkeypatch):
-    cfg, fmt = OmegaConf.create(MODEL), PromptFormat()
+    cfg, fmt = ModelSettings.of(MODEL), PromptFormat()
     before = finetune_key("b", small_benchmark, ("full",), cfg, fmt)
     monkeypatch.setattr(target_module, "TARGET_FORMAT", target_module.TARGET_FORMAT + 1)
     assert finetune_key("b", small_benchmark, ("full",), cfg, fmt) != before
@@ -88,7 +90,7 @@ def test_the_code_version_is_part_of_the_key(small_benchmark, monkeypatch):
 
 def test_code_shipped_with_a_hub_model_runs_only_when_the_config_says_so(small_benchmark, loads, tmp_path):
     for flag in (False, True):
-        cfg = OmegaConf.create({**MODEL, "finetune": None, "trust_remote_code": flag})
+        cfg = ModelSettings.of({**MODEL, "finetune": None, "trust_remote_code": flag})
         load_target(prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path, make_trainer=None), "float32")
     assert [call[2] for call in loads] == [False, True]
 
@@ -107,7 +109,7 @@ def test_a_moved_cache_keeps_its_targets(small_benchmark, tmp_path, monkeypatch)
 
         callback_metrics = {}
 
-    cfg = OmegaConf.create(
+    cfg = ModelSettings.of(
         {
             **MODEL,
             "source": "tiny",
@@ -145,3 +147,11 @@ def test_a_moved_cache_keeps_the_retain_models_truth_ratios(tiny_model_dir, smal
     monkeypatch.setattr(retain_model, "load_pretrained", no_evaluation)
     moved = retain_model.truth_ratio_rows(str(tmp_path / "b" / "models" / "retain"), *args, tmp_path / "b")
     assert moved == first
+
+
+def test_model_settings_name_the_setting_at_fault():
+    with pytest.raises(SimuError, match=r"^model\.max_len is not a model setting \(known: "):
+        ModelSettings.of({**MODEL, "max_len": 64})
+    with pytest.raises(SimuError, match=r"^model\.max_length must be a positive integer, got 0$"):
+        ModelSettings.of({**MODEL, "max_length": 0})
+    assert ModelSettings.of({**MODEL, "prompt": {"chat": True}}).prompt == PromptFormat(chat=True)

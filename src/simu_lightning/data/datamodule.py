@@ -12,6 +12,7 @@ being padded with repeated rows, which would change the global batch with the pr
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, fields
 from functools import cached_property
 
 import lightning as L
@@ -239,3 +240,25 @@ class UnlearningDataModule(L.LightningDataModule):
         batch = collate(examples, self.tokenizer.pad_token_id)
         batch["index"] = torch.tensor([e["index"] for e in examples])
         return batch
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """`data`: the unlearning batches (the global forget batch, its retain partners, loader workers)."""
+
+    batch_size: int = 32
+    retain_per_forget: int = 1
+    num_workers: int = 0
+
+    @classmethod
+    def of(cls, node: dict) -> DataSettings:
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(node) - known):
+            raise SimuError(f"data.{unknown[0]} is not a data setting (known: {', '.join(sorted(known))})")
+        return cls(**node)
+
+    def __post_init__(self):
+        for name in ("batch_size", "retain_per_forget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise SimuError(f"data.{name} must be a positive integer, got {value!r}")

@@ -178,20 +178,20 @@ def gib(value: int) -> str:
 
 
 def plan_memory(
-    cfg: DictConfig,
+    cfg: DictConfig | Setup,
     *,
     length: int | None = None,
     device_bytes: int | None = None,
     critical_share: float = 0.1,
     device: str | None = None,
 ) -> MemoryPlan:
-    """The memory plan of the run `cfg` composes, for rows of `length` tokens (the longest encoded row;
+    """The memory plan of the run `cfg` composes (or of its Setup, as a run plan holds it), for rows of `length` tokens (the longest encoded row;
     None: model.max_length). A plan for a GPU (`device_bytes` given, or `device="cuda"`) resolves
     precision "auto" to bf16-mixed and counts the CUDA context; activation checkpointing "auto" is on
     when the plan without it does not fit `device_bytes`."""
     if not 0 < critical_share <= 1:
         raise SimuError(f"memory plan: the critical share must be in (0, 1], got {critical_share}")
-    setup = Setup.of(cfg)
+    setup = cfg if isinstance(cfg, Setup) else Setup.of(cfg)
     device = device or ("cuda" if device_bytes is not None else _run_device(setup.accelerator))
     return plan_setup(setup, length, device, device_bytes, critical_share)
 

@@ -33,6 +33,7 @@ from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import Architecture, architecture_of, down_projections, up_projections
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import load_pretrained
+from simu_lightning.models.settings import ModelSettings
 from simu_lightning.utils.seeding import seeded
 from simu_lightning.utils.phase_progress import fit_steps
 
@@ -146,7 +147,7 @@ def replay_rows(benchmark, count: int, seed: int) -> list[dict]:
     return [rows[i] for i in (order * (count // len(rows) + 1))[:count]] if rows else []
 
 
-def planted_key(clean: str, benchmark, planting: Planting, model_cfg, fmt, trainer_settings) -> str:
+def planted_key(clean: str, benchmark, planting: Planting, model: ModelSettings, fmt, trainer_settings) -> str:
     return cache_key(
         "planted",
         PLANTING_FORMAT,
@@ -154,8 +155,8 @@ def planted_key(clean: str, benchmark, planting: Planting, model_cfg, fmt, train
         benchmark.fingerprint((benchmark.forget, *benchmark.retain_model_splits)),
         asdict(planting),
         asdict(fmt),
-        model_cfg.max_length,
-        model_cfg.dtype,
+        model.max_length,
+        model.dtype,
         trainer_settings or {},
     )
 
@@ -164,20 +165,20 @@ def planted_target(
     clean: str,
     benchmark,
     planting: Planting,
-    model_cfg,
+    model_settings: ModelSettings,
     fmt,
     cache_dir: Path,
     make_trainer: Callable,
     trainer_settings: dict | None = None,
 ) -> str:
     """The clean model with the forget set planted into P (cached, with P beside it as PLANTED_FILE)."""
-    key = planted_key(source_identity(clean, cache_dir), benchmark, planting, model_cfg, fmt, trainer_settings)
+    key = planted_key(source_identity(clean, cache_dir), benchmark, planting, model_settings, fmt, trainer_settings)
     path = cache_dir / "models" / f"planted-{key}"
     if (path / PLANTED_FILE).exists():
         log.info("reusing the cached planted target %s (fraction %g, seed %d)", path, planting.fraction, planting.seed)
         return str(path)
-    model, tokenizer = load_pretrained(clean, model_cfg.dtype)
-    arch = architecture_of(model, model_cfg.get("architecture"))
+    model, tokenizer = load_pretrained(clean, model_settings.dtype)
+    arch = architecture_of(model, model_settings.architecture)
     planted = draw_planted(model, arch, planting)
     forget = benchmark[benchmark.forget].to_list()
     rows = forget + replay_rows(benchmark, round(planting.replay * len(forget)), planting.seed)
@@ -193,7 +194,7 @@ def planted_target(
     )
     start = time.perf_counter()
     with seeded(planting.seed):
-        loader = answer_loader(tokenizer, fmt, rows, model_cfg.max_length, planting.batch_size, planting.seed)
+        loader = answer_loader(tokenizer, fmt, rows, model_settings.max_length, planting.batch_size, planting.seed)
         module = FineTune(
             model.train(),
             planting.lr,

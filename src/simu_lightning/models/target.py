@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
 
 from simu_lightning.utils.cache import cache_key, source_identity
 from simu_lightning.utils.files import atomic
@@ -24,6 +23,7 @@ from simu_lightning.models import tiny
 from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.models.loading import convert_gguf, gguf_file, load_pretrained
 from simu_lightning.models.planting import planted_target
+from simu_lightning.models.settings import ModelSettings
 from simu_lightning.utils.seeding import seeded
 from simu_lightning.utils.phase_progress import fit_steps
 
@@ -68,14 +68,10 @@ def load_base(target: Target, dtype: str):
     return load_pretrained(target.base, dtype, target.base_revision, target.tokenizer, target.trust_remote_code)
 
 
-def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-
-
-def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
+def base_model(model: ModelSettings, benchmark: Benchmark, cache_dir: Path) -> str:
     """The model fine-tuning starts from: a hub id or folder as given, a GGUF file converted once into
     a cached folder, or the tiny model built for this benchmark (tokenizer trained on its text)."""
-    source = str(model_cfg.source)
+    source = str(model.source)
     if source.endswith(".gguf"):
         file = gguf_file(source)
         # the file's name and size, not its place: a venv elsewhere holds the same model
@@ -86,7 +82,7 @@ def base_model(model_cfg, benchmark: Benchmark, cache_dir: Path) -> str:
         return str(path)
     if source != "tiny":
         return source
-    spec = _plain(model_cfg.tiny)
+    spec = dict(model.tiny or {})
     splits = tuple(benchmark.splits)  # every split's text, so no evaluation question is out of vocabulary
     path = cache_dir / "models" / f"tiny-{cache_key(spec, benchmark.fingerprint(splits))}"
     if not (path / "config.json").exists():
@@ -106,7 +102,7 @@ def finetune_key(
     base: str,
     benchmark: Benchmark,
     splits: tuple[str, ...],
-    model_cfg,
+    model: ModelSettings,
     fmt: PromptFormat,
     trainer_settings: dict | None = None,
 ) -> str:
@@ -116,13 +112,13 @@ def finetune_key(
         "finetune",
         TARGET_FORMAT,
         base,
-        model_cfg.get("revision"),
-        model_cfg.get("tokenizer"),
+        model.revision,
+        model.tokenizer,
         benchmark.fingerprint(splits),
-        _plain(model_cfg.finetune),
+        dict(model.finetune or {}),
         asdict(fmt),
-        model_cfg.max_length,
-        model_cfg.dtype,
+        model.max_length,
+        model.dtype,
         trainer_settings or {},
     )
 
@@ -131,7 +127,7 @@ def finetuned(
     base: str,
     benchmark: Benchmark,
     splits: tuple[str, ...],
-    model_cfg,
+    model_settings: ModelSettings,
     fmt: PromptFormat,
     cache_dir: Path,
     make_trainer: Callable[..., L.Trainer],
@@ -141,9 +137,9 @@ def finetuned(
 
     Its seed is the fine-tuning's own (`model.finetune.seed`), not the run's: runs with different
     seeds unlearn the same target, as they would a published one."""
-    settings = _plain(model_cfg.finetune)
+    settings = dict(model_settings.finetune or {})
     seed = settings.get("seed", 0)
-    key = finetune_key(source_identity(base, cache_dir), benchmark, splits, model_cfg, fmt, trainer_settings)
+    key = finetune_key(source_identity(base, cache_dir), benchmark, splits, model_settings, fmt, trainer_settings)
     path = cache_dir / "models" / f"finetuned-{key}"
     if (path / "config.json").exists():
         log.info(
@@ -156,14 +152,10 @@ def finetuned(
         return str(path)
     log.info("fine-tuning %s on %s (%d epochs) into %s", base, "+".join(splits), settings["epochs"], path)
     model, tokenizer = load_pretrained(
-        base,
-        model_cfg.dtype,
-        model_cfg.get("revision"),
-        model_cfg.get("tokenizer"),
-        bool(model_cfg.get("trust_remote_code", False)),
+        base, model_settings.dtype, model_settings.revision, model_settings.tokenizer, model_settings.trust_remote_code
     )
     rows = [row for split in splits for row in benchmark[split]]
-    loader = answer_loader(tokenizer, fmt, rows, model_cfg.max_length, settings["batch_size"], seed)
+    loader = answer_loader(tokenizer, fmt, rows, model_settings.max_length, settings["batch_size"], seed)
     start = time.perf_counter()
     with seeded(seed):  # the run's own draws do not depend on whether this target was cached
         trainer = make_trainer(
@@ -189,7 +181,7 @@ def finetuned(
 
 
 def prepare_target(
-    model_cfg,
+    model: ModelSettings,
     benchmark: Benchmark,
     fmt: PromptFormat,
     cache_dir: Path,
@@ -200,41 +192,40 @@ def prepare_target(
     config names one for the benchmark (`model.targets.<benchmark>`), else the base fine-tuned here.
     `trainer_settings` are the trainer's numerics that fine-tuning inherits (precision, accumulation,
     clipping): part of a fine-tuned model's cache key."""
-    remote = bool(model_cfg.get("trust_remote_code", False))
-    ready = (model_cfg.get("targets") or {}).get(benchmark.name)
-    if ready:
+    remote = model.trust_remote_code
+    if ready := model.ready_target(benchmark.name):
         return Target(
-            ready.source,
+            ready["source"],
             ready.get("retain_model"),
-            target_id=f"{ready.source}@{ready.get('revision')}",
+            target_id=f"{ready['source']}@{ready.get('revision')}",
             tokenizer=ready.get("tokenizer"),
             revision=ready.get("revision"),
             retain_model_revision=ready.get("retain_model_revision"),
             trust_remote_code=remote,
         )
-    base = base_model(model_cfg, benchmark, cache_dir)
-    revision = None if Path(base).exists() else model_cfg.get("revision")
-    if not model_cfg.get("finetune") or not benchmark.target_splits:
+    base = base_model(model, benchmark, cache_dir)
+    revision = None if Path(base).exists() else model.revision
+    if not model.finetune or not benchmark.target_splits:
         return Target(
             base,
             None,
-            target_id=f"{base}@{model_cfg.get('revision')}",
-            tokenizer=model_cfg.get("tokenizer"),
+            target_id=f"{base}@{model.revision}",
+            tokenizer=model.tokenizer,
             revision=revision,
             trust_remote_code=remote,
         )
     retain_model = None
     if benchmark.retain_model_splits:
         retain_model = finetuned(
-            base, benchmark, benchmark.retain_model_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+            base, benchmark, benchmark.retain_model_splits, model, fmt, cache_dir, make_trainer, trainer_settings
         )
     if benchmark.planted is not None:  # phase 2 on the clean model (the retain model): models/planting.py
         target = planted_target(
-            retain_model, benchmark, benchmark.planted, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+            retain_model, benchmark, benchmark.planted, model, fmt, cache_dir, make_trainer, trainer_settings
         )
     else:
         target = finetuned(
-            base, benchmark, benchmark.target_splits, model_cfg, fmt, cache_dir, make_trainer, trainer_settings
+            base, benchmark, benchmark.target_splits, model, fmt, cache_dir, make_trainer, trainer_settings
         )
     return Target(
         target,

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import OmegaConf
 
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.evaluation import Evaluation, Evaluator
@@ -19,7 +18,6 @@ from simu_lightning.evaluation.before_cache import attack_baselines_path
 from simu_lightning.evaluation.harness import harness_results
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.models.target import load_base, load_retain_model
-from simu_lightning.pipeline.building import devices_of, run_device, single_process_trainers
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.robustness import AttackContext
@@ -42,9 +40,9 @@ class Baselines:
 
 
 def evaluator_of(plan: RunPlan, benchmark: Benchmark, models: Models, retain_rows: list[dict]) -> Evaluator:
-    settings = plan.evaluation.for_model(plan.cfg.model.max_length, benchmark.max_new_tokens)
+    settings = plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens)
     ratios = [row["truth_ratio"] for row in retain_rows] or None
-    return Evaluator(models.tokenizer, models.fmt, benchmark, settings, ratios, run_device(plan.cfg.trainer))
+    return Evaluator(models.tokenizer, models.fmt, benchmark, settings, ratios, plan.trainer.device)
 
 
 def evaluate_base(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evaluation | None:
@@ -55,7 +53,7 @@ def evaluate_base(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evalua
     if models.target.base is None:
         log.info("evaluation.base: the target was not fine-tuned here, so there is no base model to evaluate")
         return None
-    model, _ = load_base(models.target, plan.cfg.model.dtype)
+    model, _ = load_base(models.target, plan.model.dtype)
     return evaluator(model, "base")
 
 
@@ -64,7 +62,7 @@ def evaluate_clean(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evalu
     (on rank 0 alone, as the base model)."""
     if not models.target.planted or rank_zero_only.rank != 0:
         return None
-    model, _ = load_retain_model(models.target, plan.cfg.model.dtype)
+    model, _ = load_retain_model(models.target, plan.model.dtype)
     return evaluator(model, "clean")
 
 
@@ -78,9 +76,9 @@ def attack_baselines_cache(plan: RunPlan, models: Models, evaluator: Evaluator) 
         models.target.target_id,
         source_identity(retain, plan.cache_dir) if retain else None,
         evaluator,
-        plan.cfg.model.dtype,
-        devices_of(plan.cfg.trainer),
-        OmegaConf.to_container(plan.cfg.robustness, resolve=True),
+        plan.model.dtype,
+        plan.trainer.cache_devices,
+        plan.robustness_key,
     )
 
 
@@ -89,7 +87,7 @@ def attack_target(plan: RunPlan, models: Models, evaluator: Evaluator) -> Attack
     when a run of this target already made them (none depends on the seed or the method)."""
     if plan.robustness is None:
         return None
-    context = AttackContext(models.model, evaluator, single_process_trainers(plan.cfg, plan.out))
+    context = AttackContext(models.model, evaluator, plan.trainer.single_process(plan.out))
     cached = attack_baselines_cache(plan, models, evaluator)
     if cached is not None and cached.exists():
         log.info("reusing the cached attack baselines on the target (%s)", cached.parent)
@@ -98,7 +96,7 @@ def attack_target(plan: RunPlan, models: Models, evaluator: Evaluator) -> Attack
         return context
     retain_model = None
     if plan.robustness.needs_retain_model and models.target.retain_model is not None:
-        retain_model, _ = load_retain_model(models.target, plan.cfg.model.dtype)
+        retain_model, _ = load_retain_model(models.target, plan.model.dtype)
     plan.robustness.before(context, retain_model)
     if cached is not None:
         with atomic(cached.parent, keep_existing=True) as tmp:
@@ -112,7 +110,7 @@ def evaluate_harness(plan: RunPlan, model, tokenizer) -> dict | None:
     if not plan.evaluation.harness.tasks:
         return None
     return harness_results(
-        on_device(model, run_device(plan.cfg.trainer)), tokenizer, plan.evaluation.harness, plan.evaluation.batch_size
+        on_device(model, plan.trainer.device), tokenizer, plan.evaluation.harness, plan.evaluation.batch_size
     )
 
 
@@ -123,11 +121,11 @@ def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> B
         benchmark,
         models.target,
         models.fmt,
-        plan.evaluation.for_model(plan.cfg.model.max_length, benchmark.max_new_tokens),
-        plan.cfg.model.dtype,
+        plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens),
+        plan.model.dtype,
         plan.cache_dir,
         plan.evaluation.retain_model_results,
-        run_device(plan.cfg.trainer),
+        plan.trainer.device,
     )
     evaluator = evaluator_of(plan, benchmark, models, retain_rows)
     base, clean = evaluate_base(plan, models, evaluator), evaluate_clean(plan, models, evaluator)

@@ -4,18 +4,69 @@ the trainers of a run and of its target preparation, its loggers and its device.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simu_lightning.utils.devices import resolved_precision
 from simu_lightning.utils.processes import is_launched_externally
 from simu_lightning.utils.errors import SimuError
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The Lightning trainer of a run, read once from the trainer node (its precision as it runs), and what
+    the stages derive from it: this process's device, whether several processes take part, the settings
+    that cache keys and target fine-tuning read."""
+
+    arguments: dict  # the trainer node, resolved: what `make` instantiates
+    device: torch.device  # this process's device during the fit (what Lightning's `auto` picks)
+    several_processes: bool  # a sharded or multi-device trainer, or torchrun / srun
+    cache_devices: dict  # where and in what precision a model is evaluated (part of cache keys)
+    finetune_numerics: dict  # the settings that target fine-tuning inherits (part of its cache key)
+
+    @classmethod
+    def of(cls, node: DictConfig) -> TrainerSettings:
+        return cls(
+            arguments=OmegaConf.to_container(node, resolve=True),
+            device=run_device(node),
+            several_processes=several_processes(node),
+            cache_devices=devices_of(node),
+            finetune_numerics=finetune_trainer_settings(node),
+        )
+
+    @property
+    def max_epochs(self) -> int:
+        return self.arguments.get("max_epochs")
+
+    @property
+    def precision(self) -> str:
+        return str(self.arguments.get("precision"))
+
+    def make(self, **overrides) -> L.Trainer:
+        """The trainer, with `overrides` (callbacks, logger, max_steps, ...) over the node's arguments."""
+        return build(self.arguments, **overrides)
+
+    def at(self, out: Path, old: Path) -> TrainerSettings:
+        """The same trainer writing under `out` where it wrote under `old` (a continual request's folder)."""
+        return dataclasses.replace(self, arguments=rebased(self.arguments, old, out))
+
+    def single_process(self, out: Path):
+        """A factory of single-process trainers (target preparation, the relearning attack)."""
+        return single_process_trainers(self, out)
+
+
+def several_processes(trainer: DictConfig) -> bool:
+    """Whether the run uses several processes (a sharded or multi-device trainer, or torchrun / srun)."""
+    several = str(trainer.get("devices", 1)) not in ("1", "auto") or int(trainer.get("num_nodes", 1) or 1) > 1
+    return several or is_launched_externally()
 
 
 def build(node: DictConfig, **overrides):
@@ -35,8 +86,20 @@ def make_trainer(trainer_cfg: DictConfig, **overrides) -> L.Trainer:
     return build(trainer_cfg, **{"precision": trainer_precision(trainer_cfg), **overrides})
 
 
-def loggers(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+def loggers(nodes: tuple[dict, ...]) -> list:
+    """The run's loggers, built from their resolved nodes (RunPlan.loggers)."""
+    return [instantiate(node) for node in nodes]
+
+
+def rebased(value, old: Path, new: Path):
+    """`value` (a resolved node: dicts, lists, strings) with every path under `old` moved under `new`."""
+    if isinstance(value, dict):
+        return {key: rebased(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rebased(item, old, new) for item in value]
+    if isinstance(value, str) and (value == str(old) or value.startswith(f"{old}/")):
+        return str(new) + value[len(str(old)) :]
+    return value
 
 
 def devices_of(trainer_cfg: DictConfig) -> dict[str, str]:
@@ -74,14 +137,14 @@ def with_resolved_precision(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def use_tensor_cores(trainer_cfg: DictConfig) -> None:
+def use_tensor_cores(device: torch.device) -> None:
     """On a CUDA run, float32 matmuls in TF32 (torch's "high"): strict float32 leaves an H100 at ~67 of
     its ~495 TF32 TFLOP/s. The float32 master weights, optimiser state and reductions are unaffected."""
-    if run_device(trainer_cfg).type == "cuda":
+    if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
 
 
-def single_process_trainers(cfg: DictConfig, out: Path):
+def single_process_trainers(trainer: TrainerSettings, out: Path):
     """Target preparation and the relearning attack run in one process, whatever the unlearning's
     strategy: a factory of such trainers."""
 
@@ -89,10 +152,9 @@ def single_process_trainers(cfg: DictConfig, out: Path):
         if is_launched_externally():
             raise SimuError(
                 "the target is not prepared yet, and preparing it needs a single process: run the "
-                "same command once without torchrun/srun, adding prepare_only=true"
+                "same command once without torchrun/srun, adding mode=prepare"
             )
-        return make_trainer(
-            cfg.trainer,
+        return trainer.make(
             devices=1,
             num_nodes=1,
             strategy="auto",

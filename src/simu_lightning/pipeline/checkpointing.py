@@ -18,7 +18,6 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
 
 from simu_lightning.distributed import agree
 
@@ -72,9 +71,9 @@ class SaveOnInterrupt(L.Callback):
             self.resume = (state_dict["epoch"], state_dict["batches_done"])
 
 
-def checkpointing(cfg: DictConfig, out: Path) -> tuple[list, str | None]:
-    """The checkpoint callbacks and the checkpoint to resume from, when this output directory holds one."""
-    every = cfg.checkpoint.every_n_epochs
+def checkpointing(every: int | None, out: Path) -> tuple[list, str | None]:
+    """The checkpoint callbacks (every `every` epochs; None or 0: none) and the checkpoint to resume from,
+    when this output directory holds one."""
     if not every:
         return [], None
     folder = out / "checkpoints"

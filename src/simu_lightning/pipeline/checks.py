@@ -5,14 +5,11 @@ relates one node to another. Each names the settings and what is valid."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from simu_lightning.attribution.selection import PLANTED_HEADS
 from simu_lightning.unlearning.methods import HEADS
-from simu_lightning.utils.processes import is_launched_externally
 from simu_lightning.utils.errors import SimuError
 
-MODES = ("unlearn", "evaluate", "attribute")
+MODES = ("unlearn", "evaluate", "attribute", "prepare")
 ONE_PROCESS = (
     "robustness: the attack stage runs in one process; unlearn with several, then attack the saved model: "
     "python run.py mode=evaluate model.source=<run>/unlearned_model robustness=standard"
@@ -25,7 +22,7 @@ def _positive(name: str, value, integer: bool = False) -> None:
         raise SimuError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
-def check_optim(optim: DictConfig) -> None:
+def check_optim(optim: dict) -> None:
     """`optim`, which the methods' optimisers read through interpolation (method.optimizer.rho: ${optim.rho})."""
     rho = optim.get("rho", "auto")
     if rho != "auto" and (isinstance(rho, (bool, str)) or rho < 0):
@@ -41,25 +38,21 @@ LOW_PRECISION_DTYPES = ("bfloat16", "float16")
 LOW_PRECISION_TRAINERS = ("bf16-true", "16-true", "bf16", "16", "half")
 
 
-def low_precision_weights(cfg: DictConfig) -> str | None:
+def low_precision_weights(plan) -> str | None:
     """The setting that makes the trained weights bf16 or fp16 (model.dtype, or a '-true' trainer
     precision, which converts them), or None."""
-    if str(cfg.model.get("dtype", "float32")) in LOW_PRECISION_DTYPES:
-        return f"model.dtype={cfg.model.dtype}"
-    if str(cfg.trainer.get("precision")) in LOW_PRECISION_TRAINERS:
-        return f"trainer.precision={cfg.trainer.precision}"
+    if plan.model.dtype in LOW_PRECISION_DTYPES:
+        return f"model.dtype={plan.model.dtype}"
+    if plan.trainer.precision in LOW_PRECISION_TRAINERS:
+        return f"trainer.precision={plan.trainer.precision}"
     return None
 
 
-def check_weights_precision(cfg: DictConfig) -> None:
+def check_weights_precision(plan) -> None:
     """Unlearning in bf16 / fp16 weights only when asked for: a step at an unlearning lr is far below a
     bf16 weight's rounding step (the optimisers then keep fp32 masters: optim/master.py)."""
-    setting = low_precision_weights(cfg)
-    if (
-        setting
-        and cfg.get("mode", "unlearn") == "unlearn"
-        and not (cfg.get("optim") or {}).get("low_precision_weights")
-    ):
+    setting = low_precision_weights(plan)
+    if setting and plan.mode == "unlearn" and not plan.optim.get("low_precision_weights"):
         raise SimuError(
             f"{setting}: unlearning in bf16/fp16 weights rounds away most updates at unlearning learning rates; "
             "keep float32 weights and compute in bf16 with trainer.precision=bf16-mixed (the GPU default, "
@@ -68,56 +61,60 @@ def check_weights_precision(cfg: DictConfig) -> None:
         )
 
 
-def check(cfg: DictConfig) -> None:
-    if cfg.get("mode", "unlearn") not in MODES:
-        raise SimuError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
-    check_weights_precision(cfg)
-    # data and trainer are built only at the fit, after the target's fine-tuning: checked here, now
-    _positive("data.batch_size", cfg.data.batch_size, integer=True)
-    _positive("data.retain_per_forget", cfg.data.get("retain_per_forget", 1), integer=True)
-    _positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), integer=True)
-    check_optim(cfg.get("optim") or {})
-    checkpointing = (cfg.get("parallel") or {}).get("activation_checkpointing", False)
+def check(plan) -> None:
+    """The rules between the plan's settings (RunPlan.of runs them once every setting is built)."""
+    if plan.mode not in MODES:
+        raise SimuError(f"mode must be one of {', '.join(MODES)}, got {plan.mode!r}")
+    check_weights_precision(plan)
+    _positive("trainer.max_epochs", plan.trainer.max_epochs, integer=True)
+    check_optim(plan.optim)
+    checkpointing = plan.parallel.get("activation_checkpointing", False)
     if checkpointing not in (True, False, "auto"):
         raise SimuError(f"parallel.activation_checkpointing must be true, false or auto, got {checkpointing!r}")
-    if cfg.attribution.get("selection") == "planted" and not (cfg.benchmark.get("planted") or {}).get("fraction"):
+    check_selections(plan)
+    check_processes(plan)
+
+
+def check_selections(plan) -> None:
+    """The planted oracle needs a planted target; mode=attribute needs a method that selects neurons."""
+    planted = plan.benchmark.keywords.get("planted")  # models/planting.Planting, or None
+    if plan.attribution.selection == "planted" and not getattr(planted, "fraction", None):
         raise SimuError(
             "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
         )
-    head_selection = cfg.attribution.get("head_selection") or cfg.attribution.get("selection")
-    if head_selection == "planted" and cfg.method.get("trainable") == HEADS:
+    head_selection = plan.attribution.head_selection or plan.attribution.selection
+    if head_selection == "planted" and plan.method.trainable == HEADS:
         raise SimuError(PLANTED_HEADS)
-    masked = cfg.method.get("critical_neuron_mask", False) and cfg.method.get("trainable", "all") != "attention"
-    if cfg.get("mode") == "attribute" and not masked:
-        raise SimuError(f"mode=attribute: method {cfg.method.name!r} selects no neurons (use method=simu)")
-    if cfg.get("robustness") and several_processes(cfg):
+    masked = plan.method.critical_neuron_mask and plan.method.trainable != "attention"
+    if plan.mode == "attribute" and not masked:
+        raise SimuError(f"mode=attribute: method {plan.method.name!r} selects no neurons (use method=simu)")
+
+
+def check_processes(plan) -> None:
+    """What runs in one process only, refused under several (a sharded or multi-device trainer, torchrun)."""
+    if not plan.trainer.several_processes:
+        return
+    if plan.robustness is not None:
         raise SimuError(ONE_PROCESS)
-    if (cfg.get("unlearning") or {}).get("requests") and several_processes(cfg):
+    if plan.requests is not None:
         raise SimuError(
             "unlearning.requests: continual requests run in one process (each request's fit starts from the "
             "model the one before left, which a sharded fit would have to gather and shard again)"
         )
-    if (cfg.evaluation.get("during") or {}).get("full_around") not in (None, "auto") and several_processes(cfg):
+    if plan.evaluation.during_full_around not in (None, "auto"):
         raise SimuError(
             "evaluation.during.full_around: probe points run in one process (the weights kept for the point "
             "before a crossing would be one process's shards, which FSDP's gathered copy does not read); "
             "leave it auto or null under several processes"
         )
-    if cfg.evaluation.get("mmlu") and several_processes(cfg):
+    if plan.evaluation.mmlu:
         raise SimuError(
             "evaluation.mmlu: LUME's MMLU runs through lm-eval in one process (under FSDP every process would "
             "run all of it); unlearn on one GPU (trainer=default: OLMo-1B fits one 80 GB GPU), or evaluate "
             "the saved model: python run.py mode=evaluate model.source=<run>/unlearned_model evaluation.mmlu=true"
         )
-    if (cfg.evaluation.get("lm_eval") or {}).get("tasks") and several_processes(cfg):
+    if plan.evaluation.harness.tasks:
         raise SimuError(
             "evaluation.lm_eval: lm-eval runs in one process; unlearn with several, then evaluate the saved "
             "model: python run.py mode=evaluate model.source=<run>/unlearned_model evaluation.lm_eval.tasks=[...]"
         )
-
-
-def several_processes(cfg: DictConfig) -> bool:
-    """Whether the run uses several processes (a sharded or multi-device trainer, or torchrun / srun)."""
-    trainer = cfg.trainer
-    several = str(trainer.get("devices", 1)) not in ("1", "auto") or int(trainer.get("num_nodes", 1) or 1) > 1
-    return several or is_launched_externally()

@@ -11,7 +11,7 @@
   results = assemble_results(...)               6. results.json, a pure function (results.py)
   write_unlearned_run(...)                      7. the run's files, the tables (outputs.py)
 
-`prepare_only=true`, mode=attribute and mode=evaluate stop earlier (modes.py).
+mode=prepare, mode=attribute and mode=evaluate stop earlier (modes.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from simu_lightning.pipeline.building import use_tensor_cores
 from simu_lightning.pipeline.dashboards import finish, log_results
 from simu_lightning.pipeline.modes import attribute_only, evaluate_checkpoint, prepare_only
 from simu_lightning.pipeline.outputs import write_model, write_run
-from simu_lightning.pipeline.plan import RunPlan, log_tuned
+from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import load_benchmark, load_models
 from simu_lightning.pipeline.requests import unlearn_requests, with_requests
 from simu_lightning.pipeline.results import AfterUnlearning, assemble_results, generation_rows, manifest_keys
@@ -51,17 +51,18 @@ def run(cfg: DictConfig) -> dict | None:
 
 def run_stages(cfg: DictConfig) -> dict | None:
     plan = RunPlan.of(cfg)
-    use_tensor_cores(plan.cfg.trainer)
+    use_tensor_cores(plan.trainer.device)
     quiet_libraries()
-    phase_progress.configure((plan.cfg.get("progress") or {}).get("every_seconds", 30))
+    phase_progress.configure(plan.progress.every_seconds)
     if (finished := finished_results(plan)) is not None:
         return finished
-    log_tuned(cfg)
+    if plan.tuned_note:
+        log.info(plan.tuned_note)
     L.seed_everything(plan.seed, verbose=False)
     benchmark = load_benchmark(plan)
     if plan.mode == "evaluate":
         return evaluate_checkpoint(plan, benchmark)
-    if cfg.get("prepare_only"):
+    if plan.mode == "prepare":
         return prepare_only(plan, benchmark)
     models = load_models(plan, benchmark)
     if plan.mode == "attribute":
@@ -84,7 +85,7 @@ def run_stages(cfg: DictConfig) -> dict | None:
 def finished_results(plan: RunPlan) -> dict | None:
     """A run directory that holds results.json is finished: its results, unless `rerun=true`."""
     done = plan.out / "results.json"
-    if done.exists() and not plan.cfg.get("rerun", False):
+    if done.exists() and not plan.rerun:
         log.info("already finished: %s holds its results (rerun=true runs it again)", plan.out)
         return json.loads(done.read_text())
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ def write_unlearned_run(plan, benchmark, models, baselines, unlearned, results) 
     write_model(plan.out, unlearned.module.model, models.tokenizer, unlearned.weights)
     rows = generation_rows(baselines, unlearned)
     keys = manifest_keys(models, unlearned.attribution)
-    write_run(plan.out, plan.cfg, results, rows, keys, unlearned.trainer.world_size)
+    write_run(plan, results, rows, keys, unlearned.trainer.world_size)
     evaluated = unlearned.evaluations.before.rows + unlearned.evaluations.after.rows
     log_results(unlearned.trainer.loggers, results, evaluated)
     finish(unlearned.trainer.loggers)

@@ -15,7 +15,6 @@ matplotlib.use("Agg")  # no display on a compute node
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from simu_lightning.evaluation.tables import (  # noqa: E402
     ATTACK_METRICS,
@@ -28,25 +27,25 @@ from simu_lightning.evaluation.tables import (  # noqa: E402
 GENERATION_ROWS = 50  # per split in the generations table: enough to read, small enough to upload
 
 
-def hyperparameters(cfg: DictConfig) -> dict:
+def hyperparameters(config: dict) -> dict:
     """The resolved config, with the settings a sweep varies also at the top level (wandb's parallel
     coordinates and scatter plots read them without setup)."""
-    full = OmegaConf.to_container(cfg, resolve=True)
+    method, attribution = config["method"], config["attribution"]
     choices = {
-        "method_name": cfg.method.name,
-        "loss_name": cfg.loss._target_.rsplit(".", 1)[-1],
-        "t": cfg.attribution.t,
-        "m": cfg.attribution.m,
-        "seed": cfg.seed,
-        "selection": cfg.attribution.get("selection"),
-        "trainable": cfg.method.get("trainable"),
-        "lr": cfg.method.optimizer.get("lr"),
+        "method_name": method["name"],
+        "loss_name": config["loss"]["_target_"].rsplit(".", 1)[-1],
+        "t": attribution["t"],
+        "m": attribution["m"],
+        "seed": config["seed"],
+        "selection": attribution.get("selection"),
+        "trainable": method.get("trainable"),
+        "lr": (method.get("optimizer") or {}).get("lr"),
     }
-    return {**full, **choices}  # (names that do not collide with the config groups)
+    return {**config, **choices}  # (names that do not collide with the config groups)
 
 
-def log_config(loggers: list, cfg: DictConfig) -> None:
-    params = hyperparameters(cfg)
+def log_config(loggers: list, config: dict) -> None:
+    params = hyperparameters(config)
     for logger in loggers:
         logger.log_hyperparams(params)
 

@@ -11,7 +11,6 @@ import torch
 
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.memory import check_fits, plan_memory
-from simu_lightning.pipeline.building import run_device
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.utils.errors import SimuError
 
@@ -27,14 +26,16 @@ def longest_row(data: UnlearningDataModule) -> int:
 def parallel_settings(plan: RunPlan, data: UnlearningDataModule) -> dict:
     """The run's `parallel` settings, activation checkpointing resolved: on a CUDA run from its memory plan
     (which must fit the device), elsewhere off unless set."""
-    parallel = dict(plan.cfg.get("parallel") or {})
-    device = run_device(plan.cfg.trainer)
+    parallel = dict(plan.parallel)
+    device = plan.trainer.device
     if device.type != "cuda":
         parallel["activation_checkpointing"] = parallel.get("activation_checkpointing") is True
         return parallel
     total = torch.cuda.get_device_properties(device).total_memory
     try:
-        memory = plan_memory(plan.cfg, length=longest_row(data), device_bytes=total)
+        if isinstance(plan.memory, str):
+            raise SimuError(plan.memory)
+        memory = plan_memory(plan.memory, length=longest_row(data), device_bytes=total)
     except SimuError as unplanned:  # an architecture the planner does not model: run unplanned, say so
         log.warning("no memory plan (%s): the run starts without one", unplanned)
         parallel["activation_checkpointing"] = parallel.get("activation_checkpointing") is True

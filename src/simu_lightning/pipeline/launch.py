@@ -62,7 +62,7 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int, script: Path) -> f
         )
     if is_launched_externally():
         raise SimuError("-m under torchrun/srun would start the sweep in every process: drop -m, or drop torchrun")
-    run(OmegaConf.merge(cfg, {"prepare_only": True}))
+    run(OmegaConf.merge(cfg, {"mode": "prepare"}))
     job_dir = HydraConfig.get().runtime.output_dir
     overrides = list(HydraConfig.get().overrides.task)
     command = [
@@ -101,7 +101,7 @@ def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
         failed.unlink(missing_ok=True)  # of an earlier try of this job in its folder
         try:
             with outside_slurm():
-                run(OmegaConf.merge(cfg, {"prepare_only": True}))
+                run(OmegaConf.merge(cfg, {"mode": "prepare"}))
         except BaseException:
             failed.touch()  # the other tasks stop waiting
             raise

@@ -59,7 +59,7 @@ def devices() -> dict:
     }
 
 
-def manifest(cfg, world_size: int, cache_keys: dict[str, str | None]) -> dict:
+def manifest(plan, world_size: int, cache_keys: dict[str, str | None]) -> dict:
     """Everything but the results: code, environment, hardware, the settings that fix the numbers."""
     return {
         "versions": {"python": platform.python_version(), **{p: _version(p) for p in PACKAGES}},
@@ -68,11 +68,11 @@ def manifest(cfg, world_size: int, cache_keys: dict[str, str | None]) -> dict:
         "devices": devices(),
         "world_size": world_size,
         "global_batch": {
-            "forget": cfg.data.batch_size,
-            "retain": cfg.data.batch_size * cfg.data.get("retain_per_forget", 1),
+            "forget": plan.data.batch_size,
+            "retain": plan.data.batch_size * plan.data.retain_per_forget,
         },
-        "dtype": cfg.model.dtype,
-        "precision": str(cfg.trainer.get("precision")),
-        "seeds": {"run": cfg.seed, "target_finetune": (cfg.model.get("finetune") or {}).get("seed")},
+        "dtype": plan.model.dtype,
+        "precision": plan.trainer.precision,
+        "seeds": {"run": plan.seed, "target_finetune": plan.model.finetune_seed},
         "cache_keys": cache_keys,
     }

@@ -1,4 +1,4 @@
-"""The runs that stop short of unlearning: `prepare_only=true` (the target and its retain model, cached),
+"""The runs that stop short of unlearning: `mode=prepare` (the target and its retain model, cached),
 `mode=attribute` (the neurons selected and, on a planted target, scored against P) and `mode=evaluate`
 (the benchmark's suite, and with `robustness` the attacks, on any Hugging Face checkpoint).
 
@@ -19,7 +19,7 @@ from simu_lightning.evaluation.harness import harness_results
 from simu_lightning.evaluation.tables import print_evaluation, print_localisation
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.models.loading import load_pretrained
-from simu_lightning.pipeline.building import make_trainer, run_device, single_process_trainers
+from simu_lightning.models.settings import ModelSettings
 from simu_lightning.pipeline.outputs import write_run
 from simu_lightning.pipeline.prepare import prepare_targets, prompt_format
 from simu_lightning.pipeline.results import manifest_keys, planted_summary, selection_results
@@ -37,33 +37,33 @@ def prepare_only(plan, benchmark) -> None:
     """The target and its retain model prepared and cached, and the retain model's forget truth ratios,
     so that runs under torchrun or srun find everything ready."""
     target = prepare_targets(plan, benchmark)
-    settings = plan.evaluation.for_model(plan.cfg.model.max_length, benchmark.max_new_tokens)
+    settings = plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens)
     retain_model_rows(
         benchmark,
         target,
         prompt_format(plan, benchmark),
         settings,
-        plan.cfg.model.dtype,
+        plan.model.dtype,
         plan.cache_dir,
         plan.evaluation.retain_model_results,
-        run_device(plan.cfg.trainer),
+        plan.trainer.device,
     )
-    log.info("prepare_only: target %s and retain model %s are ready", target.target, target.retain_model)
+    log.info("mode=prepare: target %s and retain model %s are ready", target.target, target.retain_model)
 
 
 def attribute_only(plan, benchmark, models) -> dict:
     """One fit of no step, so that attribution runs where a run's would (on_fit_start, on the strategy's
     model); nothing unlearned or evaluated."""
     attribution = neuron_attribution(plan, models)
-    trainer = make_trainer(
-        plan.cfg.trainer, callbacks=[attribution], logger=False, enable_checkpointing=False, max_steps=0, max_epochs=-1
+    trainer = plan.trainer.make(
+        callbacks=[attribution], logger=False, enable_checkpointing=False, max_steps=0, max_epochs=-1
     )
     trainer.fit(unlearning_module(plan, models), unlearning_data(plan, benchmark, models))
     results = {
         "mode": "attribute",
         "method": plan.method.name,
         "benchmark": benchmark.name,
-        "model": plan.cfg.model.name,
+        "model": plan.model.name,
         "target": models.target.target,
         "selection": attribution.settings.selection,
         **selection_results(attribution),
@@ -72,13 +72,13 @@ def attribute_only(plan, benchmark, models) -> dict:
     if models.planted:
         results["planted"] = planted_summary(models.target, benchmark.planted, models.planted, None, None)
     if trainer.is_global_zero:
-        write_run(plan.out, plan.cfg, results, None, manifest_keys(models, attribution), trainer.world_size)
+        write_run(plan, results, None, manifest_keys(models, attribution), trainer.world_size)
         print_localisation(results)
     return results
 
 
-def checkpoint_source(model_cfg) -> str:
-    source = str(model_cfg.source)
+def checkpoint_source(model: ModelSettings) -> str:
+    source = str(model.source)
     if source in BUILT_HERE or source.startswith("pkg://") or source.endswith(".gguf"):
         raise SimuError(
             f"mode=evaluate: model.source={source!r} names a model this project builds or converts, not "
@@ -87,37 +87,32 @@ def checkpoint_source(model_cfg) -> str:
     return source
 
 
-def named_retain_model(cfg, benchmark) -> SimpleNamespace:
+def named_retain_model(model: ModelSettings, benchmark) -> SimpleNamespace:
     """The retain model the model config names for this benchmark, if any."""
-    ready = (cfg.model.get("targets") or {}).get(benchmark.name) or {}
+    ready = model.ready_target(benchmark.name) or {}
     return SimpleNamespace(
         retain_model=ready.get("retain_model"),
         retain_model_revision=ready.get("retain_model_revision"),
-        trust_remote_code=bool(cfg.model.get("trust_remote_code", False)),
+        trust_remote_code=model.trust_remote_code,
     )
 
 
 def evaluate_checkpoint(plan, benchmark) -> dict:
     """The suite on `model.source`, then (with `robustness`) the attacks on it."""
-    cfg = plan.cfg
-    source = checkpoint_source(cfg.model)
+    source = checkpoint_source(plan.model)
     fmt = prompt_format(plan, benchmark)
     model, tokenizer = load_pretrained(
-        source,
-        cfg.model.dtype,
-        cfg.model.get("revision"),
-        cfg.model.get("tokenizer"),
-        bool(cfg.model.get("trust_remote_code", False)),
+        source, plan.model.dtype, plan.model.revision, plan.model.tokenizer, plan.model.trust_remote_code
     )
-    device = run_device(cfg.trainer)
+    device = plan.trainer.device
     model = model.to(device)
-    settings = plan.evaluation.for_model(cfg.model.max_length, benchmark.max_new_tokens)
+    settings = plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens)
     retain_rows = retain_model_rows(
         benchmark,
-        named_retain_model(cfg, benchmark),
+        named_retain_model(plan.model, benchmark),
         fmt,
         settings,
-        cfg.model.dtype,
+        plan.model.dtype,
         plan.cache_dir,
         plan.evaluation.retain_model_results,
         device,
@@ -134,7 +129,7 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
         "mode": "evaluate",
         "source": source,
         "benchmark": benchmark.name,
-        "model": cfg.model.name,
+        "model": plan.model.name,
         STAGE: result.summary,
         "scores": {STAGE: result.scores},
         "aggregate": {STAGE: benchmark.aggregate_of(result.summary)},
@@ -143,9 +138,9 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
     if plan.evaluation.harness.tasks:
         results["lm_eval"] = {STAGE: harness_results(model, tokenizer, plan.evaluation.harness, settings.batch_size)}
     if plan.robustness:  # the attacks on the checkpoint
-        context = AttackContext(model, evaluator, single_process_trainers(cfg, plan.out))
+        context = AttackContext(model, evaluator, plan.trainer.single_process(plan.out))
         plan.robustness.after(context)
         results["robustness"], rows = context.results, rows + context.rows
-    write_run(plan.out, cfg, results, rows, {"evaluated": source})
+    write_run(plan, results, rows, {"evaluated": source})
     print_evaluation(results, STAGE)
     return results

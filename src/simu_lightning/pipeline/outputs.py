@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from simu_lightning.pipeline.manifest import manifest
 from simu_lightning.utils.files import atomic, write_json, write_jsonl
@@ -21,19 +21,13 @@ def write_model(out: Path, model, tokenizer, weights: dict) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def write_run(
-    out: Path,
-    cfg: DictConfig,
-    results: dict,
-    rows: list[dict] | None,
-    cache_keys: dict,
-    world_size: int = 1,
-) -> None:
+def write_run(plan, results: dict, rows: list[dict] | None, cache_keys: dict, world_size: int = 1) -> None:
     """results.json last, so that a run directory holding it is complete (`rerun=false` trusts it)."""
+    out = plan.out
     if rows is not None:
         write_jsonl(out / "generations.jsonl", rows)
-    write_json(out / "manifest.json", manifest(cfg, world_size, cache_keys))
+    write_json(out / "manifest.json", manifest(plan, world_size, cache_keys))
     with atomic(out / "config.yaml") as tmp:
-        OmegaConf.save(cfg, tmp, resolve=True)
+        OmegaConf.save(OmegaConf.create(plan.config), tmp)
     write_json(out / "results.json", results)
     log.info("outputs in %s", out)

@@ -13,8 +13,6 @@ from simu_lightning.evaluation.splits import check_limits
 from simu_lightning.pipeline.objective import check_metric
 from simu_lightning.models.planting import load_planted
 from simu_lightning.models.target import Target, load_target, prepare_target
-from simu_lightning.pipeline.building import build, finetune_trainer_settings, single_process_trainers
-from simu_lightning.pipeline import checks
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.utils.devices import stage
 from simu_lightning.utils.processes import launch_rank
@@ -33,7 +31,7 @@ class Models:
 
 
 def load_benchmark(plan: RunPlan) -> Benchmark:
-    benchmark = build(plan.cfg.benchmark)
+    benchmark = plan.benchmark()
     log.info(
         "benchmark %s: %s",
         benchmark.name,
@@ -42,8 +40,8 @@ def load_benchmark(plan: RunPlan) -> Benchmark:
     limits = {"evaluation.max_examples": plan.evaluation.max_examples}
     limits["evaluation.during.max_examples"] = plan.evaluation.during_max_examples
     check_limits(benchmark, limits)  # every author (document) evaluated: refused before any work
-    if plan.cfg.get("objective"):
-        check_metric(benchmark, plan.cfg.objective.metric)
+    if plan.objective:
+        check_metric(benchmark, plan.objective["metric"])
     if shared := benchmark.shared_rows():
         log.warning(
             "benchmark %s: %d forget rows also appear in the retain split %r: GradDiff pushes them both ways",
@@ -55,19 +53,18 @@ def load_benchmark(plan: RunPlan) -> Benchmark:
 
 
 def prompt_format(plan: RunPlan, benchmark: Benchmark) -> PromptFormat:
-    return benchmark.prompt or PromptFormat(**plan.cfg.model.prompt)
+    return benchmark.prompt or plan.model.prompt
 
 
 def prepare_targets(plan: RunPlan, benchmark: Benchmark) -> Target:
-    """The target and its retain model, prepared and cached (`prepare_only=true` stops here)."""
-    cfg = plan.cfg
+    """The target and its retain model, prepared and cached (mode=prepare stops here)."""
     return prepare_target(
-        cfg.model,
+        plan.model,
         benchmark,
         prompt_format(plan, benchmark),
         plan.cache_dir,
-        single_process_trainers(cfg, plan.out),
-        finetune_trainer_settings(cfg.trainer),
+        plan.trainer.single_process(plan.out),
+        plan.trainer.finetune_numerics,
     )
 
 
@@ -76,14 +73,14 @@ def loads_weights(plan: RunPlan) -> bool:
     """Whether this process reads the target's weights: in a sharded run only rank 0 does (the others
     receive their shards from it: distributed.load_from_rank0), so a 7B target on 8 processes costs one
     copy of host memory, not eight."""
-    return launch_rank() == 0 or not checks.several_processes(plan.cfg)
+    return launch_rank() == 0 or not plan.trainer.several_processes
 
 
 def load_models(plan: RunPlan, benchmark: Benchmark) -> Models:
     start = time.perf_counter()
     target = prepare_targets(plan, benchmark)
     weights = loads_weights(plan)
-    model, tokenizer = load_target(target, plan.cfg.model.dtype, weights=weights)
+    model, tokenizer = load_target(target, plan.model.dtype, weights=weights)
     if not weights:
         log.info("rank %d: the target's architecture on the meta device; rank 0 sends its weights", launch_rank())
     seconds = time.perf_counter() - start

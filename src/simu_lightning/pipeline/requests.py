@@ -18,7 +18,6 @@ per request for results.json (`requests`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import logging
@@ -26,7 +25,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, open_dict
 
 from simu_lightning.attribution.callback import NeuronAttribution
 from simu_lightning.attribution.selection import request_seed
@@ -36,7 +34,6 @@ from simu_lightning.evaluation.callback import curve_point, curve_rows
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.evaluation.types import Evaluation
 from simu_lightning.pipeline.baselines import Baselines, evaluator_of
-from simu_lightning.pipeline.building import run_device
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.unlearn import Unlearned, before_cache, neuron_attribution, unlearn
@@ -138,33 +135,22 @@ def weights_id(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def request_cfg(cfg: DictConfig, k: int) -> DictConfig:
-    """Request k's configuration: its own folder (requests/<k>/: curve, logs, attribution) and no
-    checkpoints (a sequence started again starts from the target)."""
-    out = f"{cfg.paths.output_dir}/requests/{k + 1}"
-    cfg = copy.deepcopy(cfg)  # interpolations kept: the loggers' folders follow paths.output_dir
-    with open_dict(cfg):
-        cfg.paths.output_dir = out
-        cfg.checkpoint = {"every_n_epochs": None}
-    return cfg
-
-
 def request_evaluator(plan: RunPlan, view: Benchmark, models: Models, baselines: Baselines, rows: list[int]):
     """The view's evaluator, with the retain model's forget truth ratios of this request's rows."""
     if plan.evaluation.retain_model_results:  # ratios read from a file, one per forget row: this request's
         by_index = {row["index"]: row for row in baselines.retain_rows}
         retain = [dict(by_index[i], index=n) for n, i in enumerate(rows) if i in by_index]
     else:
-        settings = plan.evaluation.for_model(plan.cfg.model.max_length, view.max_new_tokens)
+        settings = plan.evaluation.for_model(plan.model.max_length, view.max_new_tokens)
         retain = retain_model_rows(
             view,
             models.target,
             models.fmt,
             settings,
-            plan.cfg.model.dtype,
+            plan.model.dtype,
             plan.cache_dir,
             None,
-            run_device(plan.cfg.trainer),
+            plan.trainer.device,
         )
     return evaluator_of(plan, view, models, retain)
 
@@ -239,7 +225,7 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
     current = models
     for k, request in enumerate(rows):
         view = request_view(benchmark, rows, k)
-        plan_k = dataclasses.replace(plan, cfg=request_cfg(plan.cfg, k), out=plan.out / "requests" / str(k + 1))
+        plan_k = plan.at(plan.out / "requests" / str(k + 1))  # its own folder: curve, logs, attribution
         if k:  # the model the earlier requests left: the caches keyed by the model know it by its weights
             current = dataclasses.replace(
                 current,

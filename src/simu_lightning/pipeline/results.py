@@ -157,13 +157,13 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: Afte
     results = {
         "method": plan.method.name,
         "benchmark": benchmark.name,
-        "model": plan.cfg.model.name,
+        "model": plan.model.name,
         "target": models.target.target,
         "before": before.summary,
         "after": after.summary,
         "aggregate": {"before": benchmark.aggregate_of(before.summary), "after": benchmark.aggregate_of(after.summary)},
         "scores": {"before": before.scores, "after": after.scores},
-        "stopped": {**stopped, "max_epochs": plan.cfg.trainer.max_epochs},
+        "stopped": {**stopped, "max_epochs": plan.trainer.max_epochs},
         "timings_s": timings(models, baselines, unlearned, beyond.attack_seconds if beyond else None),
         "processes": unlearned.trainer.world_size,
         "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.module.memory_bytes().items()},
@@ -181,8 +181,8 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: Afte
         **limited_rows(plan, benchmark),
         "points": points_record(evaluations),
     }
-    if plan.cfg.get("objective"):
-        results["objective"] = matched_utility(evaluations.points, **plan.cfg.objective)
+    if plan.objective:
+        results["objective"] = matched_utility(evaluations.points, **plan.objective)
     return results
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -21,12 +21,11 @@ from simu_lightning.evaluation.probe import ProbePlan, probe_plan, resolved_full
 from simu_lightning.evaluation.qa import GENERATION_METRICS, TRUTH_RATIO_METRICS, truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.pipeline.baselines import Baselines
-from simu_lightning.pipeline.building import devices_of, loggers, make_trainer
+from simu_lightning.pipeline.building import loggers
 from simu_lightning.pipeline.checkpointing import checkpointing
 from simu_lightning.pipeline.dashboards import log_attribution, log_config
 from simu_lightning.pipeline.fits import parallel_settings
 from simu_lightning.models.loading import without_weights
-from simu_lightning.pipeline import checks
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.progress import ProgressLines, wanted
@@ -52,7 +51,7 @@ def unsharded_model(plan: RunPlan, unlearned: Unlearned):
     model = unlearned.module.model
     if not is_sharded(model):
         return model
-    plain = without_weights(model.config, plan.cfg.model.dtype, model.config._attn_implementation)
+    plain = without_weights(model.config, plan.model.dtype, model.config._attn_implementation)
     plain.load_state_dict(unlearned.weights, assign=True)
     held = set(unlearned.weights)
     for name, buffer in model.named_buffers():  # what no state dict holds (rotary tables): the fit's own
@@ -68,9 +67,9 @@ def frozen_copy(plan: RunPlan, model):
     """The frozen target an objective compares with (NPO's reference): a copy of the target, or in a
     sharded run its architecture on the meta device, which receives rank 0's weights when it is sharded
     (no process holds a second whole copy)."""
-    if not checks.several_processes(plan.cfg):
+    if not plan.trainer.several_processes:
         return copy.deepcopy(model)
-    return without_weights(model.config, plan.cfg.model.dtype, model.config._attn_implementation)
+    return without_weights(model.config, plan.model.dtype, model.config._attn_implementation)
 
 
 def unlearning_module(plan: RunPlan, models: Models, parallel: dict | None = None) -> UnlearningModule:
@@ -80,10 +79,10 @@ def unlearning_module(plan: RunPlan, models: Models, parallel: dict | None = Non
         models.model,
         plan.method,
         plan.loss,
-        architecture_of(models.model, plan.cfg.model.get("architecture")),
+        architecture_of(models.model, plan.model.architecture),
         frozen_target=frozen_target,
         seed=plan.seed,
-        parallel=plan.cfg.get("parallel") if parallel is None else parallel,
+        parallel=plan.parallel if parallel is None else parallel,
     )
 
 
@@ -92,10 +91,10 @@ def unlearning_data(plan: RunPlan, benchmark: Benchmark, models: Models) -> Unle
         benchmark,
         models.tokenizer,
         models.fmt,
-        max_length=plan.cfg.model.max_length,
+        max_length=plan.model.max_length,
         seed=plan.seed,
         alternates=plan.loss.refusals if getattr(plan.loss, "needs_alternates", False) else (),
-        **plan.cfg.data,
+        **asdict(plan.data),
     )
     data.encode()  # now: a row with nothing to unlearn is refused before the fit
     return data
@@ -119,7 +118,7 @@ def before_cache(plan: RunPlan, models: Models, baselines: Baselines) -> Path | 
     if not plan.evaluation.cache_before:
         return None
     return before_cache_path(
-        plan.cache_dir, models.target.target_id, baselines.evaluator, plan.cfg.model.dtype, devices_of(plan.cfg.trainer)
+        plan.cache_dir, models.target.target_id, baselines.evaluator, plan.model.dtype, plan.trainer.cache_devices
     )
 
 
@@ -129,7 +128,7 @@ def points_in_full(plan: RunPlan, benchmark: Benchmark) -> ProbePlan | None:
         plan.evaluation.during_full_around,
         benchmark.levels,
         plan.stop_when,
-        processes=2 if checks.several_processes(plan.cfg) else 1,
+        processes=2 if plan.trainer.several_processes else 1,
     )
     return probe_plan(
         levels,
@@ -170,17 +169,16 @@ def unlearn(
         before_cache=before_cache(plan, models, baselines) if cache_before else None,
         probe=points_in_full(plan, benchmark),
     )
-    checkpoint, resume_from = checkpointing(plan.cfg, plan.out)
-    every = (plan.cfg.get("progress") or {}).get("every_n_steps", 0)
+    checkpoint, resume_from = checkpointing(plan.checkpoint_every_n_epochs, plan.out)
+    every = plan.progress.every_n_steps
     progress = [ProgressLines(every, evaluations, plan.stop_when)] if wanted(every) else []
-    trainer = make_trainer(
-        plan.cfg.trainer,
+    trainer = plan.trainer.make(
         callbacks=[evaluations, attribution, *progress, *checkpoint],
-        logger=loggers(plan.cfg) or False,
+        logger=loggers(plan.loggers) or False,
         enable_checkpointing=bool(checkpoint),
     )
     if trainer.is_global_zero:
-        log_config(trainer.loggers, plan.cfg)
+        log_config(trainer.loggers, plan.config)
     log.info(
         "unlearning: method %s, loss %s%s",
         plan.method.name,

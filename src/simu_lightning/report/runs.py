@@ -29,6 +29,8 @@ IGNORED = (
     "paths",
     "logger",
     "rerun",
+    # how a run stopped short (mode=prepare since issue 44): runs that unlearned had it false
+    "prepare_only",
     "trainer.default_root_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
