@@ -84,3 +84,61 @@ def test_only_the_plan_and_the_commands_read_the_hydra_config():
         and (lines := config_reads(path.read_text()))
     }
     assert not found, f"modules that read the Hydra config outside the plan (file: lines): {found}"
+
+
+# the records the stages hand each other (pipeline/conductor.py), by the names the stages give them
+STAGE_RECORDS = {"plan", "benchmark", "models", "baselines", "unlearned", "attacked", "requests", "outcome"}
+
+
+def assignments_into_records(text: str) -> list[tuple[int, str]]:
+    """(line, target) of every assignment into a stage record: `baselines.attacks.model = ...`,
+    `plan.out = ...`, `unlearned.weights[k] = ...` (a name rebound whole is no assignment into it)."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+            else []
+        )
+        for target in targets:
+            root = target
+            while isinstance(root, (ast.Attribute, ast.Subscript)):
+                root = root.value
+            if root is not target and isinstance(root, ast.Name) and root.id in STAGE_RECORDS:
+                found.append((node.lineno, ast.unparse(target)))
+    return found
+
+
+def test_assignments_into_records_sees_attributes_and_items_but_not_rebinding():
+    text = "baselines.attacks.model = m\nplan = other\nunlearned.weights['x'] = 1\nmodels.seconds += 1\nx.y = 2\n"
+    assert assignments_into_records(text) == [
+        (1, "baselines.attacks.model"),
+        (3, "unlearned.weights['x']"),
+        (4, "models.seconds"),
+    ]
+
+
+def test_no_stage_assigns_to_another_stages_record():
+    found = {
+        str(path.relative_to(ROOT)): hits
+        for path in sorted((ROOT / "src" / "simu_lightning" / "pipeline").glob("*.py"))
+        if (hits := assignments_into_records(path.read_text()))
+    }
+    assert not found, f"assignments into a stage's record: {found}"
+
+
+def test_the_records_the_stages_hand_each_other_are_frozen():
+    import dataclasses
+
+    from simu_lightning.pipeline.attacks import AttackBaselines, Attacked
+    from simu_lightning.pipeline.baselines import Baselines
+    from simu_lightning.pipeline.building import TrainerSettings
+    from simu_lightning.pipeline.plan import RunPlan
+    from simu_lightning.pipeline.prepare import Models
+    from simu_lightning.pipeline.requests import RequestsOutcome
+    from simu_lightning.pipeline.unlearn import Unlearned
+
+    for record in (RunPlan, TrainerSettings, Models, Baselines, AttackBaselines, Attacked, Unlearned, RequestsOutcome):
+        assert dataclasses.is_dataclass(record) and record.__dataclass_params__.frozen, record.__name__

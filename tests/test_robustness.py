@@ -328,7 +328,7 @@ def test_on_lume_membership_inference_scores_whole_documents_as_the_official_att
     }
     lume_like = dataclasses.replace(attack.benchmark, splits=splits)  # no holdout split
     attack.evaluator = dataclasses.replace(attack.evaluator, benchmark=lume_like)
-    MembershipInference().run(attack)
+    MembershipInference().run(attack, retain_rows=None)
     rows = [r for r in attack.rows if r["stage"] == "mia"]
     assert [r["answer"] for r in rows] == documents["mia_member"] + documents["mia_nonmember"]
     # the loss score is the mean NLL of the document's tokens, what LUME's official MIA thresholds
@@ -422,8 +422,10 @@ def test_the_reference_attack_scores_the_loss_beyond_the_retain_models(attack):
     with torch.no_grad():
         for p in retain_model.parameters():
             p.mul_(0.9).add_(0.05 * torch.randn(p.shape, generator=generator))
-    family.before(attack, retain_model)
-    family.after(attack)
+    state = copy.deepcopy(vars(family))
+    found = family.before(attack, retain_model)
+    assert vars(family) == state  # the family kept nothing: `after` reads what `before` returned
+    family.after(attack, found)
     rows = {(r["stage"], r["split"], r["index"]): r for r in attack.rows}
     for (stage, split, index), row in rows.items():
         if stage in ("mia_target", "mia"):

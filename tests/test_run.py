@@ -1011,7 +1011,8 @@ def test_an_attack_family_added_from_a_test_config_runs_in_its_place(cache_dir, 
     results = run_here([*SMALL, "method=fo", search, "robustness=toy", *others], tmp_path, cache_dir)
     robustness = results["robustness"]
     # the retain model and the target before unlearning, then the unlearned model
-    assert list(robustness) == ["mia_retain_model", "mia_target", "toy_target", "mia", "toy"]
+    assert list(robustness) == ["mia_retain_model", "mia_target", "toy_target", "mia", "toy_found", "toy"]
+    assert robustness["toy_found"]["before"] == {"shift": 0.5}  # what its `before` returned reached `after`
     assert robustness["toy_target"]["device"]["type"] == "cpu"  # the run's device
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
     shifted = [r["exact_match"] for r in rows if r["stage"] == "toy" and r["split"] == "forget"]

@@ -13,11 +13,14 @@ class ToyAttack:
     shift: float = 0.5
     needs_retain_model = False
 
-    def before(self, context, retain_model=None) -> None:
+    def before(self, context, retain_model=None) -> dict:
         context.record("toy_target", {"device": {"type": str(context.device)}}, [])
+        return {"shift": self.shift}  # what `after` reads of its baselines, handed over by the stage
 
-    def after(self, context) -> None:
+    def after(self, context, found=None) -> None:
         import copy
+
+        context.record("toy_found", {"before": found}, [])
 
         shifted = copy.deepcopy(context.model)
         with torch.no_grad():

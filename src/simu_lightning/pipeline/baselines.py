@@ -4,26 +4,21 @@ clean model, and the attacks' baselines on the target (`robustness`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.evaluation import Evaluation, Evaluator
-from simu_lightning.evaluation.before_cache import attack_baselines_path
 from simu_lightning.evaluation.harness import harness_results
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.models.target import load_base, load_retain_model
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
-from simu_lightning.robustness import AttackContext
-from simu_lightning.utils.cache import source_identity
+from simu_lightning.pipeline.attacks import AttackBaselines, attack_target
 from simu_lightning.utils.devices import on_device, stage
-from simu_lightning.utils.files import atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +26,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Baselines:
     evaluator: Evaluator  # every later evaluation goes through it
-    retain_rows: list[dict]  # the retain model's forget truth ratios, one row per forget example
-    base: Evaluation | None  # the model the target was fine-tuned from (evaluation.base)
-    clean: Evaluation | None  # a planted target's clean model
-    attacks: AttackContext | None  # the attacks' findings on the target (robustness)
-    harness: dict | None  # lm-eval's tasks on the target (evaluation.lm_eval.tasks)
+    retain_model_ratios: list[dict]  # the retain model's forget truth ratios, one row per forget example
+    base_model: Evaluation | None  # the model the target was fine-tuned from (evaluation.base)
+    clean_model: Evaluation | None  # a planted target's clean model
+    attacks: AttackBaselines | None  # the attacks' findings on the target and the retain model (robustness)
+    lm_eval: dict | None  # lm-eval's tasks on the target (evaluation.lm_eval.tasks)
     seconds: dict[str, float]
 
 
-def evaluator_of(plan: RunPlan, benchmark: Benchmark, models: Models, retain_rows: list[dict]) -> Evaluator:
+def evaluator_of(plan: RunPlan, benchmark: Benchmark, models: Models, retain_model_ratios: list[dict]) -> Evaluator:
     settings = plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens)
-    ratios = [row["truth_ratio"] for row in retain_rows] or None
+    ratios = [row["truth_ratio"] for row in retain_model_ratios] or None
     return Evaluator(models.tokenizer, models.fmt, benchmark, settings, ratios, plan.trainer.device)
 
 
@@ -66,45 +61,6 @@ def evaluate_clean(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evalu
     return evaluator(model, "clean")
 
 
-def attack_baselines_cache(plan: RunPlan, models: Models, evaluator: Evaluator) -> Path | None:
-    """Where the attacks' baselines on this target are cached (None: evaluation.cache_before=false)."""
-    if not plan.evaluation.cache_before:
-        return None
-    retain = models.target.retain_model
-    return attack_baselines_path(
-        plan.cache_dir,
-        models.target.target_id,
-        source_identity(retain, plan.cache_dir) if retain else None,
-        evaluator,
-        plan.model.dtype,
-        plan.trainer.cache_devices,
-        plan.robustness_key,
-    )
-
-
-def attack_target(plan: RunPlan, models: Models, evaluator: Evaluator) -> AttackContext | None:
-    """The attack families' baselines on the target, on the device the fit will use; read from the cache
-    when a run of this target already made them (none depends on the seed or the method)."""
-    if plan.robustness is None:
-        return None
-    context = AttackContext(models.model, evaluator, plan.trainer.single_process(plan.out))
-    cached = attack_baselines_cache(plan, models, evaluator)
-    if cached is not None and cached.exists():
-        log.info("reusing the cached attack baselines on the target (%s)", cached.parent)
-        context.model = context.on_device(context.model)
-        plan.robustness.restore(context, json.loads(cached.read_text()))
-        return context
-    retain_model = None
-    if plan.robustness.needs_retain_model and models.target.retain_model is not None:
-        retain_model, _ = load_retain_model(models.target, plan.model.dtype)
-    plan.robustness.before(context, retain_model)
-    if cached is not None:
-        with atomic(cached.parent, keep_existing=True) as tmp:
-            tmp.mkdir()
-            (tmp / cached.name).write_text(json.dumps(plan.robustness.baselines(context)))
-    return context
-
-
 def evaluate_harness(plan: RunPlan, model, tokenizer) -> dict | None:
     """lm-eval's tasks on `model`, on the run's device (evaluation.lm_eval.tasks), or None."""
     if not plan.evaluation.harness.tasks:
@@ -117,7 +73,7 @@ def evaluate_harness(plan: RunPlan, model, tokenizer) -> dict | None:
 @stage("baselines")
 def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> Baselines:
     start = time.perf_counter()
-    retain_rows = retain_model_rows(
+    retain_model_ratios = retain_model_rows(
         benchmark,
         models.target,
         models.fmt,
@@ -127,10 +83,10 @@ def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> B
         plan.evaluation.retain_model_results,
         plan.trainer.device,
     )
-    evaluator = evaluator_of(plan, benchmark, models, retain_rows)
+    evaluator = evaluator_of(plan, benchmark, models, retain_model_ratios)
     base, clean = evaluate_base(plan, models, evaluator), evaluate_clean(plan, models, evaluator)
-    harness = evaluate_harness(plan, models.model, models.tokenizer)
+    lm_eval = evaluate_harness(plan, models.model, models.tokenizer)
     evaluated = time.perf_counter()
     attacks = attack_target(plan, models, evaluator)
     seconds = {"evaluation": evaluated - start, **({"robustness": time.perf_counter() - evaluated} if attacks else {})}
-    return Baselines(evaluator, retain_rows, base, clean, attacks, harness, seconds)
+    return Baselines(evaluator, retain_model_ratios, base, clean, attacks, lm_eval, seconds)

@@ -7,7 +7,7 @@
   unlearned = unlearn(...)                      4. one Lightning fit: evaluate before | attribution | unlearning
                                                    steps | evaluations during | after (unlearn.py); with
                                                    unlearning.requests, one fit per request (requests.py)
-  beyond = evaluate_unlearned(...)              5. robustness=standard's attacks on copies of it; lm-eval
+  attacked = attack_unlearned(...)             5. robustness: the attacks on copies of it (attacks.py); lm-eval
   results = assemble_results(...)               6. results.json, a pure function (results.py)
   write_unlearned_run(...)                      7. the run's files, the tables (outputs.py)
 
@@ -18,24 +18,24 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import lightning as L
 from omegaconf import DictConfig
 
 from simu_lightning.distributed import close_process_group
 from simu_lightning.evaluation.tables import print_examples, print_results
-from simu_lightning.pipeline.baselines import Baselines, evaluate_baselines, evaluate_harness
+from simu_lightning.pipeline.attacks import attack_unlearned
+from simu_lightning.pipeline.baselines import evaluate_baselines, evaluate_harness
 from simu_lightning.pipeline.building import use_tensor_cores
 from simu_lightning.pipeline.dashboards import finish, log_results
 from simu_lightning.pipeline.modes import attribute_only, evaluate_checkpoint, prepare_only
 from simu_lightning.pipeline.outputs import write_model, write_run
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import load_benchmark, load_models
-from simu_lightning.pipeline.requests import unlearn_requests, with_requests
-from simu_lightning.pipeline.results import AfterUnlearning, assemble_results, generation_rows, manifest_keys
-from simu_lightning.pipeline.unlearn import Unlearned, unlearn, unsharded_model
-from simu_lightning.utils.devices import recorded_forwards, stage
+from simu_lightning.pipeline.requests import unlearn_requests
+from simu_lightning.pipeline.results import assemble_results, generation_rows, manifest_keys
+from simu_lightning.pipeline.unlearn import unlearn, unsharded_model
+from simu_lightning.utils.devices import recorded_forwards
 from simu_lightning.utils import phase_progress
 from simu_lightning.utils.logging import quiet_libraries
 
@@ -73,10 +73,11 @@ def run_stages(cfg: DictConfig) -> dict | None:
     try:
         if not unlearned.trainer.is_global_zero:
             return None
-        beyond = evaluate_unlearned(plan, models, baselines, unlearned)
-        results = assemble_results(plan, benchmark, models, baselines, unlearned, beyond)
-        results = with_requests(results, requests) if requests else results
-        write_unlearned_run(plan, benchmark, models, baselines, unlearned, results)
+        model = unsharded_model(plan, unlearned)
+        attacked = attack_unlearned(plan, baselines.attacks, baselines.evaluator, model)
+        lm_eval = evaluate_harness(plan, model, models.tokenizer)
+        results = assemble_results(plan, benchmark, models, baselines, unlearned, attacked, lm_eval, requests)
+        write_unlearned_run(plan, benchmark, models, baselines, unlearned, attacked, results)
         return results
     finally:
         close_process_group()  # every process waits for rank 0's files, then the group goes down together
@@ -92,23 +93,9 @@ def finished_results(plan: RunPlan) -> dict | None:
     return None
 
 
-@stage("attacks")
-def evaluate_unlearned(plan: RunPlan, models, baselines: Baselines, unlearned: Unlearned) -> AfterUnlearning:
-    """Stage 5, beyond the suite's "after": the attack families on copies of the unlearned model (their
-    baselines ran on the target), and lm-eval's tasks on it."""
-    start = time.perf_counter()
-    model = unsharded_model(plan, unlearned)
-    if baselines.attacks is not None:
-        baselines.attacks.model = model
-        plan.robustness.after(baselines.attacks)
-    attacked = time.perf_counter()
-    harness = evaluate_harness(plan, model, models.tokenizer)
-    return AfterUnlearning(attacked - start if baselines.attacks is not None else None, harness)
-
-
-def write_unlearned_run(plan, benchmark, models, baselines, unlearned, results) -> None:
+def write_unlearned_run(plan, benchmark, models, baselines, unlearned, attacked, results) -> None:
     write_model(plan.out, unlearned.module.model, models.tokenizer, unlearned.weights)
-    rows = generation_rows(baselines, unlearned)
+    rows = generation_rows(baselines, unlearned, attacked)
     keys = manifest_keys(models, unlearned.attribution)
     write_run(plan, results, rows, keys, unlearned.trainer.world_size)
     evaluated = unlearned.evaluations.before.rows + unlearned.evaluations.after.rows

@@ -20,11 +20,11 @@ from simu_lightning.evaluation.tables import print_evaluation, print_localisatio
 from simu_lightning.evaluation.retain_model import retain_model_rows
 from simu_lightning.models.loading import load_pretrained
 from simu_lightning.models.settings import ModelSettings
+from simu_lightning.pipeline.attacks import attack_unlearned
 from simu_lightning.pipeline.outputs import write_run
 from simu_lightning.pipeline.prepare import prepare_targets, prompt_format
 from simu_lightning.pipeline.results import manifest_keys, planted_summary, selection_results
 from simu_lightning.pipeline.unlearn import neuron_attribution, unlearning_data, unlearning_module
-from simu_lightning.robustness import AttackContext
 from simu_lightning.utils.errors import SimuError
 
 log = logging.getLogger(__name__)
@@ -137,10 +137,8 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
     rows = retain_rows + result.rows
     if plan.evaluation.harness.tasks:
         results["lm_eval"] = {STAGE: harness_results(model, tokenizer, plan.evaluation.harness, settings.batch_size)}
-    if plan.robustness:  # the attacks on the checkpoint
-        context = AttackContext(model, evaluator, plan.trainer.single_process(plan.out))
-        plan.robustness.after(context)
-        results["robustness"], rows = context.results, rows + context.rows
+    if attacked := attack_unlearned(plan, None, evaluator, model):  # the attacks on the checkpoint
+        results["robustness"], rows = attacked.results, rows + attacked.rows
     write_run(plan, results, rows, {"evaluated": source})
     print_evaluation(results, STAGE)
     return results

@@ -39,7 +39,6 @@ from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.unlearn import Unlearned, before_cache, neuron_attribution, unlearn
 from simu_lightning.pipeline.results import fit_trained_parameters, trained_parameters
 from simu_lightning.unlearning.requests import Requests, overlaps, request_masks, request_rows, union
-from simu_lightning.unlearning.module import win_rate_summary
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET
 from simu_lightning.utils.files import write_jsonl
 
@@ -138,7 +137,7 @@ def weights_id(model: torch.nn.Module) -> str:
 def request_evaluator(plan: RunPlan, view: Benchmark, models: Models, baselines: Baselines, rows: list[int]):
     """The view's evaluator, with the retain model's forget truth ratios of this request's rows."""
     if plan.evaluation.retain_model_results:  # ratios read from a file, one per forget row: this request's
-        by_index = {row["index"]: row for row in baselines.retain_rows}
+        by_index = {row["index"]: row for row in baselines.retain_model_ratios}
         retain = [dict(by_index[i], index=n) for n, i in enumerate(rows) if i in by_index]
     else:
         settings = plan.evaluation.for_model(plan.model.max_length, view.max_new_tokens)
@@ -279,20 +278,3 @@ def run_trained(unlearned: Unlearned, attributions: list[RequestAttribution]) ->
     neurons = union([a.neurons for a in attributions]) if method.needs_attribution else None
     heads = union([a.heads for a in attributions]) if method.critical_head_mask else None
     return trained_parameters(module.model, module.architecture, neurons, heads)
-
-
-def with_requests(results: dict, outcome: RequestsOutcome) -> dict:
-    """results.json of a run of requests: one entry per request, and the run's timings, win rate and
-    trained parameters over every request (assemble_results saw the last request's fit only)."""
-    parts = outcome.entries[0]["timings_s"]
-    totals = {part: round(sum(e["timings_s"][part] for e in outcome.entries), 2) for part in parts}
-    # the evaluations on the whole benchmark (the target, each request's point) come on top of the views'
-    totals["evaluation"] = round(totals["evaluation"] + results["timings_s"]["evaluation"], 2)
-    sophia = win_rate_summary(outcome.win_rates)
-    return {
-        **{k: v for k, v in results.items() if k != "sophia"},
-        **({"sophia": sophia} if sophia else {}),
-        "timings_s": {**results["timings_s"], **totals},
-        "trained_parameters": outcome.trained_parameters,
-        "requests": outcome.entries,
-    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
@@ -13,6 +12,7 @@ from simu_lightning.models.heads import head_masks
 from simu_lightning.models.planting import KEEPS, KNOWS, planted_check
 from simu_lightning.evaluation.splits import evaluated_rows
 from simu_lightning.pipeline.objective import matched_utility
+from simu_lightning.unlearning.module import win_rate_summary
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,7 @@ def fit_trained_parameters(module, attribution) -> dict[str, int]:
     )
 
 
-@dataclass(frozen=True)
-class AfterUnlearning:
-    attack_seconds: float | None  # the attack families on the unlearned model (robustness)
-    harness: dict | None  # lm-eval's tasks on it
-
-
-def timings(models, baselines, unlearned, attack_seconds: float | None) -> dict[str, float]:
+def timings(models, baselines, unlearned, attacked) -> dict[str, float]:
     """Seconds per part of the run, each measured where it ran (the evaluations and the attribution run
     inside the fit, between the unlearning steps)."""
     evaluations, attribution = unlearned.evaluations.seconds, unlearned.attribution.seconds
@@ -121,8 +115,8 @@ def timings(models, baselines, unlearned, attack_seconds: float | None) -> dict[
         "attribution": attribution,
         "unlearning": unlearned.module.step_seconds,
     }
-    if attack_seconds is not None:
-        parts["robustness"] = baselines.seconds.get("robustness", 0.0) + attack_seconds
+    if attacked is not None:
+        parts["robustness"] = baselines.seconds.get("robustness", 0.0) + attacked.seconds
     return {name: round(value, 2) for name, value in parts.items()}
 
 
@@ -150,7 +144,11 @@ def points_record(evaluations) -> dict:
     }
 
 
-def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: AfterUnlearning | None = None) -> dict:
+def assemble_results(
+    plan, benchmark, models, baselines, unlearned, attacked=None, lm_eval: dict | None = None, requests=None
+) -> dict:
+    """results.json: the stages' records in (`attacked`: pipeline/attacks.Attacked, `lm_eval`: lm-eval's
+    tasks on the unlearned model, `requests`: a continual run's per-request outcome)."""
     evaluations = unlearned.evaluations
     before, after = evaluations.before, evaluations.after
     stopped = {**evaluations.stopped, "rule": str(plan.stop_when) if plan.stop_when else None}
@@ -164,34 +162,58 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, beyond: Afte
         "aggregate": {"before": benchmark.aggregate_of(before.summary), "after": benchmark.aggregate_of(after.summary)},
         "scores": {"before": before.scores, "after": after.scores},
         "stopped": {**stopped, "max_epochs": plan.trainer.max_epochs},
-        "timings_s": timings(models, baselines, unlearned, beyond.attack_seconds if beyond else None),
+        "timings_s": timings(models, baselines, unlearned, attacked),
         "processes": unlearned.trainer.world_size,
         "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.module.memory_bytes().items()},
         "trained_parameters": fit_trained_parameters(unlearned.module, unlearned.attribution),
         **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
-        **({"base": baselines.base.summary} if baselines.base else {}),
+        **({"base": baselines.base_model.summary} if baselines.base_model else {}),
         **(
-            {"planted": planted_summary(models.target, benchmark.planted, models.planted, baselines.clean, before)}
+            {
+                "planted": planted_summary(
+                    models.target, benchmark.planted, models.planted, baselines.clean_model, before
+                )
+            }
             if models.planted
             else {}
         ),
-        **({"robustness": baselines.attacks.results} if baselines.attacks else {}),
-        **({"lm_eval": {"before": baselines.harness, "after": beyond.harness}} if baselines.harness else {}),
+        **({"robustness": attacked.results} if attacked else {}),
+        **({"lm_eval": {"before": baselines.lm_eval, "after": lm_eval}} if baselines.lm_eval else {}),
         **selection_results(unlearned.attribution),
         **limited_rows(plan, benchmark),
         "points": points_record(evaluations),
     }
     if plan.objective:
         results["objective"] = matched_utility(evaluations.points, **plan.objective)
-    return results
+    return with_requests(results, requests) if requests else results
 
 
-def generation_rows(baselines, unlearned) -> list[dict]:
+def with_requests(results: dict, outcome) -> dict:
+    """results.json of a run of requests (`outcome`: pipeline/requests.RequestsOutcome): one entry per
+    request, and the run's timings, win rate and trained parameters over every request (the rest of
+    results.json sees the last request's fit only)."""
+    parts = outcome.entries[0]["timings_s"]
+    totals = {part: round(sum(e["timings_s"][part] for e in outcome.entries), 2) for part in parts}
+    # the evaluations on the whole benchmark (the target, each request's point) come on top of the views'
+    totals["evaluation"] = round(totals["evaluation"] + results["timings_s"]["evaluation"], 2)
+    sophia = win_rate_summary(outcome.win_rates)
+    return {
+        **{k: v for k, v in results.items() if k != "sophia"},
+        **({"sophia": sophia} if sophia else {}),
+        "timings_s": {**results["timings_s"], **totals},
+        "trained_parameters": outcome.trained_parameters,
+        "requests": outcome.entries,
+    }
+
+
+def generation_rows(baselines, unlearned, attacked=None) -> list[dict]:
     """generations.jsonl: every evaluated example of every stage, in the order the stages ran."""
     evaluations = unlearned.evaluations
-    rows = (baselines.base.rows if baselines.base else []) + (baselines.clean.rows if baselines.clean else [])
-    rows += baselines.retain_rows + evaluations.before.rows + evaluations.after.rows
-    return rows + (baselines.attacks.rows if baselines.attacks else [])
+    rows = (baselines.base_model.rows if baselines.base_model else []) + (
+        baselines.clean_model.rows if baselines.clean_model else []
+    )
+    rows += baselines.retain_model_ratios + evaluations.before.rows + evaluations.after.rows
+    return rows + (attacked.rows if attacked else [])
 
 
 def manifest_keys(models, attribution) -> dict:

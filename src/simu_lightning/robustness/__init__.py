@@ -10,10 +10,11 @@ the unlearned model, which it never changes. Its attack families, in run order
   (and, as the control, the same on the retain model that never saw the forget set).
 
 A family is any object with `before(context, retain_model)` (its baselines, on the target before
-unlearning), `after(context)` (on the unlearned model) and `needs_retain_model`; adding one is a file
-and a node under `families` (docs/extending.md). A family whose `before` leaves state for `after` hands it
-over as JSON through `baseline_state()` / `load_baseline_state(state)`: the baselines are cached
-(pipeline/baselines.py), so a run may restore them rather than run `before`. A family set to null is left out. Results land in
+unlearning; it returns what its attack after unlearning reads, as JSON, or None), `after(context, found)`
+(on the unlearned model, `found` what its `before` returned) and `needs_retain_model`; it keeps no state
+between the two, since a run may read the baselines from the cache (pipeline/attacks.py) rather than run
+`before`. Adding one is a file and a node under `families` (docs/extending.md). A family set to null is
+left out. Results land in
 results.json under `robustness: {attack: {split: {metric: value}}}`, per-example rows in
 generations.jsonl with `stage` = the attack's name.
 """
@@ -36,9 +37,9 @@ __all__ = ["AttackContext", "AttackFamily", "MembershipInference", "Probes", "Qu
 class AttackFamily(Protocol):
     needs_retain_model: bool  # whether `before` needs the model that never saw the forget set
 
-    def before(self, context: AttackContext, retain_model=None) -> None: ...
+    def before(self, context: AttackContext, retain_model=None) -> dict | None: ...
 
-    def after(self, context: AttackContext) -> None: ...
+    def after(self, context: AttackContext, found: dict | None = None) -> None: ...
 
 
 @dataclass
@@ -58,29 +59,18 @@ class Robustness:
     def needs_retain_model(self) -> bool:
         return any(family.needs_retain_model for family in self.families.values())
 
-    def before(self, context: AttackContext, retain_model=None) -> None:
+    def before(self, context: AttackContext, retain_model=None) -> dict:
         """Before unlearning, every family's baselines on the target (`context.model`); the target and
-        the retain model first go to the run's device (`context.device`), where the fit would put them."""
+        the retain model first go to the run's device (`context.device`), where the fit would put them.
+        Returns what each family's attack after unlearning reads, by name (JSON)."""
         context.model = context.on_device(context.model)
         retain_model = context.on_device(retain_model) if retain_model is not None else None
-        for family in self.families.values():
-            family.before(context, retain_model)
+        found = {name: family.before(context, retain_model) for name, family in self.families.items()}
+        return {name: value for name, value in found.items() if value is not None}
 
-    def after(self, context: AttackContext) -> None:
-        """On the unlearned model (`context.model`), every family in turn; the model first goes back to the
-        run's device (the fit's teardown left it on the CPU)."""
+    def after(self, context: AttackContext, found: dict) -> None:
+        """On the unlearned model (`context.model`), every family in turn, with what its `before` found; the
+        model first goes back to the run's device (the fit's teardown left it on the CPU)."""
         context.model = context.on_device(context.model)
-        for family in self.families.values():
-            family.after(context)
-
-    def baselines(self, context: AttackContext) -> dict:
-        """What `before` found and left (the context's results and rows, each family's state for `after`):
-        JSON, cached so that every run of a sweep over one target computes it once."""
-        states = {n: f.baseline_state() for n, f in self.families.items() if hasattr(f, "baseline_state")}
-        return {"results": context.results, "rows": context.rows, "families": states}
-
-    def restore(self, context: AttackContext, baselines: dict) -> None:
-        """`before`'s work, from `baselines()` of a run that did it, instead of doing it again."""
-        context.results, context.rows = baselines["results"], baselines["rows"]
-        for name, state in baselines["families"].items():
-            self.families[name].load_baseline_state(state)
+        for name, family in self.families.items():
+            family.after(context, found.get(name))

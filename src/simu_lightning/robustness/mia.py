@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from simu_lightning.data.formatting import IGNORE_INDEX, encode_document, encode_example
 from simu_lightning.evaluation.metrics import mia_auc
@@ -36,29 +36,23 @@ class MembershipInference:
     k: float = 0.4
     gradnorm: bool = True  # a backward pass per example
     p: float = 2.0  # the gradient norm's p
-    retain_rows: dict | None = field(default=None, init=False)  # the retain model's per-example scores
     needs_retain_model = True  # (the reference attack and PrivLeak; without one they are left out)
 
-    def before(self, context, retain_model=None) -> None:
+    def before(self, context, retain_model=None) -> dict:
         """On the retain model (the reference attack's baseline, and PrivLeak's), then on the target: how
-        recognisable its training rows are to begin with."""
+        recognisable its training rows are to begin with. Returns the retain model's per-example scores,
+        which the attack after unlearning reads."""
+        retain_rows = None
         if retain_model is not None and (found := self.sets(context)) is not None:
-            self.retain_rows = {
+            retain_rows = {
                 split: self.per_example(context, retain_model, rows, found[1]) for split, rows in found[0].items()
             }
-            self.record(context, "mia_retain_model", self.retain_rows)
-        self.run(context, name="mia_target")
+            self.record(context, "mia_retain_model", retain_rows, None)
+        self.run(context, retain_rows, name="mia_target")
+        return {"retain_rows": retain_rows}
 
-    def after(self, context) -> None:
-        self.run(context)
-
-    def baseline_state(self) -> dict:
-        """What `before` leaves for `after` (the retain model's per-example scores): cached with the
-        stage's baselines, so a run that reads them attacks as one that computed them."""
-        return {"retain_rows": self.retain_rows}
-
-    def load_baseline_state(self, state: dict) -> None:
-        self.retain_rows = state["retain_rows"]
+    def after(self, context, found: dict | None = None) -> None:
+        self.run(context, (found or {}).get("retain_rows"))
 
     def sets(self, context) -> tuple[dict[str, list[dict]], bool] | None:
         """({"forget": rows, "holdout": rows}, whether the rows are whole documents), each row a
@@ -94,13 +88,13 @@ class MembershipInference:
                 row["gradnorm"] = norm
         return scored
 
-    def record(self, context, name: str, scored: dict[str, list[dict]]) -> dict[str, float]:
+    def record(self, context, name: str, scored: dict[str, list[dict]], retain_rows: dict | None) -> dict[str, float]:
         attacks = [a for a in (*ATTACKS, "gradnorm", "reference") if a in scored["forget"][0]]
         aucs = {
             f"{a}_auc": mia_auc([r[a] for r in scored["forget"]], [r[a] for r in scored["holdout"]]) for a in attacks
         }
-        if self.retain_rows is not None and name != "mia_retain_model":
-            retain_auc = mia_auc(*([r["min_k"] for r in self.retain_rows[s]] for s in ("forget", "holdout")))
+        if retain_rows is not None:
+            retain_auc = mia_auc(*([r["min_k"] for r in retain_rows[s]] for s in ("forget", "holdout")))
             aucs["privleak"] = privleak(aucs["min_k_auc"], retain_auc)
         rows = [
             {"split": split, "stage": name, "index": i, **row}
@@ -111,7 +105,7 @@ class MembershipInference:
         log.info("robustness: %s: %s", name, ", ".join(f"{a} {v:.3f}" for a, v in aucs.items() if not math.isnan(v)))
         return aucs
 
-    def run(self, context, name: str = "mia") -> None:
+    def run(self, context, retain_rows: dict | None, name: str = "mia") -> None:
         found = self.sets(context)
         if found is None:
             log.warning(
@@ -122,8 +116,8 @@ class MembershipInference:
             return
         sets, documents = found
         scored = {split: self.per_example(context, context.model, rows, documents) for split, rows in sets.items()}
-        if self.retain_rows is not None:  # the reference attack: the loss beyond the retain model's
+        if retain_rows is not None:  # the reference attack: the loss beyond the retain model's
             for split, rows in scored.items():
-                for row, retain in zip(rows, self.retain_rows[split]):
+                for row, retain in zip(rows, retain_rows[split]):
                     row["reference"] = row["loss"] - retain["loss"]
-        self.record(context, name, scored)
+        self.record(context, name, scored, retain_rows)

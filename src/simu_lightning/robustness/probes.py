@@ -32,7 +32,7 @@ class Probes:
         """On the target: a probe only says something where the target itself answered it."""
         self.run(context, suffix="_target")
 
-    def after(self, context) -> None:
+    def after(self, context, found=None) -> None:
         self.run(context)
 
     def run(self, context, suffix: str = "") -> None:

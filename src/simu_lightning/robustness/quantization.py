@@ -150,7 +150,7 @@ class Quantization:
     def before(self, context, retain_model=None) -> None:
         """Nothing: quantising the target says nothing about what unlearning did."""
 
-    def after(self, context) -> None:
+    def after(self, context, found=None) -> None:
         self.run(context)
 
     def run(self, context) -> None:

@@ -97,7 +97,7 @@ class Relearning:
         if self.forget and retain_model is not None:
             self.relearn_forget(context, "relearn_forget_retain_model", retain_model)
 
-    def after(self, context) -> None:
+    def after(self, context, found=None) -> None:
         self.run(context)
 
     def run(self, context) -> None:
