@@ -20,7 +20,9 @@ from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.evaluate import Evaluator
 from simu_lightning.evaluation.types import EvalSettings, EvaluationSettings
 from simu_lightning.pipeline.baselines import evaluator_of
-from simu_lightning.pipeline.unlearn import before_cache as production_before_cache, points_in_full
+from simu_lightning.pipeline.building import TrainerSettings
+from simu_lightning.pipeline.plan import RunPlan
+from simu_lightning.pipeline.unlearn import before_cache_file as production_before_cache, points_in_full
 from simu_lightning.unlearning.stopping import StoppingRule
 
 DEVICES = {"accelerator": "cpu", "devices": "1", "num_nodes": "1", "precision": "32-true", "strategy": "auto"}
@@ -215,14 +217,18 @@ def test_the_sample_of_a_limited_evaluation_changes_the_key(tmp_path):
 
 
 def run_plan(tmp_path, **evaluation):
-    """What pipeline/unlearn.py reads of a run's plan to place the cache and build the callback."""
-    return SimpleNamespace(
+    """What pipeline/unlearn.py reads of a run's plan to place the cache and build the callback (with the
+    plan's own evaluation_for)."""
+    plan = SimpleNamespace(
         evaluation=EvaluationSettings(**evaluation),
-        cfg=OmegaConf.create({"model": {"max_length": 64, "dtype": "float32"}, "trainer": {"accelerator": "cpu"}}),
+        model=SimpleNamespace(max_length=64, dtype="float32"),
+        trainer=TrainerSettings.of(OmegaConf.create({"accelerator": "cpu"})),
         cache_dir=tmp_path,
         out=None,
         stop_when=StoppingRule.parse("forget.rougeL_recall<=0.4"),
     )
+    plan.evaluation_for = functools.partial(RunPlan.evaluation_for, plan)
+    return plan
 
 
 def unlearning_evaluation(plan, benchmark: Benchmark):

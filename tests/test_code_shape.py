@@ -137,7 +137,7 @@ def test_the_records_the_stages_hand_each_other_are_frozen():
     from simu_lightning.pipeline.building import TrainerSettings
     from simu_lightning.pipeline.plan import RunPlan
     from simu_lightning.pipeline.prepare import Models
-    from simu_lightning.pipeline.requests import RequestsOutcome
+    from simu_lightning.pipeline.continual import RequestsOutcome
     from simu_lightning.pipeline.unlearn import Unlearned
 
     for record in (RunPlan, TrainerSettings, Models, Baselines, AttackBaselines, Attacked, Unlearned, RequestsOutcome):

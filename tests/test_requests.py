@@ -155,7 +155,7 @@ def request_callbacks(scores: list[dict], settings, requests: Requests, seed: in
     scores, as unlearn_requests chains them: the callbacks, and each one's mask."""
     from types import SimpleNamespace
 
-    from simu_lightning.pipeline.requests import RequestAttribution
+    from simu_lightning.pipeline.continual import RequestAttribution
 
     trainer = SimpleNamespace(datamodule=SimpleNamespace(forget=[], retain=[]))
     callbacks, chosen = [], []

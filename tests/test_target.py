@@ -124,7 +124,7 @@ def test_a_moved_cache_keeps_its_targets(small_benchmark, tmp_path, monkeypatch)
     moved = prepare_target(cfg, small_benchmark, PromptFormat(), tmp_path / "b", make_trainer=NoTrainer)
     assert len(fine_tunes) == built  # nothing fine-tuned again
     assert moved.target_id == first.target_id
-    assert Path(moved.target).parent == tmp_path / "b" / "models"
+    assert Path(moved.source).parent == tmp_path / "b" / "models"
 
 
 def test_a_moved_cache_keeps_the_retain_models_truth_ratios(tiny_model_dir, small_benchmark, tmp_path, monkeypatch):

@@ -424,14 +424,16 @@ def gradient_times_activation(
     return [beta * grad for beta, grad in zip(betas, grads)]
 
 
-def group_attributions(mode, model, projs, group, batch, betas, prefix, nodes, layout) -> list[torch.Tensor]:
-    """One batch's per-example scores of the projections in `group` (`nodes`: the quadrature's alphas
-    and weights; layout: where the scaled copies go)."""
-    if mode == "activation":
+def group_attributions(score, mode, model, projs, group, batch, betas, prefix, nodes, layout) -> list[torch.Tensor]:
+    """One batch's per-example scores of the projections in `group`: `score` what is summed, `mode` how the
+    integrated gradients scale the layers (`nodes`: the quadrature's alphas and weights; layout: where the
+    scaled copies go)."""
+    if score == "activation":
         return [betas[i].abs() for i in group]
-    if mode in ("gradient", "first_order"):
-        atts = gradient_times_activation(model, projs, batch, betas, prefix)
-        return [att.abs() for att in atts] if mode == "gradient" else atts
+    if score == "gradient":
+        return [att.abs() for att in gradient_times_activation(model, projs, batch, betas, prefix)]
+    if mode == "first_order":
+        return gradient_times_activation(model, projs, batch, betas, prefix)
     alphas, weights = nodes
     return integrated_gradients(
         model, [projs[i] for i in group], batch, [betas[i] for i in group], alphas, weights, prefix, layout
@@ -462,19 +464,19 @@ def attribute(
         raise ValueError(f"unknown attribution mode {mode!r}: choose one of {', '.join(MODES)}")
     if score not in SCORES:
         raise ValueError(f"unknown attribution score {score!r}: choose one of {', '.join(SCORES)}")
-    if score != "integrated_gradients":
-        mode = score
-    alphas, weights = quadrature(quadrature_rule, m if mode in ("layerwise", "joint") else 1)
+    integrated = score == "integrated_gradients"
+    alphas, weights = quadrature(quadrature_rule, m if integrated and mode != "first_order" else 1)
     layout = copy_layout(model, copies)
     was_training = model.training
     requires_grad = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)  # gradients flow to the scaled activations only
     names, projs = list(projs), list(projs.values())
-    groups = [[i] for i in range(len(projs))] if mode == "layerwise" else [list(range(len(projs)))]
+    # a layer at a time (layer-wise integrated gradients), or every layer in one pass
+    groups = [[i] for i in range(len(projs))] if integrated and mode == "layerwise" else [list(range(len(projs)))]
     scores = {name: None for name in names}
     per_batch = max(1, max_batch // len(alphas))
     total = -(-len(samples) // per_batch)
-    with phase(f"attribution ({mode}, {len(projs)} layers)", total, "batches"):
+    with phase(f"attribution ({mode if integrated else score}, {len(projs)} layers)", total, "batches"):
         try:
             for batch in batches(samples, per_batch, pad_token_id):
                 batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
@@ -482,7 +484,7 @@ def attribute(
                 betas = activations(model, projs, batch, prefix)
                 for group in groups:
                     atts = group_attributions(
-                        mode, model, projs, group, batch, betas, prefix, (alphas, weights), layout
+                        score, mode, model, projs, group, batch, betas, prefix, (alphas, weights), layout
                     )
                     for i, att in zip(group, atts):
                         att = (att * batch["weight"][:, None]).sum(0)

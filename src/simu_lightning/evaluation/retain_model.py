@@ -103,7 +103,7 @@ def truth_ratio_rows(
     return rows
 
 
-def retain_model_rows(
+def retain_model_truth_ratios(
     benchmark,
     target,
     fmt,

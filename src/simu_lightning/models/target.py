@@ -37,7 +37,7 @@ TARGET_FORMAT = 2
 
 @dataclass
 class Target:
-    target: str  # where the target loads from (a folder or a hub id)
+    source: str  # where the target loads from (a folder or a hub id)
     retain_model: str | None  # the model fine-tuned without the forget set, when there is one
     target_id: str  # identifies the target for downstream caches (attribution scores)
     tokenizer: str | None = None  # a tokenizer source other than the target's own
@@ -46,13 +46,13 @@ class Target:
     base_revision: str | None = None  # the hub revision of `base`
     retain_model_revision: str | None = None
     trust_remote_code: bool = False  # run code shipped with hub models (model.trust_remote_code)
-    planted: bool = False  # a planted target: `retain_model` is the clean model, P lies in the target's folder
+    is_planted: bool = False  # a planted target: `retain_model` is the clean model, P lies in the target's folder
 
 
 def load_target(target: Target, dtype: str, weights: bool = True):
     """(model, tokenizer) of the target, at its pinned revision (`weights=False`: on the meta device)."""
     return load_pretrained(
-        target.target, dtype, target.revision, target.tokenizer, target.trust_remote_code, weights=weights
+        target.source, dtype, target.revision, target.tokenizer, target.trust_remote_code, weights=weights
     )
 
 
@@ -234,5 +234,5 @@ def prepare_target(
         base=base,
         base_revision=revision,
         trust_remote_code=remote,
-        planted=benchmark.planted is not None,
+        is_planted=benchmark.planted is not None,
     )

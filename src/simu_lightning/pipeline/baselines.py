@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.evaluation import Evaluation, Evaluator
 from simu_lightning.evaluation.harness import harness_results
-from simu_lightning.evaluation.retain_model import retain_model_rows
+from simu_lightning.evaluation.retain_model import retain_model_truth_ratios
 from simu_lightning.models.target import load_base, load_retain_model
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
@@ -35,7 +35,7 @@ class Baselines:
 
 
 def evaluator_of(plan: RunPlan, benchmark: Benchmark, models: Models, retain_model_ratios: list[dict]) -> Evaluator:
-    settings = plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens)
+    settings = plan.evaluation_for(benchmark)
     ratios = [row["truth_ratio"] for row in retain_model_ratios] or None
     return Evaluator(models.tokenizer, models.fmt, benchmark, settings, ratios, plan.trainer.device)
 
@@ -55,7 +55,7 @@ def evaluate_base(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evalua
 def evaluate_clean(plan: RunPlan, models: Models, evaluator: Evaluator) -> Evaluation | None:
     """On a planted target, the clean model (stage "clean"): what the planted target is measured against
     (on rank 0 alone, as the base model)."""
-    if not models.target.planted or rank_zero_only.rank != 0:
+    if not models.target.is_planted or rank_zero_only.rank != 0:
         return None
     model, _ = load_retain_model(models.target, plan.model.dtype)
     return evaluator(model, "clean")
@@ -73,11 +73,11 @@ def evaluate_harness(plan: RunPlan, model, tokenizer) -> dict | None:
 @stage("baselines")
 def evaluate_baselines(plan: RunPlan, benchmark: Benchmark, models: Models) -> Baselines:
     start = time.perf_counter()
-    retain_model_ratios = retain_model_rows(
+    retain_model_ratios = retain_model_truth_ratios(
         benchmark,
         models.target,
         models.fmt,
-        plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens),
+        plan.evaluation_for(benchmark),
         plan.model.dtype,
         plan.cache_dir,
         plan.evaluation.retain_model_results,

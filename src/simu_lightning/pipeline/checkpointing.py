@@ -71,7 +71,7 @@ class SaveOnInterrupt(L.Callback):
             self.resume = (state_dict["epoch"], state_dict["batches_done"])
 
 
-def checkpointing(every: int | None, out: Path) -> tuple[list, str | None]:
+def checkpoint_callbacks(every: int | None, out: Path) -> tuple[list, str | None]:
     """The checkpoint callbacks (every `every` epochs; None or 0: none) and the checkpoint to resume from,
     when this output directory holds one."""
     if not every:

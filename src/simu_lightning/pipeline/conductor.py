@@ -6,7 +6,7 @@
   baselines = evaluate_baselines(...)           3. what the unlearned model is compared with (baselines.py)
   unlearned = unlearn(...)                      4. one Lightning fit: evaluate before | attribution | unlearning
                                                    steps | evaluations during | after (unlearn.py); with
-                                                   unlearning.requests, one fit per request (requests.py)
+                                                   unlearning.requests, one fit per request (continual.py)
   attacked = attack_unlearned(...)             5. robustness: the attacks on copies of it (attacks.py); lm-eval
   results = assemble_results(...)               6. results.json, a pure function (results.py)
   write_unlearned_run(...)                      7. the run's files, the tables (outputs.py)
@@ -32,7 +32,7 @@ from simu_lightning.pipeline.modes import attribute_only, evaluate_checkpoint, p
 from simu_lightning.pipeline.outputs import write_model, write_run
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import load_benchmark, load_models
-from simu_lightning.pipeline.requests import unlearn_requests
+from simu_lightning.pipeline.continual import unlearn_requests
 from simu_lightning.pipeline.results import assemble_results, generation_rows, manifest_keys
 from simu_lightning.pipeline.unlearn import unlearn, unsharded_model
 from simu_lightning.utils.devices import recorded_forwards

@@ -17,12 +17,12 @@ from types import SimpleNamespace
 from simu_lightning.evaluation import Evaluator
 from simu_lightning.evaluation.harness import harness_results
 from simu_lightning.evaluation.tables import print_evaluation, print_localisation
-from simu_lightning.evaluation.retain_model import retain_model_rows
+from simu_lightning.evaluation.retain_model import retain_model_truth_ratios
 from simu_lightning.models.loading import load_pretrained
 from simu_lightning.models.settings import ModelSettings
 from simu_lightning.pipeline.attacks import attack_unlearned
 from simu_lightning.pipeline.outputs import write_run
-from simu_lightning.pipeline.prepare import prepare_targets, prompt_format
+from simu_lightning.pipeline.prepare import prepared_target, prompt_format
 from simu_lightning.pipeline.results import manifest_keys, planted_summary, selection_results
 from simu_lightning.pipeline.unlearn import neuron_attribution, unlearning_data, unlearning_module
 from simu_lightning.utils.errors import SimuError
@@ -36,9 +36,9 @@ BUILT_HERE = ("tiny",)  # model sources that name a recipe, not a checkpoint
 def prepare_only(plan, benchmark) -> None:
     """The target and its retain model prepared and cached, and the retain model's forget truth ratios,
     so that runs under torchrun or srun find everything ready."""
-    target = prepare_targets(plan, benchmark)
-    settings = plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens)
-    retain_model_rows(
+    target = prepared_target(plan, benchmark)
+    settings = plan.evaluation_for(benchmark)
+    retain_model_truth_ratios(
         benchmark,
         target,
         prompt_format(plan, benchmark),
@@ -48,7 +48,7 @@ def prepare_only(plan, benchmark) -> None:
         plan.evaluation.retain_model_results,
         plan.trainer.device,
     )
-    log.info("mode=prepare: target %s and retain model %s are ready", target.target, target.retain_model)
+    log.info("mode=prepare: target %s and retain model %s are ready", target.source, target.retain_model)
 
 
 def attribute_only(plan, benchmark, models) -> dict:
@@ -64,13 +64,13 @@ def attribute_only(plan, benchmark, models) -> dict:
         "method": plan.method.name,
         "benchmark": benchmark.name,
         "model": plan.model.name,
-        "target": models.target.target,
+        "target": models.target.source,
         "selection": attribution.settings.selection,
         **selection_results(attribution),
         "timings_s": {"prepare_target": round(models.seconds, 2), "attribution": round(attribution.seconds, 2)},
     }
-    if models.planted:
-        results["planted"] = planted_summary(models.target, benchmark.planted, models.planted, None, None)
+    if models.planted_neurons:
+        results["planted"] = planted_summary(models.target, benchmark.planted, models.planted_neurons, None, None)
     if trainer.is_global_zero:
         write_run(plan, results, None, manifest_keys(models, attribution), trainer.world_size)
         print_localisation(results)
@@ -106,8 +106,8 @@ def evaluate_checkpoint(plan, benchmark) -> dict:
     )
     device = plan.trainer.device
     model = model.to(device)
-    settings = plan.evaluation.for_model(plan.model.max_length, benchmark.max_new_tokens)
-    retain_rows = retain_model_rows(
+    settings = plan.evaluation_for(benchmark)
+    retain_rows = retain_model_truth_ratios(
         benchmark,
         named_retain_model(plan.model, benchmark),
         fmt,

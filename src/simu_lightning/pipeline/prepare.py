@@ -26,7 +26,7 @@ class Models:
     model: object  # the target, loaded: what unlearning changes
     tokenizer: object
     fmt: PromptFormat
-    planted: dict | None  # a planted target's P (per layer: which neurons hold the forget set)
+    planted_neurons: dict | None  # a planted target's P (per layer: which neurons hold the forget set)
     seconds: float
 
 
@@ -56,7 +56,7 @@ def prompt_format(plan: RunPlan, benchmark: Benchmark) -> PromptFormat:
     return benchmark.prompt or plan.model.prompt
 
 
-def prepare_targets(plan: RunPlan, benchmark: Benchmark) -> Target:
+def prepared_target(plan: RunPlan, benchmark: Benchmark) -> Target:
     """The target and its retain model, prepared and cached (mode=prepare stops here)."""
     return prepare_target(
         plan.model,
@@ -78,7 +78,7 @@ def loads_weights(plan: RunPlan) -> bool:
 
 def load_models(plan: RunPlan, benchmark: Benchmark) -> Models:
     start = time.perf_counter()
-    target = prepare_targets(plan, benchmark)
+    target = prepared_target(plan, benchmark)
     weights = loads_weights(plan)
     model, tokenizer = load_target(target, plan.model.dtype, weights=weights)
     if not weights:
@@ -86,9 +86,9 @@ def load_models(plan: RunPlan, benchmark: Benchmark) -> Models:
     seconds = time.perf_counter() - start
     log.info(
         "target %s (%.1fM parameters) ready in %.0f s",
-        target.target,
+        target.source,
         sum(p.numel() for p in model.parameters()) / 1e6,
         seconds,
     )
-    planted = load_planted(target.target) if target.planted else None
+    planted = load_planted(target.source) if target.is_planted else None
     return Models(target, model, tokenizer, prompt_format(plan, benchmark), planted, seconds)

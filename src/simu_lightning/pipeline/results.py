@@ -156,7 +156,7 @@ def assemble_results(
         "method": plan.method.name,
         "benchmark": benchmark.name,
         "model": plan.model.name,
-        "target": models.target.target,
+        "target": models.target.source,
         "before": before.summary,
         "after": after.summary,
         "aggregate": {"before": benchmark.aggregate_of(before.summary), "after": benchmark.aggregate_of(after.summary)},
@@ -171,10 +171,10 @@ def assemble_results(
         **(
             {
                 "planted": planted_summary(
-                    models.target, benchmark.planted, models.planted, baselines.clean_model, before
+                    models.target, benchmark.planted, models.planted_neurons, baselines.clean_model, before
                 )
             }
-            if models.planted
+            if models.planted_neurons
             else {}
         ),
         **({"robustness": attacked.results} if attacked else {}),

@@ -22,7 +22,7 @@ from simu_lightning.evaluation.qa import GENERATION_METRICS, TRUTH_RATIO_METRICS
 from simu_lightning.models.architecture import architecture_of
 from simu_lightning.pipeline.baselines import Baselines
 from simu_lightning.pipeline.building import loggers
-from simu_lightning.pipeline.checkpointing import checkpointing
+from simu_lightning.pipeline.checkpointing import checkpoint_callbacks
 from simu_lightning.pipeline.dashboards import log_attribution, log_config
 from simu_lightning.pipeline.fits import parallel_settings
 from simu_lightning.models.loading import without_weights
@@ -108,12 +108,12 @@ def neuron_attribution(plan: RunPlan, models: Models, kind=NeuronAttribution, **
         cache_dir=plan.cache_dir,
         target_id=models.target.target_id,
         seed=plan.seed,
-        planted=models.planted,
+        planted=models.planted_neurons,
         **extra,
     )
 
 
-def before_cache(plan: RunPlan, models: Models, baselines: Baselines) -> Path | None:
+def before_cache_file(plan: RunPlan, models: Models, baselines: Baselines) -> Path | None:
     """Where the target's evaluation before unlearning is cached (None: evaluation.cache_before=false)."""
     if not plan.evaluation.cache_before:
         return None
@@ -150,7 +150,7 @@ def unlearn(
     attribution: NeuronAttribution | None = None,
     cache_before: bool = True,
 ) -> Unlearned:
-    """`attribution`: a stage 1 other than the plan's own (a continual request's, pipeline/requests.py);
+    """`attribution`: a stage 1 other than the plan's own (a continual request's, pipeline/continual.py);
     `cache_before=false`: the model is not the target, so its evaluation before is not the cached one."""
     data = unlearning_data(plan, benchmark, models)
     module = unlearning_module(plan, models, parallel_settings(plan, data))  # a GPU run that cannot fit stops here
@@ -166,10 +166,10 @@ def unlearn(
             if plan.evaluation.during_truth_ratios == "needed"
             else None
         ),
-        before_cache=before_cache(plan, models, baselines) if cache_before else None,
+        before_cache=before_cache_file(plan, models, baselines) if cache_before else None,
         probe=points_in_full(plan, benchmark),
     )
-    checkpoint, resume_from = checkpointing(plan.checkpoint_every_n_epochs, plan.out)
+    checkpoint, resume_from = checkpoint_callbacks(plan.checkpoint_every_n_epochs, plan.out)
     every = plan.progress.every_n_steps
     progress = [ProgressLines(every, evaluations, plan.stop_when)] if wanted(every) else []
     trainer = plan.trainer.make(

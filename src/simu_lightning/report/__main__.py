@@ -13,7 +13,7 @@ from simu_lightning.utils.files import atomic
 from simu_lightning.report.compare import compared_group, comparison_markdown, comparison_rows
 from simu_lightning.report.figure import pareto
 from simu_lightning.report.health import trained_markdown, win_rate_line, win_rate_markdown, win_rate_rows
-from simu_lightning.report.requests import requests_figure, requests_markdown, requests_rows
+from simu_lightning.report.continual import requests_figure, requests_markdown, requests_rows
 from simu_lightning.report.runs import (
     TUNED,
     archive,

@@ -5,7 +5,7 @@ requests require recomputing critical neuron masks for each new request").
 What is here is plain bookkeeping, testable without a model: the requests' rows, and each request's
 critical neurons (and, with method.trainable=attention_heads_and_down_proj, critical heads: the same rules)
 from its own attribution and the earlier requests' (`masks`, `protect_earlier`), and how the requests'
-masks overlap. pipeline/requests.py runs them.
+masks overlap. pipeline/continual.py runs them.
 """
 
 from __future__ import annotations

@@ -31,12 +31,12 @@ from simu_lightning.attribution.selection import request_seed
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.evaluation.before_cache import read_before, write_before
 from simu_lightning.evaluation.callback import curve_point, curve_rows
-from simu_lightning.evaluation.retain_model import retain_model_rows
+from simu_lightning.evaluation.retain_model import retain_model_truth_ratios
 from simu_lightning.evaluation.types import Evaluation
 from simu_lightning.pipeline.baselines import Baselines, evaluator_of
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
-from simu_lightning.pipeline.unlearn import Unlearned, before_cache, neuron_attribution, unlearn
+from simu_lightning.pipeline.unlearn import Unlearned, before_cache_file, neuron_attribution, unlearn
 from simu_lightning.pipeline.results import fit_trained_parameters, trained_parameters
 from simu_lightning.unlearning.requests import Requests, overlaps, request_masks, request_rows, union
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET
@@ -140,8 +140,8 @@ def request_evaluator(plan: RunPlan, view: Benchmark, models: Models, baselines:
         by_index = {row["index"]: row for row in baselines.retain_model_ratios}
         retain = [dict(by_index[i], index=n) for n, i in enumerate(rows) if i in by_index]
     else:
-        settings = plan.evaluation.for_model(plan.model.max_length, view.max_new_tokens)
-        retain = retain_model_rows(
+        settings = plan.evaluation_for(view)
+        retain = retain_model_truth_ratios(
             view,
             models.target,
             models.fmt,
@@ -156,7 +156,7 @@ def request_evaluator(plan: RunPlan, view: Benchmark, models: Models, baselines:
 
 def evaluate_target(plan: RunPlan, models: Models, baselines: Baselines) -> Evaluation:
     """The target on the whole benchmark (cached as a run without requests caches it)."""
-    cached = before_cache(plan, models, baselines)
+    cached = before_cache_file(plan, models, baselines)
     if cached is not None and cached.exists():
         return read_before(cached)
     before = baselines.evaluator(models.model, "before")
