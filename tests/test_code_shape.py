@@ -137,8 +137,8 @@ def test_the_records_the_stages_hand_each_other_are_frozen():
     from simu_lightning.pipeline.building import TrainerSettings
     from simu_lightning.pipeline.plan import RunPlan
     from simu_lightning.pipeline.prepare import Models
-    from simu_lightning.pipeline.continual import RequestsOutcome
+    from simu_lightning.attribution.callback import Selection
     from simu_lightning.pipeline.unlearn import Unlearned
 
-    for record in (RunPlan, TrainerSettings, Models, Baselines, AttackBaselines, Attacked, Unlearned, RequestsOutcome):
+    for record in (RunPlan, TrainerSettings, Models, Baselines, AttackBaselines, Attacked, Unlearned, Selection):
         assert dataclasses.is_dataclass(record) and record.__dataclass_params__.frozen, record.__name__

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -52,6 +52,25 @@ log = logging.getLogger(__name__)
 
 # Bump when the attribution's arithmetic changes: cached scores from older code are then not reused.
 ATTRIBUTION_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the attribution stage selected, as the stages after the fit read it (results.json, the
+    dashboards, the manifest): NeuronAttribution.selection() at the fit's end."""
+
+    settings: AttributionSettings
+    neurons: dict | None  # layer -> its critical-neuron mask (None: the method selects none)
+    ranking: dict | None  # what the selection ranked the neurons by
+    kept: dict  # critical neurons per layer
+    chosen_t: dict  # each layer's t (t=auto)
+    dropped: dict  # exclude_retain: neurons dropped per layer
+    heads: dict | None  # o_proj's name -> one bool per head
+    heads_kept: dict  # per layer, the indices of its critical heads
+    head_t: dict
+    localisation: dict | None  # a planted target's: the selection against P
+    keys: dict  # the scores' cache key per attributed split
+    seconds: float
 
 
 class NeuronAttribution(L.Callback):
@@ -182,6 +201,22 @@ class NeuronAttribution(L.Callback):
         )
         if trainer.is_global_zero and self.head_ranking is not None:
             self._save_heads(self.head_ranking if scores is None else scores)
+
+    def selection(self) -> Selection:
+        return Selection(
+            self.settings,
+            self.neurons,
+            self.ranking,
+            dict(self.kept),
+            dict(self.chosen_t),
+            dict(self.dropped),
+            self.heads,
+            self.heads_kept,
+            dict(self.head_t),
+            self.localisation,
+            dict(self.keys),
+            self.seconds,
+        )
 
     @property
     def heads_kept(self) -> dict[str, list[int]]:

@@ -68,15 +68,14 @@ def run_stages(cfg: DictConfig) -> dict | None:
     if plan.mode == "attribute":
         return attribute_only(plan, benchmark, models)
     baselines = evaluate_baselines(plan, benchmark, models)
-    requests = unlearn_requests(plan, benchmark, models, baselines) if plan.requests else None
-    unlearned = requests.last if requests else unlearn(plan, benchmark, models, baselines)
+    unlearned = (unlearn_requests if plan.requests else unlearn)(plan, benchmark, models, baselines)
     try:
-        if not unlearned.trainer.is_global_zero:
+        if not unlearned.is_global_zero:
             return None
         model = unsharded_model(plan, unlearned)
         attacked = attack_unlearned(plan, baselines.attacks, baselines.evaluator, model)
         lm_eval = evaluate_harness(plan, model, models.tokenizer)
-        results = assemble_results(plan, benchmark, models, baselines, unlearned, attacked, lm_eval, requests)
+        results = assemble_results(plan, benchmark, models, baselines, unlearned, attacked, lm_eval)
         write_unlearned_run(plan, benchmark, models, baselines, unlearned, attacked, results)
         return results
     finally:
@@ -94,12 +93,12 @@ def finished_results(plan: RunPlan) -> dict | None:
 
 
 def write_unlearned_run(plan, benchmark, models, baselines, unlearned, attacked, results) -> None:
-    write_model(plan.out, unlearned.module.model, models.tokenizer, unlearned.weights)
+    write_model(plan.out, unlearned.model, models.tokenizer, unlearned.weights)
     rows = generation_rows(baselines, unlearned, attacked)
-    keys = manifest_keys(models, unlearned.attribution)
-    write_run(plan, results, rows, keys, unlearned.trainer.world_size)
-    evaluated = unlearned.evaluations.before.rows + unlearned.evaluations.after.rows
-    log_results(unlearned.trainer.loggers, results, evaluated)
-    finish(unlearned.trainer.loggers)
+    keys = manifest_keys(models, unlearned.selection)
+    write_run(plan, results, rows, keys, unlearned.world_size)
+    evaluated = unlearned.before.rows + unlearned.after.rows
+    log_results(unlearned.loggers, results, evaluated)
+    finish(unlearned.loggers)
     print_results(results)
     print_examples(evaluated, benchmark.forget)

@@ -37,7 +37,9 @@ from simu_lightning.pipeline.baselines import Baselines, evaluator_of
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.unlearn import Unlearned, before_cache_file, neuron_attribution, unlearn
-from simu_lightning.pipeline.results import fit_trained_parameters, trained_parameters
+from simu_lightning.pipeline.results import trained_parameters
+from simu_lightning.models.architecture import architecture_of
+from simu_lightning.unlearning.module import win_rate_summary
 from simu_lightning.unlearning.requests import Requests, overlaps, request_masks, request_rows, union
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET
 from simu_lightning.utils.files import write_jsonl
@@ -169,14 +171,13 @@ def request_entry(k: int, rows: list[int], unlearned: Unlearned, attribution: Re
     """results.json `requests[k]`: its rows, where it stopped, its view's evaluations before and after
     (its own forget split, the earlier requests', retain, ...), its critical neurons (and heads: the mask,
     and its own attribution's), the parameters its fit could change, its time."""
-    evaluations = unlearned.evaluations
     return {
         "request": k + 1,
         "rows": rows,
-        "stopped": evaluations.stopped,
-        "before": evaluations.before.summary,
-        "after": evaluations.after.summary,
-        "scores": {"before": evaluations.before.scores, "after": evaluations.after.scores},
+        "stopped": unlearned.stopped,
+        "before": unlearned.before.summary,
+        "after": unlearned.after.summary,
+        "scores": {"before": unlearned.before.scores, "after": unlearned.after.scores},
         **({"critical_neurons": attribution.kept} if attribution.kept else {}),
         **(
             {"attributed_neurons": {name: int(m.sum()) for name, m in attribution.attributed.items()}}
@@ -193,25 +194,21 @@ def request_entry(k: int, rows: list[int], unlearned: Unlearned, attribution: Re
             if attribution.attributed_heads is not None
             else {}
         ),
-        "trained_parameters": fit_trained_parameters(unlearned.module, attribution),
-        **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
+        "trained_parameters": unlearned.trained_parameters,
+        **({"sophia": sophia} if (sophia := win_rate_summary(unlearned.win_rates)) else {}),
         "timings_s": {
-            "evaluation": round(evaluations.seconds, 2),
+            "evaluation": round(unlearned.evaluation_seconds, 2),
             "attribution": round(attribution.seconds, 2),
-            "unlearning": round(unlearned.module.step_seconds, 2),
+            "unlearning": round(unlearned.step_seconds, 2),
         },
     }
 
 
-@dataclass(frozen=True)
-class RequestsOutcome:
-    last: Unlearned  # the last request's fit, its evaluations replaced by the whole benchmark's
-    entries: list[dict]  # results.json `requests`
-    win_rates: list[float]  # Sophia's win rate at every step of every request
-    trained_parameters: dict[str, int]  # what any request could change: under the union of their masks
-
-
-def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines) -> RequestsOutcome:
+def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines) -> Unlearned:
+    """Every request unlearned in turn, each from the model the one before left: the record of the last
+    fit, with the whole benchmark's evaluations (the target, then the model after each request), every
+    request's win rates, what any request could change (the union of their masks) and one entry per
+    request."""
     requests: Requests = plan.requests
     rows = request_rows(benchmark[benchmark.forget], requests, benchmark.forget)
     log.info("unlearning.requests: %d requests of %s forget rows", len(rows), "/".join(str(len(r)) for r in rows))
@@ -225,13 +222,7 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
     for k, request in enumerate(rows):
         view = request_view(benchmark, rows, k)
         plan_k = plan.at(plan.out / "requests" / str(k + 1))  # its own folder: curve, logs, attribution
-        if k:  # the model the earlier requests left: the caches keyed by the model know it by its weights
-            current = dataclasses.replace(
-                current,
-                target=dataclasses.replace(
-                    current.target, target_id=f"{models.target.target_id}+{weights_id(current.model)}"
-                ),
-            )
+        current = left_by_earlier(models, current) if k else current
         attribution = neuron_attribution(
             plan_k, current, RequestAttribution, requests=requests, index=k, earlier=list(attributions)
         )
@@ -242,39 +233,58 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
         unlearned = unlearn(plan_k, view, current, request_baselines, attribution=attribution, cache_before=k == 0)
         attributions.append(attribution)
         entries.append(request_entry(k, request, unlearned, attribution))
-        win_rates += [r for r in unlearned.module.win_rates if r == r]
-        steps += unlearned.evaluations.stopped["step"]
-        met = met and unlearned.evaluations.stopped["reason"] == CONDITION_MET
+        win_rates += [r for r in unlearned.win_rates if r == r]
+        steps += unlearned.stopped["step"]
+        met = met and unlearned.stopped["reason"] == CONDITION_MET
         start = time.perf_counter()
         evaluation = baselines.evaluator(current.model, "after")
         whole.seconds += time.perf_counter() - start
         whole.points.append(curve_point(steps, k + 1, evaluation, benchmark.aggregate))
         whole.after = evaluation
-    for unit, key in (("attributed", "overlap"), ("attributed_heads", "head_overlap")):
-        attributed = [getattr(a, unit) for a in attributions]
-        if all(masks is not None for masks in attributed):
-            for entry, overlap in zip(entries, overlaps(attributed)):
-                entry[key] = overlap
+    add_overlaps(entries, attributions)
     # every request met the stopping rule, or not; the steps of all requests together
     whole.stopped = {
         "reason": CONDITION_MET if met else BUDGET_EXHAUSTED,
         "step": steps,
-        "epoch": unlearned.evaluations.stopped["epoch"],
+        "epoch": unlearned.stopped["epoch"],
         "requests": len(rows),
     }
     whole.after = Evaluation(
         whole.after.summary, whole.after.scores, [{**r, "stage": "after"} for r in whole.after.rows]
     )
     write_jsonl(plan.out / "curve.jsonl", curve_rows(whole.points))
-    return RequestsOutcome(
-        dataclasses.replace(unlearned, evaluations=whole), entries, win_rates, run_trained(unlearned, attributions)
+    return dataclasses.replace(
+        unlearned,
+        before=whole.before,
+        after=whole.after,
+        points=whole.points,
+        stopped=whole.stopped,
+        evaluation_seconds=whole.seconds,
+        win_rates=win_rates,
+        trained_parameters=run_trained(plan, unlearned, attributions),
+        requests=entries,
     )
 
 
-def run_trained(unlearned: Unlearned, attributions: list[RequestAttribution]) -> dict[str, int]:
+def left_by_earlier(models: Models, current: Models) -> Models:
+    """The model the earlier requests left: the caches keyed by the model know it by its weights."""
+    target_id = f"{models.target.target_id}+{weights_id(current.model)}"
+    return dataclasses.replace(current, target=dataclasses.replace(current.target, target_id=target_id))
+
+
+def add_overlaps(entries: list[dict], attributions: list[RequestAttribution]) -> None:
+    """Each request's entry gets how its own attributed neurons (and heads) overlap the others'."""
+    for unit, key in (("attributed", "overlap"), ("attributed_heads", "head_overlap")):
+        attributed = [getattr(a, unit) for a in attributions]
+        if all(masks is not None for masks in attributed):
+            for entry, overlap in zip(entries, overlaps(attributed)):
+                entry[key] = overlap
+
+
+def run_trained(plan: RunPlan, unlearned: Unlearned, attributions: list[RequestAttribution]) -> dict[str, int]:
     """trained_parameters of a run of requests: the entries that any request's fit could change (the union
     of the requests' masks; each request's own count is in its entry)."""
-    method, module = unlearned.module.method, unlearned.module
+    method, model = plan.method, unlearned.model
     neurons = union([a.neurons for a in attributions]) if method.needs_attribution else None
     heads = union([a.heads for a in attributions]) if method.critical_head_mask else None
-    return trained_parameters(module.model, module.architecture, neurons, heads)
+    return trained_parameters(model, architecture_of(model, plan.model.architecture), neurons, heads)

@@ -66,13 +66,13 @@ def attribute_only(plan, benchmark, models) -> dict:
         "model": plan.model.name,
         "target": models.target.source,
         "selection": attribution.settings.selection,
-        **selection_results(attribution),
+        **selection_results(attribution.selection()),
         "timings_s": {"prepare_target": round(models.seconds, 2), "attribution": round(attribution.seconds, 2)},
     }
     if models.planted_neurons:
         results["planted"] = planted_summary(models.target, benchmark.planted, models.planted_neurons, None, None)
     if trainer.is_global_zero:
-        write_run(plan, results, None, manifest_keys(models, attribution), trainer.world_size)
+        write_run(plan, results, None, manifest_keys(models, attribution.selection()), trainer.world_size)
         print_localisation(results)
     return results
 

@@ -108,12 +108,11 @@ def fit_trained_parameters(module, attribution) -> dict[str, int]:
 def timings(models, baselines, unlearned, attacked) -> dict[str, float]:
     """Seconds per part of the run, each measured where it ran (the evaluations and the attribution run
     inside the fit, between the unlearning steps)."""
-    evaluations, attribution = unlearned.evaluations.seconds, unlearned.attribution.seconds
     parts = {
         "prepare_target": models.seconds,
-        "evaluation": baselines.seconds["evaluation"] + evaluations,
-        "attribution": attribution,
-        "unlearning": unlearned.module.step_seconds,
+        "evaluation": baselines.seconds["evaluation"] + unlearned.evaluation_seconds,
+        "attribution": unlearned.selection.seconds,
+        "unlearning": unlearned.step_seconds,
     }
     if attacked is not None:
         parts["robustness"] = baselines.seconds.get("robustness", 0.0) + attacked.seconds
@@ -132,26 +131,23 @@ def limited_rows(plan, benchmark) -> dict:
     return {"evaluated_rows": cut} if cut else {}
 
 
-def points_record(evaluations) -> dict:
+def points_record(unlearned) -> dict:
     """results.json `points`: the forget levels whose crossings were evaluated in full (null: every point
     was), the steps of the full points, and those of the points that scored only what the levels and the
     stopping rule read."""
-    probe = evaluations.probe
+    probe = unlearned.probe
     return {
         "levels": str(probe.levels) if probe is not None and probe.levels is not None else None,
-        "full": [p["step"] for p in evaluations.points if p.get("full", True)],
-        "not_full": [p["step"] for p in evaluations.points if not p.get("full", True)],
+        "full": [p["step"] for p in unlearned.points if p.get("full", True)],
+        "not_full": [p["step"] for p in unlearned.points if not p.get("full", True)],
     }
 
 
-def assemble_results(
-    plan, benchmark, models, baselines, unlearned, attacked=None, lm_eval: dict | None = None, requests=None
-) -> dict:
+def assemble_results(plan, benchmark, models, baselines, unlearned, attacked=None, lm_eval: dict | None = None) -> dict:
     """results.json: the stages' records in (`attacked`: pipeline/attacks.Attacked, `lm_eval`: lm-eval's
-    tasks on the unlearned model, `requests`: a continual run's per-request outcome)."""
-    evaluations = unlearned.evaluations
-    before, after = evaluations.before, evaluations.after
-    stopped = {**evaluations.stopped, "rule": str(plan.stop_when) if plan.stop_when else None}
+    tasks on the unlearned model; a run of continual requests adds one entry per request)."""
+    before, after = unlearned.before, unlearned.after
+    stopped = {**unlearned.stopped, "rule": str(plan.stop_when) if plan.stop_when else None}
     results = {
         "method": plan.method.name,
         "benchmark": benchmark.name,
@@ -163,10 +159,10 @@ def assemble_results(
         "scores": {"before": before.scores, "after": after.scores},
         "stopped": {**stopped, "max_epochs": plan.trainer.max_epochs},
         "timings_s": timings(models, baselines, unlearned, attacked),
-        "processes": unlearned.trainer.world_size,
-        "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.module.memory_bytes().items()},
-        "trained_parameters": fit_trained_parameters(unlearned.module, unlearned.attribution),
-        **({"sophia": sophia} if (sophia := unlearned.module.win_rate_summary()) else {}),
+        "processes": unlearned.world_size,
+        "memory_mb_per_process": {k: round(v / 2**20, 3) for k, v in unlearned.memory_bytes.items()},
+        "trained_parameters": unlearned.trained_parameters,
+        **({"sophia": sophia} if (sophia := win_rate_summary(unlearned.win_rates)) else {}),
         **({"base": baselines.base_model.summary} if baselines.base_model else {}),
         **(
             {
@@ -179,46 +175,46 @@ def assemble_results(
         ),
         **({"robustness": attacked.results} if attacked else {}),
         **({"lm_eval": {"before": baselines.lm_eval, "after": lm_eval}} if baselines.lm_eval else {}),
-        **selection_results(unlearned.attribution),
+        **selection_results(unlearned.selection),
         **limited_rows(plan, benchmark),
-        "points": points_record(evaluations),
+        "points": points_record(unlearned),
     }
     if plan.objective:
-        results["objective"] = matched_utility(evaluations.points, **plan.objective)
-    return with_requests(results, requests) if requests else results
+        results["objective"] = matched_utility(unlearned.points, **plan.objective)
+    return with_requests(results, unlearned) if unlearned.requests is not None else results
 
 
-def with_requests(results: dict, outcome) -> dict:
-    """results.json of a run of requests (`outcome`: pipeline/requests.RequestsOutcome): one entry per
-    request, and the run's timings, win rate and trained parameters over every request (the rest of
-    results.json sees the last request's fit only)."""
-    parts = outcome.entries[0]["timings_s"]
-    totals = {part: round(sum(e["timings_s"][part] for e in outcome.entries), 2) for part in parts}
+def with_requests(results: dict, unlearned) -> dict:
+    """results.json of a run of requests (pipeline/continual.py): one entry per request, and the run's
+    timings over every request (the rest of results.json reads the last request's fit, the whole
+    benchmark's evaluations, every request's win rates and the union of their masks)."""
+    entries = unlearned.requests
+    parts = entries[0]["timings_s"]
+    totals = {part: round(sum(e["timings_s"][part] for e in entries), 2) for part in parts}
     # the evaluations on the whole benchmark (the target, each request's point) come on top of the views'
     totals["evaluation"] = round(totals["evaluation"] + results["timings_s"]["evaluation"], 2)
-    sophia = win_rate_summary(outcome.win_rates)
+    sophia = win_rate_summary(unlearned.win_rates)
     return {
         **{k: v for k, v in results.items() if k != "sophia"},
         **({"sophia": sophia} if sophia else {}),
         "timings_s": {**results["timings_s"], **totals},
-        "trained_parameters": outcome.trained_parameters,
-        "requests": outcome.entries,
+        "trained_parameters": unlearned.trained_parameters,
+        "requests": entries,
     }
 
 
 def generation_rows(baselines, unlearned, attacked=None) -> list[dict]:
     """generations.jsonl: every evaluated example of every stage, in the order the stages ran."""
-    evaluations = unlearned.evaluations
     rows = (baselines.base_model.rows if baselines.base_model else []) + (
         baselines.clean_model.rows if baselines.clean_model else []
     )
-    rows += baselines.retain_model_ratios + evaluations.before.rows + evaluations.after.rows
+    rows += baselines.retain_model_ratios + unlearned.before.rows + unlearned.after.rows
     return rows + (attacked.rows if attacked else [])
 
 
-def manifest_keys(models, attribution) -> dict:
+def manifest_keys(models, selection) -> dict:
     return {
         "target": models.target.target_id,
         "retain_model": models.target.retain_model,
-        **{f"attribution_{split}": key for split, key in attribution.keys.items()},
+        **{f"attribution_{split}": key for split, key in selection.keys.items()},
     }

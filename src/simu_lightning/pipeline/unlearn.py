@@ -11,12 +11,13 @@ from pathlib import Path
 
 import lightning as L
 
-from simu_lightning.attribution.callback import NeuronAttribution
+from simu_lightning.attribution.callback import NeuronAttribution, Selection
 from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.datamodule import UnlearningDataModule
 from simu_lightning.distributed import full_state_dict
 from simu_lightning.evaluation.before_cache import before_cache_path
 from simu_lightning.evaluation.callback import UnlearningEvaluation
+from simu_lightning.evaluation.types import Evaluation
 from simu_lightning.evaluation.probe import ProbePlan, probe_plan, resolved_full_around
 from simu_lightning.evaluation.qa import GENERATION_METRICS, TRUTH_RATIO_METRICS, truth_ratio_splits_needed
 from simu_lightning.models.architecture import architecture_of
@@ -29,6 +30,7 @@ from simu_lightning.models.loading import without_weights
 from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.progress import ProgressLines, wanted
+from simu_lightning.pipeline.results import fit_trained_parameters
 from simu_lightning.unlearning.module import UnlearningModule
 from simu_lightning.utils.devices import is_sharded, stage
 
@@ -37,18 +39,55 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Unlearned:
-    module: UnlearningModule  # its model is the unlearned model
-    evaluations: UnlearningEvaluation  # before, the curve, where it stopped, after
-    attribution: NeuronAttribution  # the critical neurons (and, on a planted target, their localisation)
-    trainer: L.Trainer
-    weights: dict  # the whole unlearned state dict, gathered from the shards (complete on rank 0)
+    """What the fit hands on (one fit, or a run of continual requests: pipeline/continual.py): the
+    unlearned model and where unlearning ended, read off the fit's callbacks and module when it is over."""
+
+    model: object  # the unlearned model (the fit's own: sharded where the fit sharded it)
+    weights: dict  # its whole state dict, gathered from the shards (complete on rank 0)
+    before: Evaluation
+    after: Evaluation
+    points: list[dict]  # the curve: every evaluation point, before to after
+    stopped: dict  # where and why unlearning stopped
+    probe: ProbePlan | None  # which points were scored in full
+    evaluation_seconds: float  # the evaluations inside the fit
+    selection: Selection  # the critical neurons (and heads; on a planted target, their localisation)
+    step_seconds: float  # the unlearning steps themselves
+    memory_bytes: dict  # per process: weights, gradients, optimiser state, frozen copy
+    win_rates: list[float]  # Sophia's win rate at every step (NaN where it had none)
+    trained_parameters: dict[str, int]  # what the optimiser could change, under the fit's masks
+    world_size: int  # processes
+    is_global_zero: bool
+    loggers: tuple  # where the run logs (the dashboards of stage 7)
+    requests: list[dict] | None = None  # a run of continual requests: results.json `requests`
+
+
+def unlearned_of(trainer: L.Trainer, module: UnlearningModule, evaluations, attribution) -> Unlearned:
+    """The record of a finished fit, read off its module and callbacks."""
+    return Unlearned(
+        model=module.model,
+        weights=full_state_dict(module.model),
+        before=evaluations.before,
+        after=evaluations.after,
+        points=list(evaluations.points),
+        stopped=dict(evaluations.stopped),
+        probe=evaluations.probe,
+        evaluation_seconds=evaluations.seconds,
+        selection=attribution.selection(),
+        step_seconds=module.step_seconds,
+        memory_bytes=module.memory_bytes(),
+        win_rates=list(module.win_rates),
+        trained_parameters=fit_trained_parameters(module, attribution),
+        world_size=trainer.world_size,
+        is_global_zero=trainer.is_global_zero,
+        loggers=tuple(trainer.loggers),
+    )
 
 
 def unsharded_model(plan: RunPlan, unlearned: Unlearned):
     """The unlearned model as the stages after the fit use it: the fit's own, or, where the fit sharded it
     (trainer=fsdp in one process; several are refused), a plain model of its gathered weights. The attacks
     copy the model they attack, and an FSDP2 module cannot be copied."""
-    model = unlearned.module.model
+    model = unlearned.model
     if not is_sharded(model):
         return model
     plain = without_weights(model.config, plan.model.dtype, model.config._attn_implementation)
@@ -195,4 +234,4 @@ def unlearn(
             attribution.neurons,
             attribution.chosen_t if plan.attribution.t == "auto" else plan.attribution.t,
         )
-    return Unlearned(module, evaluations, attribution, trainer, full_state_dict(module.model))
+    return unlearned_of(trainer, module, evaluations, attribution)
