@@ -18,7 +18,7 @@ from simu_lightning.evaluation import before_cache, qa
 from simu_lightning.evaluation import muse as muse_suite
 from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.evaluate import Evaluator
-from simu_lightning.evaluation.types import EvalSettings, EvaluationSettings
+from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.pipeline.baselines import evaluator_of
 from simu_lightning.pipeline.building import TrainerSettings
 from simu_lightning.pipeline.plan import RunPlan
@@ -173,9 +173,11 @@ def test_the_modules_of_the_qa_suite():
 
 
 def test_every_field_of_the_evaluation_settings_is_placed():
-    """A new EvalSettings field is a decision: in the key of the evaluation before (it changes its
-    numbers) or not; BEFORE_SETTINGS names every field today."""
-    assert set(before_cache.BEFORE_SETTINGS) == {f.name for f in fields(EvalSettings)}
+    """A new EvaluationSettings field is a decision: in the key of the evaluation before (it changes its
+    numbers) or not, and why; BEFORE_SETTINGS and OUTSIDE_THE_KEY name every field between them."""
+    inside, outside = set(before_cache.BEFORE_SETTINGS), set(before_cache.OUTSIDE_THE_KEY)
+    assert not inside & outside
+    assert inside | outside == {f.name for f in fields(EvaluationSettings)}
 
 
 def test_what_changes_the_numbers_changes_the_key(tmp_path):
@@ -248,7 +250,7 @@ def unlearning_evaluation(plan, benchmark: Benchmark):
             if plan.evaluation.during_truth_ratios == "needed"
             else None
         ),
-        before_cache=cached,
+        before_file=cached,
         probe=points_in_full(plan, benchmark),
     )
     return callback, cached
@@ -270,7 +272,8 @@ def test_settings_of_the_evaluations_during_unlearning_leave_the_key_alone(tmp_p
     assert swept.point_settings.truth_ratio_splits == ("retain", "world")
     assert swept.sample_settings.max_examples == 2 and swept.point_settings.max_examples == 3
     assert swept.probe is not None and swept.every_n_steps == 2
-    assert swept.settings == plain.settings and swept_cached == cached is not None
+    read = before_cache.settings_read_before  # what the key holds of the settings of the evaluation before
+    assert read(swept.settings) == read(plain.settings) and swept_cached == cached is not None
     # the evaluation before is what the key holds: its settings, not those of the points during unlearning
     assert before_key(tmp_path, dataclasses.replace(swept.evaluator, settings=swept.sample_settings)) != (
         cached.parent.name

@@ -10,7 +10,7 @@ import torch
 from simu_lightning.data.formatting import IGNORE_INDEX, encode_document, encode_example, encode_prompt
 from simu_lightning.evaluation import qa
 from simu_lightning.evaluation.generation import answer_log_likelihoods, by_length, generations_by_split
-from simu_lightning.evaluation.types import EvalSettings
+from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.likelihood import labelled_span
 from simu_lightning.unlearning.stopping import StoppingRule
 
@@ -144,7 +144,7 @@ def test_the_shared_pass_gives_each_row_the_truth_ratio_of_its_own_answers(
     if not paraphrased:
         split = split.remove_columns("paraphrased_answer")
     correct_answers = split["paraphrased_answer"] if paraphrased else split["answer"]
-    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=5)
+    settings = EvaluationSettings(max_length=64, max_new_tokens=4, batch_size=5)
     rows = qa.split_rows(model, tokenizer, prompt_format, split, settings, "retain", [""] * len(split))
 
     def plain(question, answer):
@@ -165,7 +165,7 @@ def test_the_shared_pass_gives_each_row_the_truth_ratio_of_its_own_answers(
 def test_a_split_left_out_of_truth_ratio_splits_scores_no_perturbed_answer(tiny_model, small_benchmark, prompt_format):
     model, tokenizer = tiny_model
     split = small_benchmark["forget"].select(range(2))
-    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=5, truth_ratio_splits=("retain",))
+    settings = EvaluationSettings(max_length=64, max_new_tokens=4, batch_size=5, truth_ratio_splits=("retain",))
     rows = qa.split_rows(model, tokenizer, prompt_format, split, settings, "forget", ["x"] * len(split))
     assert all("truth_ratio" not in row and "normalised_prob" not in row for row in rows)
     assert all(row["answer_prob"] > 0 for row in rows)
@@ -179,14 +179,22 @@ def test_a_split_left_out_of_likelihood_splits_runs_no_forward_and_keeps_its_gen
     model, tokenizer = tiny_model
     split = small_benchmark["forget"].select(range(3))
     generations = [split[0]["answer"], "something else", f" {split[2]['answer']} "]
-    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=5, likelihood_splits=("retain",))
+    settings = EvaluationSettings(max_length=64, max_new_tokens=4, batch_size=5, likelihood_splits=("retain",))
 
     class NoForward(torch.nn.Module):
         def forward(self, *args, **kwargs):
             raise AssertionError("a split without likelihoods ran the model")
 
     rows = qa.split_rows(NoForward(), tokenizer, prompt_format, split, settings, "forget", generations)
-    full = qa.split_rows(model, tokenizer, prompt_format, split, EvalSettings(64, 4, 5), "forget", generations)
+    full = qa.split_rows(
+        model,
+        tokenizer,
+        prompt_format,
+        split,
+        EvaluationSettings(max_length=64, max_new_tokens=4, batch_size=5),
+        "forget",
+        generations,
+    )
     assert [r["exact_match"] for r in rows] == [1.0, 0.0, 1.0]  # the answer itself, stripped
     generation_metrics = {"question", "answer", "generation", *qa.GENERATION_METRICS}
     assert all(set(row) == generation_metrics for row in rows)

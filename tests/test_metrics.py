@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from simu_lightning.data.formatting import IGNORE_INDEX, PromptFormat
 from simu_lightning.evaluation import metrics
 from simu_lightning.evaluation.qa import summarise
-from simu_lightning.evaluation.types import EvalSettings
+from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.likelihood import answer_log_likelihood
 
 
@@ -101,7 +101,7 @@ def test_exact_memorization_of_an_answer_that_is_only_its_eos_is_left_out_of_the
 
     fmt = PromptFormat(template="{question}", answer_prefix="")
     logits = torch.zeros(1, 8, 10)
-    settings = EvalSettings(max_length=32, max_new_tokens=1, batch_size=4)
+    settings = EvaluationSettings(max_length=32, max_new_tokens=1, batch_size=4)
     scored = answer_scores(FixedLogits(logits), Tokenizer(), fmt, ["ab"], [""], settings)
     assert scored[0].memorised is None and scored[0].extraction is None
     assert summarise([{"exact_memorization": None}, {"exact_memorization": 0.5}], forget=True) == {

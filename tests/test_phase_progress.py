@@ -7,7 +7,7 @@ import re
 import pytest
 
 from simu_lightning.evaluation import qa
-from simu_lightning.evaluation.types import EvalSettings
+from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.utils import phase_progress
 from simu_lightning.utils.phase_progress import advance, eta, phase
 
@@ -47,7 +47,7 @@ def test_an_evaluation_counts_every_prompt_and_every_scored_answer(
     every_line, caplog, tiny_model, small_benchmark, prompt_format
 ):
     model, tokenizer = tiny_model
-    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=8)
+    settings = EvaluationSettings(max_length=64, max_new_tokens=4, batch_size=8)
     with caplog.at_level(logging.INFO, logger="simu_lightning.utils.phase_progress"):
         qa.evaluate(model, tokenizer, prompt_format, small_benchmark, "after", settings)
     done = {}

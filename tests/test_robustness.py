@@ -13,7 +13,7 @@ from scipy.stats import mannwhitneyu
 
 from datasets import Dataset
 
-from simu_lightning.evaluation import EvalSettings, Evaluator, lume, qa
+from simu_lightning.evaluation import EvaluationSettings, Evaluator, lume, qa
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.tables import mia_rows, robustness_rows, robustness_tables
 from simu_lightning.robustness import AttackContext, MembershipInference, Probes, Quantization, Relearning, Robustness
@@ -178,7 +178,7 @@ def cpu_trainer(**overrides) -> L.Trainer:
 @pytest.fixture()
 def attack(tiny_model, small_benchmark, prompt_format):
     model, tokenizer = tiny_model
-    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=16)
+    settings = EvaluationSettings(max_length=64, max_new_tokens=4, batch_size=16)
     benchmark = dataclasses.replace(small_benchmark, suite=qa.evaluate)  # as conf/benchmark/synthetic.yaml names it
     return AttackContext(model, Evaluator(tokenizer, prompt_format, benchmark, settings), cpu_trainer)
 

@@ -10,10 +10,10 @@ from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation import callback as evaluation_callback
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.probe import probe_plan, resolved_full_around, snapshot, weights_of
-from simu_lightning.evaluation.types import EvalSettings, Evaluation
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
 from simu_lightning.unlearning.stopping import ForgetLevels, StoppingRule
 
-SETTINGS = EvalSettings(max_length=32, max_new_tokens=4, batch_size=2)
+SETTINGS = EvaluationSettings(max_length=32, max_new_tokens=4, batch_size=2)
 
 
 class Scripted:

@@ -133,10 +133,10 @@ def test_a_moved_cache_keeps_the_retain_models_truth_ratios(tiny_model_dir, smal
     import shutil
 
     from simu_lightning.evaluation import retain_model
-    from simu_lightning.evaluation.types import EvalSettings
+    from simu_lightning.evaluation.types import EvaluationSettings
 
     shutil.copytree(tiny_model_dir, tmp_path / "a" / "models" / "retain")
-    settings = EvalSettings(max_length=64, max_new_tokens=4, batch_size=8, max_examples=4)
+    settings = EvaluationSettings(max_length=64, max_new_tokens=4, batch_size=8, max_examples=4)
     args = (small_benchmark, PromptFormat(), settings, "float32")
     first = retain_model.truth_ratio_rows(str(tmp_path / "a" / "models" / "retain"), *args, tmp_path / "a")
     (tmp_path / "a").rename(tmp_path / "b")

@@ -18,7 +18,7 @@ from simu_lightning.data import synthetic
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.distributed import close_process_group, exit_if_group_closed, parallelize
 from simu_lightning.evaluation import Evaluator, qa
-from simu_lightning.evaluation.types import EvalSettings
+from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.models import tiny
 from simu_lightning.models.loading import load_pretrained
 
@@ -69,7 +69,7 @@ def main(folder: Path):
     assert plain == layers * NEW_TOKENS + 1, plain
 
     evaluator = Evaluator(
-        tokenizer, PromptFormat(), benchmark, EvalSettings(max_length=64, max_new_tokens=8, batch_size=4)
+        tokenizer, PromptFormat(), benchmark, EvaluationSettings(max_length=64, max_new_tokens=8, batch_size=4)
     )
     once, sharded = gathers_during(model, lambda: evaluator(model, "after"))
     assert once == layers + 1, f"{once} all-gathers in one evaluation, not one per layer ({layers + 1})"

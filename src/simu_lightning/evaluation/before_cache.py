@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from simu_lightning.evaluation.evaluate import Evaluator
-from simu_lightning.evaluation.types import EvalSettings, Evaluation
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
 from simu_lightning.utils.cache import cache_key
 from simu_lightning.utils.files import atomic
 
@@ -166,12 +166,10 @@ def suite_id(suite) -> list:
     return [getattr(function, "__module__", ""), getattr(function, "__qualname__", repr(function)), keywords]
 
 
-# The fields of EvalSettings (evaluation/types.py) in the key, each because it changes the numbers of the
-# evaluation of the target; every field is one of them (tests/test_before_cache.py checks that a new field
-# is placed). The settings of the evaluations during unlearning (evaluation.every_n_steps, during.*,
-# cache_before) are EvaluationSettings' and never reach an EvalSettings of the evaluation before:
-# UnlearningEvaluation runs the points during unlearning with copies of its own (point_settings,
-# sample_settings).
+# The fields of EvaluationSettings (evaluation/types.py) in the key, each because it changes the numbers of the
+# evaluation of the target; every other field is in OUTSIDE_THE_KEY, with why (tests/test_before_cache.py
+# checks that a new field is placed). The settings of the evaluations during unlearning (every_n_steps,
+# during.*) reach only UnlearningEvaluation's own copies (point_settings, sample_settings).
 BEFORE_SETTINGS = {
     "max_length": "prompts, answers and documents are cut to it",
     "max_new_tokens": "how long the generations are (exact match, ROUGE-L)",
@@ -190,9 +188,17 @@ BEFORE_SETTINGS = {
     # None as well before unlearning; only probe points set it (a split read only through its generations)
     "likelihood_splits": "the splits whose answer likelihoods are scored",
 }
+OUTSIDE_THE_KEY = {
+    "retain_model_results": "where the retain model's ratios come from: the ratios themselves are in the key",
+    "base": "whether the base model is evaluated too, beside the target",
+    "every_n_steps": "when the points during unlearning are",
+    "during": "how the points during unlearning are scored",
+    "lm_eval": "lm-eval's tasks, run apart from the suite",
+    "cache_before": "whether this cache is used at all",
+}
 
 
-def settings_read_before(settings: EvalSettings) -> dict:
+def settings_read_before(settings: EvaluationSettings) -> dict:
     """The settings in the key of the evaluation before: BEFORE_SETTINGS, as the evaluation holds them
     (the sample's seed only where a limit draws a sample: a sweep over it without one shares an entry)."""
     read = {name: getattr(settings, name, None) for name in BEFORE_SETTINGS}

@@ -2,7 +2,7 @@
 evaluated by all its processes together (each takes a share of the prompts).
 
 - `before`: the target, at fit start (saved to `saved_before`, so that a resumed run reports the
-  target, not the half-unlearned checkpoint it restarts from; read from `before_cache` when another run
+  target, not the half-unlearned checkpoint it restarts from; read from `before_file` when another run
   already evaluated the same target the same way: evaluation/before_cache.py);
 - during: every `every_n_steps` optimiser steps (None: at every epoch's end), the same suite and
   metrics (truth ratios on `during_truth_ratio_splits` only, when given; LUME's MMLU never: before and
@@ -38,7 +38,7 @@ from simu_lightning.evaluation.before_cache import read_before, write_before
 from simu_lightning.evaluation.evaluate import Evaluator
 from simu_lightning.evaluation.probe import ProbePlan, changing_parameters, snapshot, weights_of
 from simu_lightning.evaluation.splits import view
-from simu_lightning.evaluation.types import EvalSettings, Evaluation
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic, write_jsonl
 from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
@@ -114,11 +114,11 @@ class UnlearningEvaluation(L.Callback):
         during_max_examples: int | None = None,
         stop_when: StoppingRule | None = None,
         during_truth_ratio_splits: tuple[str, ...] | None = None,
-        before_cache: Path | None = None,
+        before_file: Path | None = None,
         probe: ProbePlan | None = None,
     ):
         self.evaluator, self.settings = evaluator, evaluator.settings
-        self.before_cache = before_cache  # where the target's evaluation before unlearning is cached (or None)
+        self.before_file = before_file  # where the target's evaluation before unlearning is cached (or None)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.every_n_steps = every_n_steps
         # MMLU (LUME's, 5-shot through lm-eval) before and after only: at every point it would be most of a run
@@ -169,14 +169,14 @@ class UnlearningEvaluation(L.Callback):
             logger.log_metrics(metrics, step=point["step"])
 
     # -- evaluating --------------------------------------------------------------------------------
-    def _evaluate(self, model, stage: str, settings: EvalSettings, benchmark=None) -> Evaluation:
+    def _evaluate(self, model, stage: str, settings: EvaluationSettings, benchmark=None) -> Evaluation:
         start = time.perf_counter()
         result = self.evaluator(model, stage, settings, benchmark=benchmark)
         self.seconds += time.perf_counter() - start
         return result
 
     def _evaluate_before(self, trainer: L.Trainer, pl_module) -> Evaluation:
-        cached = self.before_cache
+        cached = self.before_file
         if cached is not None and agree(cached.exists()):
             return read_before(cached)
         before = self._evaluate(pl_module.model, "before", self.settings)

@@ -15,7 +15,7 @@ import torch
 from simu_lightning.distributed import unsharded
 from simu_lightning.utils.devices import on_device, stage as labelled
 from simu_lightning.utils.errors import SimuError
-from simu_lightning.evaluation.types import EvalSettings, Evaluation
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
 
 
 def evaluation_precision(model, dtype: str | None):
@@ -33,7 +33,9 @@ def evaluation_precision(model, dtype: str | None):
     return torch.autocast(parameter.device.type, dtype=target)
 
 
-def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
+def evaluate(
+    model, tokenizer, fmt, benchmark, stage: str, settings: EvaluationSettings, retain_ratios=None
+) -> Evaluation:
     """Evaluate with the suite the benchmark names. `retain_ratios` are what a suite compares against
     (TOFU: the retain model's forget truth ratios, for forget quality)."""
     if benchmark.suite is None:
@@ -53,11 +55,11 @@ class Evaluator:
     tokenizer: object
     fmt: object
     benchmark: object
-    settings: EvalSettings
+    settings: EvaluationSettings
     retain_ratios: list[float] | None = None
     device: object = None  # torch.device of the run (None: wherever the model is)
 
-    def __call__(self, model, stage: str, settings: EvalSettings | None = None, benchmark=None) -> Evaluation:
+    def __call__(self, model, stage: str, settings: EvaluationSettings | None = None, benchmark=None) -> Evaluation:
         """`model` through the benchmark's suite (or through `benchmark`, a view of other splits, which
         compares nothing with the retain model: forget quality is defined on the whole forget split)."""
         own = benchmark is None or benchmark is self.benchmark

@@ -26,7 +26,7 @@ from simu_lightning.data.formatting import encode_document, encode_prompt
 from simu_lightning.evaluation import metrics
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.splits import evaluate_splits
-from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_generations
 from simu_lightning.evaluation.qa import answer_scores
 
@@ -36,7 +36,7 @@ TASKS = ("Task1", "Task2", "Task3")
 MMLU_THRESHOLD = 0.371  # the official script's eligibility threshold on MMLU accuracy
 
 
-def split_rows(model, tokenizer, fmt, split, settings: EvalSettings) -> list[dict]:
+def split_rows(model, tokenizer, fmt, split, settings: EvaluationSettings) -> list[dict]:
     prompts = [encode_prompt(tokenizer, fmt, q) for q in split["question"]]
     generations = greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     scored = answer_scores(model, tokenizer, fmt, split["question"], split["answer"], settings)
@@ -86,7 +86,7 @@ def task_aggregate(summary: dict[str, dict[str, float]]) -> float | None:
     return metrics.harmonic_mean(values) if values else None
 
 
-def document_nll(model, tokenizer, documents: list[str], settings: EvalSettings) -> list[float]:
+def document_nll(model, tokenizer, documents: list[str], settings: EvaluationSettings) -> list[float]:
     """Mean NLL of every document's tokens (the loss the official attack thresholds)."""
     encoded = [encode_document(tokenizer, text, settings.max_length) for text in documents]
     return [
@@ -118,7 +118,9 @@ def final_score(scores: dict[str, float | None]) -> float | None:
     return None if any(p is None for p in parts) else sum(parts) / 3
 
 
-def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
+def evaluate(
+    model, tokenizer, fmt, benchmark, stage: str, settings: EvaluationSettings, retain_ratios=None
+) -> Evaluation:
     result = evaluate_splits(
         benchmark,
         stage,

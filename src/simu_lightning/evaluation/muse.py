@@ -24,7 +24,7 @@ from simu_lightning.evaluation.generation import answer_log_likelihoods, greedy_
 from simu_lightning.evaluation.membership import min_k_score, token_stats
 from simu_lightning.evaluation.metrics import mia_auc
 from simu_lightning.evaluation.splits import evaluate_splits
-from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation, mean
 
 KNOWMEM_NEW_TOKENS = 32  # MUSE's (and open-unlearning's) answer length
 STOPS = ("\n\n", "\nQuestion", "Question:")
@@ -51,7 +51,7 @@ def icl_prompt(examples, question: str) -> str:
     return f"{shots}Question: {question}\nAnswer:"
 
 
-def verbmem_rows(model, tokenizer, split, settings: EvalSettings) -> list[dict]:
+def verbmem_rows(model, tokenizer, split, settings: EvaluationSettings) -> list[dict]:
     prompts = [tokenizer(p)["input_ids"] for p in split["prompt"]]
     generations = greedy_generations(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     return [
@@ -60,7 +60,7 @@ def verbmem_rows(model, tokenizer, split, settings: EvalSettings) -> list[dict]:
     ]
 
 
-def knowmem_rows(model, tokenizer, fmt, split, examples, settings: EvalSettings) -> list[dict]:
+def knowmem_rows(model, tokenizer, fmt, split, examples, settings: EvaluationSettings) -> list[dict]:
     questions = [icl_prompt(examples, q) if examples is not None else q for q in split["question"]]
     prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
     generations = greedy_generations(model, tokenizer, prompts, KNOWMEM_NEW_TOKENS, settings.batch_size)
@@ -70,7 +70,7 @@ def knowmem_rows(model, tokenizer, fmt, split, examples, settings: EvalSettings)
     ]
 
 
-def document_rows(model, tokenizer, split, settings: EvalSettings) -> list[dict]:
+def document_rows(model, tokenizer, split, settings: EvaluationSettings) -> list[dict]:
     windows = [
         (i, w) for i, text in enumerate(split["text"]) for w in document_windows(tokenizer, text, settings.max_length)
     ]
@@ -78,7 +78,7 @@ def document_rows(model, tokenizer, split, settings: EvalSettings) -> list[dict]
     return [{"document": i, "nll": -total / max(count, 1)} for (i, _), (total, count, *_) in zip(windows, scored)]
 
 
-def split_rows(model, tokenizer, fmt, benchmark, name: str, split, settings: EvalSettings) -> list[dict]:
+def split_rows(model, tokenizer, fmt, benchmark, name: str, split, settings: EvaluationSettings) -> list[dict]:
     columns = split.column_names
     if "gt" in columns:
         return verbmem_rows(model, tokenizer, split, settings)
@@ -92,7 +92,7 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     return {name: mean([r[name] for r in rows]) for name in ("rougeL_f1", "nll") if rows and name in rows[0]}
 
 
-def min_k_auc(model, tokenizer, benchmark, settings: EvalSettings) -> float:
+def min_k_auc(model, tokenizer, benchmark, settings: EvaluationSettings) -> float:
     """The min-k% membership AUC of the privleak documents (open-unlearning's PrivLeak input)."""
 
     def scores(documents):
@@ -106,7 +106,9 @@ def min_k_auc(model, tokenizer, benchmark, settings: EvalSettings) -> float:
     return mia_auc(scores(benchmark["mia_member"]["document"]), scores(benchmark["mia_nonmember"]["document"]))
 
 
-def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
+def evaluate(
+    model, tokenizer, fmt, benchmark, stage: str, settings: EvaluationSettings, retain_ratios=None
+) -> Evaluation:
     result = evaluate_splits(
         benchmark,
         stage,

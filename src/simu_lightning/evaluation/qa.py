@@ -36,7 +36,7 @@ from scipy.stats import ks_2samp
 from simu_lightning.data.formatting import encode_example, encode_prompt
 from simu_lightning.evaluation import metrics
 from simu_lightning.evaluation.splits import evaluate_splits, limited
-from simu_lightning.evaluation.types import EvalSettings, Evaluation, mean
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation, mean
 from simu_lightning.evaluation.generation import answer_log_likelihoods, generations_by_split
 from simu_lightning.utils.phase_progress import phase
 
@@ -53,7 +53,7 @@ class AnswerScore:
 
 
 def answer_scores(
-    model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
+    model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvaluationSettings
 ) -> list[AnswerScore]:
     """Per (question, answer) pair: the mean answer-token log-probability, the exact memorisation and the
     extraction strength (both None for an answer of the EOS alone, as open-unlearning leaves it out)."""
@@ -69,7 +69,7 @@ def answer_scores(
 
 
 def mean_log_probs(
-    model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvalSettings
+    model, tokenizer, fmt, questions: list[str], answers: list[str], settings: EvaluationSettings
 ) -> list[float]:
     """Mean answer-token log-probability of each (question, answer) pair."""
     return [score.mean_log_prob for score in answer_scores(model, tokenizer, fmt, questions, answers, settings)]
@@ -90,7 +90,7 @@ def truth_ratios_from(
 
 
 def truth_ratio_values(
-    model, tokenizer, fmt, split: Dataset, settings: EvalSettings
+    model, tokenizer, fmt, split: Dataset, settings: EvaluationSettings
 ) -> tuple[list[float], list[float]]:
     """Per example: the truth ratio, and the summed probability of the perturbed answers."""
     questions = split["question"]
@@ -103,19 +103,19 @@ def truth_ratio_values(
     return truth_ratios_from(logp[: len(questions)], perturbed, logp[len(questions) :])
 
 
-def with_likelihoods(settings: EvalSettings, name: str) -> bool:
+def with_likelihoods(settings: EvaluationSettings, name: str) -> bool:
     """Whether this evaluation scores the split's answer likelihoods (`likelihood_splits`: None, all)."""
     return settings.likelihood_splits is None or name in settings.likelihood_splits
 
 
-def with_truth_ratios(split: Dataset, settings: EvalSettings, name: str) -> bool:
+def with_truth_ratios(split: Dataset, settings: EvaluationSettings, name: str) -> bool:
     """Whether this evaluation scores the split's perturbed answers (`truth_ratio_splits`: None, all)."""
     wanted = settings.truth_ratio_splits is None or name in settings.truth_ratio_splits
     return wanted and with_likelihoods(settings, name) and "perturbed_answer" in split.column_names
 
 
 def split_rows(
-    model, tokenizer, fmt, split: Dataset, settings: EvalSettings, name: str, generations: list[str]
+    model, tokenizer, fmt, split: Dataset, settings: EvaluationSettings, name: str, generations: list[str]
 ) -> list[dict]:
     """Every example's generation metrics (of `generations`, one per row) and likelihood metrics. The
     likelihoods of the answers, the paraphrased answers and the perturbed answers are one length-sorted
@@ -211,7 +211,7 @@ def forget_quality(ratios: list[float], retain_ratios: list[float] | None) -> fl
     return float(ks_2samp([1 / (r + EPS) for r in ratios], [1 / (r + EPS) for r in retain_ratios]).pvalue)
 
 
-def all_generations(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings) -> dict[str, list[str]]:
+def all_generations(model, tokenizer, fmt, benchmark, stage: str, settings: EvaluationSettings) -> dict[str, list[str]]:
     """The greedy answer to every evaluated question of every split, in one pass."""
     start = time.perf_counter()
     questions = {name: limited(benchmark, name, settings)["question"] for name in benchmark.eval_splits}
@@ -229,7 +229,7 @@ def all_generations(model, tokenizer, fmt, benchmark, stage: str, settings: Eval
     return generations
 
 
-def scored_answers(benchmark, settings: EvalSettings) -> int:
+def scored_answers(benchmark, settings: EvaluationSettings) -> int:
     """How many answers an evaluation scores: each row's answer, and where its truth ratio is scored, its
     paraphrased answer and its perturbed answers (the likelihood phase's total)."""
     total = 0
@@ -242,7 +242,9 @@ def scored_answers(benchmark, settings: EvalSettings) -> int:
     return total
 
 
-def evaluate(model, tokenizer, fmt, benchmark, stage: str, settings: EvalSettings, retain_ratios=None) -> Evaluation:
+def evaluate(
+    model, tokenizer, fmt, benchmark, stage: str, settings: EvaluationSettings, retain_ratios=None
+) -> Evaluation:
     generations = all_generations(model, tokenizer, fmt, benchmark, stage, settings)
     with phase(
         f"evaluation ({stage}): likelihoods", scored_answers(benchmark, settings), "answers", bar=stage != "during"

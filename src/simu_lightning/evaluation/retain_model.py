@@ -14,7 +14,7 @@ from simu_lightning.utils.devices import on_device, stage
 from simu_lightning.utils.files import atomic
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.evaluation.evaluate import evaluation_precision
-from simu_lightning.evaluation.types import EvalSettings
+from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.evaluation.qa import truth_ratio_values
 from simu_lightning.evaluation.splits import limited
 from simu_lightning.models.loading import load_pretrained
@@ -61,7 +61,7 @@ def truth_ratio_rows(
     source: str,
     benchmark,
     fmt,
-    settings: EvalSettings,
+    settings: EvaluationSettings,
     dtype: str,
     cache_dir: Path,
     revision: str | None = None,
@@ -107,7 +107,7 @@ def retain_model_truth_ratios(
     benchmark,
     target,
     fmt,
-    settings: EvalSettings,
+    settings: EvaluationSettings,
     dtype: str,
     cache_dir: Path,
     results_file: str | None,

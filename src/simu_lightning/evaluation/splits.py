@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from datasets import Dataset
 
-from simu_lightning.evaluation.types import EvalSettings, Evaluation
+from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
 from simu_lightning.utils.errors import SimuError
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def evaluated_rows(benchmark, name: str, max_examples: int | None, seed: int) ->
     return sampled_rows(benchmark.group_ids(name), len(benchmark[name]), max_examples, seed)
 
 
-def limited(benchmark, name: str, settings: EvalSettings) -> Dataset:
+def limited(benchmark, name: str, settings: EvaluationSettings) -> Dataset:
     """The rows an evaluation reads of split `name` (all when `settings.max_examples` is null)."""
     split = benchmark[name]
     rows = evaluated_rows(benchmark, name, settings.max_examples, settings.sample_seed)
@@ -92,7 +92,7 @@ def view(benchmark, **splits: Dataset):
 def evaluate_splits(
     benchmark,
     stage: str,
-    settings: EvalSettings,
+    settings: EvaluationSettings,
     split_rows: Callable[[str, Dataset], list[dict]],
     summarise: Callable[[str, list[dict]], dict[str, float]],
 ) -> Evaluation:

@@ -9,6 +9,8 @@ aggregate, MIA score and final score). Every aggregate can be recomputed from th
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field
 
@@ -38,20 +40,6 @@ class Evaluation:
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    max_length: int
-    max_new_tokens: int
-    batch_size: int
-    max_examples: int | None = None
-    sample_seed: int = 0  # which rows max_examples keeps: a stratified draw of its own (evaluation/splits.py)
-    mmlu: bool = False  # LUME: MMLU through lm-eval (needs the network)
-    mmlu_num_fewshot: int = 5  # the official LUME protocol
-    dtype: str | None = None  # compute dtype of the evaluation (None: the model's own)
-    truth_ratio_splits: tuple[str, ...] | None = None  # the splits whose perturbed answers are scored (None: all)
-    likelihood_splits: tuple[str, ...] | None = None  # the splits whose answer likelihoods are scored (None: all)
 
 
 # evaluation.during.truth_ratios: score every split's perturbed answers at every point, or only where a
@@ -95,6 +83,11 @@ class EvaluationSettings:
     during: dict = field(default_factory=dict)  # {max_examples, truth_ratios}: the evaluations during unlearning
     lm_eval: dict = field(default_factory=dict)  # {tasks, num_fewshot, limit, include_path}: evaluation/harness.py
     cache_before: bool = True  # reuse the target's evaluation before unlearning (evaluation/before_cache.py)
+    # what one evaluation runs with beyond the configured settings: the model's length (for_model sets it),
+    # and, at a point during unlearning, the splits it scores
+    max_length: int | None = None
+    truth_ratio_splits: tuple[str, ...] | None = None  # the splits whose perturbed answers are scored (None: all)
+    likelihood_splits: tuple[str, ...] | None = None  # the splits whose answer likelihoods are scored (None: all)
 
     def __post_init__(self):
         _count("batch_size", self.batch_size)
@@ -150,15 +143,9 @@ class EvaluationSettings:
     def during_truth_ratios(self) -> str:
         return self.during.get("truth_ratios", "all")
 
-    def for_model(self, max_length: int, benchmark_max_new_tokens: int) -> EvalSettings:
-        """The settings one evaluation runs with, for this model and benchmark."""
-        return EvalSettings(
-            max_length=max_length,
-            max_new_tokens=self.max_new_tokens or benchmark_max_new_tokens,
-            batch_size=self.batch_size,
-            max_examples=self.max_examples,
-            sample_seed=self.sample_seed,
-            mmlu=self.mmlu,
-            mmlu_num_fewshot=self.mmlu_num_fewshot,
-            dtype=self.dtype,
+    def for_model(self, max_length: int, benchmark_max_new_tokens: int) -> EvaluationSettings:
+        """The settings one evaluation runs with, for this model and benchmark: its length, and the
+        benchmark's generation length unless evaluation.max_new_tokens sets one."""
+        return dataclasses.replace(
+            self, max_length=max_length, max_new_tokens=self.max_new_tokens or benchmark_max_new_tokens
         )

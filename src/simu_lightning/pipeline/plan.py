@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.data.datamodule import DataSettings
-from simu_lightning.evaluation.types import EvalSettings, EvaluationSettings
+from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.memory.setup import Setup
 from simu_lightning.models.settings import ModelSettings
 from simu_lightning.pipeline import checks
@@ -104,7 +104,7 @@ class RunPlan:
         checks.check(plan)
         return plan
 
-    def evaluation_for(self, benchmark) -> EvalSettings:
+    def evaluation_for(self, benchmark) -> EvaluationSettings:
         """The settings every evaluation of this run's model on `benchmark` runs with (its length, the
         benchmark's generation length unless evaluation.max_new_tokens sets one)."""
         return self.evaluation.for_model(self.model.max_length, benchmark.max_new_tokens)

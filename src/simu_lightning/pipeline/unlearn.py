@@ -205,7 +205,7 @@ def unlearn(
             if plan.evaluation.during_truth_ratios == "needed"
             else None
         ),
-        before_cache=before_cache_file(plan, models, baselines) if cache_before else None,
+        before_file=before_cache_file(plan, models, baselines) if cache_before else None,
         probe=points_in_full(plan, benchmark),
     )
     checkpoint, resume_from = checkpoint_callbacks(plan.checkpoint_every_n_epochs, plan.out)
