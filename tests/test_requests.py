@@ -114,6 +114,8 @@ def test_a_run_of_requests_unlearns_each_from_the_model_the_one_before_left(tmp_
     steps = sorted({row["step"] for row in curve})
     taken = [r["stopped"]["step"] for r in requests]
     assert steps == [0, taken[0], taken[0] + taken[1], sum(taken)] and results["stopped"]["step"] == sum(taken)
+    # every point of the whole benchmark's curve is complete: no levels were probed around (results.json)
+    assert results["points"] == {"levels": None, "full": steps, "not_full": []}
     for k in (1, 2):  # request k+1 starts from the model the whole-benchmark point after request k evaluated
         assert requests[k]["before"]["retain"] == pytest.approx(summary_of(curve, steps[k], "retain"), abs=1e-6)
         earlier = requests[k - 1]["after"]["forget"]  # the earlier request's rows, as it left them

@@ -259,6 +259,7 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
         after=whole.after,
         points=whole.points,
         stopped=whole.stopped,
+        probe=whole.probe,
         evaluation_seconds=whole.seconds,
         win_rates=win_rates,
         trained_parameters=run_trained(plan, unlearned, attributions),
