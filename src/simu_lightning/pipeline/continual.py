@@ -253,8 +253,14 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
         whole.after.summary, whole.after.scores, [{**r, "stage": "after"} for r in whole.after.rows]
     )
     write_jsonl(plan.out / "curve.jsonl", curve_rows(whole.points))
+    return whole_record(plan, unlearned, whole, win_rates, attributions, entries)
+
+
+def whole_record(plan: RunPlan, last: Unlearned, whole: WholeBenchmark, win_rates, attributions, entries) -> Unlearned:
+    """The run's record: the last request's fit, with the whole benchmark's evaluations (no probe plan:
+    every request's point is complete), every request's win rates, the union of their masks, the entries."""
     return dataclasses.replace(
-        unlearned,
+        last,
         before=whole.before,
         after=whole.after,
         points=whole.points,
@@ -262,7 +268,7 @@ def unlearn_requests(plan: RunPlan, benchmark: Benchmark, models: Models, baseli
         probe=whole.probe,
         evaluation_seconds=whole.seconds,
         win_rates=win_rates,
-        trained_parameters=run_trained(plan, unlearned, attributions),
+        trained_parameters=run_trained(plan, last, attributions),
         requests=entries,
     )
 
