@@ -49,7 +49,7 @@ def main(overrides: list[str]) -> dict:
         cache_root(cfg.paths.cache_dir),
         trainer,
     )
-    model, tokenizer = load_pretrained(target.target, cfg.model.dtype)
+    model, tokenizer = load_pretrained(target.source, cfg.model.dtype)
     model.eval().requires_grad_(False)
     forget = encode_split(benchmark[benchmark.forget], tokenizer, fmt, cfg.model.max_length)
     samples = prediction_samples(forget, tokenizer.eos_token_id)
