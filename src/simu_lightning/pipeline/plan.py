@@ -20,7 +20,7 @@ from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.memory.setup import Setup
 from simu_lightning.models.settings import ModelSettings
 from simu_lightning.pipeline import checks
-from simu_lightning.pipeline.building import TrainerSettings, build, rebased, run_device, with_resolved_precision
+from simu_lightning.pipeline.building import TrainerSettings, build, rebased, with_resolved_precision
 from simu_lightning.unlearning.methods import Method
 from simu_lightning.unlearning.stopping import StoppingRule
 from simu_lightning.utils.cache import cache_root
@@ -73,13 +73,14 @@ class RunPlan:
     def of(cls, cfg: DictConfig) -> RunPlan:
         cfg = with_resolved_precision(cfg)
         requests = (cfg.get("unlearning") or {}).get("requests")
+        trainer = TrainerSettings.of(cfg.trainer)
         plan = cls(
             out=Path(cfg.paths.output_dir),
             cache_dir=cache_root(cfg.paths.cache_dir),
             seed=cfg.seed,
             mode=cfg.get("mode", "unlearn"),
             model=ModelSettings.of(plain(cfg.model)),
-            trainer=TrainerSettings.of(cfg.trainer),
+            trainer=trainer,
             data=DataSettings.of(plain(cfg.data)),
             evaluation=build(cfg.evaluation),
             attribution=build(cfg.attribution),
@@ -97,7 +98,7 @@ class RunPlan:
             rerun=bool(cfg.get("rerun", False)),
             config=resolved_config(cfg),
             robustness_key=plain(cfg.robustness) if cfg.get("robustness") else None,
-            memory=memory_setup(cfg) if run_device(cfg.trainer).type == "cuda" else "planned on a CUDA device only",
+            memory=memory_setup(cfg) if trainer.device.type == "cuda" else "planned on a CUDA device only",
             tuned_note=tuned_note(cfg),
             requests=build(requests) if requests else None,
         )

@@ -186,21 +186,14 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, attacked=Non
 
 def with_requests(results: dict, unlearned) -> dict:
     """results.json of a run of requests (pipeline/continual.py): one entry per request, and the run's
-    timings over every request (the rest of results.json reads the last request's fit, the whole
-    benchmark's evaluations, every request's win rates and the union of their masks)."""
+    timings over every request (the rest of results.json already reads the whole run's record: the whole
+    benchmark's evaluations, every request's win rates, the union of their masks)."""
     entries = unlearned.requests
     parts = entries[0]["timings_s"]
     totals = {part: round(sum(e["timings_s"][part] for e in entries), 2) for part in parts}
     # the evaluations on the whole benchmark (the target, each request's point) come on top of the views'
     totals["evaluation"] = round(totals["evaluation"] + results["timings_s"]["evaluation"], 2)
-    sophia = win_rate_summary(unlearned.win_rates)
-    return {
-        **{k: v for k, v in results.items() if k != "sophia"},
-        **({"sophia": sophia} if sophia else {}),
-        "timings_s": {**results["timings_s"], **totals},
-        "trained_parameters": unlearned.trained_parameters,
-        "requests": entries,
-    }
+    return {**results, "timings_s": {**results["timings_s"], **totals}, "requests": entries}
 
 
 def generation_rows(baselines, unlearned, attacked=None) -> list[dict]:
