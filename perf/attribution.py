@@ -22,7 +22,6 @@ from perf.common import device, sync
 from simu_lightning.attribution.integrated_gradients import (
     SharedPrefix,
     activations,
-    attribute,
     batches,
     gradient_times_activation,
     integrated_gradients,
@@ -31,6 +30,7 @@ from simu_lightning.attribution.integrated_gradients import (
     prediction_samples,
     quadrature,
 )
+from simu_lightning.attribution.scores import attribute
 from simu_lightning.attribution.neurons import critical_neurons
 from simu_lightning.data.formatting import collate
 from simu_lightning.likelihood import answer_nll

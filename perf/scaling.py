@@ -7,7 +7,8 @@ from functools import partial
 
 from perf.common import device, median_seconds, olmo, parameters
 from perf.loop import plain_step, prepare, synthetic_batches, to, tokens
-from simu_lightning.attribution.integrated_gradients import attribute, passes
+from simu_lightning.attribution.integrated_gradients import passes
+from simu_lightning.attribution.scores import attribute
 from simu_lightning.models.architecture import architecture_of, down_projections
 
 

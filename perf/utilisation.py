@@ -16,7 +16,8 @@ import torch
 
 from perf.common import SIZES, device, median_seconds, olmo, sync
 from perf.loop import plain_step, prepare, synthetic_batches, to
-from simu_lightning.attribution.integrated_gradients import attribute, prediction_samples
+from simu_lightning.attribution.integrated_gradients import prediction_samples
+from simu_lightning.attribution.scores import attribute
 from simu_lightning.models.architecture import architecture_of, down_projections
 from simu_lightning.optim import Sophia
 

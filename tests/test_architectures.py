@@ -15,7 +15,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from simu_lightning.attribution.integrated_gradients import attribute
+from simu_lightning.attribution.scores import attribute
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import ARCHITECTURES, architecture_of, attention_projections, down_projections
 from simu_lightning.optim import Sophia

@@ -5,12 +5,12 @@ from simu_lightning.attribution import critical_neurons
 from simu_lightning.attribution.integrated_gradients import (
     SharedPrefix,
     activations,
-    attribute,
     batches,
     integrated_gradients,
     log_prob_at_scale,
     quadrature,
 )
+from simu_lightning.attribution.scores import attribute
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.models.architecture import architecture_of, down_projections
 

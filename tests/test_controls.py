@@ -3,11 +3,14 @@
 import dataclasses
 from types import SimpleNamespace
 
+import re
+
 import pytest
 import torch
 
 from simu_lightning.attribution.callback import NeuronAttribution
-from simu_lightning.attribution.integrated_gradients import attribute, quadrature
+from simu_lightning.attribution.integrated_gradients import quadrature
+from simu_lightning.attribution.scores import attribute
 from simu_lightning.attribution.selection import exclude_shared, random_like
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.utils.errors import SimuError
@@ -68,7 +71,7 @@ def test_an_unknown_selection_names_the_setting():
     with pytest.raises(
         SimuError,
         match=r"attribution.selection must be one of integrated_gradients, random, "
-        r"activation, gradient, planted, got 'top'",
+        r"activation, gradient, planted or a rule's import path, got 'top'",
     ):
         AttributionSettings(selection="top")
 
@@ -89,6 +92,38 @@ def test_activation_and_gradient_scores_equal_their_plain_definitions(tiny_model
             ]
             expected = sum((att[0] if score == "gradient" else beta[0]).abs() for att, beta in plain)
             torch.testing.assert_close(scores[name], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_rule_named_by_its_import_path_scores_with_its_own_attributions(tiny_model, forget_samples):
+    """docs/extending.md, "A selection rule": tests/toy_selection.py's class, named by its import path, is the
+    score `attribute` sums: each sample's squared activation at its predicted token, computed here one
+    unpadded sample at a time without the prefix cache."""
+    model, tokenizer = tiny_model
+    model.eval().requires_grad_(False)
+    samples = forget_samples[1][:5]
+    projs = down_projections(model, architecture_of(model))
+    rule = "toy_selection.SquaredActivation"
+    scores = attribute(model, projs, samples, m=7, pad_token_id=tokenizer.pad_token_id, score=rule)
+    for name, proj in projs.items():
+        plain = [
+            plain_integrated_gradients(model, [proj], s["input_ids"], s["target"], *quadrature("riemann", 1))[1][0]
+            for s in samples
+        ]
+        torch.testing.assert_close(scores[name], sum(beta**2 for beta in plain), rtol=1e-4, atol=1e-6)
+    assert AttributionSettings(selection=rule).counted("neurons")  # its own score: integrated gradients' counts
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("nowhere.Rule", "attribution.selection=nowhere.Rule: cannot import it (No module named 'nowhere')"),
+        ("toy_selection.Missing", "attribution.selection=toy_selection.Missing: cannot import it"),
+        ("torch.Tensor", "attribution.selection=torch.Tensor is not a SelectionRule (attribution/rules/base.py)"),
+    ],
+)
+def test_a_rule_path_that_names_no_rule_is_refused_with_the_setting(name, message):
+    with pytest.raises(SimuError, match="^" + re.escape(message)):
+        AttributionSettings(selection=name)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
 from conftest import run_here
-from simu_lightning.attribution.integrated_gradients import attribute_heads, quadrature
+from simu_lightning.attribution.integrated_gradients import quadrature
+from simu_lightning.attribution.scores import attribute_heads
 from simu_lightning.models.architecture import (
     ARCHITECTURES,
     Architecture,
@@ -388,7 +389,9 @@ def test_a_bad_trainable_names_the_setting_in_one_line():
 def test_planted_selection_with_heads_is_refused_before_any_work(tmp_path):
     with pytest.raises(SimuError) as refused:
         run_here(["benchmark=planted", "attribution=planted", f"method.trainable={HEADS}"], tmp_path, tmp_path / "c")
-    assert "\n" not in str(refused.value) and str(refused.value).startswith("attribution.selection=planted plants")
+    assert "\n" not in str(refused.value) and str(refused.value).startswith(
+        "attribution.selection=planted selects no heads"
+    )
     assert not (tmp_path / "c").exists()
 
 

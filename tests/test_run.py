@@ -625,7 +625,8 @@ BAD_SETTINGS = [
     ("attribution.mode=fast", "attribution.mode must be one of layerwise, joint, first_order, got 'fast'"),
     (
         "attribution.selection=top",
-        "attribution.selection must be one of integrated_gradients, random, activation, gradient, planted, got 'top'",
+        "attribution.selection must be one of integrated_gradients, random, activation, gradient, planted or a rule's "
+        "import path, got 'top'",
     ),
     ("attribution.exclude_retain=maybe", "attribution.exclude_retain must be true or false, got 'maybe'"),
     (
@@ -1069,6 +1070,28 @@ def test_a_loss_added_as_docs_extending_says_is_the_runs_objective(cache_dir, tm
         forget, retain = float(row["unlearn/forget"]), float(row["unlearn/retain"])
         assert float(row["unlearn/gap"]) == pytest.approx(forget - retain, rel=1e-5, abs=1e-6)
         assert float(row["unlearn/loss"]) == pytest.approx(-forget + 3.0 * retain, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_selection_rule_added_as_docs_extending_says_chooses_the_runs_mask(cache_dir, tmp_path):
+    """docs/extending.md, "A selection rule": one class (tests/toy_selection.py) named by its import path. The
+    run masks to, per layer, as many neurons as integrated gradients keeps at t (their scores, cached beside
+    the rule's), the highest by the rule's own scores."""
+    from simu_lightning.attribution.neurons import critical_neurons
+
+    rule = "toy_selection.SquaredActivation"
+    run_here([*SMALL, "method=simu", f"attribution.selection={rule}"], tmp_path, cache_dir)
+    summary = json.loads((tmp_path / "attribution" / "critical_neurons.json").read_text())
+    assert summary["selection"] == rule
+    keys = json.loads((tmp_path / "manifest.json").read_text())["cache_keys"]
+    scores = torch.load(cache_dir / "attribution" / keys["attribution_forget"] / "scores.pt")
+    ig = torch.load(cache_dir / "attribution" / keys["attribution_forget_integrated_gradients"] / "scores.pt")
+    kept = torch.load(tmp_path / "attribution" / "critical_neurons.pt")
+    for name, mask in kept.items():
+        count = int(critical_neurons(ig, summary["t"])[name].sum())
+        assert int(mask.sum()) == count > 0
+        top = set(torch.sort(scores[name], descending=True, stable=True).indices[:count].tolist())
+        assert set(mask.nonzero().flatten().tolist()) == top
 
 
 # each objective and the term it logs (logs/metrics.csv: unlearn/<term>)

@@ -2,7 +2,7 @@
 method.trainable=attention_heads_and_down_proj, critical-head masks: the same rules over attention heads).
 
 Scores depend only on the target, the attributed examples (the forget set; with exclude_retain also
-the retain set), the score (selection.py), m, the quadrature rule, the mode, the dtype they were
+the retain set), the score (the selection rule's, rules/), m, the quadrature rule, the mode, the dtype they were
 computed in (the run's compute dtype: the weights', or bf16 under bf16-mixed's autocast or when FSDP2
 all-gathers the weights in bf16), the
 architecture's module names and the attribution code (ATTRIBUTION_FORMAT), so they are cached under
@@ -26,18 +26,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from simu_lightning.attribution.integrated_gradients import attribute, attribute_heads, passes, prediction_samples
+from simu_lightning.attribution.integrated_gradients import prediction_samples
 from simu_lightning.attribution.localisation import localisation
 from simu_lightning.attribution.neurons import select_critical
-from simu_lightning.attribution.selection import (
-    ATTRIBUTION,
-    PLANTED_HEADS,
-    counts_of,
-    exclude_shared,
-    random_like,
-    score_of,
-    top_counts,
-)
+from simu_lightning.attribution.rules import ATTRIBUTION, selects_no_heads
+from simu_lightning.attribution.scores import attribute, attribute_heads
+from simu_lightning.attribution.selection import counts_of, exclude_shared, top_counts
 from simu_lightning.attribution.settings import AttributionSettings
 from simu_lightning.utils.cache import cache_key
 from simu_lightning.distributed import agree, share, sum_across
@@ -153,30 +147,22 @@ class NeuronAttribution(L.Callback):
         self.seconds = time.perf_counter() - start
 
     def select(self, trainer: L.Trainer, pl_module) -> tuple[dict | None, dict[str, torch.Tensor], dict]:
-        """The forget set's scores, the selected neurons and the scores they rank by (see selection.py)."""
-        if self.settings.selection == "planted":
-            log.info("attribution.selection=planted: the planted neurons themselves (the oracle mask)")
-            return None, self.planted, {name: mask.float() for name, mask in self.planted.items()}
+        """The forget set's scores, the selected neurons and the scores they rank by (the rule's, rules/)."""
+        rule = self.settings.rule_of("neurons")
+        if rule.scores() is None:  # planted: no scores, a mask of its own
+            log.info("attribution.selection=%s: the planted neurons themselves (the oracle mask)", rule.name)
+            return None, *rule.place(None, None, self.draw_seed, self.planted)
         scores, neurons, self.chosen_t, self.dropped = self._thresholded(trainer, pl_module, "neurons")
-        ranking = scores
-        if self.settings.selection == "random":
-            neurons, ranking = random_like(neurons, self.draw_seed)
-            log.info(
-                "attribution.selection=random: the attribution's per-layer counts at random positions (seed %d)",
-                self.draw_seed,
-            )
-        return scores, neurons, ranking
+        return scores, *rule.place(neurons, scores, self.draw_seed)
 
     def select_heads(self, trainer: L.Trainer, pl_module) -> tuple[dict, dict[str, torch.Tensor], dict]:
         """The forget set's head scores, the critical heads and what they rank by: the neurons' rules (t or
         t=auto per layer, exclude_retain, random in the same per-layer counts) over each layer's heads."""
-        if self.settings.selection_of("heads") == "planted":  # checks.py refuses it before any work
-            raise SimuError(PLANTED_HEADS)
+        rule = self.settings.rule_of("heads")
+        if not rule.selects_heads:  # checks.py refuses it before any work
+            raise SimuError(selects_no_heads(rule.name))
         scores, heads, self.head_t, self.heads_dropped = self._thresholded(trainer, pl_module, "heads")
-        ranking = scores
-        if self.settings.selection_of("heads") == "random":
-            heads, ranking = random_like(heads, self.draw_seed)
-        return scores, heads, ranking
+        return scores, *rule.place(heads, scores, self.draw_seed)
 
     @property
     def draw_seed(self) -> int:
@@ -303,27 +289,18 @@ class NeuronAttribution(L.Callback):
             projs, run = output_projections(model, arch), partial(attribute_heads, heads=head_shape(model, arch).count)
         else:
             projs, run = down_projections(model, arch), attribute
-        score = score or score_of(self.settings.selection_of(unit))
-        if score == ATTRIBUTION:
-            log.info(
-                "attribution (%s, %s): %d answer tokens, %s mode, %s rule, m=%d: %d passes per batch over %d layers",
-                split,
-                unit,
-                len(samples),
-                self.settings.mode,
-                self.settings.quadrature,
-                self.settings.m,
-                passes(self.settings.mode, len(projs), self.settings.m),
-                len(projs),
-            )
-        else:
-            log.info(
-                "attribution (%s, %s): %d answer tokens, score %s (one pass per batch)",
-                split,
-                unit,
-                len(samples),
-                score,
-            )
+        score = score or self.settings.rule_of(unit).scores()
+        scorer = self.settings.rule_named(score)
+        log.info(
+            "attribution (%s, %s): %d answer tokens, score %s%s: %d passes per batch over %d layers",
+            split,
+            unit,
+            len(samples),
+            score,
+            " (%s mode, %s rule, m=%d)" % scorer.key()[::-1] if scorer.key() else "",
+            scorer.passes(len(projs)),
+            len(projs),
+        )
         # in the run's compute precision (bf16-mixed: under its autocast), which the cache key names
         with trainer.precision_plugin.forward_context():
             scores = self._run_batched(run, model, projs, block, tokenizer, score)
@@ -347,8 +324,8 @@ class NeuronAttribution(L.Callback):
         )
 
     def cache_key(self, pl_module, examples: list[dict], unit: str = "neurons", score: str | None = None) -> str:
-        score = score or score_of(self.settings.selection_of(unit))
-        how = (self.settings.m, self.settings.quadrature, self.settings.mode) if score == ATTRIBUTION else ()
+        score = score or self.settings.rule_of(unit).scores()
+        how = self.settings.rule_named(score).key()  # integrated gradients': m, quadrature, mode
         # where q, k, v hold the heads changes no score (and the neurons' keys stay those of earlier code)
         architecture = {k: v for k, v in asdict(pl_module.architecture).items() if k != "qkv"}
         return cache_key(
@@ -386,7 +363,7 @@ class NeuronAttribution(L.Callback):
                 split,
                 unit,
                 path,
-                score or score_of(self.settings.selection_of(unit)),
+                score or self.settings.rule_of(unit).scores(),
                 self.settings.m,
                 self.settings.quadrature,
                 self.settings.mode,

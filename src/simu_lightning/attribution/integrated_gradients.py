@@ -64,7 +64,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from simu_lightning.data.formatting import IGNORE_INDEX, collate
-from simu_lightning.utils.phase_progress import advance, phase
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +72,6 @@ MODES = ("layerwise", "joint", "first_order")
 COPY_LAYOUTS = ("positions", "rows")
 # attention implementations that read a 4-D mask (the `positions` layout), and the mask's form for each
 _MASKED_ATTENTION = ("sdpa", "eager")
-# What a neuron's score is: its integrated gradient (SIMU, in one of MODES), or, as controls, its mean
-# |activation| or its |gradient x activation| per answer token (one pass each; `mode` does not apply).
-SCORES = ("integrated_gradients", "activation", "gradient")
 
 
 def quadrature(rule: str, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,86 +418,3 @@ def gradient_times_activation(
         for handle in handles:
             handle.remove()
     return [beta * grad for beta, grad in zip(betas, grads)]
-
-
-def group_attributions(score, mode, model, projs, group, batch, betas, prefix, nodes, layout) -> list[torch.Tensor]:
-    """One batch's per-example scores of the projections in `group`: `score` what is summed, `mode` how the
-    integrated gradients scale the layers (`nodes`: the quadrature's alphas and weights; layout: where the
-    scaled copies go)."""
-    if score == "activation":
-        return [betas[i].abs() for i in group]
-    if score == "gradient":
-        return [att.abs() for att in gradient_times_activation(model, projs, batch, betas, prefix)]
-    if mode == "first_order":
-        return gradient_times_activation(model, projs, batch, betas, prefix)
-    alphas, weights = nodes
-    return integrated_gradients(
-        model, [projs[i] for i in group], batch, [betas[i] for i in group], alphas, weights, prefix, layout
-    )
-
-
-def attribute(
-    model: nn.Module,
-    projs: dict[str, nn.Module],
-    samples: list[dict],
-    m: int,
-    pad_token_id: int,
-    max_batch: int = 512,
-    quadrature_rule: str = "riemann",
-    mode: str = "layerwise",
-    score: str = "integrated_gradients",
-    copies: str | None = None,
-) -> dict[str, torch.Tensor]:
-    """Att(w_l^k) summed over all samples, for every layer's down projection (name -> d_ff scores);
-    with `score` activation or gradient, the sum of |beta| or of |beta * d log p / d beta| instead.
-    Any projection's input features are attributed alike (`attribute_heads`: the output projections').
-
-    `max_batch` bounds the sequences in one forward (the m scaled copies of a sample count m times).
-    A sample's optional `weight` scales its contribution (0 for the padding of a process's share).
-    `copies` lays out the scaled copies (`positions` or `rows`; by default what the attention allows).
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown attribution mode {mode!r}: choose one of {', '.join(MODES)}")
-    if score not in SCORES:
-        raise ValueError(f"unknown attribution score {score!r}: choose one of {', '.join(SCORES)}")
-    integrated = score == "integrated_gradients"
-    alphas, weights = quadrature(quadrature_rule, m if integrated and mode != "first_order" else 1)
-    layout = copy_layout(model, copies)
-    was_training = model.training
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    model.eval().requires_grad_(False)  # gradients flow to the scaled activations only
-    names, projs = list(projs), list(projs.values())
-    # a layer at a time (layer-wise integrated gradients), or every layer in one pass
-    groups = [[i] for i in range(len(projs))] if integrated and mode == "layerwise" else [list(range(len(projs)))]
-    scores = {name: None for name in names}
-    per_batch = max(1, max_batch // len(alphas))
-    total = -(-len(samples) // per_batch)
-    with phase(f"attribution ({mode if integrated else score}, {len(projs)} layers)", total, "batches"):
-        try:
-            for batch in batches(samples, per_batch, pad_token_id):
-                batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
-                prefix = SharedPrefix(model, batch)
-                betas = activations(model, projs, batch, prefix)
-                for group in groups:
-                    atts = group_attributions(
-                        score, mode, model, projs, group, batch, betas, prefix, (alphas, weights), layout
-                    )
-                    for i, att in zip(group, atts):
-                        att = (att * batch["weight"][:, None]).sum(0)
-                        scores[names[i]] = att if scores[names[i]] is None else scores[names[i]] + att
-                advance()  # the phase's progress lines give the batches done and the time to go
-        finally:
-            model.train(was_training)
-            for p, flag in zip(model.parameters(), requires_grad):
-                p.requires_grad_(flag)
-    return {name: score.cpu() for name, score in scores.items()}
-
-
-def attribute_heads(
-    model: nn.Module, o_projs: dict[str, nn.Module], samples: list[dict], *args, heads: int, **kwargs
-) -> dict[str, torch.Tensor]:
-    """Att(head h of layer l) summed over all samples, for every layer's output projection (name -> one
-    score per head, `heads` of them): `attribute`, with the same arguments, over o_proj's input (head h's
-    output is its slice h*d:(h+1)*d), summed per head."""
-    scores = attribute(model, o_projs, samples, *args, **kwargs)
-    return {name: score.view(heads, -1).sum(-1) for name, score in scores.items()}

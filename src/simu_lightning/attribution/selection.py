@@ -1,19 +1,5 @@
-"""Which neurons (and, with method.trainable=attention_heads_and_down_proj, which attention heads) a run may
-update: SIMU's critical neurons, or a control that tells whether the attribution matters. Heads follow the
-same rules over each layer's head scores (`planted` has no heads: refused).
-
-- `integrated_gradients` (SIMU): thresholded integrated-gradient scores (the attribution: its `mode`, `m` and
-  `quadrature`, so `attribution=first_order` or `joint` is this rule on another score, not a control).
-- `activation`, `gradient`: mean |activation| or |gradient x activation| over the forget set's answer tokens
-  (one pass each). By default (`match_counts=true`) each layer keeps as many neurons as the attribution keeps
-  there (t or t=auto on the integrated-gradient scores, which are computed and cached for it), its own
-  highest-scoring ones (`top_counts`): the same budget in the same layers, chosen by another score. With
-  `match_counts=false` the rule thresholds its own scores at t, and keeps however many that is.
-- `random`: per layer, as many neurons as the integrated-gradient selection keeps, drawn uniformly at
-  random (seeded): the same budget in the same layers, without the attribution's choice (always matched).
-- `planted`: on a planted target, the planted neurons themselves (the oracle mask; no attribution). Its size
-  is P's, not the attribution's: the oracle is what the planting wrote, and a mask of another size would
-  not be it (results.json `trained_parameters` and `planted.neurons` state the size).
+"""What the selection rules (rules/) and the attribution callback share: integrated gradients' per-layer
+counts, the top units in given counts, a seeded random draw in given counts, and the retain exclusion.
 
 `exclude_retain` drops the neurons that are critical for the retain set as well (the same scores and t
 on the retain answers): neurons the forget and retain answers share, which an update would take from both.
@@ -26,20 +12,6 @@ from __future__ import annotations
 import hashlib
 
 import torch
-
-
-ATTRIBUTION = "integrated_gradients"  # the score SIMU selects by, whose per-layer counts the controls keep
-SELECTIONS = ("integrated_gradients", "random", "activation", "gradient", "planted")
-PLANTED_HEADS = (
-    "attribution.selection=planted plants no heads: with method.trainable=attention_heads_and_down_proj choose "
-    "another attribution.selection"
-)
-
-
-def score_of(selection: str) -> str | None:
-    """The score a selection thresholds (`random` copies the integrated-gradient selection's counts;
-    `planted` needs none)."""
-    return {"random": ATTRIBUTION, "planted": None}.get(selection, selection)
 
 
 def request_seed(seed: int, request: int) -> int:

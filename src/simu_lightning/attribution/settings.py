@@ -6,19 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simu_lightning.attribution.integrated_gradients import MODES, QUADRATURES
-from simu_lightning.attribution.selection import ATTRIBUTION, SELECTIONS, score_of
-from simu_lightning.attribution.threshold import RULES
+from simu_lightning.attribution.rules import ATTRIBUTION, RULES, selection_rule
+from simu_lightning.attribution.threshold import AUTO_RULES
 from simu_lightning.utils.errors import SimuError
-
-
-HEAD_SELECTIONS = tuple(s for s in SELECTIONS if s != "planted")  # a planted target plants no heads
 
 
 @dataclass(frozen=True)
 class AttributionSettings:
     """Neuron k of a layer is critical when Att_k >= t * max Att (t in (0, 1]); m integrated-gradient
     steps (quadrature nodes) by `quadrature`, layers scaled by `mode`; `selection` picks what the mask
-    keeps (selection.py), in the attribution's per-layer counts unless `match_counts` is false;
+    keeps (rules/), in the attribution's per-layer counts unless `match_counts` is false;
     `exclude_retain` drops the neurons critical for the retain set too."""
 
     t: float | str = 0.1  # or "auto": chosen per layer from the scores by `auto.rule` (threshold.py)
@@ -27,7 +24,7 @@ class AttributionSettings:
     mode: str = "layerwise"
     selection: str = "integrated_gradients"
     exclude_retain: bool = False
-    # the controls' size (selection.py): true, `activation` and `gradient` keep the attribution's per-layer
+    # the controls' size (rules/): true, `activation` and `gradient` keep the attribution's per-layer
     # counts (integrated gradients at t), their own top-scoring units; false, they threshold their own
     # scores at t (sizes of their own). `random` always takes the attribution's counts, `planted` is P.
     match_counts: bool = True
@@ -51,8 +48,8 @@ class AttributionSettings:
         object.__setattr__(self, "auto", {"rule": "mass", "mass": 0.5, **dict(self.auto or {})})
         if unknown := set(self.auto) - {"rule", "mass"}:
             raise SimuError(f"attribution.auto: unknown setting(s) {', '.join(sorted(unknown))} (known: rule, mass)")
-        if self.auto["rule"] not in RULES:
-            raise SimuError(f"attribution.auto.rule must be one of {', '.join(RULES)}, got {self.auto['rule']!r}")
+        if self.auto["rule"] not in AUTO_RULES:
+            raise SimuError(f"attribution.auto.rule must be one of {', '.join(AUTO_RULES)}, got {self.auto['rule']!r}")
         share = self.auto["mass"]
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
             raise SimuError(f"attribution.auto.mass must be in (0, 1], got {share!r}")
@@ -60,12 +57,17 @@ class AttributionSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SimuError(f"attribution.{name} must be an integer >= 1, got {value!r}")
-        for name, known in (("quadrature", QUADRATURES), ("mode", MODES), ("selection", SELECTIONS)):
+        for name, known in (("quadrature", QUADRATURES), ("mode", MODES)):
             if getattr(self, name) not in known:
                 raise SimuError(f"attribution.{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
-        if self.head_selection is not None and self.head_selection not in HEAD_SELECTIONS:
+        selection_rule(self.selection)
+        if (
+            self.head_selection is not None
+            and not selection_rule(self.head_selection, "attribution.head_selection").selects_heads
+        ):
+            heads = ", ".join(name for name, rule in RULES.items() if rule.selects_heads)
             raise SimuError(
-                f"attribution.head_selection must be null or one of {', '.join(HEAD_SELECTIONS)}, "
+                f"attribution.head_selection must be null or one of {heads} (or a rule's import path), "
                 f"got {self.head_selection!r}"
             )
         for name in ("exclude_retain", "match_counts"):
@@ -80,7 +82,15 @@ class AttributionSettings:
         """What selects the critical `unit`s (neurons or heads)."""
         return self.head_selection or self.selection if unit == "heads" else self.selection
 
+    def rule_of(self, unit: str):
+        """The selection rule (rules/) of the critical `unit`s."""
+        return self.rule_named(self.selection_of(unit))
+
+    def rule_named(self, name: str):
+        """The rule `name`, with these integrated-gradient settings."""
+        return selection_rule(name)(self.m, self.quadrature, self.mode)
+
     def counted(self, unit: str) -> bool:
         """Whether the `unit`s' selection ranks by a score of its own and keeps the attribution's per-layer
         counts (match_counts: activation, gradient), rather than thresholding its score at t."""
-        return self.match_counts and score_of(self.selection_of(unit)) not in (None, ATTRIBUTION)
+        return self.match_counts and self.rule_of(unit).scores() not in (None, ATTRIBUTION)

@@ -31,7 +31,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-RULES = ("mass", "knee")
+AUTO_RULES = ("mass", "knee")
 
 # Kneedle's "no knee" level: the chance that a layer without a knee (uniform scores) is read as having one.
 NO_KNEE_FALSE_ALARM = 0.01

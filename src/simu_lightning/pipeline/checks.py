@@ -5,7 +5,7 @@ relates one node to another. Each names the settings and what is valid."""
 
 from __future__ import annotations
 
-from simu_lightning.attribution.selection import PLANTED_HEADS
+from simu_lightning.attribution.rules import selection_rule, selects_no_heads
 from simu_lightning.unlearning.methods import HEADS
 from simu_lightning.utils.errors import SimuError
 
@@ -83,8 +83,8 @@ def check_selections(plan) -> None:
             "attribution.selection=planted is the oracle mask of a planted target: set benchmark.planted.fraction"
         )
     head_selection = plan.attribution.head_selection or plan.attribution.selection
-    if head_selection == "planted" and plan.method.trainable == HEADS:
-        raise SimuError(PLANTED_HEADS)
+    if plan.method.trainable == HEADS and not selection_rule(head_selection).selects_heads:
+        raise SimuError(selects_no_heads(head_selection))
     masked = plan.method.critical_neuron_mask and plan.method.trainable != "attention"
     if plan.mode == "attribute" and not masked:
         raise SimuError(f"mode=attribute: method {plan.method.name!r} selects no neurons (use method=simu)")
