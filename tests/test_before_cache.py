@@ -16,13 +16,13 @@ from simu_lightning.data.benchmark import Benchmark
 from simu_lightning.data.formatting import PromptFormat
 from simu_lightning.evaluation import before_cache, qa
 from simu_lightning.evaluation import muse as muse_suite
-from simu_lightning.evaluation.callback import UnlearningEvaluation
 from simu_lightning.evaluation.evaluate import Evaluator
 from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.pipeline.baselines import evaluator_of
 from simu_lightning.pipeline.building import TrainerSettings
 from simu_lightning.pipeline.plan import RunPlan
-from simu_lightning.pipeline.unlearn import before_cache_file as production_before_cache, points_in_full
+from simu_lightning.pipeline.unlearn import before_cache_file as production_before_cache
+from simu_lightning.pipeline.unlearn import unlearning_evaluation as production_evaluation
 from simu_lightning.unlearning.stopping import StoppingRule
 
 DEVICES = {"accelerator": "cpu", "devices": "1", "num_nodes": "1", "precision": "32-true", "strategy": "auto"}
@@ -234,26 +234,11 @@ def run_plan(tmp_path, **evaluation):
 
 
 def unlearning_evaluation(plan, benchmark: Benchmark):
-    """The callback and the place of its cached evaluation before, built as pipeline/unlearn.py's
-    `unlearn` builds them, from the evaluator pipeline/baselines.py makes."""
+    """The callback and the place of its cached evaluation before, built by pipeline/unlearn.py from the
+    evaluator pipeline/baselines.py makes."""
     models = SimpleNamespace(tokenizer=None, fmt=PromptFormat(), target=SimpleNamespace(target_id="target"))
     baselines = SimpleNamespace(evaluator=evaluator_of(plan, benchmark, models, [{"truth_ratio": 0.5}]))
-    cached = production_before_cache(plan, models, baselines)
-    callback = UnlearningEvaluation(
-        baselines.evaluator,
-        plan.out,
-        every_n_steps=plan.evaluation.every_n_steps,
-        during_max_examples=plan.evaluation.during_max_examples,
-        stop_when=plan.stop_when,
-        during_truth_ratio_splits=(
-            qa.truth_ratio_splits_needed(benchmark, plan.stop_when)
-            if plan.evaluation.during_truth_ratios == "needed"
-            else None
-        ),
-        before_file=cached,
-        probe=points_in_full(plan, benchmark),
-    )
-    return callback, cached
+    return production_evaluation(plan, benchmark, models, baselines), production_before_cache(plan, models, baselines)
 
 
 def test_settings_of_the_evaluations_during_unlearning_leave_the_key_alone(tmp_path):

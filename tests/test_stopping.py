@@ -11,6 +11,7 @@ from simu_lightning.evaluation import callback as evaluation_callback
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.probe import probe_plan, resolved_full_around, snapshot, weights_of
 from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
+from simu_lightning.pipeline.stopping import StopWhen
 from simu_lightning.unlearning.stopping import ForgetLevels, StoppingRule
 
 SETTINGS = EvaluationSettings(max_length=32, max_new_tokens=4, batch_size=2)
@@ -36,60 +37,71 @@ class Scripted:
         )
 
 
-def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1):
-    """Run the callback's hooks as a fit would: before, then a step at a time until it stops."""
-    cb = evaluation_callback.UnlearningEvaluation(
-        Scripted(forget_em), tmp_path, every_n_steps=every, stop_when=StoppingRule.parse(rule)
+def fit_callbacks(evaluator, tmp_path, rule: StoppingRule | None, **settings):
+    """The evaluation callback and the stopping rule's, as pipeline/unlearn.py pairs them."""
+    evaluations = evaluation_callback.UnlearningEvaluation(
+        evaluator, tmp_path, ends_at=rule.holds if rule is not None else None, **settings
     )
+    return evaluations, StopWhen(rule, evaluations)
+
+
+def hook(name: str, callbacks, *args) -> None:
+    """A fit's hook, called on its callbacks in their order."""
+    for callback in callbacks:
+        getattr(callback, name)(*args)
+
+
+def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1):
+    """Run the callbacks' hooks as a fit would: before, then a step at a time until it stops."""
+    callbacks = fit_callbacks(Scripted(forget_em), tmp_path, StoppingRule.parse(rule), every_n_steps=every)
     trainer = SimpleNamespace(
         global_step=0, current_epoch=0, should_stop=False, loggers=[], is_global_zero=True, ckpt_path=None
     )
     module = SimpleNamespace(model=None)
-    cb.on_fit_start(trainer, module)
-    cb.on_train_start(trainer, module)
+    hook("on_fit_start", callbacks, trainer, module)
+    hook("on_train_start", callbacks, trainer, module)
     while not trainer.should_stop and trainer.global_step < steps:
         trainer.global_step += 1
         trainer.current_epoch = (trainer.global_step - 1) // 2
-        cb.on_train_batch_end(trainer, module, None, None, 0)
-    cb.on_fit_end(trainer, module)
-    return cb, trainer
+        hook("on_train_batch_end", callbacks, trainer, module, None, None, 0)
+    hook("on_fit_end", callbacks, trainer, module)
+    return *callbacks, trainer
 
 
 def test_unlearning_stops_at_the_first_point_that_meets_the_condition(monkeypatch, tmp_path):
     # before 1.0, then steps 1..: 0.8, 0.5, 0.1 (meets <= 0.1), 0.0 (never reached)
-    cb, trainer = drive(monkeypatch, tmp_path, [1.0, 0.8, 0.5, 0.1, 0.0], "forget.exact_match<=0.1", steps=10)
+    cb, stop, trainer = drive(monkeypatch, tmp_path, [1.0, 0.8, 0.5, 0.1, 0.0], "forget.exact_match<=0.1", steps=10)
     assert trainer.global_step == 3 and trainer.should_stop
-    assert cb.stopped == {"reason": "condition met", "step": 3, "epoch": 1}
+    assert stop.stopped == {"reason": "condition met", "step": 3, "epoch": 1}
     assert cb.after.summary["forget"]["exact_match"] == 0.1  # the model at the stop is "after"
     assert {r["stage"] for r in cb.after.rows} == {"after"}
     assert [p["step"] for p in cb.points] == [0, 1, 2, 3]
 
 
 def test_a_rule_never_met_runs_the_budget_and_says_so(monkeypatch, tmp_path):
-    cb, trainer = drive(monkeypatch, tmp_path, [1.0, 0.9, 0.8, 0.7, 0.6], "forget.exact_match<=0.1", steps=4)
+    cb, stop, trainer = drive(monkeypatch, tmp_path, [1.0, 0.9, 0.8, 0.7, 0.6], "forget.exact_match<=0.1", steps=4)
     assert trainer.global_step == 4 and not trainer.should_stop
-    assert cb.stopped == {"reason": "budget exhausted", "step": 4, "epoch": 1}
+    assert stop.stopped == {"reason": "budget exhausted", "step": 4, "epoch": 1}
     assert cb.after.summary["forget"]["exact_match"] == 0.6
 
 
 def test_points_between_evaluations_are_skipped_and_the_end_is_evaluated(monkeypatch, tmp_path):
     # every 2 steps over 5 steps: points at 0, 2, 4 and the after evaluation at 5
-    cb, _ = drive(monkeypatch, tmp_path, [1.0, 0.9, 0.8, 0.7], None, steps=5, every=2)
+    cb, stop, _ = drive(monkeypatch, tmp_path, [1.0, 0.9, 0.8, 0.7], None, steps=5, every=2)
     assert [p["step"] for p in cb.points] == [0, 2, 4, 5]
-    assert cb.stopped["reason"] == "budget exhausted" and cb.after.summary["forget"]["exact_match"] == 0.7
+    assert stop.stopped["reason"] == "budget exhausted" and cb.after.summary["forget"]["exact_match"] == 0.7
     rows = (tmp_path / "curve.jsonl").read_text().splitlines()
     assert len(rows) == 4 * (2 * 2 + 2)  # 4 points x (2 splits x 2 metrics + model utility + aggregate)
 
 
 def test_a_resumed_run_that_had_stopped_unlearns_no_further(monkeypatch, tmp_path):
-    cb, _ = drive(monkeypatch, tmp_path, [1.0, 0.05], "forget.exact_match<=0.1", steps=10)
-    resumed = evaluation_callback.UnlearningEvaluation(
-        Scripted([]), tmp_path, every_n_steps=1, stop_when=StoppingRule.parse("forget.exact_match<=0.1")
-    )
-    resumed.load_state_dict(cb.state_dict())
-    trainer = SimpleNamespace(should_stop=False)
-    resumed.on_train_start(trainer, None)
-    assert trainer.should_stop and resumed.stopped["step"] == 1
+    callbacks = drive(monkeypatch, tmp_path, [1.0, 0.05], "forget.exact_match<=0.1", steps=10)[:2]
+    resumed = fit_callbacks(Scripted([]), tmp_path, StoppingRule.parse("forget.exact_match<=0.1"), every_n_steps=1)
+    for callback, before in zip(resumed, callbacks):
+        callback.load_state_dict(before.state_dict())
+    trainer = SimpleNamespace(should_stop=False, global_step=1)
+    hook("on_train_start", resumed, trainer, None)
+    assert trainer.should_stop and resumed[1].stopped["step"] == 1
 
 
 @pytest.mark.parametrize(
@@ -154,7 +166,7 @@ def probe_run(tmp_path, restart_at=None, old_checkpoint=False, stop_when=None, d
     """Ten steps of -0.1 on w = 1.0, a point every 2 steps, forget levels 0.75 and 0.3; `restart_at`: a
     new process takes over after that step, with the callback's state as a checkpoint file gives it back
     (`old_checkpoint`: one written before checkpoints kept the probe point's weights); with `stop_when`,
-    the loop ends where it stops, and the fit with it."""
+    the loop ends where it stops, and the fit with it. Returns the callbacks (evaluation, stopping)."""
     stop_when = StoppingRule.parse(stop_when) if stop_when else None
     model = torch.nn.Linear(1, 1, bias=False)
     evaluator = ByWeight()
@@ -163,12 +175,12 @@ def probe_run(tmp_path, restart_at=None, old_checkpoint=False, stop_when=None, d
     )
 
     def callback():
-        return evaluation_callback.UnlearningEvaluation(
+        return fit_callbacks(
             evaluator,
             tmp_path,
+            stop_when,
             every_n_steps=2,
             probe=probe,
-            stop_when=stop_when,
             during_truth_ratio_splits=during_truth_ratio_splits,
         )
 
@@ -185,26 +197,27 @@ def probe_run(tmp_path, restart_at=None, old_checkpoint=False, stop_when=None, d
     module = SimpleNamespace(model=model)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    cb = callback()
-    cb.on_fit_start(trainer, module)
-    cb.on_train_start(trainer, module)
+    callbacks = callback()
+    hook("on_fit_start", callbacks, trainer, module)
+    hook("on_train_start", callbacks, trainer, module)
     for step in range(1, 11):
         with torch.no_grad():
             model.weight.sub_(0.1)
         trainer.global_step = step
-        cb.on_train_batch_end(trainer, module, None, None, 0)
+        hook("on_train_batch_end", callbacks, trainer, module, None, None, 0)
         if step == restart_at:
-            torch.save(cb.state_dict(), tmp_path / "state.pt")
-            state, cb = torch.load(tmp_path / "state.pt", weights_only=True), callback()
+            torch.save([c.state_dict() for c in callbacks], tmp_path / "state.pt")
+            states, callbacks = torch.load(tmp_path / "state.pt", weights_only=True), callback()
             if old_checkpoint:
-                state.pop("probed")
-            cb.load_state_dict(state)
-            cb.on_train_start(trainer, module)
+                states[0].pop("probed")
+            for c, state in zip(callbacks, states):
+                c.load_state_dict(state)
+            hook("on_train_start", callbacks, trainer, module)
         if trainer.should_stop:
             break
     if stop_when is not None:
-        cb.on_train_end(trainer, module)
-    return cb, evaluator
+        hook("on_train_end", callbacks, trainer, module)
+    return callbacks, evaluator
 
 
 def complete_points(cb) -> dict[int, float]:
@@ -214,8 +227,10 @@ def complete_points(cb) -> dict[int, float]:
 def test_the_point_a_run_stops_at_is_evaluated_once_with_the_settings_of_after(tmp_path):
     """The points during score only model utility's truth ratios (retain); the run stops at step 8, where
     forget EM 0.2 first meets the rule: that point is "after", scored once, with every truth ratio."""
-    cb, evaluator = probe_run(tmp_path, stop_when="forget.exact_match<=0.3", during_truth_ratio_splits=("retain",))
-    assert cb.stopped["step"] == 8 and cb.points[-1]["step"] == 8
+    (cb, stop), evaluator = probe_run(
+        tmp_path, stop_when="forget.exact_match<=0.3", during_truth_ratio_splits=("retain",)
+    )
+    assert stop.stopped["step"] == 8 and cb.points[-1]["step"] == 8
     complete = [s for s in evaluator.given if s is not None and s.likelihood_splits is None]
     # before; step 2 and step 4 (reaches 0.75); step 6 and step 8: after's settings there, and no more
     assert [s.truth_ratio_splits for s in complete] == [None, ("retain",), ("retain",), ("retain",), None]
@@ -245,7 +260,7 @@ def test_a_probe_point_scores_likelihoods_only_on_splits_read_through_them(
 
 
 def test_probe_points_complete_the_point_before_a_crossing_from_the_weights_kept_at_it(tmp_path):
-    cb, evaluator = probe_run(tmp_path)
+    (cb, _), evaluator = probe_run(tmp_path)
     # forget 0.8 at step 2, 0.6 at 4 (reaches 0.75), 0.4 at 6, 0.2 at 8 (reaches 0.3), 0.0 at 10
     assert complete_points(cb) == {0: 0.0, 2: 0.2, 4: 0.4, 6: 0.6, 8: 0.8}
     assert set(cb.points[-1]["summary"]) == {"forget"} and cb.points[-1]["step"] == 10  # a probe
@@ -258,15 +273,15 @@ def test_probe_points_complete_the_point_before_a_crossing_from_the_weights_kept
 
 
 def test_a_restart_anywhere_completes_the_point_before_a_crossing_from_the_checkpoints_copy(tmp_path, caplog):
-    whole, _ = probe_run(tmp_path / "whole")
+    (whole, _), _ = probe_run(tmp_path / "whole")
     for restart_at in (6, 7):  # at a point's step (the model holds its weights) and between points
         (tmp_path / str(restart_at)).mkdir()
-        cb, _ = probe_run(tmp_path / str(restart_at), restart_at=restart_at)
+        (cb, _), _ = probe_run(tmp_path / str(restart_at), restart_at=restart_at)
         assert complete_points(cb) == complete_points(whole) == {0: 0.0, 2: 0.2, 4: 0.4, 6: 0.6, 8: 0.8}
     assert "were not kept" not in caplog.text
     (tmp_path / "old").mkdir()
     with caplog.at_level("WARNING"):
-        cb, _ = probe_run(tmp_path / "old", restart_at=7, old_checkpoint=True)  # step 6's weights are gone
+        (cb, _), _ = probe_run(tmp_path / "old", restart_at=7, old_checkpoint=True)  # step 6's weights are gone
     assert set(complete_points(cb)) == {0, 2, 4, 8}
     assert "forget.exact_match<=0.3 first holds at step 8" in caplog.text and "(step 6)" in caplog.text
 

@@ -6,8 +6,8 @@ evaluated by all its processes together (each takes a share of the prompts).
   already evaluated the same target the same way: evaluation/before_cache.py);
 - during: every `every_n_steps` optimiser steps (None: at every epoch's end), the same suite and
   metrics (truth ratios on `during_truth_ratio_splits` only, when given; LUME's MMLU never: before and
-  after only), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule is
-  checked at each of these points.
+  after only), logged as `eval/<split>/<metric>` and written to `curve.jsonl`; the stopping rule
+  (pipeline/stopping.py, the next callback) reads each of these points.
   With `probe` (`evaluation.during.full_around`), a point scores only the forget levels' split and what
   the stopping rule reads, and the two points around each level's first crossing are evaluated in full
   (evaluation/probe.py). With `during_max_examples`, a point that is not full also scores the other splits
@@ -16,9 +16,9 @@ evaluated by all its processes together (each takes a share of the prompts).
 - `after`: the model where unlearning stopped: the evaluation point that met the stopping rule, or
   the model at the end of the budget, evaluated in `on_train_end`, before the strategy's teardown moves
   the model off its device.
-The trajectory, the stopping state and the kept weights of the last probe point are saved in every
+The trajectory and the kept weights of the last probe point are saved in every
 checkpoint, so a resumed run continues the same curve, completes the point before a crossing wherever it
-was pre-empted, and does not unlearn further once it had stopped.
+was pre-empted.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,13 +40,10 @@ from simu_lightning.evaluation.evaluate import Evaluator
 from simu_lightning.evaluation.probe import ProbePlan, changing_parameters, snapshot, weights_of
 from simu_lightning.evaluation.splits import view
 from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
-from simu_lightning.utils.errors import SimuError
 from simu_lightning.utils.files import atomic, write_jsonl
-from simu_lightning.unlearning.stopping import BUDGET_EXHAUSTED, CONDITION_MET, StoppingRule
+from simu_lightning.unlearning.stopping import StoppingRule
 
 log = logging.getLogger(__name__)
-
-MMLU_SCORES = {"mmlu", "final_score"}  # the scores that MMLU makes (LUME's final score averages it in)
 
 
 def curve_point(
@@ -112,7 +110,7 @@ class UnlearningEvaluation(L.Callback):
         output_dir: Path | None = None,
         every_n_steps: int | None = None,
         during_max_examples: int | None = None,
-        stop_when: StoppingRule | None = None,
+        ends_at: Callable[[dict], bool] | None = None,
         during_truth_ratio_splits: tuple[str, ...] | None = None,
         before_file: Path | None = None,
         probe: ProbePlan | None = None,
@@ -121,26 +119,21 @@ class UnlearningEvaluation(L.Callback):
         self.before_file = before_file  # where the target's evaluation before unlearning is cached (or None)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.every_n_steps = every_n_steps
-        # MMLU (LUME's, 5-shot through lm-eval) before and after only: at every point it would be most of a run
-        if stop_when is not None and self.settings.mmlu and (read := MMLU_SCORES & stop_when.metrics()):
-            raise SimuError(
-                f"unlearning.stop_when={stop_when} reads {', '.join(sorted(read))}, which needs MMLU; MMLU runs "
-                "before and after unlearning only: stop on task_aggregate or a split's metric"
-            )
         # a full point during unlearning: every split on the rows "before" and "after" read
         self.point_settings = replace(self.settings, truth_ratio_splits=during_truth_ratio_splits, mmlu=False)
         # the other splits of a point that is not full, on a fixed sample (evaluation.during.max_examples)
         self.sample_settings = (
             replace(self.point_settings, max_examples=during_max_examples) if during_max_examples else None
         )
-        self.stop_when = stop_when
+        # whether the fit ends at a point (the stopping rule, pipeline/stopping.py, holds there): that point is
+        # "after", scored once with after's settings
+        self.ends_at = ends_at or (lambda point: False)
         self.probe = probe
         self._probed: list[torch.Tensor] | None = None  # the weights of the last probe point (see probe.py)
         self._probed_step: int | None = None  # the step they are of
         self.before: Evaluation | None = None
         self.after: Evaluation | None = None
         self.points: list[dict] = []  # the trajectory, step 0 = before
-        self.stopped: dict | None = None  # {"reason", "step", "epoch"}
         self.seconds = 0.0
         self._latest: tuple[int, Evaluation] | None = None  # the last full evaluation, rows included
         self._epoch = 0
@@ -205,32 +198,21 @@ class UnlearningEvaluation(L.Callback):
         self._write_curve(trainer)
         return point
 
-    def _check_stop(self, trainer: L.Trainer, point: dict) -> None:
-        if self.stop_when is not None and self.stop_when.holds(point):
-            self.stopped = {"reason": CONDITION_MET, "step": point["step"], "epoch": point["epoch"]}
-            trainer.should_stop = True
-            log.info("stopping: %s holds at step %d (epoch %d)", self.stop_when, point["step"], point["epoch"])
-
     # -- Lightning hooks ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.ckpt_path and self.saved_before is not None and self.saved_before.exists():
             self.before = Evaluation.from_dict(json.loads(self.saved_before.read_text()))
             return  # the trajectory and the stopping state come back with the checkpoint
         self.before = self._evaluate_before(trainer, pl_module)
-        if self.stop_when is not None:
-            self.stop_when.check_names(curve_point(0, 0, self.before, self._aggregate))
         if self.probe is not None:
             levels = StoppingRule(self.probe.levels.conditions if self.probe.levels else ())
             levels.check_names(curve_point(0, 0, self.before, self._aggregate), self.probe.setting)
         if trainer.is_global_zero and self.saved_before is not None:
             with atomic(self.saved_before) as tmp:
                 tmp.write_text(json.dumps(self.before.to_dict()))
-        point = self._add_point(trainer, self.before, reusable=True)
-        self._check_stop(trainer, point)
+        self._add_point(trainer, self.before, reusable=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        if self.stopped and self.stopped["reason"] == CONDITION_MET:
-            trainer.should_stop = True  # a resumed run that had already stopped unlearns no further
         last = self.points[-1] if self.points else None
         if self.probe is None or last is None:
             return
@@ -256,7 +238,7 @@ class UnlearningEvaluation(L.Callback):
     def _evaluate_during(self, trainer: L.Trainer, pl_module) -> None:
         if self.probe is None:
             evaluation = self._evaluate(pl_module.model, "during", self.point_settings)
-            self._check_stop(trainer, self._add_point(trainer, evaluation, self._reusable))
+            self._add_point(trainer, evaluation, self._reusable)
             return
         probed = self._evaluate_probe(pl_module.model)
         point = curve_point(trainer.global_step, self._epoch, probed, self._aggregate)
@@ -266,19 +248,18 @@ class UnlearningEvaluation(L.Callback):
             self._complete_previous(trainer, pl_module, earlier[-1] if earlier else None, crossed)
         # the point the stopping rule stops at is "after": scored once, with after's settings (every truth
         # ratio, where the points during score only those they need), not once as a point and again
-        stops = self.stop_when is not None and self.stop_when.holds(point)
+        stops = self.ends_at(point)
         if crossed or stops:
             settings = self.settings if stops else self.point_settings
             evaluation = self._evaluate(pl_module.model, "after" if stops else "during", settings)
-            point = self._add_point(trainer, evaluation, stops or self._reusable)
+            self._add_point(trainer, evaluation, stops or self._reusable)
         else:
             full = set(self.evaluator.benchmark.eval_splits) <= set(probed.summary)
-            point = self._add_point(trainer, probed, False, sample=self._evaluate_sample(pl_module.model), full=full)
+            self._add_point(trainer, probed, False, sample=self._evaluate_sample(pl_module.model), full=full)
         if self.probe.levels is None or self.probe.levels.all_reached(self.points):
             self._probed = None
         else:
             self._keep_probed(trainer)
-        self._check_stop(trainer, point)
 
     def _keep_probed(self, trainer: L.Trainer) -> None:
         self._probed, self._probed_step = snapshot(changing_parameters(trainer.optimizers)), trainer.global_step
@@ -344,12 +325,10 @@ class UnlearningEvaluation(L.Callback):
         self.after = Evaluation(
             evaluation.summary, evaluation.scores, [{**row, "stage": "after"} for row in evaluation.rows]
         )
-        if self.stopped is None:
-            self.stopped = {"reason": BUDGET_EXHAUSTED, "step": step, "epoch": self._epoch}
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"points": self.points, "stopped": self.stopped, "epoch": self._epoch, "seconds": self.seconds}
+        state = {"points": self.points, "epoch": self._epoch, "seconds": self.seconds}
         if self._probed is not None:
             # a run pre-empted between two points needs them to complete the point before a crossing
             state["probed"] = {"step": self._probed_step, "weights": self._probed}
@@ -357,7 +336,6 @@ class UnlearningEvaluation(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.points = state_dict.get("points", [])
-        self.stopped = state_dict.get("stopped")
         self._epoch = state_dict.get("epoch", 0)
         self.seconds = state_dict.get("seconds", 0.0)  # the evaluations before the restart count too
         probed = state_dict.get("probed")

@@ -73,6 +73,20 @@ def check(plan) -> None:
         raise SimuError(f"parallel.activation_checkpointing must be true, false or auto, got {checkpointing!r}")
     check_selections(plan)
     check_processes(plan)
+    check_stopping(plan)
+
+
+MMLU_SCORES = {"mmlu", "final_score"}  # the scores that MMLU makes (LUME's final score averages it in)
+
+
+def check_stopping(plan) -> None:
+    """MMLU (LUME's, 5-shot through lm-eval) runs before and after only (at every point it would be most of a
+    run), so no stopping rule can read it."""
+    if plan.stop_when is not None and plan.evaluation.mmlu and (read := MMLU_SCORES & plan.stop_when.metrics()):
+        raise SimuError(
+            f"unlearning.stop_when={plan.stop_when} reads {', '.join(sorted(read))}, which needs MMLU; MMLU runs "
+            "before and after unlearning only: stop on task_aggregate or a split's metric"
+        )
 
 
 def check_selections(plan) -> None:

@@ -31,6 +31,7 @@ from simu_lightning.pipeline.plan import RunPlan
 from simu_lightning.pipeline.prepare import Models
 from simu_lightning.pipeline.progress import ProgressLines, wanted
 from simu_lightning.pipeline.results import fit_trained_parameters
+from simu_lightning.pipeline.stopping import StopWhen
 from simu_lightning.unlearning.module import UnlearningModule
 from simu_lightning.utils.devices import is_sharded, stage
 
@@ -61,7 +62,7 @@ class Unlearned:
     requests: list[dict] | None = None  # a run of continual requests: results.json `requests`
 
 
-def unlearned_of(trainer: L.Trainer, module: UnlearningModule, evaluations, attribution) -> Unlearned:
+def unlearned_of(trainer: L.Trainer, module: UnlearningModule, evaluations, stopping, attribution) -> Unlearned:
     """The record of a finished fit, read off its module and callbacks."""
     return Unlearned(
         model=module.model,
@@ -69,7 +70,7 @@ def unlearned_of(trainer: L.Trainer, module: UnlearningModule, evaluations, attr
         before=evaluations.before,
         after=evaluations.after,
         points=list(evaluations.points),
-        stopped=dict(evaluations.stopped),
+        stopped=dict(stopping.stopped),
         probe=evaluations.probe,
         evaluation_seconds=evaluations.seconds,
         selection=attribution.selection(),
@@ -180,6 +181,26 @@ def points_in_full(plan: RunPlan, benchmark: Benchmark) -> ProbePlan | None:
     )
 
 
+def unlearning_evaluation(
+    plan: RunPlan, benchmark: Benchmark, models: Models, baselines: Baselines, cache_before: bool = True
+) -> UnlearningEvaluation:
+    """The evaluations before, during and after the fit, as the plan sets them (`cache_before`: see unlearn)."""
+    return UnlearningEvaluation(
+        baselines.evaluator,
+        plan.out,
+        every_n_steps=plan.evaluation.every_n_steps,
+        during_max_examples=plan.evaluation.during_max_examples,
+        ends_at=plan.stop_when.holds if plan.stop_when is not None else None,
+        during_truth_ratio_splits=(
+            truth_ratio_splits_needed(benchmark, plan.stop_when)
+            if plan.evaluation.during_truth_ratios == "needed"
+            else None
+        ),
+        before_file=before_cache_file(plan, models, baselines) if cache_before else None,
+        probe=points_in_full(plan, benchmark),
+    )
+
+
 @stage("unlearn")
 def unlearn(
     plan: RunPlan,
@@ -194,25 +215,13 @@ def unlearn(
     data = unlearning_data(plan, benchmark, models)
     module = unlearning_module(plan, models, parallel_settings(plan, data))  # a GPU run that cannot fit stops here
     attribution = attribution or neuron_attribution(plan, models)
-    evaluations = UnlearningEvaluation(
-        baselines.evaluator,
-        plan.out,
-        every_n_steps=plan.evaluation.every_n_steps,
-        during_max_examples=plan.evaluation.during_max_examples,
-        stop_when=plan.stop_when,
-        during_truth_ratio_splits=(
-            truth_ratio_splits_needed(benchmark, plan.stop_when)
-            if plan.evaluation.during_truth_ratios == "needed"
-            else None
-        ),
-        before_file=before_cache_file(plan, models, baselines) if cache_before else None,
-        probe=points_in_full(plan, benchmark),
-    )
+    evaluations = unlearning_evaluation(plan, benchmark, models, baselines, cache_before)
+    stopping = StopWhen(plan.stop_when, evaluations)
     checkpoint, resume_from = checkpoint_callbacks(plan.checkpoint_every_n_epochs, plan.out)
     every = plan.progress.every_n_steps
     progress = [ProgressLines(every, evaluations, plan.stop_when)] if wanted(every) else []
     trainer = plan.trainer.make(
-        callbacks=[evaluations, attribution, *progress, *checkpoint],
+        callbacks=[evaluations, stopping, attribution, *progress, *checkpoint],
         logger=loggers(plan.loggers) or False,
         enable_checkpointing=bool(checkpoint),
     )
@@ -234,4 +243,4 @@ def unlearn(
             attribution.neurons,
             attribution.chosen_t if plan.attribution.t == "auto" else plan.attribution.t,
         )
-    return unlearned_of(trainer, module, evaluations, attribution)
+    return unlearned_of(trainer, module, evaluations, stopping, attribution)
