@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simu_lightning.utils.devices import resolved_precision
-from simu_lightning.utils.processes import is_launched_externally
+from simu_lightning.utils.processes import is_launched_externally, process_count
 from simu_lightning.utils.errors import SimuError
 
 
@@ -177,3 +177,39 @@ def finetune_trainer_settings(trainer_cfg: DictConfig) -> dict:
     if settings["precision"] is not None:
         settings["precision"] = trainer_precision(trainer_cfg)
     return settings
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What run.py's orchestration (launch.py) reads before a plan exists: how many processes the trainer
+    runs and on how many nodes, the seeds a tuning trial runs at, and the run's folder."""
+
+    processes: int
+    num_nodes: int
+    tuning_seeds: tuple[int, ...]
+    output_dir: str
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Launch:
+        return cls(
+            processes=process_count(cfg.trainer),
+            num_nodes=int(cfg.trainer.get("num_nodes", 1) or 1),
+            tuning_seeds=tuple(int(s) for s in (cfg.get("objective") or {}).get("seeds") or ()),
+            output_dir=str(cfg.paths.output_dir),
+        )
+
+
+def preparing(cfg: DictConfig) -> DictConfig:
+    """The same run, stopped once its target is prepared (mode=prepare)."""
+    return OmegaConf.merge(cfg, {"mode": "prepare"})
+
+
+def tuning_trial_run(cfg: DictConfig, seed: int, seeds: tuple[int, ...]) -> DictConfig:
+    """A tuning trial's run at one of its seeds, in <trial>/seed_<s>, recording the seeds that tuned it
+    (tuned.seeds, which the report keeps out of reported groups)."""
+    trial = copy.deepcopy(cfg)  # (interpolations kept: the loggers' folders follow paths.output_dir)
+    with open_dict(trial):
+        trial.seed = seed
+        trial.paths.output_dir = f"{cfg.paths.output_dir}/seed_{seed}"
+        trial.tuned = {"seeds": list(seeds)}
+    return trial

@@ -5,7 +5,6 @@ only decides how many times and in which processes it runs, and what a sweep's j
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -14,11 +13,11 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
+from simu_lightning.pipeline.building import Launch, preparing, tuning_trial_run
 from simu_lightning.pipeline.conductor import run
 from simu_lightning.utils.errors import SimuError
-from simu_lightning.utils.processes import process_count
 
 
 def launch(cfg: DictConfig, script: Path) -> float | None:
@@ -27,27 +26,27 @@ def launch(cfg: DictConfig, script: Path) -> float | None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
-        processes = process_count(cfg.trainer)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and processes > 1:
+        settings = Launch.of(cfg)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and settings.processes > 1:
             if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # hydra/launcher=slurm: srun started every task
-                return sweep_job_under_slurm(cfg, processes)
-            return sweep_job_under_torchrun(cfg, processes, script)
-        if (cfg.get("objective") or {}).get("seeds"):
-            return tuning_trial(cfg)
+                return sweep_job_under_slurm(cfg, settings)
+            return sweep_job_under_torchrun(cfg, settings, script)
+        if settings.tuning_seeds:
+            return tuning_trial(cfg, settings.tuning_seeds)
         results = run(cfg)
     except SimuError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:  # pre-empted: a checkpoint of the last step was saved (see checkpointing.py)
         print(
-            f"interrupted by SIGTERM: run the same command with hydra.run.dir={cfg.paths.output_dir} to resume",
+            f"interrupted by SIGTERM: run the same command with hydra.run.dir={settings.output_dir} to resume",
             file=sys.stderr,
         )
         sys.exit(143)
     return search_value(results) if results else None  # (only rank 0 of a multi-process run has the results)
 
 
-def sweep_job_under_torchrun(cfg: DictConfig, processes: int, script: Path) -> float | None:
+def sweep_job_under_torchrun(cfg: DictConfig, settings: Launch, script: Path) -> float | None:
     """One job of a Hydra sweep whose trainer runs several processes.
 
     Lightning would relaunch this script with the sweep's own command line (the known trap: every
@@ -55,14 +54,14 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int, script: Path) -> f
     process, and then runs itself under torchrun as a single run in the job's directory."""
     from simu_lightning.utils.processes import is_launched_externally
 
-    if int(cfg.trainer.get("num_nodes", 1)) > 1:
+    if settings.num_nodes > 1:
         raise SimuError(
             "a multi-node job of a Hydra sweep (-m) is a SLURM job: add hydra/launcher=slurm "
             "(pip install -e '.[cluster]'), or run each job with torchrun or srun (docs/guide.md, 'Several processes')"
         )
     if is_launched_externally():
         raise SimuError("-m under torchrun/srun would start the sweep in every process: drop -m, or drop torchrun")
-    run(OmegaConf.merge(cfg, {"mode": "prepare"}))
+    run(preparing(cfg))
     job_dir = HydraConfig.get().runtime.output_dir
     overrides = list(HydraConfig.get().overrides.task)
     command = [
@@ -70,7 +69,7 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int, script: Path) -> f
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc_per_node={processes}",
+        f"--nproc_per_node={settings.processes}",
         str(script),
         *overrides,
         f"hydra.run.dir={job_dir}",
@@ -81,7 +80,7 @@ def sweep_job_under_torchrun(cfg: DictConfig, processes: int, script: Path) -> f
     return search_value(json.loads((Path(job_dir) / "results.json").read_text()))
 
 
-def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
+def sweep_job_under_slurm(cfg: DictConfig, settings: Launch) -> float | None:
     """One job of a sweep that the submitit launcher submitted as a SLURM job (hydra/launcher=slurm): srun
     started this script's job function in each of the job's tasks, one per GPU on every node, and each
     task is one of the run's processes, as Lightning's SLURM environment sees them. Task 0 prepares the
@@ -89,9 +88,9 @@ def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
     import time
 
     tasks = int(os.environ["SLURM_NTASKS"])
-    if tasks != processes:
+    if tasks != settings.processes:
         raise SimuError(
-            f"the SLURM job has {tasks} tasks and the trainer {processes} processes (trainer.devices x "
+            f"the SLURM job has {tasks} tasks and the trainer {settings.processes} processes (trainer.devices x "
             "trainer.num_nodes): one task per GPU, as conf/hydra/launcher/slurm.yaml sets"
         )
     job_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -101,7 +100,7 @@ def sweep_job_under_slurm(cfg: DictConfig, processes: int) -> float | None:
         failed.unlink(missing_ok=True)  # of an earlier try of this job in its folder
         try:
             with outside_slurm():
-                run(OmegaConf.merge(cfg, {"mode": "prepare"}))
+                run(preparing(cfg))
         except BaseException:
             failed.touch()  # the other tasks stop waiting
             raise
@@ -122,18 +121,10 @@ def outside_slurm():
     return mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, clear=True)
 
 
-def tuning_trial(cfg: DictConfig) -> float:
-    """A search trial tuned on several seeds (objective.seeds): the run once per seed, in <trial>/seed_<s>,
-    each recording the seeds that tuned it (tuned.seeds, which the report keeps out of reported groups); the
-    trial's value is the mean of theirs."""
-    seeds, values, folder = [int(s) for s in cfg.objective.seeds], [], cfg.paths.output_dir
-    for seed in seeds:
-        trial = copy.deepcopy(cfg)  # (interpolations kept: the loggers' folders follow paths.output_dir)
-        with open_dict(trial):
-            trial.seed = seed
-            trial.paths.output_dir = f"{folder}/seed_{seed}"
-            trial.tuned = {"seeds": seeds}
-        values.append(search_value(run(trial)))
+def tuning_trial(cfg: DictConfig, seeds: tuple[int, ...]) -> float:
+    """A search trial tuned on several seeds (objective.seeds): the run once per seed (building.py's
+    tuning_trial_run); the trial's value is the mean of theirs."""
+    values = [search_value(run(tuning_trial_run(cfg, seed, seeds))) for seed in seeds]
     return sum(values) / len(values)
 
 
