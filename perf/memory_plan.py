@@ -47,9 +47,9 @@ def hf_model(cfg):
     """A randomly initialised model of the architecture the planner reads for `cfg` (float32)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from simu_lightning.memory.shape import architecture_config
+    from simu_lightning.pipeline.building import architecture_values
 
-    values = dict(architecture_config(cfg.model))
+    values = dict(architecture_values(cfg.model))
     config = AutoConfig.for_model(values.pop("model_type"), **values, pad_token_id=0, bos_token_id=None)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
@@ -133,10 +133,11 @@ def measure(overrides: list[str], length: int, share: float = 0.1) -> dict:
     from perf.loop import to
     from perf.memory import _peak_mb, _reset_peak
     from simu_lightning.memory import plan_memory
+    from simu_lightning.pipeline.building import memory_setup
 
     cfg = composed([*overrides, "trainer.precision=32-true"])
     where = device()
-    plan = plan_memory(cfg, length=length, critical_share=share, device=where.type)
+    plan = plan_memory(memory_setup(cfg), length=length, critical_share=share, device=where.type)
     model = hf_model(cfg).to(where)
     if plan.settings.activation_checkpointing:  # as distributed.parallelize turns it on
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -194,6 +195,7 @@ def gpu_table(length: int = 512) -> list[str]:
     """The README's table: GiB per GPU as planned, bf16-mixed, `length`-token rows, data.batch_size=32,
     activation checkpointing off / on, one GPU and FSDP2 (bf16 gathers) over 2 and 8."""
     from simu_lightning.memory import plan_memory
+    from simu_lightning.pipeline.building import memory_setup
 
     lines = ["| model | method | 1 GPU | 2 GPUs (FSDP2) | 8 GPUs (FSDP2) |", "|---|---|---|---|---|"]
     for model, chosen in TABLE_MODELS.items():
@@ -204,7 +206,11 @@ def gpu_table(length: int = 512) -> list[str]:
                 base = [*chosen, f"method={method}", "trainer.precision=bf16-mixed", "data.batch_size=32"]
                 totals = [
                     plan_memory(
-                        composed([*base, *(sharded if devices > 1 else []), f"parallel.activation_checkpointing={c}"]),
+                        memory_setup(
+                            composed(
+                                [*base, *(sharded if devices > 1 else []), f"parallel.activation_checkpointing={c}"]
+                            )
+                        ),
                         length=length,
                         device="cuda",
                     ).total

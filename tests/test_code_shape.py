@@ -43,17 +43,9 @@ def test_run_py_is_hydras_main_and_one_call():
 
 
 # The modules that read the composed Hydra config (issue 44): the run's plan and the builders it uses
-# (building.py also builds what run.py's orchestration reads before a plan exists: Launch), and the memory
-# command's own plan: `python -m simu_lightning.memory` composes a config and reads what it plans from
-# without importing the pipeline, which would take its start from about 2 s to 9 s. Every stage reads the
-# plan instead.
-READS_CONFIG = {
-    "simu_lightning/pipeline/plan.py",
-    "simu_lightning/pipeline/building.py",
-    "simu_lightning/memory/__main__.py",
-    "simu_lightning/memory/setup.py",
-    "simu_lightning/memory/shape.py",
-}
+# (building.py also builds what run.py's orchestration reads before a plan exists, Launch, and what the memory
+# command plans from, memory_setup). Every stage reads the plan instead.
+READS_CONFIG = {"simu_lightning/pipeline/plan.py", "simu_lightning/pipeline/building.py"}
 CONFIG_NAME = re.compile(r"^(cfg|\w+_cfg)$")
 
 

@@ -433,7 +433,7 @@ def test_a_gpu_run_plans_its_memory_and_refuses_to_start_where_it_would_not_fit(
     from transformers.models.olmo import modeling_olmo
 
     from simu_lightning.memory import plan_memory
-    from simu_lightning.memory.setup import Setup
+    from simu_lightning.pipeline.building import memory_setup
     from simu_lightning.pipeline.fits import longest_row
     from simu_lightning.pipeline.prepare import load_benchmark, load_models
     from simu_lightning.pipeline.unlearn import unlearning_data
@@ -445,7 +445,7 @@ def test_a_gpu_run_plans_its_memory_and_refuses_to_start_where_it_would_not_fit(
     sizes = {}
     for checkpointing in (True, False):
         setting = [*overrides, f"parallel.activation_checkpointing={str(checkpointing).lower()}"]
-        setup = Setup.of(composed_run(setting, tmp_path / "probe", cache))
+        setup = memory_setup(composed_run(setting, tmp_path / "probe", cache))
         sizes[checkpointing] = plan_memory(setup, length=length, device_bytes=2**40).total
     assert sizes[True] < sizes[False]
     real, calls = modeling_olmo.OlmoMLP.forward, []

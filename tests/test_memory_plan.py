@@ -19,7 +19,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from simu_lightning.memory import GiB, check_fits, critical_count, plan_memory, resolve_precision
 from simu_lightning.memory.activations import Numerics, Trainable, layer_bytes
-from simu_lightning.memory.shape import ModelShape, architecture_config
+from simu_lightning.memory.shape import ModelShape
+from simu_lightning.pipeline.building import architecture_values, memory_setup
 from simu_lightning.models.architecture import architecture_of, attention_projections, down_projections
 from simu_lightning.utils.errors import SimuError
 
@@ -31,6 +32,11 @@ METHODS = ("fo", "so", "simu")
 def composed(*overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def setup_of(*overrides: str):
+    """What the memory planner reads of the run these overrides compose."""
+    return memory_setup(composed(*overrides))
 
 
 class Tokenizer:
@@ -56,7 +62,7 @@ def meta_model(cfg) -> nn.Module:
             return build_model(
                 Tokenizer(tiny.vocab_size), tiny.hidden_size, tiny.num_layers, tiny.num_heads, tiny.intermediate_size
             )
-    values = dict(architecture_config(cfg.model))
+    values = dict(architecture_values(cfg.model))
     config = AutoConfig.for_model(values.pop("model_type"), **values)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
@@ -119,13 +125,13 @@ def test_weights_gradients_state_and_frozen_copy_equal_a_count_of_the_meta_model
     state = allocated_state(model, method, 0.1)
     for devices in (1, 2, 8):
         trainer = [] if devices == 1 else ["trainer=fsdp", f"trainer.devices={devices}"]
-        plan = plan_memory(composed(f"model={model_name}", f"method={method_name}", *trainer), device="cpu")
+        plan = plan_memory(setup_of(f"model={model_name}", f"method={method_name}", *trainer), device="cpu")
         assert plan.settings.shards == devices
         assert plan.weights == per_rank(weights, devices)
         assert plan.gradients == per_rank(gradients, devices)
         assert plan.optimizer_state == per_rank(state, devices)
         assert plan.frozen_copy == 0
-        npo = plan_memory(composed(f"model={model_name}", f"method={method_name}", "loss=npo", *trainer), device="cpu")
+        npo = plan_memory(setup_of(f"model={model_name}", f"method={method_name}", "loss=npo", *trainer), device="cpu")
         assert npo.frozen_copy == per_rank(weights, devices)
     counts = plan.parameters
     assert counts.total == sum(p.numel() for p in weights)
@@ -141,7 +147,7 @@ def test_weights_gradients_state_and_frozen_copy_equal_a_count_of_the_meta_model
 
 def test_the_worst_case_state_is_every_neuron_critical():
     cfg = composed("model=smollm2_135m", "method=simu")
-    plan = plan_memory(cfg, device="cpu", critical_share=0.25)
+    plan = plan_memory(memory_setup(cfg), device="cpu", critical_share=0.25)
     model = meta_model(cfg)
     assert plan.optimizer_state == per_rank(allocated_state(model, instantiate(cfg.method), 0.25), 1)
     assert plan.optimizer_state_worst == per_rank(allocated_state(meta_model(cfg), instantiate(cfg.method), 1.0), 1)
@@ -302,7 +308,7 @@ def overrides_of(fix: str) -> list[str]:
 )
 def test_a_run_that_does_not_fit_is_refused_naming_only_changes_that_fit(overrides):
     budget = 80 * GiB
-    plan = plan_memory(composed(*overrides), device_bytes=budget)
+    plan = plan_memory(setup_of(*overrides), device_bytes=budget)
     assert not plan.fits(budget)
     with pytest.raises(SimuError) as refused:
         check_fits(plan, budget, where="cuda:0")
@@ -311,26 +317,26 @@ def test_a_run_that_does_not_fit_is_refused_naming_only_changes_that_fit(overrid
     fixes = message.split("fits with ", 1)[1].split(", or ")
     assert fixes
     for fix in fixes:
-        assert plan_memory(composed(*overrides, *overrides_of(fix)), device_bytes=budget).fits(budget), fix
+        assert plan_memory(setup_of(*overrides, *overrides_of(fix)), device_bytes=budget).fits(budget), fix
         for part in overrides_of(fix):  # the fewest devices, the largest batch
             key, value = part.split("=")
             if key == "trainer.devices" and int(value) > 2:
                 smaller = [*overrides, *overrides_of(fix.replace(part, f"{key}={int(value) // 2}"))]
-                assert not plan_memory(composed(*smaller), device_bytes=budget).fits(budget)
+                assert not plan_memory(setup_of(*smaller), device_bytes=budget).fits(budget)
             if key == "data.batch_size":
                 larger = [*overrides, *overrides_of(fix.replace(part, f"{key}={int(value) * 2}"))]
-                assert not plan_memory(composed(*larger), device_bytes=budget).fits(budget)
+                assert not plan_memory(setup_of(*larger), device_bytes=budget).fits(budget)
 
 
 def test_a_run_that_fits_passes_and_auto_settings_resolve_for_the_device():
-    tiny = plan_memory(composed("model=tiny", "trainer.precision=auto"), device_bytes=80 * GiB)
+    tiny = plan_memory(setup_of("model=tiny", "trainer.precision=auto"), device_bytes=80 * GiB)
     check_fits(tiny, 80 * GiB)
     assert tiny.settings.precision == "bf16-mixed" and tiny.cuda_context > 0
-    assert plan_memory(composed("model=tiny", "trainer.precision=auto"), device="cpu").settings.precision == "32-true"
+    assert plan_memory(setup_of("model=tiny", "trainer.precision=auto"), device="cpu").settings.precision == "32-true"
     auto = ["model=olmo1b", "benchmark=lume", "method=simu", "parallel.activation_checkpointing=auto"]
-    assert plan_memory(composed(*auto), device_bytes=80 * GiB).settings.activation_checkpointing
+    assert plan_memory(setup_of(*auto), device_bytes=80 * GiB).settings.activation_checkpointing
     assert not plan_memory(
-        composed(*auto, "data.batch_size=4"), device_bytes=80 * GiB
+        setup_of(*auto, "data.batch_size=4"), device_bytes=80 * GiB
     ).settings.activation_checkpointing
     assert resolve_precision("auto", "cuda") == "bf16-mixed" and resolve_precision(32, "cuda") == "32-true"
     with pytest.raises(SimuError, match="trainer.precision"):

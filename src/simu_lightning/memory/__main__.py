@@ -26,49 +26,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def composed(overrides: list[str]):
-    """The config run.py composes for `overrides` (Hydra's runtime set, so that ${hydra:...} resolves)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from omegaconf import open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
-    from simu_lightning.utils.errors import SimuError
-
-    if not (CONF / "config.yaml").is_file():
-        raise SimuError(f"no Hydra config at {CONF}: run from a checkout of simu-lightning")
-    checks = command_line_checks()
-    if problem := checks.unknown_group_option(overrides, CONF) or checks.unquoted_condition(overrides):
-        raise SimuError(problem)
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise SimuError(str(err).strip().splitlines()[0]) from None
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
-def command_line_checks():
-    """pipeline/cli.py, the checks run.py makes of its command line first, loaded on its own: importing it
-    through its package would import every stage of the pipeline (seconds) for two small functions."""
-    import importlib.util
-
-    import simu_lightning
-
-    spec = importlib.util.spec_from_file_location(
-        "simu_lightning_command_line_checks", Path(simu_lightning.__file__).parent / "pipeline" / "cli.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str] | None = None) -> int:
     from simu_lightning.memory import GiB, check_fits, longest_length, plan_memory
+    from simu_lightning.pipeline.building import composed, memory_setup
     from simu_lightning.utils.errors import SimuError
 
     args = parse(sys.argv[1:] if argv is None else argv)
@@ -76,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.gpu_gb <= 0:
             raise SimuError(f"--gpu-gb={args.gpu_gb:g} must be positive")
-        cfg = composed(args.overrides)
-        plan = plan_memory(cfg, length=args.length, device_bytes=device_bytes, critical_share=args.critical_share)
+        setup = memory_setup(composed(CONF, args.overrides))
+        plan = plan_memory(setup, length=args.length, device_bytes=device_bytes, critical_share=args.critical_share)
         if args.json:
             print(json.dumps({**plan.to_dict(), "device_bytes": device_bytes, "fits": plan.fits(device_bytes)}))
             return 0

@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig
 
 from simu_lightning.memory.activations import (
     Batches,
@@ -41,7 +40,7 @@ from simu_lightning.memory.activations import (
 )
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.memory.parameters import Model, ParameterCounts, _loss_class
-from simu_lightning.memory.setup import Setup, _positive, resolve_precision
+from simu_lightning.memory.setup import Setup, positive_count, resolve_precision
 
 GiB = 2**30
 CUDA_CONTEXT = GiB  # the CUDA context, cuBLAS workspaces and what the caching allocator keeps in reserve
@@ -57,7 +56,7 @@ PARTS = {  # the plan's byte counts, in the order they are printed, and their la
 
 
 def resolve_activation_checkpointing(
-    cfg: DictConfig,
+    setup: Setup,
     *,
     length: int | None = None,
     device_bytes: int | None = None,
@@ -65,7 +64,6 @@ def resolve_activation_checkpointing(
 ) -> bool:
     """parallel.activation_checkpointing; "auto": on when the plan without it does not fit `device_bytes`
     (never on a CPU, where no device size is given)."""
-    setup = Setup.of(cfg)
     if setup.activation_checkpointing != "auto":
         return setup.activation_checkpointing
     if device_bytes is None:
@@ -178,20 +176,19 @@ def gib(value: int) -> str:
 
 
 def plan_memory(
-    cfg: DictConfig | Setup,
+    setup: Setup,
     *,
     length: int | None = None,
     device_bytes: int | None = None,
     critical_share: float = 0.1,
     device: str | None = None,
 ) -> MemoryPlan:
-    """The memory plan of the run `cfg` composes (or of its Setup, as a run plan holds it), for rows of `length` tokens (the longest encoded row;
+    """The memory plan of a run's Setup (pipeline/building.py's memory_setup), for rows of `length` tokens (the longest encoded row;
     None: model.max_length). A plan for a GPU (`device_bytes` given, or `device="cuda"`) resolves
     precision "auto" to bf16-mixed and counts the CUDA context; activation checkpointing "auto" is on
     when the plan without it does not fit `device_bytes`."""
     if not 0 < critical_share <= 1:
         raise SimuError(f"memory plan: the critical share must be in (0, 1], got {critical_share}")
-    setup = cfg if isinstance(cfg, Setup) else Setup.of(cfg)
     device = device or ("cuda" if device_bytes is not None else _run_device(setup.accelerator))
     return plan_setup(setup, length, device, device_bytes, critical_share)
 
@@ -211,7 +208,7 @@ def plan_setup(
         if device_bytes is None or off.fits(device_bytes):
             return off
         checkpointing = True
-    length = setup.max_length if length is None else _positive(length, "length")
+    length = setup.max_length if length is None else positive_count(length, "length")
     precision = resolve_precision(setup.precision, device, setup.mixed_precision, setup.fsdp)
     model = Model.of(setup, precision, critical_share)
     weights = model.sharded(model.names, setup.shards)

@@ -9,9 +9,7 @@ benchmark's ready-made target (`model.targets`) is planned as its base: it is a 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -122,33 +120,6 @@ class ModelShape:
         """Every parameter once (a tied output head is the embeddings' parameter)."""
         layers = [p for i in range(self.num_layers) for p in self.layer_parameters(f"model.layers.{i}")]
         return self.root_parameters() + layers
-
-
-def architecture_config(model_cfg) -> dict:
-    """The Hugging Face config values of the model a run unlearns (see the module's docstring)."""
-    source = str(model_cfg.get("source") or "")
-    local = Path(source).expanduser() / "config.json"
-    if source and local.is_file():
-        return json.loads(local.read_text())
-    if source == "tiny":
-        tiny = model_cfg.tiny  # models/tiny.py: OlmoConfig with these values, untied, no biases
-        return {
-            "model_type": "olmo",
-            "vocab_size": tiny.vocab_size,
-            "hidden_size": tiny.hidden_size,
-            "intermediate_size": tiny.intermediate_size,
-            "num_hidden_layers": tiny.num_layers,
-            "num_attention_heads": tiny.num_heads,
-            "num_key_value_heads": tiny.num_heads,
-            "tie_word_embeddings": False,
-        }
-    config = model_cfg.get("config")
-    if not config:
-        raise SimuError(
-            f"memory plan: the architecture of model.source={source!r} is unknown offline: give its config "
-            f"values as model.config ({', '.join(REQUIRED)}, num_key_value_heads, tie_word_embeddings)"
-        )
-    return {k: v for k, v in config.items()}
 
 
 def skeleton(shape: ModelShape, dtype: torch.dtype) -> nn.Module:

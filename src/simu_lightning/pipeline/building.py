@@ -1,23 +1,31 @@
 """Objects built from config nodes: `build` (Hydra's instantiate, letting our one-line errors through),
-the trainers of a run and of its target preparation, its loggers and its device."""
+the trainers of a run and of its target preparation, its loggers and its device; what run.py's
+orchestration reads (Launch); what the memory planner reads (memory_setup). With plan.py, the only module
+that reads the Hydra config."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from simu_lightning.memory.setup import DTYPE_BYTES, FSDP, Setup, positive_count
+from simu_lightning.memory.shape import REQUIRED, ModelShape
 from simu_lightning.utils.devices import resolved_precision
 from simu_lightning.utils.processes import is_launched_externally, process_count
 from simu_lightning.utils.errors import SimuError
+
+if TYPE_CHECKING:  # (Lightning is imported where a trainer is built: the memory command needs none)
+    import lightning as L
 
 
 @dataclass(frozen=True)
@@ -213,3 +221,100 @@ def tuning_trial_run(cfg: DictConfig, seed: int, seeds: tuple[int, ...]) -> Dict
         trial.paths.output_dir = f"{cfg.paths.output_dir}/seed_{seed}"
         trial.tuned = {"seeds": list(seeds)}
     return trial
+
+
+def memory_setup(cfg: DictConfig) -> Setup:
+    """What the memory planner reads of a composed config (memory/setup.py's Setup)."""
+    trainer, parallel = cfg.trainer, cfg.get("parallel") or {}
+    strategy = trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, (dict, DictConfig)) else str(strategy)
+    checkpointing = parallel.get("activation_checkpointing", False)
+    if checkpointing not in (True, False, "auto"):
+        raise SimuError(f"parallel.activation_checkpointing={checkpointing!r} must be true, false or auto")
+    dtype = str(cfg.model.get("dtype", "float32"))
+    if dtype not in DTYPE_BYTES:
+        raise SimuError(f"model.dtype={dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
+    return Setup(
+        name=str(cfg.model.get("name", "model")),
+        shape=ModelShape.of(architecture_values(cfg.model)),
+        dtype=dtype,
+        max_length=positive_count(cfg.model.get("max_length"), "model.max_length"),
+        method=OmegaConf.to_container(cfg.method, resolve=True),
+        loss=str(cfg.loss.get("_target_")),
+        batch_size=positive_count(cfg.data.batch_size, "data.batch_size"),
+        retain_per_forget=positive_count(cfg.data.get("retain_per_forget", 1), "data.retain_per_forget"),
+        devices=devices_per_node(trainer),
+        num_nodes=positive_count(trainer.get("num_nodes", 1) or 1, "trainer.num_nodes"),
+        fsdp=target.endswith(FSDP),
+        precision=str(trainer.get("precision", "32-true")),
+        accelerator=str(trainer.get("accelerator", "auto")),
+        mixed_precision=parallel.get("mixed_precision"),
+        activation_checkpointing=checkpointing,
+    )
+
+
+def devices_per_node(trainer: DictConfig) -> int:
+    """Devices per node (trainer.devices: a count, a list or "auto", as run.py counts them)."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    try:
+        count = process_count(trainer) // int(trainer.get("num_nodes", 1) or 1)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise SimuError(f"trainer.devices={devices!r} is not a device count, a list of devices or auto")
+    return count
+
+
+def architecture_values(model_cfg: DictConfig) -> dict:
+    """The Hugging Face config values of the model a run unlearns, without its weights (memory/shape.py's
+    docstring: where they come from)."""
+    source = str(model_cfg.get("source") or "")
+    local = Path(source).expanduser() / "config.json"
+    if source and local.is_file():
+        return json.loads(local.read_text())
+    if source == "tiny":
+        tiny = model_cfg.tiny  # models/tiny.py: OlmoConfig with these values, untied, no biases
+        return {
+            "model_type": "olmo",
+            "vocab_size": tiny.vocab_size,
+            "hidden_size": tiny.hidden_size,
+            "intermediate_size": tiny.intermediate_size,
+            "num_hidden_layers": tiny.num_layers,
+            "num_attention_heads": tiny.num_heads,
+            "num_key_value_heads": tiny.num_heads,
+            "tie_word_embeddings": False,
+        }
+    config = model_cfg.get("config")
+    if not config:
+        raise SimuError(
+            f"memory plan: the architecture of model.source={source!r} is unknown offline: give its config "
+            f"values as model.config ({', '.join(REQUIRED)}, num_key_value_heads, tie_word_embeddings)"
+        )
+    return {k: v for k, v in config.items()}
+
+
+def composed(conf_dir: Path, overrides: list[str]) -> DictConfig:
+    """The config run.py composes for `overrides` over `conf_dir` (Hydra's runtime set, so that
+    ${hydra:...} resolves), for a command that composes its own (python -m simu_lightning.memory)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from simu_lightning.pipeline import cli
+
+    if not (conf_dir / "config.yaml").is_file():
+        raise SimuError(f"no Hydra config at {conf_dir}: run from a checkout of simu-lightning")
+    if problem := cli.unknown_group_option(overrides, conf_dir) or cli.unquoted_condition(overrides):
+        raise SimuError(problem)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise SimuError(str(err).strip().splitlines()[0]) from None
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -20,7 +20,7 @@ from simu_lightning.evaluation.types import EvaluationSettings
 from simu_lightning.memory.setup import Setup
 from simu_lightning.models.settings import ModelSettings
 from simu_lightning.pipeline import checks
-from simu_lightning.pipeline.building import TrainerSettings, build, rebased, with_resolved_precision
+from simu_lightning.pipeline.building import TrainerSettings, build, memory_setup, rebased, with_resolved_precision
 from simu_lightning.unlearning.methods import Method
 from simu_lightning.unlearning.stopping import StoppingRule
 from simu_lightning.utils.cache import cache_root
@@ -98,7 +98,7 @@ class RunPlan:
             rerun=bool(cfg.get("rerun", False)),
             config=resolved_config(cfg),
             robustness_key=plain(cfg.robustness) if cfg.get("robustness") else None,
-            memory=memory_setup(cfg) if trainer.device.type == "cuda" else "planned on a CUDA device only",
+            memory=memory_setup_or_why(cfg) if trainer.device.type == "cuda" else "planned on a CUDA device only",
             tuned_note=tuned_note(cfg),
             requests=build(requests) if requests else None,
         )
@@ -133,11 +133,11 @@ def resolved_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
 
 
-def memory_setup(cfg: DictConfig) -> Setup | str:
+def memory_setup_or_why(cfg: DictConfig) -> Setup | str:
     """What the memory planner reads of this run (a GPU run plans its memory before the fit), or why
     there can be no plan (an architecture the planner does not model: the run starts without one)."""
     try:
-        return Setup.of(cfg)
+        return memory_setup(cfg)
     except SimuError as unplanned:
         return str(unplanned)
 
