@@ -612,6 +612,24 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
     assert all(torch.equal(w, target[n]) for n, w in weights.items() if "mlp.up_proj" in n or "mlp.gate_proj" in n)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["sgd", "signsgd", "zo"])
+def test_every_optimiser_order_keeps_simus_mask_in_a_run(cache_dir, tmp_path, optimizer):
+    """method/optimizer=sgd, signsgd or zo under SIMU (issue 45): the down projections' columns outside the
+    critical neurons, and every up and gate projection, end with the target's bits; the critical columns move."""
+    run_here([*SMALL, "method=simu", f"method/optimizer={optimizer}", "method.optimizer.lr=1e-2"], tmp_path, cache_dir)
+    results = json.loads((tmp_path / "results.json").read_text())
+    critical = torch.load(tmp_path / "attribution" / "critical_neurons.pt")
+    weights, target = (
+        AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (tmp_path / "unlearned_model", results["target"])
+    )
+    for layer, neurons in critical.items():
+        name = f"{layer}.weight"
+        assert torch.equal(weights[name][:, ~neurons], target[name][:, ~neurons]), f"{name}: a column outside moved"
+        assert not torch.equal(weights[name][:, neurons], target[name][:, neurons])
+    assert all(torch.equal(w, target[n]) for n, w in weights.items() if "mlp.up_proj" in n or "mlp.gate_proj" in n)
+
+
 BAD_SETTINGS = [
     ("attribution.t=1.5", "attribution.t must be in (0, 1] or auto, got 1.5"),
     ("attribution.t=0", "attribution.t must be in (0, 1] or auto, got 0"),
@@ -717,6 +735,15 @@ def test_mode_prepare_caches_the_target_and_its_retain_model_and_stops(tmp_path)
     "argv, message",
     [
         (["method=sgd"], "unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
+        (
+            ["method/optimizer=lion"],
+            "unknown method/optimizer 'lion': choose one of adamw, sgd, signsgd, sophia, zo (method/optimizer=...)",
+        ),
+        (
+            ["method.optimizer=sgd"],
+            "method.optimizer=sgd: choose an option of the group method/optimizer with method/optimizer=sgd "
+            "(one of adamw, sgd, signsgd, sophia, zo)",
+        ),
         (
             ["loss=hinge"],
             "unknown loss 'hinge': choose one of ga, graddiff, idk_dpo, idk_nll, npo, rmu, simnpo, undial, wga (loss=...)",

@@ -26,6 +26,8 @@ from simu_lightning.memory.shape import ModelShape, skeleton
 from simu_lightning.models.architecture import attention_projections, architecture_of, down_projections
 from simu_lightning.models.heads import head_masks
 from simu_lightning.optim.compact import CompactState
+from simu_lightning.optim.sign_sgd import SignSGD
+from simu_lightning.optim.zeroth_order import ZerothOrder
 from simu_lightning.unlearning.methods import Method
 from simu_lightning.utils.errors import SimuError
 from simu_lightning.memory.setup import DTYPE_BYTES, HALF_TRUE, MIXED, Setup
@@ -247,12 +249,15 @@ class Model:
 
     def update_bytes(self, setup: Setup, device: str) -> int:
         """The optimiser step's temporaries: torch's AdamW on a GPU runs for-each over every tensor (one
-        state-sized list of square roots); Sophia's eager update a few tensors the size of the largest."""
+        state-sized list of square roots); Sophia's eager update a few tensors the size of the largest; the
+        zeroth-order step three copies of every updated parameter."""
         local = [sharded_bytes(self.shapes[n], self.element, setup.shards) for n in self.trainable]
         if not local:
             return 0
         if issubclass(self.optimizer, torch.optim.Adam | torch.optim.AdamW) and device == "cuda":
             return sum(local)
+        if issubclass(self.optimizer, ZerothOrder):  # the weights' copy, the estimate and one direction
+            return 3 * sum(local)
         return 3 * max(local)
 
     def parallel_bytes(self, setup: Setup, numerics: Numerics) -> int:
@@ -291,8 +296,13 @@ def _moments(optimizer: type, keywords: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if keywords.get("amsgrad") else ())
     if issubclass(optimizer, torch.optim.SGD):
         return ("momentum_buffer",) if keywords.get("momentum") else ()
+    if issubclass(optimizer, SignSGD):
+        return ("momentum",)
+    if issubclass(optimizer, ZerothOrder):
+        return ()  # (its step's copies are update_bytes)
     raise SimuError(
-        f"memory plan: optimiser {optimizer.__name__} is not modelled (Sophia, MaskedAdamW, Adam, AdamW, SGD)"
+        f"memory plan: optimiser {optimizer.__name__} is not modelled "
+        "(Sophia, MaskedAdamW, Adam, AdamW, SGD, SignSGD, ZerothOrder)"
     )
 
 

@@ -134,7 +134,7 @@ class UnlearningModule(L.LightningModule):
         if not hasattr(optimizer, "set_masks"):
             raise SimuError(
                 f"method {self.method.name!r}: critical-neuron masks need a masked optimiser "
-                f"(simu_lightning.optim.Sophia or MaskedAdamW), not {type(optimizer).__name__}"
+                f"(method/optimizer=sophia, adamw, sgd, signsgd or zo), not {type(optimizer).__name__}"
             )
         return optimizer
 
@@ -175,12 +175,15 @@ class UnlearningModule(L.LightningModule):
             if self.global_step % self.method.hessian_interval == 0:
                 self.estimate_hessian(batch, optimizer)
             step_kwargs["bs"] = self.hessian_tokens
-        loss, terms = self.loss(Forward(self.model, batch, self.frozen_target, self.captured_layers()))
-        self.refuse_non_finite(loss, "loss")
-        optimizer.zero_grad()
-        self.manual_backward(loss)
         auto_rho = self.second_order and optimizer.optimizer.rho == "auto"
-        optimizer.step(**step_kwargs)
+        if getattr(optimizer.optimizer, "zeroth_order", False):
+            loss, terms = self.zeroth_order_step(batch, optimizer)
+        else:
+            loss, terms = self.objective(batch)
+            self.refuse_non_finite(loss, "loss")
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step(**step_kwargs)
         if auto_rho and optimizer.optimizer.rho != "auto":
             log.info(
                 "rho: auto chose rho = %.4g at step %d (win rate %.3f; target %.2f), fixed from now on",
@@ -206,6 +209,19 @@ class UnlearningModule(L.LightningModule):
                 logs["optim/rho"] = sophia.rho
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["forget"]["input_ids"]))
         return loss.detach()
+
+    def objective(self, batch) -> tuple[torch.Tensor, dict]:
+        """The loss to minimise on `batch` and its terms, at the model's current weights."""
+        return self.loss(Forward(self.model, batch, self.frozen_target, self.captured_layers()))
+
+    def zeroth_order_step(self, batch, optimizer) -> tuple[torch.Tensor, dict]:
+        """A zeroth-order step (optim/zeroth_order.py): the loss at the weights (logged, checked finite), then
+        the optimiser's own evaluations at perturbed weights; no backward pass."""
+        with torch.no_grad():
+            loss, terms = self.objective(batch)
+            self.refuse_non_finite(loss, "loss")
+            optimizer.step(loss=lambda: self.objective(batch)[0])
+        return loss, terms
 
     def captured_layers(self) -> tuple | None:
         """The decoder layer (of the model and of the frozen target) whose output the objective reads."""
