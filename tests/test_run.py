@@ -1049,6 +1049,23 @@ def test_a_planted_target_knows_the_forget_set_differs_from_the_clean_model_only
     assert figures["recall"] == pytest.approx(
         sum(int((critical[k] & planted[k]).sum()) for k in planted) / sum(int(planted[k].sum()) for k in planted)
     )
+    # where the update landed (issue 45): each neuron's change over its down column and gate and up rows, from
+    # the saved weights, against P as scipy's Mann-Whitney U over (planted x unplanted) pairs
+    from scipy.stats import mannwhitneyu
+
+    unlearned = AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned_model").state_dict()
+    changes = []
+    for layer in planted:
+        prefix = layer.rsplit(".", 1)[0]
+        squares = (unlearned[f"{layer}.weight"] - target[f"{layer}.weight"]).double().square().sum(0)
+        for up in ("gate_proj", "up_proj"):
+            squares += (unlearned[f"{prefix}.{up}.weight"] - target[f"{prefix}.{up}.weight"]).double().square().sum(1)
+        changes.append(squares.sqrt())
+    change, p = torch.cat(changes), torch.cat([planted[k] for k in planted])
+    u = mannwhitneyu(change[p].numpy(), change[~p].numpy()).statistic
+    update = results["planted"]["update"]["overall"]
+    assert update["auroc"] == pytest.approx(u / (int(p.sum()) * int((~p).sum())), abs=1e-12)
+    assert update["mass_in_p"] == pytest.approx(float(change[p].square().sum() / change.square().sum()), rel=1e-9)
 
 
 @pytest.mark.slow

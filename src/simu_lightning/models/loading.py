@@ -120,3 +120,22 @@ def convert_gguf(file: Path, destination: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(destination)
     tokenizer.save_pretrained(destination)
+
+
+def saved_tensors(folder: str | os.PathLike, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors `keys` of a model saved in `folder` (model.safetensors, or its shards through their index),
+    read alone: not the whole model."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = json.loads(index.read_text())["weight_map"] if index.is_file() else dict.fromkeys(keys, "model.safetensors")
+    tensors = {}
+    for file in sorted({files[k] for k in keys if k in files}):
+        with safe_open(folder / file, framework="pt") as handle:
+            tensors |= {k: handle.get_tensor(k) for k in keys if files.get(k) == file}
+    if missing := [k for k in keys if k not in tensors]:
+        raise SimuError(f"{folder}: the saved model lacks {', '.join(missing[:3])}")
+    return tensors

@@ -7,7 +7,13 @@ import logging
 import torch
 
 from simu_lightning.evaluation import Evaluation
-from simu_lightning.models.architecture import attention_projections, down_projections
+from simu_lightning.attribution.update_localisation import (
+    neuron_changes,
+    neuron_parameter_names,
+    update_localisation,
+)
+from simu_lightning.models.architecture import architecture_of, attention_projections, down_projections
+from simu_lightning.models.loading import saved_tensors
 from simu_lightning.models.heads import head_masks
 from simu_lightning.models.planting import KEEPS, KNOWS, planted_check
 from simu_lightning.evaluation.splits import evaluated_rows
@@ -143,6 +149,15 @@ def points_record(unlearned) -> dict:
     }
 
 
+def update_landing(plan, models, unlearned) -> dict:
+    """results.json `planted.update`: where the run's weight change landed against P (the target's weights
+    read from its folder; the unlearned model's from the fit's record)."""
+    arch = architecture_of(unlearned.model, plan.model.architecture)
+    before = saved_tensors(models.target.source, neuron_parameter_names(unlearned.model, arch))
+    changes = neuron_changes(unlearned.model, arch, before, unlearned.weights)
+    return update_localisation(changes, models.planted_neurons)
+
+
 def assemble_results(plan, benchmark, models, baselines, unlearned, attacked=None, lm_eval: dict | None = None) -> dict:
     """results.json: the stages' records in (`attacked`: pipeline/attacks.Attacked, `lm_eval`: lm-eval's
     tasks on the unlearned model; a run of continual requests adds one entry per request)."""
@@ -169,6 +184,7 @@ def assemble_results(plan, benchmark, models, baselines, unlearned, attacked=Non
                 "planted": planted_summary(
                     models.target, benchmark.planted, models.planted_neurons, baselines.clean_model, before
                 )
+                | {"update": update_landing(plan, models, unlearned)}
             }
             if models.planted_neurons
             else {}
