@@ -19,7 +19,7 @@ def unknown_group_option(argv: list[str], conf_dir: Path) -> str | None:
         if not sep or not _SIMPLE_VALUE.match(value):
             continue
         group = key.replace(".", "/")
-        if group not in groups:
+        if group not in groups or group.startswith("hydra"):  # (Hydra's own groups take its plugins' options too)
             continue
         available = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
         if key != group:  # method.optimizer=sgd: a key, where the option of the group method/optimizer was meant
