@@ -420,7 +420,7 @@ def test_evaluating_a_saved_unlearned_model_reproduces_the_runs_after_metrics(si
 
 
 ATTACKS = {"mia_target", "mia", "paraphrase", "prefixes", "relearn_forget", "relearn_benign"}
-ATTACKS |= {"rtn8", "rtn4", "rtn4_g128", "fp4", "nf4"}
+ATTACKS |= {"rtn8", "rtn4", "rtn4_g128", "fp4", "nf4", "quantization_worst"}
 # the baselines: the probes on the target before unlearning, the relearning of the retain model
 ATTACKS |= {"paraphrase_target", "prefixes_target", "relearn_forget_retain_model", "mia_retain_model"}
 
@@ -443,8 +443,22 @@ def test_the_attack_stage_reports_every_attack_and_changes_nothing_of_the_run(ca
     # quantisation keeps the whole benchmark, so TOFU-style forget quality (against the reference) is there
     assert 0 <= robustness["rtn4"]["scores"]["forget_quality"] <= 1 and "scores" not in robustness["paraphrase"]
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
-    assert {r["stage"] for r in rows} >= ATTACKS | {"before", "after"}
-    for attack in ATTACKS - {"mia_target", "mia", "mia_retain_model"}:  # each attack's summary is the mean of its rows
+    assert {r["stage"] for r in rows} >= ATTACKS - {"quantization_worst"} | {"before", "after"}  # (a summary: no rows)
+    # the worst scheme: the largest forget ROUGE-L over the unlearned model's ("after") among the schemes whose
+    # retain ROUGE-L stays within 0.05 of after's
+    m, after = "rougeL_recall", attacked["after"]
+    schemes = [s for s in ("rtn8", "rtn4", "rtn4_g128", "fp4", "nf4") if s in robustness]
+    kept = [s for s in schemes if robustness[s]["retain"][m] >= after["retain"][m] - 0.05]
+    worst = robustness["quantization_worst"]["search"]
+    assert worst["feasible"] == len(kept) and len(worst["trials"]) == len(schemes)
+    if kept:
+        assert worst["recovery"] == pytest.approx(max(robustness[s]["forget"][m] - after["forget"][m] for s in kept))
+    for attack in ATTACKS - {
+        "mia_target",
+        "mia",
+        "mia_retain_model",
+        "quantization_worst",
+    }:  # each the mean of its rows
         forget = [r["exact_match"] for r in rows if r["stage"] == attack and r["split"] == "forget"]
         assert robustness[attack]["forget"]["exact_match"] == pytest.approx(sum(forget) / len(forget)), attack
     for model in ("mia_target", "mia"):
@@ -1269,6 +1283,33 @@ def test_the_attack_baselines_on_the_target_are_made_once_and_read_as_they_were_
         return [r for r in rows if r["stage"] in BASELINES]
 
     assert baseline_rows("read") == baseline_rows("fresh")
+
+
+@pytest.mark.slow
+def test_the_worst_case_relearning_search_finds_at_least_every_grid_points_recovery(tmp_path, cache_dir):
+    """robustness.families.relearning.search over a grid of two learning rates (issue 45): each run's fixed
+    attack, at one grid point, is computed by the fixed attack's own code (recovery: the forget answers'
+    probability on the held-out rows after relearning minus forget_unattacked's); the search, which visits both
+    points, reports a
+    worst case at least as large as either point's, and as large as the larger of the two (utility margin 1:
+    every trial feasible)."""
+    grid = "{lr: [1.0e-3, 1.0e-2]}"
+    others = [f"robustness.families.{name}=null" for name in ("mia", "probes", "quantization")]
+    attack = [*SMALL, "method=fo", "robustness=standard", *others, "robustness.families.relearning.steps=10"]
+    attack += ["robustness.families.relearning.benign=false"]
+    search = f"robustness.families.relearning.search={{grid: {grid}, utility_margin: 1.0, metric: answer_prob}}"
+    fixed, worst = {}, []
+    for lr in (1.0e-3, 1.0e-2):
+        results = run_here([*attack, f"robustness.families.relearning.lr={lr}", search], tmp_path / str(lr), cache_dir)
+        attacked = results["robustness"]["relearn_forget"]
+        fixed[lr] = attacked["forget"]["answer_prob"] - attacked["forget_unattacked"]["answer_prob"]
+        worst.append(results["robustness"]["relearn_forget_worst"]["search"])
+    for found in worst:
+        assert found["feasible"] == 2 and {t["lr"] for t in found["trials"]} == set(fixed)
+        assert all(found["recovery"] >= recovery - 1e-12 for recovery in fixed.values())
+        assert found["recovery"] == pytest.approx(max(fixed.values()), abs=1e-12)
+        assert fixed[found["settings"]["lr"]] == pytest.approx(found["recovery"], abs=1e-12)
+    assert fixed[1.0e-3] != fixed[1.0e-2]  # (two points that differ: the search had a choice to make)
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from simu_lightning.utils.errors import SimuError
+from simu_lightning.robustness.worst_case import worst_scheme
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,10 @@ class Quantization:
     """The quantisation attacks (`robustness.families.quantization.schemes`), each evaluated on every split."""
 
     schemes: tuple[str, ...] = ("rtn8", "rtn4", "rtn4_g128", "fp4", "nf4")
+    # the worst scheme (`quantization_worst`): the largest recovery of forget `metric` among the schemes that
+    # keep retain `metric` within `utility_margin` of the unlearned model's (worst_case.py, the same rule)
+    metric: str = "rougeL_recall"
+    utility_margin: float = 0.05
 
     def __post_init__(self):
         unknown = [s for s in self.schemes if s not in SCHEMES]
@@ -159,3 +164,5 @@ class Quantization:
                 log.warning("robustness: %s skipped, bitsandbytes is not installed (pip install bitsandbytes)", scheme)
                 continue
             context.evaluate(scheme, quantized_copy(context.model, scheme), context.benchmark)
+        if ran := [scheme for scheme in self.schemes if scheme in context.results]:
+            context.results["quantization_worst"] = worst_scheme(context, ran, self.metric, self.utility_margin)

@@ -29,6 +29,7 @@ from simu_lightning.models.finetune import FineTune, answer_loader
 from simu_lightning.evaluation.splits import view
 from simu_lightning.utils.seeding import seeded
 from simu_lightning.utils.phase_progress import fit_steps
+from simu_lightning.robustness.worst_case import RelearningSearch, worst_case_relearning
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,15 @@ class Relearning:
     benign_split: str | None = None  # null: the benchmark's retain split
     forget: bool = True
     benign: bool = True
+    search: dict | None = None  # the worst-case attack's settings (worst_case.py); null: the fixed attack only
 
     def __post_init__(self):
         if self.steps < 1:
             raise SimuError(f"robustness.families.relearning.steps={self.steps} must be at least 1")
         if not 0 < self.forget_fraction < 1:
             raise SimuError(f"robustness.families.relearning.forget_fraction={self.forget_fraction} must lie in (0, 1)")
+        if self.search is not None and not isinstance(self.search, RelearningSearch):
+            self.search = RelearningSearch(**dict(self.search))
 
     def relearned(self, context, rows: list[dict], model=None):
         """A copy of the unlearned model (or of `model`) fine-tuned for `steps` steps on `rows`, every
@@ -105,6 +109,8 @@ class Relearning:
         forget = context.forget_split()
         if self.forget:
             self.relearn_forget(context, "relearn_forget", context.model)
+        if self.search is not None:
+            context.results["relearn_forget_worst"] = worst_case_relearning(self, context, self.search)
         if self.benign:
             split = self.benign_split or context.benchmark.retain
             model = self.relearned(context, context.benchmark[split].to_list())
