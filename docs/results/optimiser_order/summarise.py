@@ -1,0 +1,73 @@
+"""Issue 45, optimiser order: per arm (<mask>_<order>), held-out retain EM where forget EM first reaches 0.1
+(the report's matched-forgetting read, report/matched.py), and, in the reporting runs, the attacks' recovery at
+that point: 4-bit (the worst of rtn4 and nf4 within the utility margin) and the worst-case relearning search.
+Mean [95% t interval] over seeds; paired by seed against simu_sophia. usage: summarise.py DIR [tuning|reporting]"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from simu_lightning.report.matched import at_forget_level
+from simu_lightning.report.runs import curve_points
+from simu_lightning.unlearning.stopping import StoppingRule
+
+LEVEL = StoppingRule.parse("forget.exact_match<=0.1").conditions[0]
+METRIC = "retain_heldout.exact_match"
+
+
+def interval(values) -> str:
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(values) == 0:
+        return "–"
+    if len(values) < 2:
+        return f"{values.mean():.3f} (n=1)"
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return f"{values.mean():.3f} [{values.mean() - half:.3f}, {values.mean() + half:.3f}]"
+
+
+def signed(value) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def recovery(results: dict, attack: str) -> float | None:
+    return ((results.get("robustness") or {}).get(attack) or {}).get("search", {}).get("recovery")
+
+
+if __name__ == "__main__":
+    root, part = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "reporting"
+    runs: dict[str, dict[str, dict]] = {}
+    for path in sorted((root / part).glob("*/results.json")):
+        name = path.parent.name
+        arm, _, tag = name.rpartition("_s" if part == "reporting" else "_lr")
+        results = json.loads(path.read_text())
+        runs.setdefault(arm, {})[tag] = {
+            "matched": at_forget_level(curve_points(path.parent / "curve.jsonl"), LEVEL, [METRIC]),
+            "stopped": results["stopped"],
+            "quant": recovery(results, "quantization_worst"),
+            "relearn": recovery(results, "relearn_forget_worst"),
+        }
+    head = "seed" if part == "reporting" else "lr"
+    print(f"| arm | {head} | held-out retain EM at forget EM 0.1 | stop step | 4-bit recovery | worst-case relearning recovery |")
+    print("|---|---|---|---|---|---|")
+    for arm, by in runs.items():
+        for tag, r in by.items():
+            value = r["matched"].get(METRIC) if r["matched"] else None
+            print(
+                f"| {arm} | {tag} | {'not reached' if value is None else round(value, 3)} | {r['stopped']['step']} | "
+                f"{signed(r['quant'])} | {signed(r['relearn'])} |"
+            )
+    if part == "reporting":
+        print("\n| arm | held-out retain EM at forget EM 0.1 | 4-bit recovery | worst-case relearning recovery | paired retain diff vs simu_sophia |")
+        print("|---|---|---|---|---|")
+        base = runs.get("simu_sophia", {})
+        for arm, by in runs.items():
+            values = {s: (r["matched"] or {}).get(METRIC) for s, r in by.items()}
+            pairs = [values[s] - (base[s]["matched"] or {}).get(METRIC) for s in values if s in base and values[s] is not None and base[s]["matched"]]
+            print(
+                f"| {arm} | {interval(values.values())} ({sum(v is not None for v in values.values())}/{len(values)} reached) | "
+                f"{interval(r['quant'] for r in by.values())} | {interval(r['relearn'] for r in by.values())} | "
+                f"{interval(pairs) if arm != 'simu_sophia' else '–'} |"
+            )
