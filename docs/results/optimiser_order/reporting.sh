@@ -2,8 +2,8 @@
 # Issue 45, optimiser order on the embedded default: every arm at its tuned lr (CHOSEN below, from tuning/ at
 # seed 10), seeds 0-2, then the attacks at the point each run stops (matched forgetting: forget EM <= 0.1):
 # 4-bit (rtn4, nf4) and the worst-case relearning search (Optuna, 4 trials, retain within 0.05).
-# usage: reporting.sh CODE_DIR OUT_DIR
-code=$1; out=$2
+# usage: reporting.sh CODE_DIR OUT_DIR [SEEDS]
+code=$1; out=$2; seeds=${3:-"0 1 2"}
 mkdir -p $out/reporting; cd $code
 export PYTHONPATH=$code/src SIMU_CACHE_DIR=$out/cache HF_HUB_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=1
 py=/work/main/.venv/bin/python
@@ -11,7 +11,7 @@ source $code/docs/results/optimiser_order/chosen.sh   # CHOSEN[<mask>_<order>]=<
 ATTACKS="robustness=standard robustness.families.mia=null robustness.families.probes=null"
 ATTACKS+=" robustness.families.quantization.schemes=[rtn4,nf4] robustness.families.relearning.benign=false"
 ATTACKS+=" robustness.families.relearning.search={trials:4,utility_margin:0.05}"
-for seed in 0 1 2; do
+for seed in $seeds; do
   for arm in "${!CHOSEN[@]}"; do
     mask=${arm%%_*}; order=${arm#*_}
     dir=$out/reporting/${arm}_s$seed
