@@ -1313,6 +1313,23 @@ def test_the_worst_case_relearning_search_finds_at_least_every_grid_points_recov
 
 
 @pytest.mark.slow
+def test_the_worst_case_search_starts_from_the_fixed_attack_and_never_reports_less(tmp_path, cache_dir):
+    """An Optuna search (TPE, 3 trials): its first trial is the fixed attack's setting, whose recovery equals the
+    fixed attack's own (computed by relearn_forget), so the worst case is at least that."""
+    others = [f"robustness.families.{name}=null" for name in ("mia", "probes", "quantization")]
+    attack = [*SMALL, "method=fo", "robustness=standard", *others, "robustness.families.relearning.steps=10"]
+    attack += ["robustness.families.relearning.benign=false", "robustness.families.relearning.lr=1.0e-3"]
+    search = "robustness.families.relearning.search={trials: 3, utility_margin: 1.0, metric: answer_prob}"
+    results = run_here([*attack, search], tmp_path, cache_dir)
+    attacked, found = results["robustness"]["relearn_forget"], results["robustness"]["relearn_forget_worst"]["search"]
+    fixed = attacked["forget"]["answer_prob"] - attacked["forget_unattacked"]["answer_prob"]
+    first = found["trials"][0]
+    assert (first["lr"], first["steps"], first["forget_fraction"]) == (1.0e-3, 10, 0.25)
+    assert first["recovery"] == pytest.approx(fixed, abs=1e-12) and len(found["trials"]) == 3
+    assert found["recovery"] >= fixed - 1e-12
+
+
+@pytest.mark.slow
 def test_a_muse_run_unlearns_raw_text_and_reports_muses_criteria(tmp_path, cache_dir):
     """MUSE's data is not on these machines: a folder the test writes in the hub's layout."""
     folder = write_muse_folder(tmp_path / "muse")

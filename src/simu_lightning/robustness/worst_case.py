@@ -1,7 +1,7 @@
 """The worst-case relearning attack (issue 45; TamperBench, "Under the Microscope" 2510.07626): an attack at
 one fixed setting understates what an attacker recovers, so `robustness.families.relearning.search` sweeps
 the attacker's settings with Optuna and reports the largest recovery among the settings that keep the model
-useful.
+useful. Its first trial is the fixed attack's own setting, so the worst case is never below the fixed attack.
 
 A trial relearns a copy of the unlearned model on a share of the forget rows (`forget_fraction`, drawn as
 the fixed attack draws them) at a learning rate and a number of steps, then scores the held-out forget rows
@@ -105,6 +105,8 @@ def worst_case_relearning(relearning, context, search: RelearningSearch) -> dict
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=search.sampler())
+    if search.grid is None:  # the fixed attack's own setting first: the worst case is never below it
+        study.enqueue_trial({k: getattr(relearning, k) for k in search._space})
     count = search.trials if search.grid is None else _grid_size(search.grid)
     study.optimize(objective, n_trials=count)
     trials = [t.user_attrs["record"] for t in study.trials]
