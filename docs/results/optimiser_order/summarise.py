@@ -36,6 +36,18 @@ def recovery(results: dict, attack: str) -> float | None:
     return ((results.get("robustness") or {}).get(attack) or {}).get("search", {}).get("recovery")
 
 
+def fixed_recovery(results: dict, metric: str = "rougeL_recall") -> float | None:
+    attacked = (results.get("robustness") or {}).get("relearn_forget")
+    return attacked["forget"][metric] - attacked["forget_unattacked"][metric] if attacked else None
+
+
+def worst_relearning(results: dict) -> float | None:
+    """The search's worst case, and at least the fixed attack's: this study's runs (at 19eb7cd) searched before
+    the search's first trial was the fixed setting (9a78b1f on), which gives the larger of the two."""
+    values = [v for v in (recovery(results, "relearn_forget_worst"), fixed_recovery(results)) if v is not None]
+    return max(values) if values else None
+
+
 if __name__ == "__main__":
     root, part = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "reporting"
     runs: dict[str, dict[str, dict]] = {}
@@ -47,7 +59,8 @@ if __name__ == "__main__":
             "matched": at_forget_level(curve_points(path.parent / "curve.jsonl"), LEVEL, [METRIC]),
             "stopped": results["stopped"],
             "quant": recovery(results, "quantization_worst"),
-            "relearn": recovery(results, "relearn_forget_worst"),
+            "relearn": worst_relearning(results),
+            "fixed": fixed_recovery(results),
         }
     head = "seed" if part == "reporting" else "lr"
     print(f"| arm | {head} | held-out retain EM at forget EM 0.1 | stop step | 4-bit recovery | worst-case relearning recovery |")
@@ -60,14 +73,15 @@ if __name__ == "__main__":
                 f"{signed(r['quant'])} | {signed(r['relearn'])} |"
             )
     if part == "reporting":
-        print("\n| arm | held-out retain EM at forget EM 0.1 | 4-bit recovery | worst-case relearning recovery | paired retain diff vs simu_sophia |")
-        print("|---|---|---|---|---|")
+        print("\n| arm | held-out retain EM at forget EM 0.1 | 4-bit recovery | relearning recovery, fixed | worst case | paired retain diff vs simu_sophia |")
+        print("|---|---|---|---|---|---|")
         base = runs.get("simu_sophia", {})
         for arm, by in runs.items():
             values = {s: (r["matched"] or {}).get(METRIC) for s, r in by.items()}
             pairs = [values[s] - (base[s]["matched"] or {}).get(METRIC) for s in values if s in base and values[s] is not None and base[s]["matched"]]
             print(
                 f"| {arm} | {interval(values.values())} ({sum(v is not None for v in values.values())}/{len(values)} reached) | "
-                f"{interval(r['quant'] for r in by.values())} | {interval(r['relearn'] for r in by.values())} | "
+                f"{interval(r['quant'] for r in by.values())} | {interval(r['fixed'] for r in by.values())} | "
+                f"{interval(r['relearn'] for r in by.values())} | "
                 f"{interval(pairs) if arm != 'simu_sophia' else '–'} |"
             )
