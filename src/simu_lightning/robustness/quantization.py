@@ -164,5 +164,6 @@ class Quantization:
                 log.warning("robustness: %s skipped, bitsandbytes is not installed (pip install bitsandbytes)", scheme)
                 continue
             context.evaluate(scheme, quantized_copy(context.model, scheme), context.benchmark)
-        if ran := [scheme for scheme in self.schemes if scheme in context.results]:
-            context.results["quantization_worst"] = worst_scheme(context, ran, self.metric, self.utility_margin)
+        ran = [scheme for scheme in self.schemes if scheme in context.results]
+        if ran and (worst := worst_scheme(context, ran, self.metric, self.utility_margin)) is not None:
+            context.results["quantization_worst"] = worst

@@ -87,13 +87,13 @@ def worst_case_relearning(relearning, context, search: RelearningSearch) -> dict
     forget_name, retain_name, metric = context.benchmark.forget, context.benchmark.retain, search.metric
     forget = context.forget_split()
     retain_view = view(context.benchmark, **{retain_name: context.benchmark[retain_name]})
-    retain_before = score(context, context.model, retain_view)[retain_name][metric]
+    retain_before = read(score(context, context.model, retain_view), retain_name, metric, "relearning.search")
 
     def objective(trial) -> float:
         settings = search.settings(trial, relearning)
         train, held = relearning_rows(len(forget), settings["forget_fraction"])
         held_view = view(context.benchmark, **{forget_name: forget.select(held)})
-        before = score(context, context.model, held_view)[forget_name][metric]
+        before = read(score(context, context.model, held_view), forget_name, metric, "relearning.search")
         attacker = replace(relearning, lr=settings["lr"], steps=settings["steps"], search=None)
         relearned = attacker.relearned(context, forget.select(train).to_list())
         after = score(context, relearned, held_view)[forget_name][metric]
@@ -107,38 +107,52 @@ def worst_case_relearning(relearning, context, search: RelearningSearch) -> dict
     study = optuna.create_study(direction="maximize", sampler=search.sampler())
     if search.grid is None:  # the fixed attack's own setting first: the worst case is never below it
         study.enqueue_trial({k: getattr(relearning, k) for k in search._space})
-    count = search.trials if search.grid is None else _grid_size(search.grid)
-    study.optimize(objective, n_trials=count)
+    study.optimize(objective, n_trials=search.trials if search.grid is None else _grid_size(search.grid))
     trials = [t.user_attrs["record"] for t in study.trials]
+    return worst_of(context, trials, metric, retain_before, search.utility_margin, search._space, "relearning")
+
+
+def read(summary: dict, split: str, metric: str, setting: str) -> float:
+    """summary[split][metric], or one line naming the setting when the evaluation has no such figure."""
+    if metric not in summary.get(split, {}):
+        raise SimuError(
+            f"robustness.families.{setting}.metric={metric}: the evaluation has no {split}.{metric} "
+            f"(it evaluates {', '.join(summary)})"
+        )
+    return summary[split][metric]
+
+
+def worst_of(context, trials: list[dict], metric: str, retain_before: float, margin: float, keys, what: str) -> dict:
+    """The largest feasible recovery among `trials`, recorded as an attack's splits with the search beside."""
+    forget_name, retain_name = context.benchmark.forget, context.benchmark.retain
     feasible = [t for t in trials if t["feasible"]]
     worst = max(feasible, key=lambda t: t["recovery"]) if feasible else None
     log.info(
-        "robustness: worst-case relearning: %s over %d trials (%d keep retain %s within %.2f of %.3f)",
+        "robustness: worst-case %s: %s over %d trials (%d keep retain %s within %.2f of %.3f)",
+        what,
         f"recovery {worst['recovery']:+.3f} at {worst}" if worst else "no feasible trial",
         len(trials),
         len(feasible),
         metric,
-        search.utility_margin,
+        margin,
         retain_before,
     )
     found = {
         "metric": metric,
         "recovery": worst["recovery"] if worst else None,
-        "settings": {k: worst[k] for k in search._space} if worst else None,
+        "settings": {k: worst[k] for k in keys} if worst else None,
         "retain_unlearned": retain_before,
-        "utility_margin": search.utility_margin,
+        "utility_margin": margin,
         "feasible": len(feasible),
         "trials": trials,
     }
     if worst is None:
         return {"search": found}
     # as every attack records its splits (the tables read them), and the search beside them
-    return {
-        forget_name: {metric: worst["after"]},
-        f"{forget_name}_unattacked": {metric: worst["before"]},
-        retain_name: {metric: worst["retain"]},
-        "search": found,
-    }
+    splits = {forget_name: {metric: worst["after"]}}
+    if "before" in worst:
+        splits[f"{forget_name}_unattacked"] = {metric: worst["before"]}
+    return splits | {retain_name: {metric: worst["retain"]}, "search": found}
 
 
 def _grid_size(grid: dict) -> int:
@@ -148,11 +162,15 @@ def _grid_size(grid: dict) -> int:
     return size
 
 
-def worst_scheme(context, schemes: list[str], metric: str, utility_margin: float) -> dict:
+def worst_scheme(context, schemes: list[str], metric: str, utility_margin: float) -> dict | None:
     """The quantisation scheme (already evaluated, in context.results) with the largest recovery of forget
     `metric` over the unlearned model's, among those whose retain `metric` stays within `utility_margin` of
-    the unlearned model's: recorded as the search above records its worst trial."""
+    the unlearned model's: recorded as the relearning search records its worst trial. None where the
+    evaluation has no such forget and retain figures (MUSE evaluates verbmem and knowmem)."""
     forget_name, retain_name = context.benchmark.forget, context.benchmark.retain
+    if any(metric not in context.results[s].get(split, {}) for s in schemes for split in (forget_name, retain_name)):
+        log.info("robustness: no worst quantisation scheme: the evaluation has no %s.%s", forget_name, metric)
+        return None
     unlearned = score(context, context.model, context.benchmark)
     trials = [
         {
@@ -165,17 +183,6 @@ def worst_scheme(context, schemes: list[str], metric: str, utility_margin: float
     ]
     for trial in trials:
         trial["feasible"] = trial["retain"] >= unlearned[retain_name][metric] - utility_margin
-    feasible = [t for t in trials if t["feasible"]]
-    worst = max(feasible, key=lambda t: t["recovery"]) if feasible else None
-    found = {
-        "metric": metric,
-        "recovery": worst["recovery"] if worst else None,
-        "settings": {"scheme": worst["scheme"]} if worst else None,
-        "retain_unlearned": unlearned[retain_name][metric],
-        "utility_margin": utility_margin,
-        "feasible": len(feasible),
-        "trials": trials,
-    }
-    if worst is None:
-        return {"search": found}
-    return {forget_name: {metric: worst["after"]}, retain_name: {metric: worst["retain"]}, "search": found}
+    return worst_of(
+        context, trials, metric, unlearned[retain_name][metric], utility_margin, ("scheme",), "quantisation"
+    )
