@@ -1,7 +1,7 @@
 """Issue 45, optimiser order: per arm (<mask>_<order>), held-out retain EM where forget EM first reaches 0.1
 (the report's matched-forgetting read, report/matched.py), and, in the reporting runs, the attacks' recovery at
 that point: 4-bit (the worst of rtn4 and nf4 within the utility margin) and the worst-case relearning search.
-Mean [95% t interval] over seeds; paired by seed against simu_sophia. usage: summarise.py DIR [tuning|reporting]"""
+Mean [95% t interval] over seeds; paired by seed against simu_sophia. usage: summarise.py DIR [tuning|reporting|planted_tuning|planted_reporting]"""
 
 import json
 import sys
@@ -53,7 +53,7 @@ if __name__ == "__main__":
     runs: dict[str, dict[str, dict]] = {}
     for path in sorted((root / part).glob("*/results.json")):
         name = path.parent.name
-        arm, _, tag = name.rpartition("_s" if part == "reporting" else "_lr")
+        arm, _, tag = name.rpartition("_s" if part.endswith("reporting") else "_lr")
         results = json.loads(path.read_text())
         runs.setdefault(arm, {})[tag] = {
             "matched": at_forget_level(curve_points(path.parent / "curve.jsonl"), LEVEL, [METRIC]),
@@ -61,8 +61,9 @@ if __name__ == "__main__":
             "quant": recovery(results, "quantization_worst"),
             "relearn": worst_relearning(results),
             "fixed": fixed_recovery(results),
+            "update": ((results.get("planted") or {}).get("update") or {}).get("overall", {}).get("auroc"),
         }
-    head = "seed" if part == "reporting" else "lr"
+    head = "seed" if part.endswith("reporting") else "lr"
     print(f"| arm | {head} | held-out retain EM at forget EM 0.1 | stop step | 4-bit recovery | worst-case relearning recovery |")
     print("|---|---|---|---|---|---|")
     for arm, by in runs.items():
@@ -72,9 +73,9 @@ if __name__ == "__main__":
                 f"| {arm} | {tag} | {'not reached' if value is None else round(value, 3)} | {r['stopped']['step']} | "
                 f"{signed(r['quant'])} | {signed(r['relearn'])} |"
             )
-    if part == "reporting":
-        print("\n| arm | held-out retain EM at forget EM 0.1 | 4-bit recovery | relearning recovery, fixed | worst case | paired retain diff vs simu_sophia |")
-        print("|---|---|---|---|---|---|")
+    if part.endswith("reporting"):
+        print("\n| arm | held-out retain EM at forget EM 0.1 | 4-bit recovery | relearning recovery, fixed | worst case | paired retain diff vs simu_sophia | update AUROC (planted) |")
+        print("|---|---|---|---|---|---|---|")
         base = runs.get("simu_sophia", {})
         for arm, by in runs.items():
             values = {s: (r["matched"] or {}).get(METRIC) for s, r in by.items()}
@@ -83,5 +84,5 @@ if __name__ == "__main__":
                 f"| {arm} | {interval(values.values())} ({sum(v is not None for v in values.values())}/{len(values)} reached) | "
                 f"{interval(r['quant'] for r in by.values())} | {interval(r['fixed'] for r in by.values())} | "
                 f"{interval(r['relearn'] for r in by.values())} | "
-                f"{interval(pairs) if arm != 'simu_sophia' else '–'} |"
+                f"{interval(pairs) if arm != 'simu_sophia' else '–'} | {interval(r['update'] for r in by.values())} |"
             )
