@@ -11,34 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from simu_lightning.optim.masks import checked_masks, local
+from simu_lightning.optim.masks import MaskedUpdates, local
 
 BUFFER = "momentum_buffer"
 
 
-def refuse_low_precision(optimizer: torch.optim.Optimizer) -> None:
-    """These optimisers keep no fp32 master weights: a step at an unlearning lr is below a bf16 weight's
-    rounding step (Sophia and MaskedAdamW keep masters: optim/master.py)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.dtype in (torch.bfloat16, torch.float16):
-                raise ValueError(
-                    f"{type(optimizer).__name__}: the weights must be float32, got {p.dtype} "
-                    "(model.dtype=float32, or method.optimizer=sophia or adamw, which keep fp32 masters)"
-                )
-
-
-class MaskedSGD(torch.optim.SGD):
+class MaskedSGD(MaskedUpdates, torch.optim.SGD):
     def __init__(self, params, *args, masks: dict[torch.Tensor, torch.Tensor] | None = None, **kwargs):
         super().__init__(params, *args, **kwargs)
-        refuse_low_precision(self)
-        self.masks: dict[torch.Tensor, torch.Tensor] = {}
-        if masks:
-            self.set_masks(masks)
-
-    def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
-        """Restrict updates of each given parameter to the entries where its mask is True."""
-        self.masks.update(checked_masks(self, masks))
+        self._take_masks(masks)
 
     @torch.no_grad()
     def step(self, closure=None):

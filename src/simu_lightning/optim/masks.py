@@ -52,3 +52,29 @@ def checked_masks(optimizer: Optimizer, masks: dict[torch.Tensor, torch.Tensor])
             )
         checked[param] = mask.to(device=shard.device, dtype=torch.bool)
     return checked
+
+
+def refuse_low_precision(optimizer: Optimizer) -> None:
+    """The plain masked optimisers keep no fp32 master weights: a step at an unlearning lr is below a bf16
+    weight's rounding step (Sophia and MaskedAdamW keep masters: optim/master.py)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.dtype in (torch.bfloat16, torch.float16):
+                raise ValueError(
+                    f"{type(optimizer).__name__}: the weights must be float32, got {p.dtype} "
+                    "(model.dtype=float32, or method.optimizer=sophia or adamw, which keep fp32 masters)"
+                )
+
+
+class MaskedUpdates:
+    """What MaskedSGD, SignSGD and ZerothOrder share: float32 weights, and `masks` set through `set_masks`."""
+
+    def _take_masks(self, masks: dict[torch.Tensor, torch.Tensor] | None) -> None:
+        refuse_low_precision(self)
+        self.masks: dict[torch.Tensor, torch.Tensor] = {}
+        if masks:
+            self.set_masks(masks)
+
+    def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
+        """Restrict updates of each given parameter to the entries where its mask is True."""
+        self.masks.update(checked_masks(self, masks))

@@ -13,24 +13,17 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
-from simu_lightning.optim.masked_sgd import refuse_low_precision
-from simu_lightning.optim.masks import checked_masks, local
+from simu_lightning.optim.masks import MaskedUpdates, local
 
 
-class SignSGD(Optimizer):
+class SignSGD(MaskedUpdates, Optimizer):
     def __init__(self, params, lr: float = 1e-5, beta: float = 0.9, weight_decay: float = 0.0, masks=None):
         if not lr > 0:
             raise ValueError(f"SignSGD: lr must be positive, got {lr}")
         if not 0 <= beta < 1:
             raise ValueError(f"SignSGD: beta must be in [0, 1), got {beta}")
         super().__init__(params, {"lr": lr, "beta": beta, "weight_decay": weight_decay})
-        refuse_low_precision(self)
-        self.masks: dict[torch.Tensor, torch.Tensor] = {}
-        if masks:
-            self.set_masks(masks)
-
-    def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
-        self.masks.update(checked_masks(self, masks))
+        self._take_masks(masks)
 
     @torch.no_grad()
     def step(self, closure=None):

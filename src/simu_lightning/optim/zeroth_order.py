@@ -25,12 +25,11 @@ import torch
 from torch.optim import Optimizer
 
 from simu_lightning.distributed import sum_across
-from simu_lightning.optim.masked_sgd import refuse_low_precision
-from simu_lightning.optim.masks import checked_masks, local
+from simu_lightning.optim.masks import MaskedUpdates, local
 from simu_lightning.utils.processes import rank_and_world
 
 
-class ZerothOrder(Optimizer):
+class ZerothOrder(MaskedUpdates, Optimizer):
     zeroth_order = True  # the module calls step(loss=...) and runs no backward (unlearning/module.py)
 
     def __init__(
@@ -48,14 +47,8 @@ class ZerothOrder(Optimizer):
         if isinstance(perturbations, bool) or not isinstance(perturbations, int) or perturbations < 1:
             raise ValueError(f"ZerothOrder: perturbations must be an integer >= 1, got {perturbations!r}")
         super().__init__(params, {"lr": lr, "mu": mu, "weight_decay": weight_decay})
-        refuse_low_precision(self)
         self.perturbations, self.seed, self.steps = perturbations, seed, 0
-        self.masks: dict[torch.Tensor, torch.Tensor] = {}
-        if masks:
-            self.set_masks(masks)
-
-    def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
-        self.masks.update(checked_masks(self, masks))
+        self._take_masks(masks)
 
     def _params(self) -> list[tuple[torch.Tensor, dict]]:
         return [(p, group) for group in self.param_groups for p in group["params"] if p.requires_grad]
