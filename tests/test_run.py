@@ -627,11 +627,15 @@ def test_the_controls_mask_adamw_to_random_neurons_without_the_retain_sets_own(c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["sgd", "signsgd", "zo"])
+@pytest.mark.parametrize("optimizer", ["sgd", "signsgd", "zo", "hybrid"])
 def test_every_optimiser_order_keeps_simus_mask_in_a_run(cache_dir, tmp_path, optimizer):
-    """method/optimizer=sgd, signsgd or zo under SIMU (issue 45): the down projections' columns outside the
-    critical neurons, and every up and gate projection, end with the target's bits; the critical columns move."""
-    run_here([*SMALL, "method=simu", f"method/optimizer={optimizer}", "method.optimizer.lr=1e-2"], tmp_path, cache_dir)
+    """method/optimizer=sgd, signsgd, zo or hybrid under SIMU (issue 45): the down projections' columns outside
+    the critical neurons, and every up and gate projection, end with the target's bits; the critical columns
+    move. The hybrid alternates one step of each half, so both take steps."""
+    each = ["method.optimizer.steps_each=1"] if optimizer == "hybrid" else []
+    run_here(
+        [*SMALL, "method=simu", f"method/optimizer={optimizer}", "method.optimizer.lr=1e-2", *each], tmp_path, cache_dir
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     critical = torch.load(tmp_path / "attribution" / "critical_neurons.pt")
     weights, target = (
@@ -751,12 +755,12 @@ def test_mode_prepare_caches_the_target_and_its_retain_model_and_stops(tmp_path)
         (["method=sgd"], "unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
         (
             ["method/optimizer=lion"],
-            "unknown method/optimizer 'lion': choose one of adamw, sgd, signsgd, sophia, zo (method/optimizer=...)",
+            "unknown method/optimizer 'lion': choose one of adamw, hybrid, sgd, signsgd, sophia, zo (method/optimizer=...)",
         ),
         (
             ["method.optimizer=sgd"],
             "method.optimizer=sgd: choose an option of the group method/optimizer with method/optimizer=sgd "
-            "(one of adamw, sgd, signsgd, sophia, zo)",
+            "(one of adamw, hybrid, sgd, signsgd, sophia, zo)",
         ),
         (
             ["loss=hinge"],

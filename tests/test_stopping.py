@@ -11,6 +11,7 @@ from simu_lightning.evaluation import callback as evaluation_callback
 from simu_lightning.evaluation.metrics import unlearning_aggregate
 from simu_lightning.evaluation.probe import probe_plan, resolved_full_around, snapshot, weights_of
 from simu_lightning.evaluation.types import EvaluationSettings, Evaluation
+from simu_lightning.optim.hybrid import FirstZerothHybrid
 from simu_lightning.pipeline.stopping import StopWhen
 from simu_lightning.unlearning.stopping import ForgetLevels, StoppingRule
 
@@ -51,18 +52,23 @@ def hook(name: str, callbacks, *args) -> None:
         getattr(callback, name)(*args)
 
 
-def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1):
-    """Run the callbacks' hooks as a fit would: before, then a step at a time until it stops."""
+def drive(monkeypatch, tmp_path, forget_em, rule, steps, every=1, optimizer=None):
+    """Run the callbacks' hooks as a fit would: before, then a step at a time until it stops (`optimizer`:
+    the fit's, whose step count follows the fit's)."""
     callbacks = fit_callbacks(Scripted(forget_em), tmp_path, StoppingRule.parse(rule), every_n_steps=every)
     trainer = SimpleNamespace(
         global_step=0, current_epoch=0, should_stop=False, loggers=[], is_global_zero=True, ckpt_path=None
     )
+    if optimizer is not None:
+        trainer.optimizers = [optimizer]
     module = SimpleNamespace(model=None)
     hook("on_fit_start", callbacks, trainer, module)
     hook("on_train_start", callbacks, trainer, module)
     while not trainer.should_stop and trainer.global_step < steps:
         trainer.global_step += 1
         trainer.current_epoch = (trainer.global_step - 1) // 2
+        if optimizer is not None:
+            optimizer.steps = trainer.global_step
         hook("on_train_batch_end", callbacks, trainer, module, None, None, 0)
     hook("on_fit_end", callbacks, trainer, module)
     return *callbacks, trainer
@@ -76,6 +82,21 @@ def test_unlearning_stops_at_the_first_point_that_meets_the_condition(monkeypatc
     assert cb.after.summary["forget"]["exact_match"] == 0.1  # the model at the stop is "after"
     assert {r["stage"] for r in cb.after.rows} == {"after"}
     assert [p["step"] for p in cb.points] == [0, 1, 2, 3]
+
+
+def test_the_hybrid_finishes_its_zeroth_order_round_after_the_rule_holds(monkeypatch, tmp_path):
+    """2 first-order steps then 2 zeroth-order ones, in turn: the rule holds at step 3 (the first zeroth-order
+    round's first step), so the fit runs on to step 4, the round's end, and "after" is the model there."""
+    hybrid = FirstZerothHybrid([torch.nn.Parameter(torch.zeros(2))], steps_each=2)
+    em = [1.0, 0.8, 0.5, 0.1, 0.05, 0.0]
+    cb, stop, trainer = drive(monkeypatch, tmp_path, em, "forget.exact_match<=0.1", steps=10, optimizer=hybrid)
+    assert trainer.global_step == 4 and trainer.should_stop
+    assert stop.stopped == {"reason": "condition met", "step": 4, "epoch": 1, "met_at": {"step": 3, "epoch": 1}}
+    assert cb.after.summary["forget"]["exact_match"] == 0.05
+    # met at the end of a zeroth-order round (step 4 of 2 + 2), it stops there
+    em = [1.0, 0.8, 0.5, 0.3, 0.1, 0.0]
+    _, stop, trainer = drive(monkeypatch, tmp_path / "b", em, "forget.exact_match<=0.1", steps=10, optimizer=hybrid)
+    assert trainer.global_step == 4 and stop.stopped == {"reason": "condition met", "step": 4, "epoch": 1}
 
 
 def test_a_rule_never_met_runs_the_budget_and_says_so(monkeypatch, tmp_path):

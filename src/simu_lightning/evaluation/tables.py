@@ -59,6 +59,11 @@ def stopping_sentence(stopped: dict | None) -> str:
     if not stopped:
         return ""
     where = f"step {stopped['step']} (epoch {stopped['epoch']})"
+    if stopped["reason"] == "condition met" and "met_at" in stopped:
+        return (
+            f"Stopped at {where}: {stopped['rule']} held at step {stopped['met_at']['step']}, and the optimiser "
+            "finished its zeroth-order round; the model there is the 'after' model."
+        )
     if stopped["reason"] == "condition met":
         return f"Stopped at {where}: {stopped['rule']} holds; the model there is the 'after' model."
     rule = f" without meeting {stopped['rule']}" if stopped.get("rule") else ""

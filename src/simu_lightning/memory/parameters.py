@@ -26,6 +26,8 @@ from simu_lightning.memory.shape import ModelShape, skeleton
 from simu_lightning.models.architecture import attention_projections, architecture_of, down_projections
 from simu_lightning.models.heads import head_masks
 from simu_lightning.optim.compact import CompactState
+from simu_lightning.optim.ada_zo import AdaZO
+from simu_lightning.optim.hybrid import FirstZerothHybrid
 from simu_lightning.optim.sign_sgd import SignSGD
 from simu_lightning.optim.zeroth_order import ZerothOrder
 from simu_lightning.unlearning.methods import Method
@@ -256,7 +258,7 @@ class Model:
             return 0
         if issubclass(self.optimizer, torch.optim.Adam | torch.optim.AdamW) and device == "cuda":
             return sum(local)
-        if issubclass(self.optimizer, ZerothOrder):  # the weights' copy, the estimate and one direction
+        if issubclass(self.optimizer, ZerothOrder | FirstZerothHybrid):  # the weights' copy, the estimate, a direction
             return 3 * sum(local)
         return 3 * max(local)
 
@@ -298,11 +300,15 @@ def _moments(optimizer: type, keywords: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if keywords.get("momentum") else ()
     if issubclass(optimizer, SignSGD):
         return ("momentum",)
+    if issubclass(optimizer, AdaZO):
+        return ("m", "v")
     if issubclass(optimizer, ZerothOrder):
         return ()  # (its step's copies are update_bytes)
+    if issubclass(optimizer, FirstZerothHybrid):  # both halves' moments, planned full size (AdamW's may be compact)
+        return ("exp_avg", "exp_avg_sq", "m", "v")
     raise SimuError(
         f"memory plan: optimiser {optimizer.__name__} is not modelled "
-        "(Sophia, MaskedAdamW, Adam, AdamW, SGD, SignSGD, ZerothOrder)"
+        "(Sophia, MaskedAdamW, Adam, AdamW, SGD, SignSGD, ZerothOrder, AdaZO, FirstZerothHybrid)"
     )
 
 

@@ -116,7 +116,8 @@ class UnlearningModule(L.LightningModule):
         optimizer = self.trainer.optimizers[0]
         state = [
             t
-            for per_param in optimizer.state.values()
+            for part in getattr(optimizer, "parts", (optimizer,))  # the hybrid's halves keep their own state
+            for per_param in part.state.values()
             for t in per_param.values()
             if isinstance(t, torch.Tensor) and t.dim() > 0
         ]
@@ -134,7 +135,7 @@ class UnlearningModule(L.LightningModule):
         if not hasattr(optimizer, "set_masks"):
             raise SimuError(
                 f"method {self.method.name!r}: critical-neuron masks need a masked optimiser "
-                f"(method/optimizer=sophia, adamw, sgd, signsgd or zo), not {type(optimizer).__name__}"
+                f"(method/optimizer=sophia, adamw, sgd, signsgd, zo or hybrid), not {type(optimizer).__name__}"
             )
         return optimizer
 
