@@ -86,3 +86,21 @@ if __name__ == "__main__":
                 f"{interval(r['relearn'] for r in by.values())} | "
                 f"{interval(pairs) if arm != 'simu_sophia' else '–'} | {interval(r['update'] for r in by.values())} |"
             )
+        # the second part (hybrid_*.sh): each new arm paired by seed with the same mask's AdamW arm, the
+        # first-order optimiser 2510.00761 sets its hybrid against (and zosphere with the Gaussian zo arm)
+        against = {"hybrid": "adamw", "zosphere": "zo"}
+        print("\n| arm | against | paired diff: held-out retain EM at forget EM 0.1 | 4-bit recovery | worst-case relearning recovery |")
+        print("|---|---|---|---|---|")
+        for arm, by in runs.items():
+            mask, _, order = arm.partition("_")
+            other = runs.get(f"{mask}_{against.get(order)}")
+            if order not in against or not other:
+                continue
+
+            def paired(read):
+                return interval(read(by[s]) - read(other[s]) for s in by if s in other and read(by[s]) is not None and read(other[s]) is not None)
+
+            print(
+                f"| {arm} | {mask}_{against[order]} | {paired(lambda r: (r['matched'] or {}).get(METRIC))} | "
+                f"{paired(lambda r: r['quant'])} | {paired(lambda r: r['relearn'])} |"
+            )
