@@ -214,6 +214,14 @@ def test_the_hybrid_takes_steps_each_first_order_steps_then_as_many_zeroth_order
     assert all(int(hybrid.first_order.state[p]["step"]) == 2 for p in net.parameters())
 
 
+def test_the_hybrids_zeroth_order_lr_is_zo_lr_or_lr_times_the_ratio():
+    w = torch.nn.Parameter(torch.zeros(3))
+    assert FirstZerothHybrid([w], lr=1e-3, zo_lr_ratio=0.01).zeroth.param_groups[0]["lr"] == 1e-3 * 0.01
+    assert FirstZerothHybrid([w], lr=1e-3, zo_lr=5e-4, zo_lr_ratio=0.01).zeroth.param_groups[0]["lr"] == 5e-4
+    assert FirstZerothHybrid([w], lr=1e-3).zeroth.param_groups[0]["lr"] == 1e-3  # runs before the ratio: 1
+    assert FirstZerothHybrid([w], lr=1e-3).first_order.param_groups[0]["lr"] == 1e-3
+
+
 def test_the_hybrid_resumes_where_it_stopped():
     net, x, y = net_and_data()
     hybrid = FirstZerothHybrid(net.parameters(), lr=0.01, steps_each=1)
@@ -232,6 +240,7 @@ def test_the_hybrid_resumes_where_it_stopped():
         (lambda w: ZerothOrder([w], directions="uniform"), "directions must be one of sphere, gaussian"),
         (lambda w: AdaZO([w], betas=(0.9, 1.0)), r"AdaZO: betas must lie in \[0, 1\)"),
         (lambda w: FirstZerothHybrid([w], steps_each=0), "steps_each must be an integer >= 1, got 0"),
+        (lambda w: FirstZerothHybrid([w], zo_lr_ratio=0), "zo_lr_ratio must be positive, got 0"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(make, problem):

@@ -5,7 +5,9 @@ ones optimise a randomly smoothed loss, which its authors find leaves the forget
 relearning). They report N first-order = N zeroth-order steps as best (20 each in their runs) and the result
 insensitive to N; `steps_each` sets N.
 
-Each half keeps its own state (AdamW's moments, R-AdaZO's m and v) and both take the same masks, so under
+The zeroth-order half's lr is `zo_lr`, or lr x `zo_lr_ratio`: R-AdaZO's first steps are up to 32 x its lr per
+entry in random directions, and at the first-order lr they wreck the model before it forgets (the optimiser-order
+study's tuning found lr / 100 best). Each half keeps its own state (AdamW's moments, R-AdaZO's m and v) and both take the same masks, so under
 SIMU every step leaves the entries outside the critical neurons bit-identical. `zeroth_order` says which
 half takes the next step: the module then runs no backward and passes the loss (unlearning/module.py).
 `finishing_steps` is how many steps are left to the end of the zeroth-order round that finishes the current
@@ -29,6 +31,7 @@ class FirstZerothHybrid(Optimizer):
         lr: float = 1e-5,
         steps_each: int = 5,
         zo_lr: float | None = None,
+        zo_lr_ratio: float = 1.0,
         weight_decay: float = 0.0,
         betas=(0.9, 0.999),
         perturbations: int = 1,
@@ -40,14 +43,17 @@ class FirstZerothHybrid(Optimizer):
     ):
         if isinstance(steps_each, bool) or not isinstance(steps_each, int) or steps_each < 1:
             raise ValueError(f"FirstZerothHybrid: steps_each must be an integer >= 1, got {steps_each!r}")
+        if not zo_lr_ratio > 0:
+            raise ValueError(f"FirstZerothHybrid: zo_lr_ratio must be positive, got {zo_lr_ratio}")
         params = [p for p in params]
-        super().__init__(params, {"lr": lr, "zo_lr": zo_lr or lr})
+        zo_lr = zo_lr or lr * zo_lr_ratio
+        super().__init__(params, {"lr": lr, "zo_lr": zo_lr})
         self.first_order = MaskedAdamW(
             params, lr=lr, betas=betas, weight_decay=weight_decay, compact_state=compact_state
         )
         self.zeroth = AdaZO(
             params,
-            lr=zo_lr or lr,
+            lr=zo_lr,
             betas=betas,
             perturbations=perturbations,
             mu=mu,
