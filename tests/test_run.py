@@ -755,7 +755,8 @@ def test_mode_prepare_caches_the_target_and_its_retain_model_and_stops(tmp_path)
         (["method=sgd"], "unknown method 'sgd': choose one of fo, simu, simu_adamw, so (method=...)"),
         (
             ["method/optimizer=lion"],
-            "unknown method/optimizer 'lion': choose one of adamw, hybrid, sgd, signsgd, sophia, zo (method/optimizer=...)",
+            "unknown method/optimizer 'lion': choose one of adamw, hybrid, sgd, signsgd, sophia, zo "
+            "(method/optimizer=...)",
         ),
         (
             ["method.optimizer=sgd"],

@@ -6,10 +6,11 @@ relearning). They report N first-order = N zeroth-order steps as best (20 each i
 insensitive to N; `steps_each` sets N.
 
 The zeroth-order half's lr is `zo_lr`, or lr x `zo_lr_ratio`: R-AdaZO's first steps are up to 32 x its lr per
-entry in random directions, and at the first-order lr they wreck the model before it forgets (the optimiser-order
-study's tuning found lr / 100 best). Each half keeps its own state (AdamW's moments, R-AdaZO's m and v) and both take the same masks, so under
-SIMU every step leaves the entries outside the critical neurons bit-identical. `zeroth_order` says which
-half takes the next step: the module then runs no backward and passes the loss (unlearning/module.py).
+entry in random directions, and at the first-order lr they wreck the model before it forgets (the
+optimiser-order study's tuning found lr / 100 best). Each half keeps its own state (AdamW's moments, R-AdaZO's
+m and v) and both take the same masks, so under SIMU every step leaves the entries outside the critical neurons
+bit-identical. `zeroth_order` says which half takes the next step: the module then runs no backward and passes
+the loss (unlearning/module.py).
 `finishing_steps` is how many steps are left to the end of the zeroth-order round that finishes the current
 cycle: the stopping rule lets them run before the fit stops (pipeline/stopping.py)."""
 
