@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Issue 43 tuning grid: every arm at 3 learning rates, tuning seed 10; skips runs already finished.
-# usage: CODE=<checkout at 89ced05> SIMU_CACHE_DIR=... TOFU=../shared/data/tofu OUT=<runs> PYTHON=<venv python> ./grid.sh
+# usage: [ONLY=<regex of run names>] [OMP_NUM_THREADS=1] CODE=<checkout at 89ced05> SIMU_CACHE_DIR=... TOFU=../shared/data/tofu OUT=<runs> PYTHON=<venv python> ./grid.sh
 cd ${CODE:?a checkout at 89ced05}  # one fixed commit for every run of the study
-export PYTHONPATH=${CODE:?a checkout at 89ced05}/src SIMU_CACHE_DIR=${SIMU_CACHE_DIR:?the cache holding the v2 target} HF_HUB_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=2
+export PYTHONPATH=${CODE:?a checkout at 89ced05}/src SIMU_CACHE_DIR=${SIMU_CACHE_DIR:?the cache holding the v2 target} HF_HUB_OFFLINE=1 WANDB_MODE=disabled OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 COMMON="experiment=smollm2_tofu_v2 benchmark.path=${TOFU:?the TOFU folder} seed=10"
 run() {  # name, overrides...
   local name=$1; shift
   local dir=${OUT:?where the runs go}/$name
   [ -f $dir/results.json ] && return
+  [[ -n $ONLY && ! $name =~ $ONLY ]] && return  # ONLY=<regex>: one lane of runs, so two lanes can share the machine
   echo "$(date -u +%H:%M:%S) start $name"
   ${PYTHON:-python} run.py $COMMON "$@" hydra.run.dir=$dir > ${OUT:?where the runs go}/$name.log 2>&1
   echo "$(date -u +%H:%M:%S) end $name rc=$?"
