@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 43, part 2: every arm at its chosen lr (chosen.sh, written from the tuning report: held-out retain ROUGE-L at
-# forget ROUGE-L 0.3, seed 10), at the reporting seeds 0, 1, 2, one seed at a time so that each can be committed.
+# forget ROUGE-L 0.3, seed 10; choose.py writes it), at the reporting seeds 0, 1, 2, one seed at a time so that each can be committed.
 # usage: [ARMS="<arms>"] [OMP_NUM_THREADS=1] CODE=<checkout at 89ced05> SIMU_CACHE_DIR=... TOFU=../shared/data/tofu OUT=<runs> PYTHON=<venv python> ./reporting.sh SEED
 seed=${1:?the reporting seed (0, 1 or 2)}
 here=$(cd "$(dirname "$0")" && pwd)
