@@ -20,9 +20,10 @@ for lr in 1.25e-4 6.25e-5 2.5e-4; do run random_lr$lr method=simu attribution=ra
 for lr in 1.25e-4 6.25e-5 2.5e-4; do run attention_lr$lr method=simu method.trainable=attention method.optimizer.lr=$lr; done
 for lr in 5e-4 2e-3 8e-3; do run down_proj_lr$lr method=simu method.trainable=down_proj method.optimizer.lr=$lr; done
 # one lr past the grid's edge where an arm's best lay on it (simu: 2.5e-4, its top; fo: 2.5e-5, its bottom;
-# so: 1e-4, its top; attention: 2.5e-4, its top)
+# so: 1e-4, its top; attention and random neurons: 2.5e-4, the top of theirs)
 run simu_lr5e-4 method=simu method.optimizer.lr=5e-4
 run fo_lr1.25e-5 method=fo method.optimizer.lr=1.25e-5
 run so_lr2e-4 method=so method.optimizer.lr=2e-4
 run attention_lr5e-4 method=simu method.trainable=attention method.optimizer.lr=5e-4
+run random_lr5e-4 method=simu attribution=random method.optimizer.lr=5e-4
 echo "$(date -u +%H:%M:%S) grid done"
